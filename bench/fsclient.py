@@ -1,0 +1,238 @@
+"""The benchmark client: runs the workloads against one mounted directory.
+
+bench/run.py starts this as a separate process (so that the client's CPU
+placement can be pinned apart from the server's) once the contender is
+mounted::
+
+    python bench/fsclient.py MOUNTPOINT --params '{"storm_cap_s": 3, ...}' \
+        [--server-pid PID] [--kind fuse|kernel] [--cold] [--workloads a,b]
+
+and reads one JSON object from its stdout. Each workload reports what it did
+(``ops`` in ``seconds``), its rate, and the server's CPU time over the
+workload (utime + stime of the server process, all threads included, from
+/proc/PID/stat at clock-tick resolution). Only the standard library is used.
+
+Workloads, in the order they run (count-based ones stop at a time cap and
+report what they did):
+
+getattr      os.stat(name, dir_fd=d) of one 4 KiB file: LOOKUP + GETATTR
+fstat        os.fstat(fd) of that file: GETATTR
+pgetattr     2 forked processes doing the getattr storm at once (aggregate)
+seqwrite     write a file in 128 KiB blocks, then fsync and close
+seqread      posix_fadvise(DONTNEED) on that file, then read it in 128 KiB
+             blocks (kind "kernel": a plain page-cache read)
+seqread_cold only with --cold: echo 1 > /proc/sys/vm/drop_caches, then read
+smallfiles   N x (create + write 4 KiB + close), then unlink them all
+lookup       fixture: N empty files in a fresh directory (its create rate is
+             reported as "fixture"); then os.stat of each name, several passes
+readdir      os.listdir of that directory, repeatedly
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+MiB = 1 << 20
+BLOCK = 128 * 1024
+WORKLOADS = ("getattr", "fstat", "pgetattr", "seqwrite", "seqread", "seqread_cold",
+             "smallfiles", "lookup", "readdir")
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sizes and caps; bench/run.py passes them as JSON."""
+
+    storm_cap_s: float = 3.0       # getattr, fstat, pgetattr, lookup
+    storm_max_ops: int = 200_000   # getattr and fstat
+    procs: int = 2                 # pgetattr
+    names: int = 10_000            # lookup fixture and readdir
+    lookup_passes: int = 5
+    readdir_max: int = 50
+    readdir_cap_s: float = 3.0
+    seq_mib: int = 256
+    seq_cap_s: float = 15.0
+    small_files: int = 2_000
+    small_size: int = 4096
+    small_cap_s: float = 10.0
+    fixture_cap_s: float = 20.0
+
+
+@dataclass
+class Result:
+    workload: str
+    ops: float                       # operations, entries, files or MiB
+    seconds: float
+    unit: str
+    server_cpu_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+
+class Server:
+    """CPU time and memory of the server process, from /proc."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(self) -> float | None:
+        """utime + stime in seconds; the process's figure covers all its threads."""
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
+    def memory_kib(self) -> dict[str, int]:
+        if self.pid is None:
+            return {}
+        out: dict[str, int] = {}
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in ("VmRSS", "VmHWM", "Threads"):
+                        out[key] = int(value.split()[0])
+        except OSError:
+            pass
+        return out
+
+
+def timed_loop(step: Callable[[], object], max_ops: int, cap_s: float,
+               batch: int = 128) -> tuple[int, float]:
+    """Call step() up to max_ops times or until cap_s passes; return (ops, seconds)."""
+    done = 0
+    start = time.perf_counter()
+    deadline = start + cap_s
+    while done < max_ops:
+        n = min(batch, max_ops - done)
+        for _ in range(n):
+            step()
+        done += n
+        if time.perf_counter() >= deadline:
+            break
+    return done, time.perf_counter() - start
+
+
+class Client:
+    def __init__(self, root: str, params: Params, server: Server, kind: str) -> None:
+        self.root = root
+        self.p = params
+        self.server = server
+        self.kind = kind
+        self.root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.seq_bytes = 0
+
+    # -- fixtures --------------------------------------------------------
+
+    def stat_target(self) -> str:
+        name = "stat_target"
+        if not os.path.exists(os.path.join(self.root, name)):
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=self.root_fd)
+            os.write(fd, b"x" * 4096)
+            os.close(fd)
+        return name
+
+    # -- workloads -------------------------------------------------------
+
+    def getattr(self) -> Result:
+        name = self.stat_target()
+        rfd = self.root_fd
+        ops, secs = timed_loop(lambda: os.stat(name, dir_fd=rfd),
+                               self.p.storm_max_ops, self.p.storm_cap_s)
+        return Result("getattr", ops, secs, "ops/s")
+
+    def fstat(self) -> Result:
+        fd = os.open(self.stat_target(), os.O_RDONLY, dir_fd=self.root_fd)
+        try:
+            ops, secs = timed_loop(lambda: os.fstat(fd), self.p.storm_max_ops, self.p.storm_cap_s)
+        finally:
+            os.close(fd)
+        return Result("fstat", ops, secs, "ops/s")
+
+    def pgetattr(self) -> Result:
+        name = self.stat_target()
+        go_r, go_w = os.pipe()
+        res_r, res_w = os.pipe()
+        pids = []
+        for _ in range(self.p.procs):
+            pid = os.fork()
+            if pid == 0:  # child: wait for the start byte, storm, report, exit
+                code = 1
+                try:
+                    os.close(go_w)
+                    os.read(go_r, 1)
+                    ops, secs = timed_loop(lambda: os.stat(name, dir_fd=self.root_fd),
+                                           10**12, self.p.storm_cap_s)
+                    os.write(res_w, f"{ops} {secs}\n".encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        os.close(go_r)
+        os.close(res_w)
+        start = time.perf_counter()
+        os.write(go_w, b"g" * len(pids))
+        os.close(go_w)
+        with os.fdopen(res_r) as results:
+            lines = results.read().split("\n")
+        wall = time.perf_counter() - start
+        for pid in pids:
+            os.waitpid(pid, 0)
+        reports = [line.split() for line in lines if line]
+        if len(reports) != len(pids):
+            raise RuntimeError(f"only {len(reports)} of {len(pids)} processes reported")
+        ops = sum(int(r[0]) for r in reports)
+        per_proc = [round(int(r[0]) / float(r[1])) for r in reports]
+        return Result("pgetattr", ops, wall, "ops/s", extra={"per_process_ops_s": per_proc})
+
+    def seqwrite(self) -> Result:
+        block = os.urandom(BLOCK)
+        total_blocks = self.p.seq_mib * MiB // BLOCK
+        fd = os.open("seq.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.root_fd)
+        write = os.write
+        try:
+            blocks, _ = timed_loop(lambda: write(fd, block), total_blocks, self.p.seq_cap_s,
+                                   batch=8)
+            start_sync = time.perf_counter()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.seq_bytes = blocks * BLOCK
+        # timed_loop's clock does not cover fsync and close: rerun the sum here.
+        secs = self._seq_write_secs + 0.0 if False else None  # placeholder, replaced below
+        del secs, start_sync
+        raise NotImplementedError
+
+    def _read_all(self) -> tuple[int, float]:
+        buf = bytearray(BLOCK)
+        fd = os.open("seq.bin", os.O_RDONLY, dir_fd=self.root_fd)
+        total = 0
+        start = time.perf_counter()
+        deadline = start + self.p.seq_cap_s
+        try:
+            while True:
+                n = os.readv(fd, [buf])
+                if n == 0:
+                    break
+                total += n
+                if total % (8 * MiB) == 0 and time.perf_counter() >= deadline:
+                    break
+        finally:
+            os.close(fd)
+        return total, time.perf_counter() - start

@@ -1,0 +1,1360 @@
+"""MemFS: an in-memory filesystem with the semantics users expect of tmpfs.
+
+Everything lives in Python objects: inodes are small ``__slots__`` records
+kept in one table keyed by inode number (which is also the FUSE nodeid),
+directories keep their entries in insertion order with a per-entry cookie,
+and file data is a sparse dict of 64 KiB chunks (a missing chunk is a hole).
+
+Supported: regular files, directories, hard links, symlinks, fifos, sockets
+and device nodes; ownership and permission bits (with setgid-directory
+inheritance); POSIX timestamps; xattrs; rename flags; truncate, fallocate,
+SEEK_DATA/SEEK_HOLE; copy_file_range; POSIX record locks and flock; O_TMPFILE;
+unlinked-but-open files; stable readdir cookies; statfs accounting; stable
+handles and a state dump for hand-over to a successor process.
+
+Blocking locks (``setlk``/``flock`` with ``sleep=True``) wait on a
+``threading.Condition``, so they need a server with worker threads: the
+request that releases the lock must be able to run while the waiter sleeps.
+The wait re-checks ``ctx.interrupted`` every 50 ms and fails with EINTR once
+the kernel interrupts the request.  For a single-threaded server pass
+``lock_wait_timeout=<seconds>``: a waiter then gives up after that long with
+EINTR, which lets the server read the next request (well-behaved callers,
+including Python's ``fcntl``, retry on EINTR).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import pickle
+import stat
+import struct
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from fusewire.operations import Operations
+from fusewire.types import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    Lock,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+)
+
+if TYPE_CHECKING:
+    from fusewire.server.readdir import ReaddirToken
+
+__all__ = ["CHUNK_SIZE", "MemFS"]
+
+CHUNK_SIZE = 64 * 1024
+NAME_MAX = 255
+PATH_MAX = 4096
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+SEEK_DATA = 3
+SEEK_HOLE = 4
+OFFSET_MAX = 2**63 - 1
+
+_ROOT = 1
+_FIRST_COOKIE = 3          # 1 and 2 are "." and ".."
+_BOGO_DIRENT_SIZE = 20     # tmpfs reports directory sizes in these units
+_DAY_NS = 86400 * 10**9
+_BLOCK = 4096
+_LOCK_POLL = 0.05
+_STATE_VERSION = 1
+_S_IFMT = 0o170000
+_XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
+_XATTR_SYSTEM = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def _err(code: int) -> FUSEError:
+    return FUSEError(code)
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+class _Dir:
+    """Entries of one directory, in insertion order, each with a stable cookie.
+
+    ``entries`` maps name -> (inode, cookie).  ``cookies``/``names`` are
+    parallel lists sorted by cookie; a removed entry leaves a ``None``
+    tombstone until the lists are compacted (cookies never change, so a
+    listing can always resume with the first live entry after a cookie).
+    """
+
+    __slots__ = ("cookies", "dead", "entries", "names", "next_cookie", "parent")
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.entries: dict[bytes, tuple[int, int]] = {}
+        self.cookies: list[int] = []
+        self.names: list[bytes | None] = []
+        self.dead = 0
+        self.next_cookie = _FIRST_COOKIE
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, name: bytes) -> int | None:
+        ent = self.entries.get(name)
+        return None if ent is None else ent[0]
+
+    def add(self, name: bytes, ino: int, cookie: int | None = None) -> None:
+        if cookie is None:
+            cookie = self.next_cookie
+        self.next_cookie = max(self.next_cookie, cookie + 1)
+        self.entries[name] = (ino, cookie)
+        self.cookies.append(cookie)
+        self.names.append(name)
+
+    def set(self, name: bytes, ino: int) -> None:
+        """Point an existing ``name`` at ``ino``, keeping its cookie."""
+        self.entries[name] = (ino, self.entries[name][1])
+
+    def remove(self, name: bytes) -> int:
+        ino, cookie = self.entries.pop(name)
+        self.names[bisect_left(self.cookies, cookie)] = None
+        self.dead += 1
+        if self.dead > 64 and self.dead * 2 > len(self.names):
+            live = [(c, n) for c, n in zip(self.cookies, self.names) if n is not None]
+            self.cookies = [c for c, _ in live]
+            self.names = [n for _, n in live]
+            self.dead = 0
+        return ino
+
+    def iter_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
+        """Yield ``(name, inode, cookie)`` for live entries with a cookie > ``cookie``."""
+        i = bisect_right(self.cookies, cookie)
+        while i < len(self.names):
+            name = self.names[i]
+            if name is not None:
+                yield name, self.entries[name][0], self.cookies[i]
+            i += 1
+
+
+class _Inode:
+    """One filesystem object.  Type-specific parts are created lazily."""
+
+    __slots__ = (
+        "atime", "btime", "chunks", "ctime", "dir", "gid", "ino", "mode", "mtime",
+        "nlink", "nlookup", "nopen", "rdev", "size", "target", "uid", "xattrs",
+    )
+
+    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int) -> None:
+        self.ino = ino
+        self.mode = mode
+        self.nlink = 1
+        self.uid = uid
+        self.gid = gid
+        self.rdev = 0
+        self.size = 0
+        self.atime = self.mtime = self.ctime = self.btime = now
+        self.nlookup = 0
+        self.nopen = 0
+        self.chunks: dict[int, bytearray] | None = None
+        self.dir: _Dir | None = None
+        self.target: bytes | None = None
+        self.xattrs: dict[bytes, bytes] | None = None
+
+
+class _Handle:
+    """An open file or directory (one per OPEN/CREATE/OPENDIR)."""
+
+    __slots__ = ("flags", "ino", "is_dir")
+
+    def __init__(self, ino: int, flags: int, is_dir: bool) -> None:
+        self.ino = ino
+        self.flags = flags
+        self.is_dir = is_dir
+
+
+class _PosixLock:
+    """A byte-range lock held by one lock owner (``end`` inclusive)."""
+
+    __slots__ = ("end", "fh", "owner", "pid", "start", "type")
+
+    def __init__(self, owner: int, start: int, end: int, type_: int, pid: int,
+                 fh: int) -> None:
+        self.owner = owner
+        self.start = start
+        self.end = end
+        self.type = type_
+        self.pid = pid
+        self.fh = fh
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Only plain builtin containers may appear in a state dump."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"global {module}.{name} not allowed in MemFS state")
+
+
+def _in_group(ctx: RequestContext, gid: int) -> bool:
+    return gid == ctx.gid or gid in ctx.groups
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise _err(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\0" in name:
+        raise _err(errno.EINVAL)
+
+
+def _check_new_name(name: bytes) -> None:
+    _check_name(name)
+    if name in (b".", b".."):
+        raise _err(errno.EEXIST)
+
+
+class MemFS(Operations):
+    """A tmpfs-like in-memory filesystem.
+
+    ``entry_timeout``/``attr_timeout`` are handed to the kernel with every
+    entry; ``negative_timeout > 0`` makes failed lookups cacheable.
+    ``max_bytes``/``max_inodes`` bound the data and inode count (ENOSPC);
+    they default to half the physical memory and one inode per 1 KiB of it.
+    """
+
+    def __init__(self, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
+                 negative_timeout: float = 0.0, max_bytes: int | None = None,
+                 max_inodes: int | None = None, root_mode: int = 0o755,
+                 root_uid: int | None = None, root_gid: int | None = None,
+                 lock_wait_timeout: float | None = None) -> None:
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.negative_timeout = negative_timeout
+        self.lock_wait_timeout = lock_wait_timeout
+        if max_bytes is None:
+            try:
+                max_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+            except (ValueError, OSError):
+                max_bytes = 1 << 30
+        self.max_bytes = max_bytes
+        self.max_inodes = max_inodes if max_inodes is not None else max(max_bytes // 1024, 1024)
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._generation = int.from_bytes(os.urandom(4), "little") | 1
+        self._inodes: dict[int, _Inode] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._next_ino = _ROOT + 1
+        self._next_fh = 1
+        self._used = 0                              # bytes held in chunks
+        self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
+        self._plocks: dict[int, list[_PosixLock]] = {}
+        self._flocks: dict[int, dict[int, tuple[int, int]]] = {}   # ino -> owner -> (op, fh)
+        self._waits_for: dict[int, int] = {}        # blocked lock owner -> holder
+        root = _Inode(_ROOT, stat.S_IFDIR | (root_mode & 0o7777),
+                      os.getuid() if root_uid is None else root_uid,
+                      os.getgid() if root_gid is None else root_gid, _now())
+        root.nlink = 2
+        root.dir = _Dir(_ROOT)
+        self._inodes[_ROOT] = root
+
+    # -- internal helpers ----------------------------------------------------
+
+    def _get(self, ino: int) -> _Inode:
+        node = self._inodes.get(ino)
+        if node is None:
+            raise _err(errno.ESTALE)
+        return node
+
+    def _dirnode(self, ino: int) -> tuple[_Inode, _Dir]:
+        node = self._get(ino)
+        if node.dir is None:
+            raise _err(errno.ENOTDIR)
+        return node, node.dir
+
+    def _live_dir(self, ino: int) -> tuple[_Inode, _Dir]:
+        """A directory that may get new entries (not already removed)."""
+        node, d = self._dirnode(ino)
+        if node.nlink == 0:
+            raise _err(errno.ENOENT)
+        return node, d
+
+    def _handle(self, fh: int) -> _Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        return h
+
+    def _file_handle(self, fh: int, write: bool) -> tuple[_Handle, _Inode]:
+        h = self._handle(fh)
+        if h.is_dir:
+            raise _err(errno.EISDIR)
+        acc = h.flags & os.O_ACCMODE
+        if (write and acc == os.O_RDONLY) or (not write and acc == os.O_WRONLY):
+            raise _err(errno.EBADF)
+        return h, self._get(h.ino)
+
+    def _size_of(self, node: _Inode) -> int:
+        if node.dir is not None:
+            return (len(node.dir) + 2) * _BOGO_DIRENT_SIZE
+        return node.size
+
+    def _attr(self, node: _Inode) -> EntryAttributes:
+        blocks = 0
+        if node.chunks:
+            blocks = sum((len(c) + _BLOCK - 1) // _BLOCK for c in node.chunks.values()) * 8
+        return EntryAttributes(
+            node.ino, generation=self._generation,
+            entry_timeout=self.entry_timeout, attr_timeout=self.attr_timeout,
+            st_mode=node.mode, st_nlink=node.nlink, st_uid=node.uid, st_gid=node.gid,
+            st_rdev=node.rdev, st_size=self._size_of(node), st_blksize=_BLOCK,
+            st_blocks=blocks, st_atime_ns=node.atime, st_mtime_ns=node.mtime,
+            st_ctime_ns=node.ctime, st_birthtime_ns=node.btime)
+
+    def _entry(self, node: _Inode) -> EntryAttributes:
+        """Attributes for a reply that counts one lookup."""
+        node.nlookup += 1
+        return self._attr(node)
+
+    def _new_inode(self, parent: _Inode | None, mode: int, ctx: RequestContext) -> _Inode:
+        if len(self._inodes) >= self.max_inodes:
+            raise _err(errno.ENOSPC)
+        gid = ctx.gid
+        if parent is not None and parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+            elif (mode & (stat.S_ISGID | stat.S_IXGRP)) == (stat.S_ISGID | stat.S_IXGRP) \
+                    and ctx.uid != 0 and not _in_group(ctx, gid):
+                mode &= ~stat.S_ISGID
+        ino = self._next_ino
+        self._next_ino += 1
+        node = _Inode(ino, mode, ctx.uid, gid, _now())
+        self._inodes[ino] = node
+        return node
+
+    def _link_into(self, parent: _Inode, d: _Dir, name: bytes, node: _Inode) -> None:
+        d.add(name, node.ino)
+        if node.dir is not None:
+            parent.nlink += 1
+        parent.mtime = parent.ctime = node.ctime
+
+    def _maybe_free(self, node: _Inode) -> None:
+        if node.nlink or node.nlookup or node.nopen or node.ino == _ROOT:
+            return
+        del self._inodes[node.ino]
+        if node.chunks:
+            self._used -= sum(len(c) for c in node.chunks.values())
+        self._linkable.discard(node.ino)
+        self._plocks.pop(node.ino, None)
+        self._flocks.pop(node.ino, None)
+
+    def _touch_atime(self, node: _Inode) -> None:
+        """relatime: update atime if older than mtime/ctime or a day old."""
+        now = _now()
+        if node.atime <= node.mtime or node.atime <= node.ctime or now - node.atime >= _DAY_NS:
+            node.atime = now
+
+    def _open_handle(self, node: _Inode, flags: int, is_dir: bool) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(node.ino, flags, is_dir)
+        node.nopen += 1
+        return fh
+
+    # -- file data -------------------------------------------------------------
+
+    def _chunks(self, node: _Inode) -> dict[int, bytearray]:
+        if node.chunks is None:
+            node.chunks = {}
+        return node.chunks
+
+    def _read_data(self, node: _Inode, off: int, size: int) -> bytes:
+        if off >= node.size or size <= 0:
+            return b""
+        size = min(size, node.size - off)
+        chunks = node.chunks
+        if not chunks:
+            return bytes(size)
+        out = bytearray(size)
+        pos = 0
+        while pos < size:
+            idx, coff = divmod(off + pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, size - pos)
+            chunk = chunks.get(idx)
+            if chunk is not None and coff < len(chunk):
+                piece = chunk[coff:coff + n]
+                out[pos:pos + len(piece)] = piece
+            pos += n
+        return bytes(out)
+
+    def _write_data(self, node: _Inode, off: int, data: bytes | memoryview) -> None:
+        total = len(data)
+        if not total:
+            return
+        chunks = self._chunks(node)
+        growth = 0
+        pos = 0
+        while pos < total:
+            idx, coff = divmod(off + pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, total - pos)
+            chunk = chunks.get(idx)
+            growth += max(0, coff + n - (0 if chunk is None else len(chunk)))
+            pos += n
+        if self._used + growth > self.max_bytes:
+            raise _err(errno.ENOSPC)
+        pos = 0
+        while pos < total:
+            idx, coff = divmod(off + pos, CHUNK_SIZE)
+            n = min(CHUNK_SIZE - coff, total - pos)
+            chunk = chunks.get(idx)
+            if chunk is None:
+                chunk = chunks[idx] = bytearray()
+            if len(chunk) < coff:
+                chunk.extend(bytes(coff - len(chunk)))
+            chunk[coff:coff + n] = data[pos:pos + n]
+            pos += n
+        self._used += growth
+        node.size = max(node.size, off + total)
+
+    def _zero_range(self, node: _Inode, off: int, end: int) -> None:
+        """Make [off, end) read as zeros; whole chunks become holes."""
+        chunks = node.chunks
+        if not chunks or end <= off:
+            return
+        for idx in [i for i in chunks if off < (i + 1) * CHUNK_SIZE and i * CHUNK_SIZE < end]:
+            chunk = chunks[idx]
+            base = idx * CHUNK_SIZE
+            a = max(off - base, 0)
+            b = min(end - base, len(chunk))
+            if a == 0 and b >= len(chunk):
+                self._used -= len(chunk)
+                del chunks[idx]
+                continue
+            if a < b:
+                chunk[a:b] = bytes(b - a)
+            if chunk.count(0) == len(chunk):
+                self._used -= len(chunk)
+                del chunks[idx]
+            elif b == len(chunk) and a < b:
+                # trailing zeros need not be stored
+                stripped = len(chunk.rstrip(b"\0"))
+                self._used -= len(chunk) - stripped
+                del chunk[stripped:]
+
+    def _set_size(self, node: _Inode, size: int) -> None:
+        if size < node.size and node.chunks:
+            self._zero_range(node, size, node.size)
+        node.size = size
+
+    # -- names and attributes ----------------------------------------------------
+
+    def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        """Look up ``name`` in a directory (counts one lookup)."""
+        with self._lock:
+            parent, d = self._dirnode(parent_inode)
+            if name == b".":
+                return self._entry(parent)
+            if name == b"..":
+                return self._entry(self._get(d.parent))
+            _check_name(name)
+            ino = d.get(name)
+            if ino is None:
+                if self.negative_timeout > 0:
+                    return EntryAttributes(0, entry_timeout=self.negative_timeout)
+                raise _err(errno.ENOENT)
+            return self._entry(self._inodes[ino])
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Drop kernel references; free unlinked, unopened inodes at zero."""
+        with self._lock:
+            for ino, count in inode_list:
+                node = self._inodes.get(ino)
+                if node is None:
+                    continue
+                node.nlookup = max(0, node.nlookup - count)
+                self._maybe_free(node)
+
+    def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        """Return the attributes of ``inode``."""
+        with self._lock:
+            return self._attr(self._get(inode))
+
+    def statx(self, inode: int, fh: int | None, flags: int, mask: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """Attributes including the birth time."""
+        return self.getattr(inode, ctx)
+
+    def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+                fh: int | None, ctx: RequestContext) -> EntryAttributes:
+        """chmod, chown, truncate and utimes, with the usual ownership rules."""
+        with self._lock:
+            node = self._get(inode)
+            root = ctx.uid == 0
+            owner = root or ctx.uid == node.uid
+            # -- validate everything first, then apply
+            if fields.update_uid and attr.st_uid != node.uid and not root:
+                raise _err(errno.EPERM)
+            if fields.update_uid and not owner:
+                raise _err(errno.EPERM)
+            if fields.update_gid and not root:
+                if not owner:
+                    raise _err(errno.EPERM)
+                if attr.st_gid != node.gid and not _in_group(ctx, attr.st_gid):
+                    raise _err(errno.EPERM)
+            if fields.update_mode and not owner:
+                raise _err(errno.EPERM)
+            explicit_times = (fields.update_atime and not fields.atime_now) or \
+                (fields.update_mtime and not fields.mtime_now)
+            if explicit_times and not owner:
+                raise _err(errno.EPERM)
+            if (fields.update_atime or fields.update_mtime) and not owner \
+                    and not self._may(node, os.W_OK, ctx):
+                raise _err(errno.EACCES)
+            if fields.update_size:
+                if node.dir is not None:
+                    raise _err(errno.EISDIR)
+                if not stat.S_ISREG(node.mode):
+                    raise _err(errno.EINVAL)
+                if attr.st_size < 0:
+                    raise _err(errno.EINVAL)
+                if attr.st_size > OFFSET_MAX:
+                    raise _err(errno.EFBIG)
+            now = _now()
+            changed = False
+            if fields.update_uid or fields.update_gid:
+                if fields.update_uid:
+                    node.uid = attr.st_uid
+                if fields.update_gid:
+                    node.gid = attr.st_gid
+                if not stat.S_ISDIR(node.mode):
+                    self._kill_suid(node)
+                if node.xattrs:
+                    node.xattrs.pop(b"security.capability", None)
+                changed = True
+            if fields.update_mode:
+                mode = attr.st_mode & 0o7777
+                if not root and not _in_group(ctx, node.gid) and not stat.S_ISDIR(node.mode):
+                    mode &= ~stat.S_ISGID
+                node.mode = (node.mode & _S_IFMT) | mode
+                changed = True
+            if fields.update_size:
+                if fields.kill_suidgid:
+                    self._kill_suid(node)
+                if attr.st_size != node.size:
+                    self._set_size(node, attr.st_size)
+                    node.mtime = now
+                    changed = True
+            if fields.update_atime:
+                node.atime = attr.st_atime_ns
+                changed = True
+            if fields.update_mtime:
+                node.mtime = attr.st_mtime_ns
+                changed = True
+            if fields.update_ctime:
+                node.ctime = attr.st_ctime_ns
+            elif changed:
+                node.ctime = now
+            return self._attr(node)
+
+    @staticmethod
+    def _kill_suid(node: _Inode) -> None:
+        mode = node.mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            mode &= ~stat.S_ISGID
+        node.mode = mode
+
+    def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        """Return a symlink's target."""
+        with self._lock:
+            node = self._get(inode)
+            if node.target is None:
+                raise _err(errno.EINVAL)
+            return node.target
+
+    def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+        """Permission check for mounts without ``default_permissions``."""
+        with self._lock:
+            return self._may(self._get(inode), mode & 7, ctx)
+
+    @staticmethod
+    def _may(node: _Inode, want: int, ctx: RequestContext) -> bool:
+        if not want:
+            return True
+        if ctx.uid == 0:
+            # root may read/write anything, and execute if any x bit is set
+            return not (want & os.X_OK and not stat.S_ISDIR(node.mode)
+                        and not node.mode & 0o111)
+        if ctx.uid == node.uid:
+            bits = (node.mode >> 6) & 7
+        elif _in_group(ctx, node.gid):
+            bits = (node.mode >> 3) & 7
+        else:
+            bits = node.mode & 7
+        return want & ~bits == 0
+
+    # -- creating and removing names ---------------------------------------------
+
+    def _create_node(self, parent_inode: int, name: bytes, mode: int,
+                     ctx: RequestContext) -> tuple[_Inode, _Inode, _Dir]:
+        _check_new_name(name)
+        parent, d = self._live_dir(parent_inode)
+        if name in d.entries:
+            raise _err(errno.EEXIST)
+        node = self._new_inode(parent, mode, ctx)
+        return node, parent, d
+
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """Create a regular file, fifo, socket or device node."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind == stat.S_IFDIR:
+            raise _err(errno.EPERM)
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise _err(errno.EINVAL)
+        with self._lock:
+            node, parent, d = self._create_node(parent_inode, name, kind | (mode & 0o7777), ctx)
+            if kind in (stat.S_IFCHR, stat.S_IFBLK):
+                node.rdev = rdev
+            self._link_into(parent, d, name, node)
+            return self._entry(node)
+
+    def mkdir(self, parent_inode: int, name: bytes, mode: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """Create a directory."""
+        with self._lock:
+            node, parent, d = self._create_node(
+                parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx)
+            node.nlink = 2
+            node.dir = _Dir(parent.ino)
+            self._link_into(parent, d, name, node)
+            return self._entry(node)
+
+    def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                ctx: RequestContext) -> EntryAttributes:
+        """Create a symlink."""
+        if not target:
+            raise _err(errno.ENOENT)
+        if len(target) >= PATH_MAX:
+            raise _err(errno.ENAMETOOLONG)
+        with self._lock:
+            node, parent, d = self._create_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx)
+            node.target = bytes(target)
+            node.size = len(target)
+            self._link_into(parent, d, name, node)
+            return self._entry(node)
+
+    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+             ctx: RequestContext) -> EntryAttributes:
+        """Create a hard link (EPERM for directories)."""
+        with self._lock:
+            node = self._get(inode)
+            if node.dir is not None:
+                raise _err(errno.EPERM)
+            _check_new_name(new_name)
+            parent, d = self._live_dir(new_parent_inode)
+            if new_name in d.entries:
+                raise _err(errno.EEXIST)
+            if node.nlink == 0:
+                if node.ino not in self._linkable:
+                    raise _err(errno.ENOENT)
+                self._linkable.discard(node.ino)
+            node.nlink += 1
+            node.ctime = _now()
+            self._link_into(parent, d, new_name, node)
+            return self._entry(node)
+
+    def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """Remove a non-directory name."""
+        with self._lock:
+            parent, d = self._dirnode(parent_inode)
+            _check_name(name)
+            if name in (b".", b".."):
+                raise _err(errno.EISDIR)
+            ino = d.get(name)
+            if ino is None:
+                raise _err(errno.ENOENT)
+            node = self._inodes[ino]
+            if node.dir is not None:
+                raise _err(errno.EISDIR)
+            d.remove(name)
+            node.nlink -= 1
+            parent.mtime = parent.ctime = node.ctime = _now()
+            self._maybe_free(node)
+
+    def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """Remove an empty directory."""
+        with self._lock:
+            parent, d = self._dirnode(parent_inode)
+            _check_name(name)
+            if name == b".":
+                raise _err(errno.EINVAL)
+            if name == b"..":
+                raise _err(errno.ENOTEMPTY)
+            ino = d.get(name)
+            if ino is None:
+                raise _err(errno.ENOENT)
+            node = self._inodes[ino]
+            if node.dir is None:
+                raise _err(errno.ENOTDIR)
+            if len(node.dir):
+                raise _err(errno.ENOTEMPTY)
+            d.remove(name)
+            node.nlink = 0
+            parent.nlink -= 1
+            parent.mtime = parent.ctime = node.ctime = _now()
+            self._maybe_free(node)
+
+    def _is_ancestor(self, anc: int, ino: int) -> bool:
+        """True if directory ``anc`` is ``ino`` or one of its ancestors."""
+        while True:
+            if ino == anc:
+                return True
+            if ino == _ROOT:
+                return False
+            d = self._inodes[ino].dir
+            if d is None:
+                return False
+            ino = d.parent
+
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+               name_new: bytes, flags: int, ctx: RequestContext) -> None:
+        """rename/renameat2 with RENAME_NOREPLACE, RENAME_EXCHANGE and RENAME_WHITEOUT."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
+            raise _err(errno.EINVAL)
+        if flags & RENAME_EXCHANGE and flags & (RENAME_NOREPLACE | RENAME_WHITEOUT):
+            raise _err(errno.EINVAL)
+        with self._lock:
+            op, od = self._dirnode(parent_inode_old)
+            np_, nd = self._dirnode(parent_inode_new)
+            for n in (name_old, name_new):
+                _check_name(n)
+                if n in (b".", b".."):
+                    raise _err(errno.EINVAL)
+            src_ino = od.get(name_old)
+            if src_ino is None:
+                raise _err(errno.ENOENT)
+            src = self._inodes[src_ino]
+            dst_ino = nd.get(name_new)
+            now = _now()
+            if flags & RENAME_EXCHANGE:
+                if dst_ino is None:
+                    raise _err(errno.ENOENT)
+                if dst_ino == src_ino:
+                    return
+                other = self._inodes[dst_ino]
+                if src.dir is not None and self._is_ancestor(src_ino, np_.ino):
+                    raise _err(errno.EINVAL)
+                if other.dir is not None and self._is_ancestor(dst_ino, op.ino):
+                    raise _err(errno.EINVAL)
+                od.set(name_old, dst_ino)
+                nd.set(name_new, src_ino)
+                if op is not np_:
+                    if src.dir is not None:
+                        src.dir.parent = np_.ino
+                        op.nlink -= 1
+                        np_.nlink += 1
+                    if other.dir is not None:
+                        other.dir.parent = op.ino
+                        np_.nlink -= 1
+                        op.nlink += 1
+                src.ctime = other.ctime = now
+                op.mtime = op.ctime = np_.mtime = np_.ctime = now
+                return
+            if dst_ino is not None and flags & RENAME_NOREPLACE:
+                raise _err(errno.EEXIST)
+            if dst_ino == src_ino:
+                return
+            if src.dir is not None and self._is_ancestor(src_ino, np_.ino):
+                raise _err(errno.EINVAL)
+            dst: _Inode | None = None
+            if dst_ino is not None:
+                dst = self._inodes[dst_ino]
+                if src.dir is not None and dst.dir is None:
+                    raise _err(errno.ENOTDIR)
+                if src.dir is None and dst.dir is not None:
+                    raise _err(errno.EISDIR)
+                if dst.dir is not None and len(dst.dir):
+                    raise _err(errno.ENOTEMPTY)
+            if np_.nlink == 0:
+                raise _err(errno.ENOENT)
+            whiteout: _Inode | None = None
+            if flags & RENAME_WHITEOUT:
+                whiteout = self._new_inode(op, stat.S_IFCHR, ctx)
+            od.remove(name_old)
+            if dst is not None:
+                nd.set(name_new, src_ino)
+                if dst.dir is not None:
+                    dst.nlink = 0
+                    np_.nlink -= 1
+                else:
+                    dst.nlink -= 1
+                dst.ctime = now
+            else:
+                nd.add(name_new, src_ino)
+            if src.dir is not None and op is not np_:
+                src.dir.parent = np_.ino
+                op.nlink -= 1
+                np_.nlink += 1
+            if whiteout is not None:
+                od.add(name_old, whiteout.ino)
+            src.ctime = now
+            op.mtime = op.ctime = np_.mtime = np_.ctime = now
+            if dst is not None:
+                self._maybe_free(dst)
+
+    # -- files -----------------------------------------------------------------
+
+    def _truncate_on_open(self, node: _Inode, flags: int) -> None:
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY \
+                and stat.S_ISREG(node.mode):
+            self._set_size(node, 0)
+            node.mtime = node.ctime = _now()
+
+    def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        """Open a file; O_TRUNC truncates."""
+        with self._lock:
+            node = self._get(inode)
+            if node.dir is not None:
+                raise _err(errno.EISDIR)
+            self._truncate_on_open(node, flags)
+            return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
+
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+               ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """Create and open a regular file (opens an existing one without O_EXCL)."""
+        with self._lock:
+            _check_new_name(name)
+            parent, d = self._live_dir(parent_inode)
+            ino = d.get(name)
+            if ino is not None:
+                if flags & os.O_EXCL:
+                    raise _err(errno.EEXIST)
+                node = self._inodes[ino]
+                if node.dir is not None:
+                    raise _err(errno.EISDIR)
+                self._truncate_on_open(node, flags)
+            else:
+                node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
+                self._link_into(parent, d, name, node)
+            fh = self._open_handle(node, flags, False)
+            return FileInfo(fh=fh, keep_cache=True), self._entry(node)
+
+    def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """O_TMPFILE: an open regular file with no name (linkable unless O_EXCL)."""
+        with self._lock:
+            parent, _ = self._live_dir(parent_inode)
+            node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
+            node.nlink = 0
+            if not flags & os.O_EXCL:
+                self._linkable.add(node.ino)
+            fh = self._open_handle(node, flags, False)
+            return FileInfo(fh=fh, keep_cache=True), self._entry(node)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        """Read up to ``size`` bytes (holes read as zeros)."""
+        with self._lock:
+            _, node = self._file_handle(fh, write=False)
+            if off < 0:
+                raise _err(errno.EINVAL)
+            data = self._read_data(node, off, size)
+            self._touch_atime(node)
+            return data
+
+    def write(self, fh: int, off: int, buf: memoryview) -> int:
+        """Write at ``off`` (at end of file for O_APPEND handles)."""
+        with self._lock:
+            h, node = self._file_handle(fh, write=True)
+            if h.flags & os.O_APPEND:
+                off = node.size
+            if off < 0:
+                raise _err(errno.EINVAL)
+            if off + len(buf) > OFFSET_MAX:
+                raise _err(errno.EFBIG)
+            self._write_data(node, off, buf)
+            node.mtime = node.ctime = _now()
+            return len(buf)
+
+    def release(self, fh: int) -> None:
+        """Close a file handle; drop its flock and the POSIX locks taken through it."""
+        with self._lock:
+            h = self._handles.pop(fh, None)
+            if h is None:
+                return
+            self._drop_locks_of_fh(h.ino, fh)
+            node = self._inodes.get(h.ino)
+            if node is not None:
+                node.nopen -= 1
+                self._maybe_free(node)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int,
+                  ctx: RequestContext) -> None:
+        """Modes: 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE[|KEEP_SIZE]."""
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise _err(errno.EOPNOTSUPP)
+        if mode & FALLOC_FL_PUNCH_HOLE and (not mode & FALLOC_FL_KEEP_SIZE
+                                            or mode & FALLOC_FL_ZERO_RANGE):
+            raise _err(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise _err(errno.EINVAL)
+        with self._lock:
+            _, node = self._file_handle(fh, write=True)
+            if not stat.S_ISREG(node.mode):
+                raise _err(errno.ENODEV)
+            end = offset + length
+            if end > OFFSET_MAX:
+                raise _err(errno.EFBIG)
+            now = _now()
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                self._zero_range(node, offset, min(end, node.size))
+                node.mtime = node.ctime = now
+            elif end - node.size > self.max_bytes - self._used:
+                raise _err(errno.ENOSPC)
+            if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
+                node.size = end
+                node.mtime = now
+            node.ctime = now
+
+    def lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
+        """SEEK_DATA / SEEK_HOLE over the chunk map (ENXIO at or past EOF)."""
+        with self._lock:
+            h = self._handle(fh)
+            node = self._get(h.ino)
+            size = node.size
+            if whence == os.SEEK_SET:
+                return offset
+            if whence == os.SEEK_END:
+                return size + offset
+            if whence not in (SEEK_DATA, SEEK_HOLE):
+                raise _err(errno.EINVAL)
+            if offset < 0 or offset >= size:
+                raise _err(errno.ENXIO)
+            chunks = node.chunks or {}
+            idx = offset // CHUNK_SIZE
+            if whence == SEEK_DATA:
+                if idx in chunks:
+                    return offset
+                later = [i for i in chunks if i > idx]
+                if not later:
+                    raise _err(errno.ENXIO)
+                pos = min(later) * CHUNK_SIZE
+                if pos >= size:
+                    raise _err(errno.ENXIO)
+                return pos
+            while idx in chunks:
+                idx += 1
+            return min(max(offset, idx * CHUNK_SIZE), size)
+
+    def copy_file_range(self, fh_in: int, off_in: int, inode_out: int, fh_out: int,
+                        off_out: int, length: int, flags: int,
+                        ctx: RequestContext) -> int:
+        """Copy between two open files, keeping holes; bounded by the source EOF."""
+        if flags:
+            raise _err(errno.EINVAL)
+        if off_in < 0 or off_out < 0 or length < 0:
+            raise _err(errno.EINVAL)
+        with self._lock:
+            _, src = self._file_handle(fh_in, write=False)
+            hout, dst = self._file_handle(fh_out, write=True)
+            if hout.flags & os.O_APPEND:
+                raise _err(errno.EBADF)
+            if not stat.S_ISREG(src.mode) or not stat.S_ISREG(dst.mode):
+                raise _err(errno.EINVAL)
+            n = max(0, min(length, src.size - off_in))
+            if src is dst and off_in < off_out + n and off_out < off_in + n:
+                raise _err(errno.EINVAL)
+            if not n:
+                return 0
+            if off_out + n > OFFSET_MAX:
+                raise _err(errno.EFBIG)
+            chunks = src.chunks or {}
+            pos = 0
+            while pos < n:
+                idx, coff = divmod(off_in + pos, CHUNK_SIZE)
+                step = min(CHUNK_SIZE - coff, n - pos)
+                if idx in chunks:
+                    self._write_data(dst, off_out + pos,
+                                     self._read_data(src, off_in + pos, step))
+                else:
+                    self._zero_range(dst, off_out + pos, min(off_out + pos + step, dst.size))
+                pos += step
+            dst.size = max(dst.size, off_out + n)
+            dst.mtime = dst.ctime = _now()
+            self._touch_atime(src)
+            return n
+
+    # -- POSIX record locks and flock -------------------------------------------
+
+    def _lock_conflict(self, ino: int, owner: int, start: int, end: int,
+                       type_: int) -> _PosixLock | None:
+        for lk in self._plocks.get(ino, ()):
+            if lk.owner != owner and lk.start <= end and start <= lk.end \
+                    and (type_ == fcntl.F_WRLCK or lk.type == fcntl.F_WRLCK):
+                return lk
+        return None
+
+    def _apply_lock(self, ino: int, owner: int, fh: int, pid: int, start: int, end: int,
+                    type_: int) -> None:
+        kept: list[_PosixLock] = []
+        for lk in self._plocks.get(ino, ()):
+            if lk.owner != owner or lk.end < start - 1 or lk.start > end + 1:
+                kept.append(lk)
+            elif lk.type == type_:
+                start = min(start, lk.start)
+                end = max(end, lk.end)
+            elif lk.end < start or lk.start > end:
+                kept.append(lk)          # merely adjacent, different type
+            else:
+                if lk.start < start:
+                    kept.append(_PosixLock(owner, lk.start, start - 1, lk.type, lk.pid, lk.fh))
+                if lk.end > end:
+                    kept.append(_PosixLock(owner, end + 1, lk.end, lk.type, lk.pid, lk.fh))
+        if type_ != fcntl.F_UNLCK:
+            kept.append(_PosixLock(owner, start, end, type_, pid, fh))
+        kept.sort(key=lambda lk: lk.start)
+        if kept:
+            self._plocks[ino] = kept
+        else:
+            self._plocks.pop(ino, None)
+
+    def _drop_locks_of_fh(self, ino: int, fh: int) -> None:
+        locks = self._plocks.get(ino)
+        if locks:
+            kept = [lk for lk in locks if lk.fh != fh]
+            if kept:
+                self._plocks[ino] = kept
+            else:
+                del self._plocks[ino]
+        fl = self._flocks.get(ino)
+        if fl:
+            for owner in [o for o, (_, f) in fl.items() if f == fh]:
+                del fl[owner]
+            if not fl:
+                del self._flocks[ino]
+        self._cond.notify_all()
+
+    def _wait(self, ctx: RequestContext, deadline: float | None) -> None:
+        """Wait for a lock change; EINTR on interrupt or after ``lock_wait_timeout``."""
+        if ctx.interrupted:
+            raise _err(errno.EINTR)
+        timeout = _LOCK_POLL
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _err(errno.EINTR)
+            timeout = min(timeout, left)
+        self._cond.wait(timeout)
+        if ctx.interrupted:
+            raise _err(errno.EINTR)
+
+    def _deadline(self) -> float | None:
+        if self.lock_wait_timeout is None:
+            return None
+        return time.monotonic() + self.lock_wait_timeout
+
+    @staticmethod
+    def _check_range(lock: Lock) -> None:
+        if lock.start < 0 or lock.end < lock.start:
+            raise _err(errno.EINVAL)
+        if lock.type not in (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK):
+            raise _err(errno.EINVAL)
+
+    def getlk(self, fh: int, owner: int, lock: Lock, ctx: RequestContext) -> Lock:
+        """Return the first conflicting lock of another owner, or an F_UNLCK lock."""
+        self._check_range(lock)
+        with self._lock:
+            h = self._handle(fh)
+            if lock.type != fcntl.F_UNLCK:
+                c = self._lock_conflict(h.ino, owner, lock.start, lock.end, lock.type)
+                if c is not None:
+                    return Lock(c.start, c.end, c.type, c.pid)
+            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+
+    def setlk(self, fh: int, owner: int, lock: Lock, sleep: bool,
+              ctx: RequestContext) -> None:
+        """Set, change or release a byte-range lock; EAGAIN on conflict unless ``sleep``."""
+        self._check_range(lock)
+        with self._lock:
+            h = self._handle(fh)
+            if lock.type != fcntl.F_UNLCK:
+                acc = h.flags & os.O_ACCMODE
+                need = os.O_WRONLY if lock.type == fcntl.F_WRLCK else os.O_RDONLY
+                if acc != os.O_RDWR and acc != need:
+                    raise _err(errno.EBADF)
+                deadline = self._deadline()
+                try:
+                    while True:
+                        c = self._lock_conflict(h.ino, owner, lock.start, lock.end, lock.type)
+                        if c is None:
+                            break
+                        if not sleep:
+                            raise _err(errno.EAGAIN)
+                        if self._would_deadlock(owner, c.owner):
+                            raise _err(errno.EDEADLK)
+                        self._waits_for[owner] = c.owner
+                        self._wait(ctx, deadline)
+                        h = self._handle(fh)
+                finally:
+                    self._waits_for.pop(owner, None)
+            self._apply_lock(h.ino, owner, fh, lock.pid, lock.start, lock.end, lock.type)
+            self._cond.notify_all()
+
+    def _would_deadlock(self, owner: int, holder: int) -> bool:
+        seen: set[int] = set()
+        while holder not in seen:
+            if holder == owner:
+                return True
+            seen.add(holder)
+            nxt = self._waits_for.get(holder)
+            if nxt is None:
+                return False
+            holder = nxt
+        return False
+
+    def flock(self, fh: int, owner: int, op: int, sleep: bool, ctx: RequestContext) -> None:
+        """BSD flock: shared/exclusive whole-file locks per open file."""
+        op &= ~fcntl.LOCK_NB
+        if op not in (fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_UN):
+            raise _err(errno.EINVAL)
+        with self._lock:
+            h = self._handle(fh)
+            locks = self._flocks.setdefault(h.ino, {})
+            held = locks.get(owner)
+            if held is not None and held[0] == op:
+                return
+            if held is not None:
+                # like Linux, a conversion is not atomic: drop, then acquire
+                del locks[owner]
+                self._cond.notify_all()
+            if op == fcntl.LOCK_UN:
+                if not locks:
+                    self._flocks.pop(h.ino, None)
+                return
+            deadline = self._deadline()
+            try:
+                while any(o != owner and (op == fcntl.LOCK_EX or t == fcntl.LOCK_EX)
+                          for o, (t, _) in locks.items()):
+                    if not sleep:
+                        raise _err(errno.EWOULDBLOCK)
+                    self._wait(ctx, deadline)
+                    h = self._handle(fh)
+                    locks = self._flocks.setdefault(h.ino, {})
+                locks[owner] = (op, fh)
+            finally:
+                if not locks:
+                    self._flocks.pop(h.ino, None)
+
+    # -- directories -----------------------------------------------------------
+
+    def opendir(self, inode: int, ctx: RequestContext) -> int:
+        """Open a directory for listing."""
+        with self._lock:
+            node, _ = self._dirnode(inode)
+            return self._open_handle(node, os.O_RDONLY, True)
+
+    def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        """List ".", ".." and the entries after cookie ``start_id``."""
+        plus = bool(getattr(token, "plus", False))
+        with self._lock:
+            h = self._handle(fh)
+            node, d = self._dirnode(h.ino)
+            if node.nlink == 0:
+                return
+            self._touch_atime(node)
+            if start_id < 1 and not token.add(b".", self._attr(node), 1):
+                return
+            if start_id < 2 and not token.add(b"..", self._attr(self._get(d.parent)), 2):
+                return
+            for name, ino, cookie in d.iter_after(max(start_id, 2)):
+                child = self._inodes[ino]
+                if not token.add(name, self._attr(child), cookie):
+                    return
+                if plus:
+                    child.nlookup += 1
+
+    def releasedir(self, fh: int) -> None:
+        """Close a directory handle."""
+        self.release(fh)
+
+    # -- filesystem-wide ---------------------------------------------------------
+
+    def statfs(self, ctx: RequestContext) -> StatvfsData:
+        """Capacity and usage (blocks of 4 KiB, inodes)."""
+        with self._lock:
+            blocks = self.max_bytes // _BLOCK
+            free = max(0, blocks - (self._used + _BLOCK - 1) // _BLOCK)
+            ffree = max(0, self.max_inodes - len(self._inodes))
+            return StatvfsData(f_bsize=_BLOCK, f_frsize=_BLOCK, f_blocks=blocks,
+                               f_bfree=free, f_bavail=free, f_files=self.max_inodes,
+                               f_ffree=ffree, f_favail=ffree, f_namemax=NAME_MAX)
+
+    # -- extended attributes ------------------------------------------------------
+
+    @staticmethod
+    def _check_xattr(node: _Inode, name: bytes, ctx: RequestContext, write: bool) -> None:
+        if not name or len(name) > XATTR_NAME_MAX:
+            raise _err(errno.ERANGE)
+        if name.startswith(b"system."):
+            if name not in _XATTR_SYSTEM:
+                raise _err(errno.EOPNOTSUPP)
+            return
+        if not name.startswith(_XATTR_PREFIXES):
+            raise _err(errno.EOPNOTSUPP)
+        if name.startswith(b"trusted.") and ctx.uid != 0:
+            raise _err(errno.EPERM)
+        if name.startswith(b"user.") and not (stat.S_ISREG(node.mode)
+                                              or stat.S_ISDIR(node.mode)):
+            raise _err(errno.EPERM if write else errno.ENODATA)
+
+    def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
+                 ctx: RequestContext) -> None:
+        """Set an xattr (XATTR_CREATE: EEXIST if present, XATTR_REPLACE: ENODATA if not)."""
+        if flags & ~(XATTR_CREATE | XATTR_REPLACE):
+            raise _err(errno.EINVAL)
+        if len(value) > XATTR_SIZE_MAX:
+            raise _err(errno.E2BIG)
+        with self._lock:
+            node = self._get(inode)
+            self._check_xattr(node, name, ctx, True)
+            present = node.xattrs is not None and name in node.xattrs
+            if flags & XATTR_CREATE and present:
+                raise _err(errno.EEXIST)
+            if flags & XATTR_REPLACE and not present:
+                raise _err(errno.ENODATA)
+            if node.xattrs is None:
+                node.xattrs = {}
+            node.xattrs[bytes(name)] = bytes(value)
+            node.ctime = _now()
+
+    def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        """Return an xattr's value or raise ENODATA."""
+        with self._lock:
+            node = self._get(inode)
+            self._check_xattr(node, name, ctx, False)
+            if node.xattrs is None or name not in node.xattrs:
+                raise _err(errno.ENODATA)
+            return node.xattrs[name]
+
+    def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
+        """List xattr names (trusted.* only for root)."""
+        with self._lock:
+            node = self._get(inode)
+            if not node.xattrs:
+                return []
+            return [n for n in node.xattrs
+                    if ctx.uid == 0 or not n.startswith(b"trusted.")]
+
+    def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        """Remove an xattr or raise ENODATA."""
+        with self._lock:
+            node = self._get(inode)
+            self._check_xattr(node, name, ctx, True)
+            if node.xattrs is None or name not in node.xattrs:
+                raise _err(errno.ENODATA)
+            del node.xattrs[name]
+            if not node.xattrs:
+                node.xattrs = None
+            node.ctime = _now()
+
+    # -- stable identity and hand-over ----------------------------------------
+
+    def handle_of(self, inode: int) -> bytes | None:
+        """16 bytes: inode number and this filesystem's generation."""
+        with self._lock:
+            if inode not in self._inodes:
+                return None
+            return struct.pack("<QQ", inode, self._generation)
+
+    def inode_for_handle(self, handle: bytes) -> int:
+        """Inverse of :meth:`handle_of`; ESTALE if the object is gone (no lookup counted)."""
+        if len(handle) != 16:
+            raise _err(errno.ESTALE)
+        ino, gen = struct.unpack("<QQ", handle)
+        with self._lock:
+            if gen != self._generation or ino not in self._inodes:
+                raise _err(errno.ESTALE)
+            return int(ino)
+
+    def dump_state(self) -> bytes:
+        """Serialize the whole filesystem: tree, data, counts, open handles and locks."""
+        with self._lock:
+            inodes = []
+            for n in self._inodes.values():
+                chunks = None if n.chunks is None else {i: bytes(c) for i, c in n.chunks.items()}
+                dirstate = None
+                if n.dir is not None:
+                    dirstate = (n.dir.parent, n.dir.next_cookie,
+                                [(name, ino, cookie)
+                                 for name, ino, cookie in n.dir.iter_after(0)])
+                inodes.append((n.ino, n.mode, n.nlink, n.uid, n.gid, n.rdev, n.size,
+                               n.atime, n.mtime, n.ctime, n.btime, n.nlookup, n.nopen,
+                               chunks, dirstate, n.target,
+                               None if n.xattrs is None else dict(n.xattrs)))
+            state = {
+                "version": _STATE_VERSION,
+                "generation": self._generation,
+                "next_ino": self._next_ino,
+                "next_fh": self._next_fh,
+                "max_bytes": self.max_bytes,
+                "max_inodes": self.max_inodes,
+                "inodes": inodes,
+                "handles": [(fh, h.ino, h.flags, h.is_dir) for fh, h in self._handles.items()],
+                "linkable": sorted(self._linkable),
+                "plocks": [(ino, [(lk.owner, lk.start, lk.end, lk.type, lk.pid, lk.fh)
+                                  for lk in locks]) for ino, locks in self._plocks.items()],
+                "flocks": [(ino, [(o, t, f) for o, (t, f) in fl.items()])
+                           for ino, fl in self._flocks.items()],
+            }
+            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def load_state(self, data: bytes) -> None:
+        """Replace this filesystem's contents with a :meth:`dump_state` blob."""
+        state = _NoGlobalsUnpickler(io.BytesIO(data)).load()
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("not a MemFS state of a supported version")
+        inodes: dict[int, _Inode] = {}
+        used = 0
+        for (ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,
+             nlookup, nopen, chunks, dirstate, target, xattrs) in state["inodes"]:
+            n = _Inode(ino, mode, uid, gid, 0)
+            n.nlink, n.rdev, n.size = nlink, rdev, size
+            n.atime, n.mtime, n.ctime, n.btime = atime, mtime, ctime, btime
+            n.nlookup, n.nopen, n.target, n.xattrs = nlookup, nopen, target, xattrs
+            if chunks is not None:
+                n.chunks = {i: bytearray(c) for i, c in chunks.items()}
+                used += sum(len(c) for c in chunks.values())
+            if dirstate is not None:
+                parent, next_cookie, entries = dirstate
+                d = _Dir(parent)
+                for name, child, cookie in entries:
+                    d.add(name, child, cookie)
+                d.next_cookie = next_cookie
+                n.dir = d
+            inodes[ino] = n
+        with self._lock:
+            self._generation = state["generation"]
+            self._next_ino = state["next_ino"]
+            self._next_fh = state["next_fh"]
+            self.max_bytes = state["max_bytes"]
+            self.max_inodes = state["max_inodes"]
+            self._inodes = inodes
+            self._used = used
+            self._handles = {fh: _Handle(ino, flags, is_dir)
+                             for fh, ino, flags, is_dir in state["handles"]}
+            self._linkable = set(state["linkable"])
+            self._plocks = {ino: [_PosixLock(*t) for t in locks]
+                            for ino, locks in state["plocks"]}
+            self._flocks = {ino: {o: (t, f) for o, t, f in fl} for ino, fl in state["flocks"]}
+            self._waits_for = {}
+            self._cond.notify_all()

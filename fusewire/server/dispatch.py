@@ -1,0 +1,663 @@
+"""Dispatch: one request in, one :class:`~fusewire.Operations` call, one reply out.
+
+The dispatcher does the protocol chores so filesystems don't: lookup counts
+per nodeid (an entry reply counts one; READDIRPLUS entries count only when
+they fit in the reply; FORGET hands the exact counts to ``forget``), readdir
+packing, xattr size probes (size 0 asks for the length; a value larger than
+the kernel's buffer is ERANGE), interrupts, UTIME_NOW, flock routing, the
+ENOSYS-without-calling rule for unimplemented methods, and the error
+policy: ``FUSEError`` becomes its errno, any other exception EIO plus a log
+line with the traceback (or, with ``on_error="raise"``, stops the server).
+
+Every request that needs a reply gets exactly one; malformed messages get an
+error reply from the connection's protocol error (or a logged drop when the
+header is unreadable).  :meth:`Dispatcher.dispatch` never raises except in
+``on_error="raise"`` mode.
+
+Hooks for recovery: ``journal`` (if set) sees every reply of a
+non-idempotent request *before* it is returned for writing, and answers
+resent requests it has already seen; ``nodes`` is the lookup-count table a
+successor restores.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from fusewire.connection import Connection, Request
+from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire.opcodes.flags import (
+    FATTR,
+    FOPEN,
+    FSYNC,
+    GETATTR,
+    LK,
+    RELEASE,
+    FUSE_ROOT_ID,
+    InitFlag,
+    Opcode,
+)
+from fusewire.opcodes.table import OpInfo, Reply
+from fusewire.operations import Operations
+from fusewire.server.readdir import ReaddirToken
+from fusewire.server.trace import format_reply, format_request
+from fusewire.structs.codec import CODECS
+from fusewire.types import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    Lock,
+    RequestContext,
+    SetattrFields,
+)
+
+__all__ = ["Dispatcher", "Journal", "NodeTable", "wanted_flags"]
+
+log = logging.getLogger(__name__)
+
+_ENTRY = CODECS["entry_out"].struct
+_ATTR_OUT = CODECS["attr_out"].struct
+_OPEN_OUT = CODECS["open_out"].struct
+_WRITE_OUT = CODECS["write_out"].struct
+_OUT_HDR = CODECS["out_header"].struct
+_PACK_HDR = _OUT_HDR.pack
+_STATX_OUT = CODECS["statx_out"].struct
+_NS = 1_000_000_000
+_RESEND_MASK = (1 << 63) - 1
+_LK_OFFSET_MAX = (1 << 63) - 1
+
+Buffers = list[Any]
+
+
+class Journal(Protocol):
+    """What recovery plugs into the dispatcher (see :mod:`fusewire.recovery`)."""
+
+    def replayed(self, req: Request) -> Buffers | None:
+        """For a resent request already executed: the recorded reply, else None."""
+        ...
+
+    def record(self, req: Request, bufs: Buffers, lookups: list[int]) -> None:
+        """Make the reply (and the lookups it hands out) durable before it is written."""
+        ...
+
+
+class NodeTable:
+    """Lookup counts per nodeid, as the kernel holds them."""
+
+    __slots__ = ("counts", "lock")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def add(self, nodeids: Iterable[int]) -> None:
+        """Count one lookup of each nodeid."""
+        counts = self.counts
+        with self.lock:
+            for n in nodeids:
+                counts[n] = counts.get(n, 0) + 1
+
+    def forget(self, nodeid: int, nlookup: int) -> int:
+        """Give back ``nlookup``; return the count actually released (never below 0)."""
+        with self.lock:
+            have = self.counts.get(nodeid, 0)
+            take = min(have, nlookup)
+            if have - take:
+                self.counts[nodeid] = have - take
+            else:
+                self.counts.pop(nodeid, None)
+            return take
+
+
+def _ts(seconds: float) -> tuple[int, int]:
+    if seconds <= 0:
+        return 0, 0
+    whole = int(seconds)
+    return whole, int((seconds - whole) * _NS)
+
+
+def _attr_tuple(a: EntryAttributes) -> tuple[int, ...]:
+    at, atn = divmod(a.st_atime_ns, _NS)
+    mt, mtn = divmod(a.st_mtime_ns, _NS)
+    ct, ctn = divmod(a.st_ctime_ns, _NS)
+    return (a.st_ino, a.st_size, a.st_blocks, at & 0xFFFFFFFFFFFFFFFF,
+            mt & 0xFFFFFFFFFFFFFFFF, ct & 0xFFFFFFFFFFFFFFFF, atn, mtn, ctn, a.st_mode,
+            a.st_nlink, a.st_uid, a.st_gid, a.st_rdev & 0xFFFFFFFF, a.st_blksize, a.attr_flags)
+
+
+def entry_bytes(a: EntryAttributes) -> bytes:
+    """fuse_entry_out (full size) for ``a``."""
+    ev, evn = _ts(a.entry_timeout)
+    av, avn = _ts(a.attr_timeout)
+    return _ENTRY.pack(a.st_ino, a.generation, ev, av, evn, avn, *_attr_tuple(a))
+
+
+def attr_out_bytes(a: EntryAttributes) -> bytes:
+    """fuse_attr_out (full size) for ``a``."""
+    av, avn = _ts(a.attr_timeout)
+    return _ATTR_OUT.pack(av, avn, 0, *_attr_tuple(a))
+
+
+def open_out_bytes(fi: FileInfo | int) -> bytes:
+    """fuse_open_out for a FileInfo (or a bare fh)."""
+    if isinstance(fi, int):
+        return _OPEN_OUT.pack(fi, 0, 0)
+    flags = 0
+    if fi.direct_io:
+        flags |= FOPEN.DIRECT_IO
+    if fi.keep_cache:
+        flags |= FOPEN.KEEP_CACHE
+    if fi.nonseekable:
+        flags |= FOPEN.NONSEEKABLE
+    if fi.cache_dir:
+        flags |= FOPEN.CACHE_DIR
+    if fi.stream:
+        flags |= FOPEN.STREAM
+    if fi.noflush:
+        flags |= FOPEN.NOFLUSH
+    if fi.parallel_direct_writes:
+        flags |= FOPEN.PARALLEL_DIRECT_WRITES
+    if fi.passthrough:
+        flags |= FOPEN.PASSTHROUGH
+    return _OPEN_OUT.pack(fi.fh, flags, fi.backing_id if fi.passthrough else 0)
+
+
+def _overrides(ops: Operations, name: str) -> bool:
+    return getattr(type(ops), name, None) is not getattr(Operations, name, None)
+
+
+def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
+    """Trim the INIT flags we ask for to what ``ops`` implements."""
+    want = base
+    if not (_overrides(ops, "getlk") or _overrides(ops, "setlk")):
+        want &= ~InitFlag.POSIX_LOCKS
+    if not _overrides(ops, "flock"):
+        want &= ~InitFlag.FLOCK_LOCKS
+    if not _overrides(ops, "readdir"):
+        want &= ~(InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO)
+    if not ops.supports_dot_lookup:
+        want &= ~InitFlag.EXPORT_SUPPORT
+    if ops.enable_writeback_cache:
+        want |= InitFlag.WRITEBACK_CACHE
+    if ops.enable_acl:
+        want |= InitFlag.POSIX_ACL
+    return want
+
+
+class Dispatcher:
+    """Turns raw messages into Operations calls and reply buffers."""
+
+    def __init__(self, ops: Operations, conn: Connection, *, debug: bool = False,
+                 on_error: str = "log", nodes: NodeTable | None = None,
+                 journal: Journal | None = None) -> None:
+        self.ops = ops
+        self.conn = conn
+        self.debug = debug
+        self.on_error = on_error
+        self.nodes = nodes or NodeTable()
+        self.journal = journal
+        #: set when a handler raised and on_error == "raise"
+        self.fatal: BaseException | None = None
+        self.initialized = conn.session is not None
+        #: called with each decoded Request (capture, tests); None for speed
+        self.observer: Callable[[Request], None] | None = None
+        self._handlers: dict[int, Callable[[Request], Buffers | None]] = {}
+        self._implemented: dict[str, bool] = {}
+        for code in list(Opcode):
+            self._bind(int(code))
+
+    def _bind(self, code: int) -> None:
+        name = Opcode(code).name if code in Opcode._value2member_map_ else str(code)
+        method = getattr(self, f"_op_{name.lower()}", None)
+        if method is not None:
+            self._handlers[code] = method
+
+    def implemented(self, handler: str) -> bool:
+        """Whether the Operations subclass overrides ``handler``."""
+        got = self._implemented.get(handler)
+        if got is None:
+            got = self._implemented[handler] = _overrides(self.ops, handler)
+        return got
+
+    # -- entry points -------------------------------------------------------
+
+    def dispatch(self, buf: bytes | bytearray | memoryview) -> tuple[Buffers | None, list[int]]:
+        """Handle one message.  Returns (reply buffers or None, nodeids counted).
+
+        The caller writes the buffers; if that write fails because the kernel
+        no longer waits (ENOENT), it must call :meth:`rollback` with the list.
+        """
+        try:
+            req = self.conn.receive(buf)
+        except RemoteProtocolError as exc:
+            if exc.unique is None:
+                log.warning("dropping unreadable message: %s", exc)
+                return None, []
+            log.warning("protocol error in request %#x: %s", exc.unique, exc)
+            if not exc.needs_reply:
+                return None, []
+            return [_PACK_HDR(16, -exc.errno_hint, exc.unique)], []
+        return self.handle(req)
+
+    def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
+        """Handle a parsed request (see :meth:`dispatch`)."""
+        if self.observer is not None:
+            self.observer(req)
+        if self.debug:
+            log.debug("%s", format_request(req))
+        journal = self.journal
+        if journal is not None and req.unique >> 63:
+            cached = journal.replayed(req)
+            if cached is not None:
+                self.conn.forget_inflight(req.unique)
+                return cached, []
+        self._lookups: list[int] = []
+        info = req.info
+        try:
+            handler = info.handler
+            if handler is not None and not self.implemented(handler) and info.enosys_cached:
+                raise FUSEError(errno.ENOSYS)
+            fn = self._handlers.get(req.opcode)
+            if fn is None:
+                raise FUSEError(errno.ENOSYS)
+            bufs = fn(req)
+        except FUSEError as exc:
+            bufs = self._error(req, exc.errno)
+        except LocalProtocolError as exc:
+            log.error("%s %#x: %s", info.name, req.unique, exc)
+            bufs = self._error(req, exc.errno_hint)
+        except Exception as exc:  # noqa: BLE001 - the policy is: EIO and keep serving
+            log.exception("handler %s raised; answering EIO", info.handler)
+            if self.on_error == "raise":
+                self.fatal = exc
+            bufs = self._error(req, errno.EIO)
+        lookups = self._lookups
+        if lookups and bufs is not None:
+            self.nodes.add(lookups)
+        if journal is not None and bufs is not None and not info.idempotent:
+            journal.record(req, bufs, lookups)
+        if self.debug:
+            log.debug("%s", format_reply(req, bufs))
+        return bufs, lookups
+
+    def rollback(self, lookups: list[int]) -> None:
+        """The reply carrying these lookups never reached the kernel: undo them."""
+        for n in lookups:
+            self.nodes.forget(n, 1)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _error(self, req: Request, err: int) -> Buffers | None:
+        if req.info.reply is Reply.NONE:
+            return None
+        if not 0 < err < 512:
+            err = errno.EIO
+        self.conn.forget_inflight(req.unique)
+        return [_PACK_HDR(16, -err, req.unique)]
+
+    def _ok(self, req: Request, *payload: Any) -> Buffers:
+        self.conn.forget_inflight(req.unique)
+        size = 16
+        for p in payload:
+            size += len(p)
+        return [_PACK_HDR(size, 0, req.unique), *payload]
+
+    def _ctx(self, req: Request, umask: int = 0) -> RequestContext:
+        ext = req.ext
+        return RequestContext(req.uid, req.gid, req.pid, umask, req.unique,
+                              ext.groups if ext is not None else (), bool(req.unique >> 63),
+                              self.conn.is_interrupted)
+
+    def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
+        if create and attr.st_ino in (0, FUSE_ROOT_ID):
+            raise LocalProtocolError(f"{req.info.name} returned nodeid {attr.st_ino}")
+        if attr.st_ino:
+            self._lookups.append(attr.st_ino)
+        data = entry_bytes(attr)
+        session = self.conn.session
+        assert session is not None
+        size = session.sizes["entry_out"]
+        if size != 128:
+            data = data[:size]
+        if session.lookup_handle is not None:
+            data += self._handle_suffix(attr)
+        return data
+
+    def _handle_suffix(self, attr: EntryAttributes) -> bytes:
+        """DRAFT: the handle appended to entry replies (overridden by the draft profile)."""
+        return b""
+
+    def _attr_reply(self, req: Request, attr: EntryAttributes) -> Buffers:
+        session = self.conn.session
+        assert session is not None
+        data = attr_out_bytes(attr)
+        size = session.sizes["attr_out"]
+        return self._ok(req, data if size == 104 else data[:size])
+
+    # -- INIT and library-handled opcodes -----------------------------------------
+
+    def _op_init(self, req: Request) -> Buffers:
+        bufs = self.conn.initialize(req)
+        if self.conn.session is not None and not self.initialized:
+            self.initialized = True
+            self.ops.init()
+        return bufs
+
+    def _op_destroy(self, req: Request) -> Buffers:
+        self.ops.destroy()
+        return self._ok(req)
+
+    def _op_interrupt(self, req: Request) -> Buffers | None:
+        # The connection already marked the target; a reply is optional.
+        self.conn.forget_inflight(req.unique)
+        return None
+
+    def _op_notify_reply(self, req: Request) -> None:
+        callback = getattr(self.ops.notifier, "retrieve_reply", None)
+        if callback is not None:
+            callback(req.unique, req.nodeid, req.arg.offset, bytes(req.data))
+
+    # -- names and attributes -------------------------------------------------------
+
+    def _op_lookup(self, req: Request) -> Buffers:
+        attr = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req, self._entry(req, attr))
+
+    def _op_forget(self, req: Request) -> None:
+        if req.opcode == Opcode.BATCH_FORGET:
+            pairs = req.data
+        else:
+            pairs = ((req.nodeid, req.arg.nlookup),)
+        given = []
+        for nodeid, nlookup in pairs:
+            taken = self.nodes.forget(nodeid, nlookup)
+            if taken:
+                given.append((nodeid, taken))
+        if given:
+            try:
+                self.ops.forget(given)
+            except Exception:  # noqa: BLE001 - no reply to send; log and go on
+                log.exception("forget raised")
+        return None
+
+    _op_batch_forget = _op_forget
+
+    def _op_getattr(self, req: Request) -> Buffers:
+        return self._attr_reply(req, self.ops.getattr(req.nodeid, self._ctx(req)))
+
+    def _op_setattr(self, req: Request) -> Buffers:
+        a = req.arg
+        valid = a.valid
+        now = time.time_ns()
+        attr = EntryAttributes(req.nodeid, st_mode=a.mode, st_uid=a.uid, st_gid=a.gid,
+                               st_size=a.size)
+        fields = SetattrFields(
+            update_atime=bool(valid & (FATTR.ATIME | FATTR.ATIME_NOW)),
+            update_mtime=bool(valid & (FATTR.MTIME | FATTR.MTIME_NOW)),
+            update_ctime=bool(valid & FATTR.CTIME),
+            update_mode=bool(valid & FATTR.MODE), update_uid=bool(valid & FATTR.UID),
+            update_gid=bool(valid & FATTR.GID), update_size=bool(valid & FATTR.SIZE),
+            atime_now=bool(valid & FATTR.ATIME_NOW), mtime_now=bool(valid & FATTR.MTIME_NOW),
+            kill_suidgid=bool(valid & FATTR.KILL_SUIDGID),
+        )
+        attr.st_atime_ns = now if fields.atime_now else a.atime * _NS + a.atimensec
+        attr.st_mtime_ns = now if fields.mtime_now else a.mtime * _NS + a.mtimensec
+        attr.st_ctime_ns = a.ctime * _NS + a.ctimensec if fields.update_ctime else now
+        fh = a.fh if valid & FATTR.FH else None
+        new = self.ops.setattr(req.nodeid, attr, fields, fh, self._ctx(req))
+        return self._attr_reply(req, new)
+
+    def _op_readlink(self, req: Request) -> Buffers:
+        return self._ok(req, self.ops.readlink(req.nodeid, self._ctx(req)))
+
+    def _op_statx(self, req: Request) -> Buffers:
+        a = req.arg
+        fh = a.fh if a.getattr_flags & GETATTR.FH else None
+        st = self.ops.statx(req.nodeid, fh, a.sx_flags, a.sx_mask, self._ctx(req))
+        av, avn = _ts(st.attr_timeout)
+
+        def sx(ns: int) -> tuple[int, int, int]:
+            s, n = divmod(ns, _NS)
+            return s, n, 0
+
+        rdev = st.st_rdev
+        body = _STATX_OUT.pack(
+            av, avn, 0, 0, 0,
+            0x0FFF, st.st_blksize, 0, st.st_nlink, st.st_uid, st.st_gid, st.st_mode & 0xFFFF, 0,
+            st.st_ino, st.st_size, st.st_blocks, 0,
+            *sx(st.st_atime_ns), *sx(st.st_birthtime_ns), *sx(st.st_ctime_ns),
+            *sx(st.st_mtime_ns), os.major(rdev), os.minor(rdev), 0, 0, *(0,) * 14)
+        return self._ok(req, body)
+
+    # -- creating and removing names -------------------------------------------------
+
+    def _op_mknod(self, req: Request) -> Buffers:
+        a = req.arg
+        attr = self.ops.mknod(req.nodeid, req.names[0], a.mode, a.rdev,
+                              self._ctx(req, a.umask))
+        return self._ok(req, self._entry(req, attr, create=True))
+
+    def _op_mkdir(self, req: Request) -> Buffers:
+        a = req.arg
+        attr = self.ops.mkdir(req.nodeid, req.names[0], a.mode, self._ctx(req, a.umask))
+        return self._ok(req, self._entry(req, attr, create=True))
+
+    def _op_symlink(self, req: Request) -> Buffers:
+        name, target = req.names
+        attr = self.ops.symlink(req.nodeid, name, target, self._ctx(req))
+        return self._ok(req, self._entry(req, attr, create=True))
+
+    def _op_unlink(self, req: Request) -> Buffers:
+        self.ops.unlink(req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req)
+
+    def _op_rmdir(self, req: Request) -> Buffers:
+        self.ops.rmdir(req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req)
+
+    def _op_rename(self, req: Request) -> Buffers:
+        flags = req.arg.flags if req.opcode == Opcode.RENAME2 else 0
+        self.ops.rename(req.nodeid, req.names[0], req.arg.newdir, req.names[1], flags,
+                        self._ctx(req))
+        return self._ok(req)
+
+    _op_rename2 = _op_rename
+
+    def _op_link(self, req: Request) -> Buffers:
+        attr = self.ops.link(req.arg.oldnodeid, req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req, self._entry(req, attr, create=True))
+
+    def _op_create(self, req: Request) -> Buffers:
+        a = req.arg
+        fi, attr = self.ops.create(req.nodeid, req.names[0], a.mode, a.flags,
+                                   self._ctx(req, a.umask))
+        return self._ok(req, self._entry(req, attr, create=True), open_out_bytes(fi))
+
+    def _op_tmpfile(self, req: Request) -> Buffers:
+        a = req.arg
+        fi, attr = self.ops.tmpfile(req.nodeid, a.mode, a.flags, self._ctx(req, a.umask))
+        return self._ok(req, self._entry(req, attr, create=True), open_out_bytes(fi))
+
+    # -- files -------------------------------------------------------------------------
+
+    def _op_open(self, req: Request) -> Buffers:
+        fi = self.ops.open(req.nodeid, req.arg.flags, self._ctx(req))
+        return self._ok(req, open_out_bytes(fi))
+
+    def _op_read(self, req: Request) -> Buffers:
+        a = req.arg
+        data = self.ops.read(a.fh, a.offset, a.size)
+        if len(data) > a.size:
+            raise LocalProtocolError(f"read returned {len(data)} bytes for size {a.size}")
+        return self._ok(req, data)
+
+    def _op_write(self, req: Request) -> Buffers:
+        a = req.arg
+        n = self.ops.write(a.fh, a.offset, req.data)
+        return self._ok(req, _WRITE_OUT.pack(n, 0))
+
+    def _op_flush(self, req: Request) -> Buffers:
+        self.ops.flush(req.arg.fh)
+        return self._ok(req)
+
+    def _op_release(self, req: Request) -> Buffers:
+        a = req.arg
+        if a.release_flags & RELEASE.FLOCK_UNLOCK and self.implemented("flock"):
+            try:
+                self.ops.flock(a.fh, a.lock_owner, fcntl.LOCK_UN, False, self._ctx(req))
+            except FUSEError:
+                pass
+        self.ops.release(a.fh)
+        return self._ok(req)
+
+    def _op_fsync(self, req: Request) -> Buffers:
+        self.ops.fsync(req.arg.fh, bool(req.arg.fsync_flags & FSYNC.FDATASYNC))
+        return self._ok(req)
+
+    def _op_fallocate(self, req: Request) -> Buffers:
+        a = req.arg
+        self.ops.fallocate(a.fh, a.mode, a.offset, a.length, self._ctx(req))
+        return self._ok(req)
+
+    def _op_lseek(self, req: Request) -> Buffers:
+        a = req.arg
+        off = self.ops.lseek(a.fh, a.offset, a.whence, self._ctx(req))
+        return self._ok(req, struct.pack("<Q", off))
+
+    def _op_copy_file_range(self, req: Request) -> Buffers:
+        a = req.arg
+        n = self.ops.copy_file_range(a.fh_in, a.off_in, a.nodeid_out, a.fh_out, a.off_out,
+                                     a.len, a.flags, self._ctx(req))
+        if req.opcode == Opcode.COPY_FILE_RANGE:
+            return self._ok(req, _WRITE_OUT.pack(min(n, 0xFFFFFFFF), 0))
+        return self._ok(req, struct.pack("<Q", n))
+
+    _op_copy_file_range_64 = _op_copy_file_range
+
+    def _op_ioctl(self, req: Request) -> Buffers:
+        a = req.arg
+        result, out = self.ops.ioctl(a.fh, a.cmd, a.arg, bytes(req.data), a.out_size, a.flags,
+                                     self._ctx(req))
+        if len(out) > a.out_size:
+            raise LocalProtocolError(f"ioctl returned {len(out)} bytes > out_size {a.out_size}")
+        return self._ok(req, struct.pack("<iIII", result, 0, 0, 0), out)
+
+    def _op_poll(self, req: Request) -> Buffers:
+        a = req.arg
+        revents = self.ops.poll(a.fh, a.kh, a.events, a.flags, self._ctx(req))
+        return self._ok(req, struct.pack("<II", revents, 0))
+
+    def _op_bmap(self, req: Request) -> Buffers:
+        a = req.arg
+        block = self.ops.bmap(req.nodeid, a.blocksize, a.block, self._ctx(req))
+        return self._ok(req, struct.pack("<Q", block))
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def _op_getlk(self, req: Request) -> Buffers:
+        a = req.arg
+        lk = a.lk
+        got = self.ops.getlk(a.fh, a.owner, Lock(lk.start, lk.end, lk.type, lk.pid),
+                             self._ctx(req))
+        return self._ok(req, struct.pack("<QQII", got.start, got.end, got.type, got.pid))
+
+    def _op_setlk(self, req: Request) -> Buffers:
+        a = req.arg
+        lk = a.lk
+        sleep = req.opcode == Opcode.SETLKW
+        if a.lk_flags & LK.FLOCK:
+            op = {fcntl.F_RDLCK: fcntl.LOCK_SH, fcntl.F_WRLCK: fcntl.LOCK_EX}.get(
+                lk.type, fcntl.LOCK_UN)
+            self.ops.flock(a.fh, a.owner, op, sleep, self._ctx(req))
+        else:
+            self.ops.setlk(a.fh, a.owner, Lock(lk.start, lk.end, lk.type, lk.pid), sleep,
+                           self._ctx(req))
+        return self._ok(req)
+
+    _op_setlkw = _op_setlk
+
+    # -- directories ---------------------------------------------------------------------
+
+    def _op_opendir(self, req: Request) -> Buffers:
+        fh = self.ops.opendir(req.nodeid, self._ctx(req))
+        return self._ok(req, _OPEN_OUT.pack(fh, 0, 0))
+
+    def _op_readdir(self, req: Request) -> Buffers:
+        a = req.arg
+        plus = req.opcode == Opcode.READDIRPLUS
+        token = ReaddirToken(a.size, plus, entry_bytes if plus else None)
+        self.ops.readdir(a.fh, a.offset, token)
+        self._lookups.extend(token.counted)
+        return self._ok(req, token.buf)
+
+    _op_readdirplus = _op_readdir
+
+    def _op_releasedir(self, req: Request) -> Buffers:
+        self.ops.releasedir(req.arg.fh)
+        return self._ok(req)
+
+    def _op_fsyncdir(self, req: Request) -> Buffers:
+        self.ops.fsyncdir(req.arg.fh, bool(req.arg.fsync_flags & FSYNC.FDATASYNC))
+        return self._ok(req)
+
+    # -- filesystem-wide -------------------------------------------------------------------
+
+    def _op_statfs(self, req: Request) -> Buffers:
+        s = self.ops.statfs(self._ctx(req))
+        body = struct.pack("<QQQQQIII", s.f_blocks, s.f_bfree, s.f_bavail, s.f_files,
+                           s.f_ffree, s.f_bsize, s.f_namemax, s.f_frsize) + bytes(28)
+        session = self.conn.session
+        assert session is not None
+        return self._ok(req, body[:session.sizes["statfs_out"]])
+
+    def _op_syncfs(self, req: Request) -> Buffers:
+        self.ops.syncfs(self._ctx(req))
+        return self._ok(req)
+
+    def _op_access(self, req: Request) -> Buffers:
+        if not self.ops.access(req.nodeid, req.arg.mask, self._ctx(req)):
+            raise FUSEError(errno.EACCES)
+        return self._ok(req)
+
+    # -- xattrs ------------------------------------------------------------------------------
+
+    def _op_setxattr(self, req: Request) -> Buffers:
+        self.ops.setxattr(req.nodeid, req.names[0], bytes(req.data), req.arg.flags,
+                          self._ctx(req))
+        return self._ok(req)
+
+    def _xattr_reply(self, req: Request, value: bytes) -> Buffers:
+        size = req.arg.size
+        if size == 0:
+            return self._ok(req, struct.pack("<II", len(value), 0))
+        if len(value) > size:
+            raise FUSEError(errno.ERANGE)
+        return self._ok(req, value)
+
+    def _op_getxattr(self, req: Request) -> Buffers:
+        return self._xattr_reply(req, self.ops.getxattr(req.nodeid, req.names[0],
+                                                        self._ctx(req)))
+
+    def _op_listxattr(self, req: Request) -> Buffers:
+        names = self.ops.listxattr(req.nodeid, self._ctx(req))
+        return self._xattr_reply(req, b"".join(n + b"\0" for n in names))
+
+    def _op_removexattr(self, req: Request) -> Buffers:
+        self.ops.removexattr(req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req)
+
+
+def describe_table() -> list[OpInfo]:
+    """Rows the dispatcher serves (used by docs and tests)."""
+    from fusewire.opcodes.table import OPS
+
+    return [row for row in OPS.values() if row.handler is not None]
+

@@ -1,0 +1,377 @@
+"""The server: a loop that only reads, hands off, and writes.
+
+Theory of operation
+-------------------
+Each ``read(2)`` on ``/dev/fuse`` returns exactly one request and each
+``write(2)`` carries exactly one reply (protocol.md §1), so there is nothing
+to reassemble: a thread reads into one preallocated buffer of at least
+``max_write + 80`` bytes (the kernel refuses smaller ones with EINVAL),
+hands the bytes to the :class:`~fusewire.server.dispatch.Dispatcher`, and
+writes the reply with one ``writev``.  On this 2-vCPU VM a synchronous stat
+is a ping-pong between client and server and a wake-up on the other vCPU
+costs 6-10x (perf.md), so the default is one thread that answers inline.
+
+The fd is non-blocking; a read that would block parks the thread in a
+``selectors`` wait on the fd and a wake-up pipe, so another thread (or a
+signal handler, through the pipe) can stop the loop.  Kernel errno rules:
+``EINTR``/``EAGAIN`` on read mean try again; ``ENODEV`` means the
+filesystem was unmounted (clean stop); ``ECONNABORTED`` means the
+connection was aborted.  A reply write failing with ``ENOENT`` means the
+kernel no longer waits for that request (interrupted or aborted): the
+lookups it carried are rolled back.
+
+Optional worker threads each get their own fd cloned with
+``FUSE_DEV_IOC_CLONE``; a reply must go back through the fd that read its
+request, which the per-thread loop guarantees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import logging
+import os
+import selectors
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from fusewire.connection import Config, Connection, encode_notify
+from fusewire.opcodes.flags import InitFlag, NotifyCode
+from fusewire.operations import Operations
+from fusewire.server import mount as _mount
+from fusewire.server.dispatch import Dispatcher, NodeTable, wanted_flags
+
+__all__ = ["Server"]
+
+log = logging.getLogger(__name__)
+
+_FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501
+_FUSE_DEV_IOC_BACKING_CLOSE = 0x4004E502
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Server:
+    """Serve an :class:`~fusewire.Operations` instance on a mount.
+
+    ``options`` are libfuse-style ``-o`` options (see :mod:`fusewire.server.mount`).
+    ``workers`` > 0 starts that many extra threads, each on a cloned fd.
+    ``fd`` and ``connection`` let a successor serve an already-mounted,
+    already-initialised connection (recovery).  ``capture`` receives every
+    message crossing the fd (see :mod:`fusewire.testing.capture`).
+    """
+
+    def __init__(self, ops: Operations, mountpoint: str, options: str | Sequence[str] | None = None,
+                 *, debug: bool = False, workers: int = 0, config: Config | None = None,
+                 on_error: str = "log", fd: int | None = None,
+                 connection: Connection | None = None, nodes: NodeTable | None = None,
+                 capture: Any = None, fsname: str = "fusewire",
+                 subtype: str | None = None) -> None:
+        self.ops = ops
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.options = _mount.parse_options(options, fsname=fsname, subtype=subtype)
+        base = config or Config()
+        want = wanted_flags(ops, base.want)
+        self.config = Config(**{**base.__dict__, "want": want})
+        self.conn = connection or Connection(self.config)
+        self.dispatcher = Dispatcher(ops, self.conn, debug=debug, on_error=on_error,
+                                     nodes=nodes)
+        self.workers = workers
+        self.fd = fd
+        self._owns_mount = fd is None
+        self.capture = capture
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._threads: list[threading.Thread] = []
+        self._extra_fds: list[int] = []
+        self._retrieve_ids = itertools.count(1)
+        self._retrieved: dict[int, tuple[threading.Event, list[bytes]]] = {}
+        self.ready = threading.Event()
+        self.unmounted = False
+        ops.notifier = self
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def mount(self) -> int:
+        """Mount (unless an fd was given) and return the /dev/fuse fd."""
+        if self.fd is None:
+            self.fd = _mount.mount(self.mountpoint, self.options)
+        os.set_blocking(self.fd, False)
+        if self.conn.session is not None:
+            self.ready.set()
+        return self.fd
+
+    def serve(self, *, install_signals: bool = True) -> None:
+        """Serve until unmount, :meth:`stop`, SIGINT or SIGTERM."""
+        if self.fd is None:
+            self.mount()
+        assert self.fd is not None
+        old: dict[int, Any] = {}
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, self._on_signal)
+        try:
+            for i in range(self.workers):
+                wfd = _mount.clone_fd(self.fd)
+                os.set_blocking(wfd, False)
+                self._extra_fds.append(wfd)
+                t = threading.Thread(target=self._loop, args=(wfd,), name=f"fusewire-{i}",
+                                     daemon=True)
+                t.start()
+                self._threads.append(t)
+            self._loop(self.fd)
+        finally:
+            self._stop.set()
+            self._wake()
+            for t in self._threads:
+                t.join(timeout=5)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+            try:
+                self.ops.destroy()
+            except Exception:  # noqa: BLE001
+                log.exception("destroy raised")
+            if self.dispatcher.fatal is not None:
+                raise RuntimeError("handler failed with on_error='raise'") \
+                    from self.dispatcher.fatal
+
+    def stop(self) -> None:
+        """Ask every loop to return (thread-safe, signal-safe)."""
+        self._stop.set()
+        self._wake()
+
+    def close(self, *, unmount: bool = True) -> None:
+        """Unmount (if we mounted) and close our fds."""
+        self.stop()
+        if unmount and self._owns_mount and not self.unmounted:
+            try:
+                _mount.unmount(self.mountpoint, lazy=True)
+            except OSError as exc:
+                log.debug("unmount: %s", exc)
+            self.unmounted = True
+        for fd in [*self._extra_fds, self.fd]:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._extra_fds.clear()
+        self.fd = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def run(self) -> None:
+        """Mount, serve, and unmount: the whole life of a simple filesystem."""
+        self.mount()
+        try:
+            self.serve()
+        finally:
+            self.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        self.stop()
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _loop(self, fd: int) -> None:
+        bufsize = max(8192, self.config.max_write + 4096)
+        buf = bytearray(bufsize)
+        view = memoryview(buf)
+        readv = os.readv
+        writev = os.writev
+        dispatch = self.dispatcher.dispatch
+        capture = self.capture
+        stop = self._stop
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not stop.is_set():
+                try:
+                    n = readv(fd, [buf])
+                except BlockingIOError:
+                    sel.select()
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.EINTR:
+                        continue
+                    if exc.errno == errno.ENODEV:
+                        log.info("filesystem unmounted")
+                        self.unmounted = True
+                        stop.set()
+                        self._wake()
+                        return
+                    if exc.errno == errno.ECONNABORTED:
+                        log.warning("connection aborted")
+                        stop.set()
+                        self._wake()
+                        return
+                    raise
+                msg = view[:n]
+                if capture is not None:
+                    capture.request(msg)
+                bufs, lookups = dispatch(msg)
+                if bufs is None:
+                    continue
+                if capture is not None:
+                    capture.reply(bufs)
+                try:
+                    writev(fd, bufs)
+                except OSError as exc:
+                    if exc.errno == errno.ENOENT:
+                        # The kernel stopped waiting (interrupt or abort).
+                        self.dispatcher.rollback(lookups)
+                    elif exc.errno == errno.ENODEV:
+                        self.unmounted = True
+                        stop.set()
+                        self._wake()
+                        return
+                    else:
+                        log.error("reply write failed: %s", exc)
+                        self.dispatcher.rollback(lookups)
+                if not self.ready.is_set() and self.conn.session is not None:
+                    self.ready.set()
+                if self.dispatcher.fatal is not None:
+                    stop.set()
+                    self._wake()
+                    return
+        finally:
+            sel.close()
+
+    # -- notifications (the Notifier protocol) ---------------------------------------------
+
+    def _notify(self, code: NotifyCode, *payload: bytes) -> int:
+        if self.fd is None:
+            raise OSError(errno.ENOTCONN, "not serving")
+        bufs = self.conn.notify(code, *payload)
+        if self.capture is not None:
+            self.capture.notify(bufs)
+        try:
+            os.writev(self.fd, bufs)
+        except OSError as exc:
+            return exc.errno or errno.EIO
+        return 0
+
+    def notify_poll(self, kh: int) -> int:
+        """Wake pollers waiting on poll handle ``kh``."""
+        return self._notify(NotifyCode.POLL, struct.pack("<Q", kh))
+
+    def notify_inval_inode(self, inode: int, off: int = 0, length: int = 0) -> int:
+        """Invalidate attributes (and page cache from ``off`` unless ``off < 0``)."""
+        return self._notify(NotifyCode.INVAL_INODE, struct.pack("<Qqq", inode, off, length))
+
+    def notify_inval_entry(self, parent_inode: int, name: bytes,
+                           expire_only: bool = False) -> int:
+        """Invalidate (or with ``expire_only`` just expire) a cached dentry."""
+        return self._notify(NotifyCode.INVAL_ENTRY,
+                            struct.pack("<QII", parent_inode, len(name), int(expire_only)),
+                            name + b"\0")
+
+    def notify_delete(self, parent_inode: int, inode: int, name: bytes) -> int:
+        """Tell the kernel a name was deleted (inotify sees it)."""
+        return self._notify(NotifyCode.DELETE,
+                            struct.pack("<QQII", parent_inode, inode, len(name), 0),
+                            name + b"\0")
+
+    def notify_store(self, inode: int, offset: int, data: bytes) -> int:
+        """Push ``data`` into the page cache of ``inode``."""
+        return self._notify(NotifyCode.STORE, struct.pack("<QQII", inode, offset, len(data), 0),
+                            data)
+
+    def notify_retrieve(self, inode: int, offset: int, size: int,
+                        timeout: float = 5.0) -> bytes | None:
+        """Ask for the cached pages of ``inode``; wait for the NOTIFY_REPLY.
+
+        Must be called from a thread other than the one serving (the reply
+        arrives through the loop); returns None on timeout.
+        """
+        ident = next(self._retrieve_ids)
+        event = threading.Event()
+        box: list[bytes] = []
+        self._retrieved[ident] = (event, box)
+        err = self._notify(NotifyCode.RETRIEVE,
+                           struct.pack("<QQQII", ident, inode, offset, size, 0))
+        if err:
+            self._retrieved.pop(ident, None)
+            raise OSError(err, os.strerror(err))
+        event.wait(timeout)
+        self._retrieved.pop(ident, None)
+        return box[0] if box else None
+
+    def retrieve_reply(self, notify_unique: int, nodeid: int, offset: int, data: bytes) -> None:
+        """Called by the dispatcher for NOTIFY_REPLY."""
+        slot = self._retrieved.get(notify_unique)
+        if slot is not None:
+            slot[1].append(data)
+            slot[0].set()
+
+    def notify_prune(self, inodes: Sequence[int]) -> int:
+        """Ask the kernel to forget unused inodes (7.45)."""
+        ids = list(inodes)
+        return self._notify(NotifyCode.PRUNE, struct.pack("<IIQ", len(ids), 0, 0),
+                            struct.pack(f"<{len(ids)}Q", *ids))
+
+    def notify_inc_epoch(self) -> int:
+        """Make every cached dentry revalidate on next use (7.44)."""
+        return self._notify(NotifyCode.INC_EPOCH)
+
+    def notify_resend(self) -> int:
+        """Make the kernel re-send every request read but not answered (7.40)."""
+        return self._notify(NotifyCode.RESEND)
+
+    # -- kernel passthrough ------------------------------------------------------------------
+
+    def backing_open(self, fd: int) -> int:
+        """Register ``fd`` as a passthrough backing file; return the backing id."""
+        if self.fd is None:
+            raise OSError(errno.ENOTCONN, "not serving")
+        arg = ctypes.create_string_buffer(struct.pack("<iIQ", fd, 0, 0), 16)
+        res = _libc.ioctl(self.fd, ctypes.c_ulong(_FUSE_DEV_IOC_BACKING_OPEN), arg)
+        if res < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return int(res)
+
+    def backing_close(self, backing_id: int) -> None:
+        """Release a backing id."""
+        if self.fd is None:
+            return
+        arg = ctypes.c_uint32(backing_id)
+        if _libc.ioctl(self.fd, ctypes.c_ulong(_FUSE_DEV_IOC_BACKING_CLOSE),
+                       ctypes.byref(arg)) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    @property
+    def session_flags(self) -> InitFlag:
+        """The negotiated INIT flags (empty before INIT)."""
+        s = self.conn.session
+        return InitFlag(s.flags) if s is not None else InitFlag(0)
+
+
+def serve_in_thread(server: Server, timeout: float = 10.0) -> threading.Thread:
+    """Mount and serve in a daemon thread; return once INIT is answered (tests, demos)."""
+    server.mount()
+    t = threading.Thread(target=server.serve, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    if not server.ready.wait(timeout):
+        raise TimeoutError("the kernel did not complete INIT")
+    return t
+

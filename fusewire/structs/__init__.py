@@ -1,0 +1,1 @@
+"""FUSE wire structs: construct schemas, derived fast codecs, per-minor layout."""

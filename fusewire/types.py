@@ -1,0 +1,250 @@
+"""Public value types of the Operations API.
+
+These are the objects a filesystem author touches: what a handler receives
+(:class:`RequestContext`, :class:`SetattrFields`, :class:`Lock`) and what it
+returns (:class:`EntryAttributes`, :class:`FileInfo`, :class:`StatvfsData`).
+Names follow pyfuse3 where pyfuse3 has the concept, so porting a pyfuse3
+filesystem is mostly mechanical.
+
+Nothing here does I/O and nothing here knows the wire layout; the dispatcher
+turns these into wire structs with the derived codecs of :mod:`fusewire.structs`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "EntryAttributes",
+    "FUSEError",
+    "FileInfo",
+    "Lock",
+    "RequestContext",
+    "SetattrFields",
+    "StatvfsData",
+]
+
+
+class FUSEError(Exception):
+    """The one exception a handler is expected to raise.
+
+    ``FUSEError(errno.ENOENT)`` makes the kernel call fail with that errno.
+    Any other exception escaping a handler is a bug in the filesystem: the
+    caller gets EIO and the server logs the traceback and keeps serving.
+    """
+
+    __slots__ = ("errno",)
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(errno)
+        self.errno = int(errno)
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        return f"{name}: {os.strerror(self.errno)}"
+
+    def __reduce__(self) -> tuple[type[FUSEError], tuple[int]]:
+        return (FUSEError, (self.errno,))
+
+
+class EntryAttributes:
+    """Attributes of a filesystem object, plus how long the kernel may cache them.
+
+    Returned by ``lookup``, ``getattr``, ``setattr`` and the create-type
+    handlers, and passed to ``readdir`` tokens.  Times are integer
+    nanoseconds since the epoch (``st_atime_ns`` ...).  ``st_ino`` is the
+    nodeid the kernel will use for this object from now on; ``generation``
+    must change whenever an ``st_ino`` value is reused for a different object.
+
+    ``entry_timeout`` and ``attr_timeout`` are seconds (floats); 0 means the
+    kernel asks again on every access.
+    """
+
+    __slots__ = (
+        "st_ino", "generation", "entry_timeout", "attr_timeout",
+        "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+        "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+        "st_birthtime_ns", "attr_flags",
+    )
+
+    def __init__(
+        self,
+        st_ino: int = 0,
+        *,
+        generation: int = 0,
+        entry_timeout: float = 0.0,
+        attr_timeout: float = 0.0,
+        st_mode: int = 0,
+        st_nlink: int = 1,
+        st_uid: int = 0,
+        st_gid: int = 0,
+        st_rdev: int = 0,
+        st_size: int = 0,
+        st_blksize: int = 4096,
+        st_blocks: int = 0,
+        st_atime_ns: int = 0,
+        st_mtime_ns: int = 0,
+        st_ctime_ns: int = 0,
+        st_birthtime_ns: int = 0,
+        attr_flags: int = 0,
+    ) -> None:
+        self.st_ino = st_ino
+        self.generation = generation
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.st_mode = st_mode
+        self.st_nlink = st_nlink
+        self.st_uid = st_uid
+        self.st_gid = st_gid
+        self.st_rdev = st_rdev
+        self.st_size = st_size
+        self.st_blksize = st_blksize
+        self.st_blocks = st_blocks
+        self.st_atime_ns = st_atime_ns
+        self.st_mtime_ns = st_mtime_ns
+        self.st_ctime_ns = st_ctime_ns
+        self.st_birthtime_ns = st_birthtime_ns
+        self.attr_flags = attr_flags
+
+    @classmethod
+    def from_stat(cls, st: os.stat_result, *, st_ino: int | None = None,
+                  generation: int = 0, entry_timeout: float = 0.0,
+                  attr_timeout: float = 0.0) -> EntryAttributes:
+        """Build attributes from an ``os.stat_result`` (used by passthrough filesystems)."""
+        return cls(
+            st.st_ino if st_ino is None else st_ino,
+            generation=generation,
+            entry_timeout=entry_timeout,
+            attr_timeout=attr_timeout,
+            st_mode=st.st_mode,
+            st_nlink=st.st_nlink,
+            st_uid=st.st_uid,
+            st_gid=st.st_gid,
+            st_rdev=st.st_rdev,
+            st_size=st.st_size,
+            st_blksize=st.st_blksize,
+            st_blocks=st.st_blocks,
+            st_atime_ns=st.st_atime_ns,
+            st_mtime_ns=st.st_mtime_ns,
+            st_ctime_ns=st.st_ctime_ns,
+            st_birthtime_ns=getattr(st, "st_birthtime_ns", 0) or 0,
+        )
+
+    def copy(self) -> EntryAttributes:
+        """Return an independent copy."""
+        new = EntryAttributes.__new__(EntryAttributes)
+        for name in EntryAttributes.__slots__:
+            object.__setattr__(new, name, getattr(self, name))
+        return new
+
+    def __repr__(self) -> str:
+        return (f"EntryAttributes(st_ino={self.st_ino}, st_mode={self.st_mode:#o}, "
+                f"st_size={self.st_size}, st_nlink={self.st_nlink})")
+
+
+@dataclass(slots=True)
+class SetattrFields:
+    """Which attributes a SETATTR request changes.
+
+    The new values are in the :class:`EntryAttributes` passed beside it.
+    ``update_atime``/``update_mtime`` with the ``*_now`` flag set mean "the
+    current time"; the library has already put the current time into the
+    attributes, so a filesystem only needs to copy the values.
+    """
+
+    update_atime: bool = False
+    update_mtime: bool = False
+    update_ctime: bool = False
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_size: bool = False
+    atime_now: bool = False
+    mtime_now: bool = False
+    kill_suidgid: bool = False
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """What ``open`` and ``create`` return: the handle and how the kernel should cache.
+
+    ``fh`` is any 64-bit integer the filesystem chooses; the kernel passes it
+    back in read, write, flush, release... ``backing_id`` (with
+    ``passthrough=True``) hands reads and writes to a kernel backing file
+    registered with :meth:`fusewire.server.Server.backing_open`.
+    """
+
+    fh: int = 0
+    direct_io: bool = False
+    keep_cache: bool = False
+    nonseekable: bool = False
+    cache_dir: bool = False
+    stream: bool = False
+    noflush: bool = False
+    parallel_direct_writes: bool = False
+    passthrough: bool = False
+    backing_id: int = 0
+
+
+@dataclass(slots=True)
+class StatvfsData:
+    """The answer to ``statfs``; field names as in ``os.statvfs_result``."""
+
+    f_bsize: int = 4096
+    f_frsize: int = 4096
+    f_blocks: int = 0
+    f_bfree: int = 0
+    f_bavail: int = 0
+    f_files: int = 0
+    f_ffree: int = 0
+    f_favail: int = 0
+    f_namemax: int = 255
+
+
+@dataclass(slots=True, frozen=True)
+class Lock:
+    """A POSIX record lock range as the kernel sends it.
+
+    ``type`` is ``fcntl.F_RDLCK``, ``F_WRLCK`` or ``F_UNLCK``; ``end`` is
+    inclusive and ``2**63 - 1`` means "to end of file"; ``pid`` is the
+    owning process (for GETLK replies, the conflicting holder).
+    """
+
+    start: int
+    end: int
+    type: int
+    pid: int = 0
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Who is asking: the credentials and process of the request.
+
+    ``uid``/``gid`` are the caller's fsuid/fsgid, ``pid`` its thread group
+    id (0 for background requests such as RELEASE), ``umask`` the caller's
+    umask on create-type requests (0 elsewhere), ``groups`` the supplementary
+    group carried by a FUSE_EXT_GROUPS extension, if any.  ``unique`` is the
+    request's id on the wire; ``resent`` is true when the kernel re-sent it
+    after a server restart.
+    """
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+    umask: int = 0
+    unique: int = 0
+    groups: tuple[int, ...] = ()
+    resent: bool = False
+    _interrupted: Callable[[int], bool] | None = field(default=None, repr=False)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once the kernel has sent an INTERRUPT for this request.
+
+        A handler that blocks for long should poll this and raise
+        ``FUSEError(errno.EINTR)`` when it turns true.
+        """
+        return self._interrupted is not None and self._interrupted(self.unique)
