@@ -204,35 +204,220 @@ class Client:
     def seqwrite(self) -> Result:
         block = os.urandom(BLOCK)
         total_blocks = self.p.seq_mib * MiB // BLOCK
-        fd = os.open("seq.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.root_fd)
         write = os.write
+        start = time.perf_counter()
+        fd = os.open("seq.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.root_fd)
         try:
             blocks, _ = timed_loop(lambda: write(fd, block), total_blocks, self.p.seq_cap_s,
                                    batch=8)
-            start_sync = time.perf_counter()
             os.fsync(fd)
         finally:
             os.close(fd)
+        secs = time.perf_counter() - start
         self.seq_bytes = blocks * BLOCK
-        # timed_loop's clock does not cover fsync and close: rerun the sum here.
-        secs = self._seq_write_secs + 0.0 if False else None  # placeholder, replaced below
-        del secs, start_sync
-        raise NotImplementedError
+        return Result("seqwrite", self.seq_bytes / MiB, secs, "MiB/s",
+                      extra={"capped": blocks < total_blocks})
 
-    def _read_all(self) -> tuple[int, float]:
+    def seqread(self) -> Result:
+        if self.kind != "kernel":
+            # Drop the file's pages from the page cache (on a FUSE mount, only
+            # the FUSE file's: a passthrough's backing file stays cached).
+            fd = os.open("seq.bin", os.O_RDONLY, dir_fd=self.root_fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        return self._read_result("seqread")
+
+    def seqread_cold(self) -> Result:
+        method = "drop_caches"
+        try:
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")
+        except OSError:
+            method = "fadvise"
+            fd = os.open("seq.bin", os.O_RDONLY, dir_fd=self.root_fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        result = self._read_result("seqread_cold")
+        result.extra["cache_drop"] = method
+        return result
+
+    def _read_result(self, workload: str) -> Result:
         buf = bytearray(BLOCK)
-        fd = os.open("seq.bin", os.O_RDONLY, dir_fd=self.root_fd)
+        readv = os.readv
         total = 0
         start = time.perf_counter()
         deadline = start + self.p.seq_cap_s
+        fd = os.open("seq.bin", os.O_RDONLY, dir_fd=self.root_fd)
         try:
-            while True:
-                n = os.readv(fd, [buf])
-                if n == 0:
-                    break
+            while n := readv(fd, [buf]):
                 total += n
                 if total % (8 * MiB) == 0 and time.perf_counter() >= deadline:
                     break
         finally:
             os.close(fd)
-        return total, time.perf_counter() - start
+        secs = time.perf_counter() - start
+        return Result(workload, total / MiB, secs, "MiB/s",
+                      extra={"capped": total < self.seq_bytes})
+
+    def smallfiles(self) -> Result:
+        os.mkdir("small", dir_fd=self.root_fd)
+        dfd = os.open("small", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root_fd)
+        data = b"s" * self.p.small_size
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        created: list[str] = []
+        try:
+            start = time.perf_counter()
+            deadline = start + self.p.small_cap_s
+            for i in range(self.p.small_files):
+                name = f"s{i:05d}"
+                fd = os.open(name, flags, 0o644, dir_fd=dfd)
+                os.write(fd, data)
+                os.close(fd)
+                created.append(name)
+                if time.perf_counter() >= deadline:
+                    break
+            mid = time.perf_counter()
+            for name in created:
+                os.unlink(name, dir_fd=dfd)
+            end = time.perf_counter()
+        finally:
+            os.close(dfd)
+        os.rmdir("small", dir_fd=self.root_fd)
+        n = len(created)
+        return Result("smallfiles", n, end - start, "files/s", extra={
+            "create_files_s": n / (mid - start) if mid > start else 0.0,
+            "unlink_files_s": n / (end - mid) if end > mid else 0.0,
+            "capped": n < self.p.small_files,
+        })
+
+    def lookup(self) -> list[Result]:
+        """The fixture (N empty files) and the lookup storm over their names."""
+        names = [f"n{i:05d}" for i in range(self.p.names)]
+        os.mkdir("names", dir_fd=self.root_fd)
+        dfd = os.open("names", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        cpu0 = self.server.cpu()
+        start = time.perf_counter()
+        deadline = start + self.p.fixture_cap_s
+        made = 0
+        for name in names:
+            os.close(os.open(name, flags, 0o644, dir_fd=dfd))
+            made += 1
+            if made % 256 == 0 and time.perf_counter() >= deadline:
+                break
+        fixture = Result("fixture", made, time.perf_counter() - start, "files/s",
+                         server_cpu_s=_delta(cpu0, self.server.cpu()),
+                         extra={"capped": made < len(names)})
+        del names[made:]
+        self.names = made
+        stat = os.stat
+        cpu0 = self.server.cpu()
+        ops = 0
+        start = time.perf_counter()
+        deadline = start + self.p.storm_cap_s
+        for _ in range(self.p.lookup_passes):
+            for i in range(0, len(names), 128):
+                for name in names[i:i + 128]:
+                    stat(name, dir_fd=dfd)
+                ops += len(names[i:i + 128])
+                if time.perf_counter() >= deadline:
+                    break
+            else:
+                continue
+            break
+        secs = time.perf_counter() - start
+        os.close(dfd)
+        storm = Result("lookup", ops, secs, "ops/s",
+                       server_cpu_s=_delta(cpu0, self.server.cpu()),
+                       extra={"names": made})
+        return [fixture, storm]
+
+    def readdir(self) -> Result:
+        path = os.path.join(self.root, "names")
+        entries = 0
+        listings = 0
+        start = time.perf_counter()
+        deadline = start + self.p.readdir_cap_s
+        while listings < self.p.readdir_max:
+            n = len(os.listdir(path))
+            if n != getattr(self, "names", n):
+                raise RuntimeError(f"listdir returned {n} entries, expected {self.names}")
+            entries += n
+            listings += 1
+            if time.perf_counter() >= deadline:
+                break
+        return Result("readdir", entries, time.perf_counter() - start, "entries/s",
+                      extra={"listings": listings})
+
+    # -- driver ----------------------------------------------------------
+
+    def run(self, workloads: list[str]) -> list[Result]:
+        results: list[Result] = []
+        for name in workloads:
+            if name == "readdir" and not hasattr(self, "names"):
+                results.extend(self._measure("lookup"))  # readdir needs the fixture
+            results.extend(self._measure(name))
+        return results
+
+    def _measure(self, name: str) -> list[Result]:
+        cpu0 = self.server.cpu()
+        try:
+            out = getattr(self, name)()
+        except (OSError, RuntimeError, ValueError) as exc:  # report it, go on with the next
+            return [Result(name, 0, 0.0, "", error=f"{type(exc).__name__}: {exc}")]
+        cpu1 = self.server.cpu()
+        results = out if isinstance(out, list) else [out]
+        mem = self.server.memory_kib()
+        for r in results:
+            if r.server_cpu_s is None:
+                r.server_cpu_s = _delta(cpu0, cpu1)
+            if mem:
+                r.extra["server_rss_kib"] = mem.get("VmRSS")
+        return results
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(b - a, 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the benchmark workloads on a mount.")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--params", default="{}", help="JSON object of Params fields")
+    parser.add_argument("--server-pid", type=int, default=None)
+    parser.add_argument("--kind", choices=("fuse", "kernel"), default="fuse")
+    parser.add_argument("--cold", action="store_true", help="also run seqread_cold")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    args = parser.parse_args()
+
+    params = Params(**json.loads(args.params))
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if not args.cold:
+        workloads = [w for w in workloads if w != "seqread_cold"]
+    reads = [w for w in workloads if w in ("seqread", "seqread_cold")]
+    if reads and "seqwrite" not in workloads:
+        workloads.insert(workloads.index(reads[0]), "seqwrite")  # the reads need its file
+
+    server = Server(args.server_pid)
+    mem0 = server.memory_kib()
+    cpu0 = server.cpu()
+    client = Client(args.mountpoint, params, server, args.kind)
+    results = client.run(workloads)
+    report = {
+        "params": asdict(params),
+        "client_cpus": sorted(os.sched_getaffinity(0)),
+        "server_start": mem0,
+        "server_end": server.memory_kib(),
+        "server_cpu_s": _delta(cpu0, server.cpu()),
+        "results": [dict(asdict(r), rate=r.rate) for r in results],
+    }
+    json.dump(report, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

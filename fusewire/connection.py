@@ -77,7 +77,7 @@ _EXT_HDR = struct.Struct("<II")
 #: What fusewire asks for by default, before trimming to what a filesystem implements.
 DEFAULT_WANT = (
     InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES
-    | InitFlag.DONT_MASK | InitFlag.AUTO_INVAL_DATA | InitFlag.DO_READDIRPLUS
+    | InitFlag.AUTO_INVAL_DATA | InitFlag.DO_READDIRPLUS
     | InitFlag.READDIRPLUS_AUTO | InitFlag.ASYNC_DIO | InitFlag.PARALLEL_DIROPS
     | InitFlag.HANDLE_KILLPRIV_V2 | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS
     | InitFlag.SETXATTR_EXT | InitFlag.INIT_EXT | InitFlag.CREATE_SUPP_GROUP

@@ -33,6 +33,7 @@ import stat
 import struct
 import threading
 import time
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,7 @@ _BLOCK = 4096
 _LOCK_POLL = 0.05
 _STATE_VERSION = 1
 _S_IFMT = 0o170000
+_INO_MASK = (1 << 64) - 1
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 _XATTR_SYSTEM = (b"system.posix_acl_access", b"system.posix_acl_default")
 
@@ -93,18 +95,19 @@ def _now() -> int:
 class _Dir:
     """Entries of one directory, in insertion order, each with a stable cookie.
 
-    ``entries`` maps name -> (inode, cookie).  ``cookies``/``names`` are
-    parallel lists sorted by cookie; a removed entry leaves a ``None``
-    tombstone until the lists are compacted (cookies never change, so a
-    listing can always resume with the first live entry after a cookie).
+    ``entries`` maps name -> ``cookie << 64 | inode`` (one int per entry keeps
+    big directories small).  ``cookies``/``names`` are parallel sequences
+    sorted by cookie; a removed entry leaves a ``None`` tombstone until they
+    are compacted.  Cookies never change, so a listing can always resume
+    with the first live entry after a cookie.
     """
 
     __slots__ = ("cookies", "dead", "entries", "names", "next_cookie", "parent")
 
     def __init__(self, parent: int) -> None:
         self.parent = parent
-        self.entries: dict[bytes, tuple[int, int]] = {}
-        self.cookies: list[int] = []
+        self.entries: dict[bytes, int] = {}
+        self.cookies = array("Q")
         self.names: list[bytes | None] = []
         self.dead = 0
         self.next_cookie = _FIRST_COOKIE
@@ -114,30 +117,30 @@ class _Dir:
 
     def get(self, name: bytes) -> int | None:
         ent = self.entries.get(name)
-        return None if ent is None else ent[0]
+        return None if ent is None else ent & _INO_MASK
 
     def add(self, name: bytes, ino: int, cookie: int | None = None) -> None:
         if cookie is None:
             cookie = self.next_cookie
         self.next_cookie = max(self.next_cookie, cookie + 1)
-        self.entries[name] = (ino, cookie)
+        self.entries[name] = cookie << 64 | ino
         self.cookies.append(cookie)
         self.names.append(name)
 
     def set(self, name: bytes, ino: int) -> None:
         """Point an existing ``name`` at ``ino``, keeping its cookie."""
-        self.entries[name] = (ino, self.entries[name][1])
+        self.entries[name] = (self.entries[name] & ~_INO_MASK) | ino
 
     def remove(self, name: bytes) -> int:
-        ino, cookie = self.entries.pop(name)
-        self.names[bisect_left(self.cookies, cookie)] = None
+        ent = self.entries.pop(name)
+        self.names[bisect_left(self.cookies, ent >> 64)] = None
         self.dead += 1
         if self.dead > 64 and self.dead * 2 > len(self.names):
             live = [(c, n) for c, n in zip(self.cookies, self.names) if n is not None]
-            self.cookies = [c for c, _ in live]
+            self.cookies = array("Q", [c for c, _ in live])
             self.names = [n for _, n in live]
             self.dead = 0
-        return ino
+        return ent & _INO_MASK
 
     def iter_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
         """Yield ``(name, inode, cookie)`` for live entries with a cookie > ``cookie``."""
@@ -145,16 +148,21 @@ class _Dir:
         while i < len(self.names):
             name = self.names[i]
             if name is not None:
-                yield name, self.entries[name][0], self.cookies[i]
+                yield name, self.entries[name] & _INO_MASK, self.cookies[i]
             i += 1
 
 
 class _Inode:
-    """One filesystem object.  Type-specific parts are created lazily."""
+    """One filesystem object.
+
+    ``data`` holds the type-specific part, created lazily: the chunk dict of
+    a regular file (None while it has no data), the :class:`_Dir` of a
+    directory, the target of a symlink, the rdev of a device node.
+    """
 
     __slots__ = (
-        "atime", "btime", "chunks", "ctime", "dir", "gid", "ino", "mode", "mtime",
-        "nlink", "nlookup", "nopen", "rdev", "size", "target", "uid", "xattrs",
+        "atime", "btime", "ctime", "data", "gid", "ino", "mode", "mtime",
+        "nlink", "nlookup", "size", "uid", "xattrs",
     )
 
     def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int) -> None:
@@ -163,15 +171,31 @@ class _Inode:
         self.nlink = 1
         self.uid = uid
         self.gid = gid
-        self.rdev = 0
         self.size = 0
         self.atime = self.mtime = self.ctime = self.btime = now
         self.nlookup = 0
-        self.nopen = 0
-        self.chunks: dict[int, bytearray] | None = None
-        self.dir: _Dir | None = None
-        self.target: bytes | None = None
+        self.data: dict[int, bytearray] | _Dir | bytes | int | None = None
         self.xattrs: dict[bytes, bytes] | None = None
+
+    @property
+    def chunks(self) -> dict[int, bytearray] | None:
+        data = self.data
+        return data if isinstance(data, dict) else None
+
+    @property
+    def dir(self) -> _Dir | None:
+        data = self.data
+        return data if isinstance(data, _Dir) else None
+
+    @property
+    def target(self) -> bytes | None:
+        data = self.data
+        return data if isinstance(data, bytes) else None
+
+    @property
+    def rdev(self) -> int:
+        data = self.data
+        return data if isinstance(data, int) else 0
 
 
 class _Handle:
@@ -254,6 +278,7 @@ class MemFS(Operations):
         self._generation = int.from_bytes(os.urandom(4), "little") | 1
         self._inodes: dict[int, _Inode] = {}
         self._handles: dict[int, _Handle] = {}
+        self._nopen: dict[int, int] = {}            # inode -> open handles
         self._next_ino = _ROOT + 1
         self._next_fh = 1
         self._used = 0                              # bytes held in chunks
@@ -265,7 +290,7 @@ class MemFS(Operations):
                       os.getuid() if root_uid is None else root_uid,
                       os.getgid() if root_gid is None else root_gid, _now())
         root.nlink = 2
-        root.dir = _Dir(_ROOT)
+        root.data = _Dir(_ROOT)
         self._inodes[_ROOT] = root
 
     # -- internal helpers ----------------------------------------------------
@@ -350,7 +375,7 @@ class MemFS(Operations):
         parent.mtime = parent.ctime = node.ctime
 
     def _maybe_free(self, node: _Inode) -> None:
-        if node.nlink or node.nlookup or node.nopen or node.ino == _ROOT:
+        if node.nlink or node.nlookup or node.ino in self._nopen or node.ino == _ROOT:
             return
         del self._inodes[node.ino]
         if node.chunks:
@@ -369,15 +394,16 @@ class MemFS(Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(node.ino, flags, is_dir)
-        node.nopen += 1
+        self._nopen[node.ino] = self._nopen.get(node.ino, 0) + 1
         return fh
 
     # -- file data -------------------------------------------------------------
 
     def _chunks(self, node: _Inode) -> dict[int, bytearray]:
-        if node.chunks is None:
-            node.chunks = {}
-        return node.chunks
+        chunks = node.chunks
+        if chunks is None:
+            chunks = node.data = {}
+        return chunks
 
     def _read_data(self, node: _Inode, off: int, size: int) -> bytes:
         if off >= node.size or size <= 0:
@@ -625,7 +651,7 @@ class MemFS(Operations):
         with self._lock:
             node, parent, d = self._create_node(parent_inode, name, kind | (mode & 0o7777), ctx)
             if kind in (stat.S_IFCHR, stat.S_IFBLK):
-                node.rdev = rdev
+                node.data = rdev
             self._link_into(parent, d, name, node)
             return self._entry(node)
 
@@ -636,7 +662,7 @@ class MemFS(Operations):
             node, parent, d = self._create_node(
                 parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx)
             node.nlink = 2
-            node.dir = _Dir(parent.ino)
+            node.data = _Dir(parent.ino)
             self._link_into(parent, d, name, node)
             return self._entry(node)
 
@@ -649,7 +675,7 @@ class MemFS(Operations):
             raise _err(errno.ENAMETOOLONG)
         with self._lock:
             node, parent, d = self._create_node(parent_inode, name, stat.S_IFLNK | 0o777, ctx)
-            node.target = bytes(target)
+            node.data = bytes(target)
             node.size = len(target)
             self._link_into(parent, d, name, node)
             return self._entry(node)
@@ -893,9 +919,13 @@ class MemFS(Operations):
             if h is None:
                 return
             self._drop_locks_of_fh(h.ino, fh)
+            left = self._nopen[h.ino] - 1
+            if left:
+                self._nopen[h.ino] = left
+            else:
+                del self._nopen[h.ino]
             node = self._inodes.get(h.ino)
             if node is not None:
-                node.nopen -= 1
                 self._maybe_free(node)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int,
@@ -1298,7 +1328,7 @@ class MemFS(Operations):
                                 [(name, ino, cookie)
                                  for name, ino, cookie in n.dir.iter_after(0)])
                 inodes.append((n.ino, n.mode, n.nlink, n.uid, n.gid, n.rdev, n.size,
-                               n.atime, n.mtime, n.ctime, n.btime, n.nlookup, n.nopen,
+                               n.atime, n.mtime, n.ctime, n.btime, n.nlookup,
                                chunks, dirstate, n.target,
                                None if n.xattrs is None else dict(n.xattrs)))
             state = {
@@ -1326,13 +1356,17 @@ class MemFS(Operations):
         inodes: dict[int, _Inode] = {}
         used = 0
         for (ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,
-             nlookup, nopen, chunks, dirstate, target, xattrs) in state["inodes"]:
+             nlookup, chunks, dirstate, target, xattrs) in state["inodes"]:
             n = _Inode(ino, mode, uid, gid, 0)
-            n.nlink, n.rdev, n.size = nlink, rdev, size
+            n.nlink, n.size = nlink, size
             n.atime, n.mtime, n.ctime, n.btime = atime, mtime, ctime, btime
-            n.nlookup, n.nopen, n.target, n.xattrs = nlookup, nopen, target, xattrs
+            n.nlookup, n.xattrs = nlookup, xattrs
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                n.data = rdev
+            elif target is not None:
+                n.data = target
             if chunks is not None:
-                n.chunks = {i: bytearray(c) for i, c in chunks.items()}
+                n.data = {i: bytearray(c) for i, c in chunks.items()}
                 used += sum(len(c) for c in chunks.values())
             if dirstate is not None:
                 parent, next_cookie, entries = dirstate
@@ -1340,7 +1374,7 @@ class MemFS(Operations):
                 for name, child, cookie in entries:
                     d.add(name, child, cookie)
                 d.next_cookie = next_cookie
-                n.dir = d
+                n.data = d
             inodes[ino] = n
         with self._lock:
             self._generation = state["generation"]
@@ -1352,6 +1386,9 @@ class MemFS(Operations):
             self._used = used
             self._handles = {fh: _Handle(ino, flags, is_dir)
                              for fh, ino, flags, is_dir in state["handles"]}
+            self._nopen = {}
+            for h in self._handles.values():
+                self._nopen[h.ino] = self._nopen.get(h.ino, 0) + 1
             self._linkable = set(state["linkable"])
             self._plocks = {ino: [_PosixLock(*t) for t in locks]
                             for ino, locks in state["plocks"]}

@@ -190,7 +190,7 @@ def _option_lists(opts: str | Sequence[str]) -> Iterator[str]:
     """Yield the comma-separated option lists in libfuse-style arguments."""
     if isinstance(opts, str):
         text = opts.strip()
-        if not text.startswith("-o"):
+        if not text.startswith("-"):
             yield opts
             return
         args: Sequence[str] = text.split()
@@ -222,7 +222,7 @@ def parse_options(
     """Parse libfuse-style mount options into :class:`MountOptions`.
 
     ``opts`` may be ``None``, a comma-separated list (``"ro,allow_other"``), a
-    string with ``-o`` switches (``"-o ro -o fsname=x"``; whitespace splits
+    string starting with ``-`` (``"-o ro -o fsname=x"``; whitespace splits
     arguments here), or a sequence of arguments (``["-o", "ro", "-oallow_other",
     "max_read=65536"]``).  A backslash escapes a comma or backslash inside a
     value.  Later options override earlier ones; ``fsname=``/``subtype=`` in
@@ -740,7 +740,8 @@ def clone_fd(fd: int) -> int:
     answered through the fd that read it.
 
     Raises:
-        OSError: EINVAL if ``fd`` is not attached to a connection, EBADF ...
+        OSError: EPERM (6.18; EINVAL on some kernels) if ``fd`` is not
+            attached to a connection, EBADF if it is not open ...
     """
     new_fd = _open_dev_fuse()
     try:
