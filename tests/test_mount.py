@@ -478,7 +478,9 @@ def test_is_mounted_path_forms(
         str(link / mp.name),
         mp.name,
         "./" + mp.name,
-        f"link/../{mp.name}",
+        f"link/./{mp.name}",
+        # ".." after a symlink goes to the parent of its target, as in the kernel
+        f"link/../{tmp_path.name}/{mp.name}",
         str(leaf_link),
         "leaf",
     ):
@@ -555,9 +557,9 @@ def test_connection_id_and_abort(mounts: Mounts) -> None:
 def test_mount_errors(mounts: Mounts, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     for opts in (fm.parse_options(None), fm.parse_options("auto_unmount")):
-        with pytest.raises(FileNotFoundError) as info:
+        with pytest.raises(FileNotFoundError) as missing_info:
             fm.mount(str(missing), opts)
-        assert info.value.errno == errno.ENOENT
+        assert missing_info.value.errno == errno.ENOENT
 
     mp = mounts.mountpoint()
     # blksize is only valid for fuseblk: the kernel says EINVAL.
@@ -610,6 +612,7 @@ def test_auto_unmount_when_process_exits(mounts: Mounts) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"mounted": True}
@@ -739,7 +742,7 @@ def user_dirs(test_user: pwd.struct_passwd) -> Iterator[tuple[Path, Path]]:
 
 
 USER_CHILD = """
-import json, os, select, struct, sys
+import json, os, select, struct, sys, warnings
 from fusewire.server import mount as fm
 
 mine, theirs = sys.argv[1], sys.argv[2]
@@ -770,8 +773,11 @@ try:
 except OSError as exc:
     out["refused"] = [exc.errno, str(exc)]
 
-fd = fm.mount(mine, fm.parse_options("auto_unmount"))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    fd = fm.mount(mine, fm.parse_options("auto_unmount"))
 out["auto_mounted"] = fm.is_mounted(mine)
+out["auto_warnings"] = [str(w.message) for w in caught]
 print(json.dumps(out), flush=True)
 os._exit(0)  # no cleanup: fusermount3 must unmount by itself
 """
@@ -817,4 +823,33 @@ def test_nonroot_user_mount_through_fusermount3(
     assert not fm.is_mounted(str(theirs))
 
     assert out["auto_mounted"] is True
-    assert wait_unmounted(mine), "fusermount3 auto_unmount left the user's mount behind"
+    version = fm._fusermount_version(fm.fusermount_path())
+    if version is not None and version < (3, 15):
+        # fusermount3 < 3.15 checks the dead mount with open() as root, gets
+        # EACCES (no allow_other) and so never unmounts; mount() warns.
+        assert len(out["auto_warnings"]) == 1
+        assert "fixed in fuse 3.15" in out["auto_warnings"][0]
+        assert not wait_unmounted(mine, timeout=1.0)
+        fm.unmount(str(mine), lazy=True)
+    else:
+        assert out["auto_warnings"] == []
+        assert wait_unmounted(mine), "fusermount3 auto_unmount left the user's mount behind"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            "fusermount3: failed to access mountpoint /x: No such file or directory",
+            errno.ENOENT,
+        ),
+        ("fusermount3: mount failed: Operation not permitted", errno.EPERM),
+        ("fusermount3: failed to open /dev/fuse: Permission denied", errno.EACCES),
+        ("fusermount3: mount failed: No such device or address", errno.ENXIO),
+        ("fusermount3: user has no write access to mountpoint /x", errno.EPERM),
+        ("fusermount3: unknown option 'foo'", errno.EINVAL),
+        ("fusermount3: something odd", errno.EIO),
+    ],
+)
+def test_fusermount_errno_from_message(message: str, expected: int) -> None:
+    assert fm._errno_from_message(message) == expected

@@ -24,6 +24,9 @@ bytes).
     exits too).  To end such a mount while the process keeps running, call
     :func:`release` (closes the fd and the socket, and reaps the helper) or
     :func:`unmount`.  A plain ``os.close(fd)`` leaves the helper waiting.
+    fusermount3 older than 3.15 cannot auto-unmount a *user's* mount unless
+    ``allow_other`` is set (its check runs as root and gets EACCES);
+    :func:`mount` warns with RuntimeWarning in that case.
 
 Nothing here reads or answers requests; see the server for that.
 """
@@ -34,6 +37,7 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -43,6 +47,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -275,7 +280,7 @@ def parse_options(
                 allow_other = allow_other or name == "allow_other"
                 kernel[name] = name
             elif name in _KERNEL_INT_OPTIONS:
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     raise ValueError(f"mount option {name!r} needs a decimal number, not {value!r}")
                 kernel[name] = f"{name}={int(value)}"
             elif name in _KERNEL_STR_OPTIONS:
@@ -370,6 +375,24 @@ def fusermount_path() -> str:
     return found
 
 
+@functools.lru_cache(maxsize=8)
+def _fusermount_version(path: str) -> tuple[int, ...] | None:
+    """The version ``path -V`` reports, e.g. (3, 14, 0); None if unknown."""
+    try:
+        proc = subprocess.run(
+            [path, "-V"],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"version:?\s*(\d+(?:\.\d+)*)", proc.stdout + proc.stderr)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else None
+
+
 _STRERRORS: tuple[tuple[str, int], ...] = tuple(
     sorted(
         ((os.strerror(code), code) for code in errno.errorcode),
@@ -439,7 +462,10 @@ def _fusermount_options(options: MountOptions) -> str:
 
 @dataclass
 class _AutoUnmountHelper:
-    """A fusermount3 process waiting for ``sock`` to close before it unmounts."""
+    """A fusermount3 process waiting for ``sock`` to close before it unmounts.
+
+    ``mountpoint`` is the canonical path (:func:`_resolve_path`).
+    """
 
     sock: socket.socket
     proc: subprocess.Popen[bytes]
@@ -553,8 +579,21 @@ def _mount_direct(mountpoint: str, mode: int, options: MountOptions) -> int:
 
 
 def _receive_fd(sock: socket.socket) -> int | None:
-    """Receive one fd sent with SCM_RIGHTS; None if the peer closed first."""
-    _msg, fds, msg_flags, _addr = socket.recv_fds(sock, 1, 4, socket.MSG_CMSG_CLOEXEC)
+    """Receive one fd sent with SCM_RIGHTS; None if the peer closed first.
+
+    ``socket.recv_fds`` would do, but CPython ignores its ``flags`` argument,
+    so MSG_CMSG_CLOEXEC (no window in which the fd lacks close-on-exec) needs
+    ``recvmsg`` itself.
+    """
+    int_size = struct.calcsize("i")
+    _msg, ancdata, msg_flags, _addr = sock.recvmsg(
+        1, socket.CMSG_SPACE(4 * int_size), socket.MSG_CMSG_CLOEXEC
+    )
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            count = len(payload) // int_size
+            fds.extend(struct.unpack(f"{count}i", payload[: count * int_size]))
     if len(fds) == 1 and not msg_flags & socket.MSG_CTRUNC:
         return fds[0]
     for extra_fd in fds:
@@ -564,7 +603,18 @@ def _receive_fd(sock: socket.socket) -> int | None:
 
 def _mount_fusermount(mountpoint: str, options: MountOptions) -> int:
     """fusermount3 path: the helper mounts and passes the fd back."""
-    argv = [fusermount_path(), "-o", _fusermount_options(options), "--", mountpoint]
+    exe = fusermount_path()
+    if options.auto_unmount and os.getuid() != 0 and "allow_other" not in options.kernel:
+        version = _fusermount_version(exe)
+        if version is not None and version < (3, 15):
+            warnings.warn(
+                f"fusermount3 {'.'.join(map(str, version))} cannot auto-unmount a user's "
+                "mount without allow_other (fixed in fuse 3.15); this mount will stay "
+                "after the process exits",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    argv = [exe, "-o", _fusermount_options(options), "--", mountpoint]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
     with ours, tempfile.TemporaryFile() as err:
@@ -586,7 +636,7 @@ def _mount_fusermount(mountpoint: str, options: MountOptions) -> int:
             proc.wait()
             raise
         if options.auto_unmount and fd is not None:
-            helper = _AutoUnmountHelper(ours.dup(), proc, mountpoint)
+            helper = _AutoUnmountHelper(ours.dup(), proc, _resolve_path(mountpoint))
             helper.sock.set_inheritable(False)
             _register_helper(fd, helper)
             return fd
@@ -626,8 +676,6 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
         if proc.returncode != 0:
             raise _fusermount_error("unmount", proc.returncode, proc.stderr, mountpoint)
     _drop_helpers_for(_resolve_path(mountpoint), timeout=5.0)
-    if _resolve_path(mountpoint) != mountpoint:
-        _drop_helpers_for(mountpoint, timeout=5.0)
 
 
 # --------------------------------------------------------------------------

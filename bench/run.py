@@ -1,0 +1,612 @@
+"""Benchmark fusewire against libfuse C, the Python FUSE libraries and the kernel.
+
+    python bench/run.py [--quick] [--runs N] [--only NAME,...] [--pin same|split|none]
+                        [--json FILE] [--doc FILE | --no-doc]
+
+For each run and each contender (round-robin, so slow drift hits everyone):
+make a fresh directory, mount the contender on it, wait until the mount is in
+/proc/mounts and stat() of it answers, run bench/fsclient.py against it in a
+separate process, stop the server (SIGTERM, then ``umount -l`` and SIGKILL of
+that one pid if needed) and remove the directory. The medians, min-max ranges,
+server CPU and memory go into the marked section of docs/performance.md
+(between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``), with ratios to
+the libfuse C server. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contenders import BENCH_DIR, CONTENDERS, REPO_DIR, Contender, Env, Paths, select
+from fsclient import Params
+
+CLIENT = BENCH_DIR / "fsclient.py"
+DOC_BEGIN = "<!-- bench:begin -->"
+DOC_END = "<!-- bench:end -->"
+
+FULL = Params()
+QUICK = Params(storm_cap_s=1.0, storm_max_ops=50_000, names=2_000, lookup_passes=3,
+               readdir_max=20, readdir_cap_s=1.0, seq_mib=32, seq_cap_s=5.0,
+               small_files=500, small_cap_s=3.0, fixture_cap_s=5.0)
+
+# Where the server and the client run: (server CPUs, client CPUs) for taskset.
+PINNING: dict[str, tuple[str | None, str | None]] = {
+    "same": ("0", "0"),
+    "split": ("1", "0"),
+    "none": (None, None),
+}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- mounts and processes ------------------------------------------------
+
+def mount_entry(path: Path) -> dict[str, str] | None:
+    """The /proc/mounts entry whose mountpoint is path, if any."""
+    target = str(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            point = parts[1].encode().decode("unicode_escape")  # undo \040 and friends
+            if point == target:
+                return {"source": parts[0], "fstype": parts[2], "options": parts[3]}
+    return None
+
+
+def stat_answers(path: Path, timeout: float) -> bool:
+    """stat(path) in a helper thread, so that a hung server cannot hang us."""
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.stat(path)
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(outcome and outcome[0])
+
+
+def log_tail(path: Path, lines: int = 4) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+@dataclass
+class Server:
+    """A FUSE server that this harness started, and its mountpoint."""
+
+    proc: subprocess.Popen[bytes]
+    mnt: Path
+    log_path: Path
+
+    def wait_ready(self, timeout: float) -> tuple[dict[str, str] | None, str | None]:
+        """(mount entry, None) once mounted and answering, else (None, reason)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                tail = log_tail(self.log_path)
+                return None, f"server exited with rc {rc} before mounting: {tail}"
+            entry = mount_entry(self.mnt)
+            if entry is not None:
+                if stat_answers(self.mnt, max(1.0, deadline - time.monotonic())):
+                    return entry, None
+                return None, "mounted, but stat() of the mountpoint did not answer"
+            time.sleep(0.05)
+        return None, f"not mounted within {timeout:.0f} s: {log_tail(self.log_path)}"
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM our pid; umount -l if the mount stays; SIGKILL our pid if it stays."""
+        info: dict[str, Any] = {"rc": self.proc.poll(), "forced_umount": False, "killed": False}
+        if info["rc"] is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                info["rc"] = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        if mount_entry(self.mnt) is not None:
+            info["forced_umount"] = True
+            subprocess.run(["umount", "-l", str(self.mnt)], check=False, capture_output=True)
+        if self.proc.poll() is None:
+            info["killed"] = True
+            self.proc.kill()  # this pid only
+            info["rc"] = self.proc.wait(timeout=10)
+        info["rc"] = self.proc.returncode
+        return info
+
+
+def taskset(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus is not None else []
+
+
+# -- one measurement -----------------------------------------------------
+
+@dataclass
+class Outcome:
+    ok: bool
+    reason: str | None = None   # why not, when not ok
+    fatal: bool = False         # do not try this contender again
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    env: Env
+    params: Params
+    pin: str
+    workdir: Path
+    log_dir: Path
+    mount_timeout: float
+    workloads: str | None
+
+    def client_timeout(self) -> float:
+        p = self.params
+        budget = (4 * p.storm_cap_s + p.readdir_cap_s + 3 * p.seq_cap_s + 2 * p.small_cap_s
+                  + p.fixture_cap_s)
+        return 2 * budget + 120
+
+    def measure(self, c: Contender, run: int) -> Outcome:
+        tmp = Path(tempfile.mkdtemp(prefix=f"fwbench-{c.name}-{run}-", dir=self.workdir))
+        paths = Paths(mnt=tmp / "mnt", src=tmp / "src")
+        paths.mnt.mkdir()
+        paths.src.mkdir()
+        server: Server | None = None
+        record: dict[str, Any] = {"run": run}
+        try:
+            if c.kernel_mount == "tmpfs":
+                out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4g,mode=0755",
+                                      "fwbench-tmpfs", str(paths.mnt)],
+                                     capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    return Outcome(False, f"mount -t tmpfs failed: {out.stderr.strip()}", True)
+                record["mount"] = mount_entry(paths.mnt)
+            elif c.command is not None:
+                server_cpus = PINNING[self.pin][0]
+                argv = [*taskset(server_cpus), *c.command(self.env, paths)]
+                record["command"] = shlex.join(argv)
+                log_path = self.log_dir / f"{c.name}-{run}.log"
+                with open(log_path, "wb") as log_file:
+                    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=dict(os.environ, **c.env))
+                server = Server(proc, paths.mnt, log_path)
+                entry, reason = server.wait_ready(self.mount_timeout)
+                if reason is not None:
+                    return Outcome(False, reason, True, record)
+                record["mount"] = entry
+                record["server_cpus"] = _cpus_allowed(proc.pid)
+            report, reason = self._client(c, paths.mnt, server)
+            if report is None:
+                return Outcome(False, reason, False, record)
+            record.update(report)
+            return Outcome(True, record=record)
+        finally:
+            if server is not None:
+                record["server_stop"] = server.stop()
+            elif c.kernel_mount == "tmpfs" and mount_entry(paths.mnt) is not None:
+                subprocess.run(["umount", str(paths.mnt)], check=False)
+            if mount_entry(paths.mnt) is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                log(f"warning: {paths.mnt} is still mounted; left {tmp} in place")
+
+    def _client(self, c: Contender, target: Path, server: Server | None
+                ) -> tuple[dict[str, Any] | None, str | None]:
+        argv = [*taskset(PINNING[self.pin][1]), sys.executable, str(CLIENT), str(target),
+                "--params", json.dumps(asdict(self.params)),
+                "--kind", "kernel" if c.kind == "kernel" else "fuse"]
+        if server is not None:
+            argv += ["--server-pid", str(server.proc.pid)]
+        if c.kind == "passthrough" or c.name == "kernel_backing":
+            argv.append("--cold")
+        if self.workloads:
+            argv += ["--workloads", self.workloads]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True)
+        try:
+            out, err = client.communicate(timeout=self.client_timeout())
+        except subprocess.TimeoutExpired:
+            os.killpg(client.pid, signal.SIGKILL)  # the client and its forked workers
+            client.communicate()
+            return None, f"client timed out after {self.client_timeout():.0f} s"
+        if client.returncode != 0:
+            tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+            return None, f"client failed (rc {client.returncode}): {tail}"
+        report: dict[str, Any] = json.loads(out)
+        errors = [f"{r['workload']}: {r['error']}" for r in report["results"] if r["error"]]
+        if errors:
+            log(f"{c.name}: workload errors: {'; '.join(errors)}")
+        return report, None
+
+
+def _cpus_allowed(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+# -- summary tables ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    key: str     # workload, or workload.extra_field
+    label: str
+
+
+def rows_for(p: Params) -> list[Row]:
+    return [
+        Row("getattr", "getattr storm, stat(name) (ops/s)"),
+        Row("fstat", "fstat storm, fstat(fd) (ops/s)"),
+        Row("pgetattr", f"{p.procs}-process getattr storm (aggregate ops/s)"),
+        Row("lookup", f"lookup storm, {p.names:,} names (ops/s)"),
+        Row("readdir", f"readdir of {p.names:,} entries (entries/s)"),
+        Row("fixture", f"create+close {p.names:,} empty files (files/s)"),
+        Row("seqwrite", f"seq write {p.seq_mib} MiB, 128 KiB blocks + fsync (MiB/s)"),
+        Row("seqread", "seq read, FUSE file's page cache dropped (MiB/s)"),
+        Row("seqread_cold", "seq read, drop_caches (passthrough/backing only) (MiB/s)"),
+        Row("smallfiles", f"{p.small_files:,} small files, create+write 4 KiB+close, "
+            "then unlink (files/s)"),
+        Row("smallfiles.create_files_s", "  create+write+close phase (files/s)"),
+        Row("smallfiles.unlink_files_s", "  unlink phase (files/s)"),
+    ]
+
+
+CPU_ROWS: list[tuple[str, str, str]] = [
+    # (workload, label, "us" per op or "s/GiB")
+    ("getattr", "stat(name), µs/op", "us"),
+    ("fstat", "fstat(fd), µs/op", "us"),
+    ("pgetattr", "2-process stat, µs/op", "us"),
+    ("lookup", "lookup, µs/op", "us"),
+    ("readdir", "readdir, µs/entry", "us"),
+    ("fixture", "create+close, µs/file", "us"),
+    ("smallfiles", "small file create..unlink, µs/file", "us"),
+    ("seqwrite", "seq write, s/GiB", "s/GiB"),
+    ("seqread", "seq read, s/GiB", "s/GiB"),
+    ("seqread_cold", "seq read cold, s/GiB", "s/GiB"),
+]
+
+
+def value_of(result: dict[str, Any], key: str) -> float | None:
+    if result.get("error"):
+        return None
+    if "." in key:
+        return result["extra"].get(key.split(".", 1)[1])
+    return float(result["rate"])
+
+
+def collect(runs: list[dict[str, Any]], key: str) -> list[float]:
+    workload = key.split(".", 1)[0]
+    values = []
+    for run in runs:
+        for r in run.get("results", []):
+            if r["workload"] == workload:
+                v = value_of(r, key)
+                if v is not None:
+                    values.append(v)
+    return values
+
+
+def cpu_per_op(runs: list[dict[str, Any]], workload: str, unit: str) -> list[float]:
+    values = []
+    for run in runs:
+        for r in run.get("results", []):
+            if r["workload"] != workload or r["error"] or r["server_cpu_s"] is None:
+                continue
+            if r["ops"] <= 0:
+                continue
+            if unit == "us":
+                values.append(r["server_cpu_s"] / r["ops"] * 1e6)
+            else:  # ops are MiB
+                values.append(r["server_cpu_s"] / r["ops"] * 1024)
+    return values
+
+
+def fmt(x: float) -> str:
+    ax = abs(x)
+    if ax >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if ax >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    if ax >= 1e3:
+        return f"{x / 1e3:.2f}k"
+    if ax >= 100:
+        return f"{x:.0f}"
+    if ax >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def summarize(data: dict[str, Any], baseline_pref: list[str]) -> list[str]:
+    params = Params(**data["params"])
+    contenders = data["contenders"]
+    ran = [name for name, c in contenders.items() if c["runs"]]
+    skipped = [(name, c["reason"]) for name, c in contenders.items() if not c["runs"]]
+    baseline = next((b for b in baseline_pref if b in ran), None)
+    meta = data["meta"]
+    out: list[str] = []
+    if meta["quick"]:
+        out += ["**Preliminary: a `--quick` run** (reduced sizes and time caps, "
+                f"{meta['runs']} run). Do not quote these numbers.", ""]
+    out += [
+        f"Generated {meta['date']} by `{meta['command']}`: {meta['runs']} run(s) per "
+        f"contender, round-robin; CPU placement `--pin {meta['pin']}` "
+        f"({meta['pin_text']}); {meta['machine']}.",
+        "",
+    ]
+    if baseline:
+        out += [f"Cells: median over runs, and in brackets the ratio to the median of "
+                f"`{baseline}` (libfuse C). Higher is better.", ""]
+    header = ["workload", *ran]
+    rows = []
+    for row in rows_for(params):
+        cells = [row.label]
+        base = collect(contenders[baseline]["runs"], row.key) if baseline else []
+        base_med = statistics.median(base) if base else None
+        for name in ran:
+            vals = collect(contenders[name]["runs"], row.key)
+            if not vals:
+                cells.append("-")
+                continue
+            med = statistics.median(vals)
+            ratio = f" (\N{MULTIPLICATION SIGN}{med / base_med:.2f})" if base_med else ""
+            cells.append(fmt(med) + ratio)
+        if any(cell != "-" for cell in cells[1:]):
+            rows.append(cells)
+    out += ["### Median", "", *table(header, rows), ""]
+
+    rows = []
+    for row in rows_for(params):
+        cells = [row.label]
+        for name in ran:
+            vals = collect(contenders[name]["runs"], row.key)
+            cells.append(f"{fmt(min(vals))}-{fmt(max(vals))} (n={len(vals)})" if vals else "-")
+        if any(cell != "-" for cell in cells[1:]):
+            rows.append(cells)
+    out += ["### Min-max over runs", "", *table(header, rows), ""]
+
+    fuse_ran = [n for n in ran if contenders[n]["kind"] != "kernel"]
+    rows = []
+    for workload, label, unit in CPU_ROWS:
+        cells = [label]
+        for name in fuse_ran:
+            vals = cpu_per_op(contenders[name]["runs"], workload, unit)
+            cells.append(fmt(statistics.median(vals)) if vals else "-")
+        if any(cell != "-" for cell in cells[1:]):
+            rows.append(cells)
+    totals = ["server CPU per run, s (all workloads)"]
+    idle = ["RSS after mount, MiB"]
+    peak = ["peak RSS (VmHWM), MiB"]
+    threads = ["threads at the end"]
+    for name in fuse_ran:
+        runs = contenders[name]["runs"]
+        cpu = [r["server_cpu_s"] for r in runs if r.get("server_cpu_s") is not None]
+        totals.append(fmt(statistics.median(cpu)) if cpu else "-")
+        idle.append(_mem(runs, "server_start", "VmRSS"))
+        peak.append(_mem(runs, "server_end", "VmHWM"))
+        threads.append(_mem(runs, "server_end", "Threads", scale=1))
+    rows += [totals, idle, peak, threads]
+    if fuse_ran:
+        out += ["### Server CPU and memory (median)", "",
+                "CPU is utime+stime of the server process (all threads) from "
+                "/proc/PID/stat, in 10 ms ticks: short workloads are coarse.", "",
+                *table(["", *fuse_ran], rows), ""]
+
+    capped = []
+    for name in ran:
+        for run in contenders[name]["runs"]:
+            for r in run.get("results", []):
+                if r["extra"].get("capped"):
+                    capped.append(f"{name} {r['workload']} (run {run['run']}: "
+                                  f"{fmt(r['ops'])} {r['unit'].split('/')[0]})")
+    if capped:
+        out += ["Hit a time cap (rates cover what was done): " + "; ".join(capped) + ".", ""]
+
+    out += ["### Contenders", ""]
+    rows = []
+    for name, c in contenders.items():
+        status = "ran" if c["runs"] else f"not run: {c['reason']}"
+        rows.append([f"`{name}`", c["kind"], c["summary"], status])
+    out += [*table(["contender", "kind", "what", "status"], rows), ""]
+    commands = [(n, contenders[n]["runs"][0].get("command")) for n in ran]
+    if any(cmd for _, cmd in commands):
+        out += ["Server command lines (first run; the mountpoint and source are fresh "
+                "directories each run):", ""]
+        out += [f"- `{n}`: `{cmd}`" for n, cmd in commands if cmd]
+        out += [""]
+    if skipped:
+        out += ["Not run: " + "; ".join(f"`{n}` ({r})" for n, r in skipped) + ".", ""]
+    return out
+
+
+def _mem(runs: list[dict[str, Any]], where: str, key: str, scale: int = 1024) -> str:
+    vals = [r[where][key] / scale for r in runs if r.get(where) and r[where].get(key)]
+    return fmt(statistics.median(vals)) if vals else "-"
+
+
+def write_doc(path: Path, lines: list[str]) -> None:
+    block = "\n".join([DOC_BEGIN, *lines, DOC_END])
+    if path.exists():
+        text = path.read_text()
+        if DOC_BEGIN in text and DOC_END in text:
+            head, _, rest = text.partition(DOC_BEGIN)
+            _, _, tail = rest.partition(DOC_END)
+            text = head + block + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    else:
+        text = "\n".join([
+            "# Performance",
+            "",
+            "Measured with `python bench/run.py` (see bench/README.md for the workloads, the",
+            "contenders and the CPU-placement caveat). The section between the markers is",
+            "rewritten by each run; text outside it is kept.",
+            "",
+            block,
+            "",
+        ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# -- main ----------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    names = ", ".join(c.name for c in CONTENDERS)
+    parser = argparse.ArgumentParser(
+        description="Mount each contender, run the workloads, write docs/performance.md.",
+        epilog=f"contenders: {names}")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes and time caps, 1 run (unless --runs)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per contender (default 3)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated contenders or prefixes (kernel, libfuse_c, ...)")
+    parser.add_argument("--pin", choices=sorted(PINNING), default="same",
+                        help="taskset the server and the client onto CPU 0 (same), "
+                        "server 1 / client 0 (split), or not at all (none); default same")
+    parser.add_argument("--workloads", default=None,
+                        help="comma-separated subset of fsclient.py's workloads")
+    parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    parser.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "performance.md",
+                        help="markdown file whose marked section gets the tables")
+    parser.add_argument("--no-doc", action="store_true", help="do not write --doc")
+    parser.add_argument("--baseline", default="libfuse_c_st,libfuse_c_mt",
+                        help="contenders to take ratios against, first one that ran")
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not apt-get/pip install missing peers: skip them")
+    parser.add_argument("--bench-venv", type=Path, default=Path("/work/bench-venv"),
+                        help="venv for the Python peers (created if missing)")
+    parser.add_argument("--project-python", type=Path, default=Path("/work/venv/bin/python"),
+                        help="python that runs fusewire")
+    parser.add_argument("--build-dir", type=Path, default=BENCH_DIR / "build",
+                        help="where the C servers are compiled")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
+                        help="parent of the fresh mount and source directories")
+    parser.add_argument("--mount-timeout", type=float, default=20.0,
+                        help="seconds to wait for a server to mount")
+    return parser.parse_args()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    args = parse_args()
+    if os.geteuid() != 0:
+        log("warning: not root: tmpfs mounts, drop_caches and FUSE mounts may fail")
+    params = QUICK if args.quick else FULL
+    runs = args.runs or (1 if args.quick else 3)
+    try:
+        chosen = select(args.only)
+    except ValueError as exc:
+        log(str(exc))
+        return 2
+    if args.pin != "none" and shutil.which("taskset") is None:
+        log("taskset not found: running unpinned")
+        args.pin = "none"
+    env = Env(build_dir=args.build_dir, bench_venv=args.bench_venv,
+              project_python=args.project_python, install=not args.no_install, log=log)
+    log_dir = Path(tempfile.mkdtemp(prefix="fwbench-logs-", dir=args.workdir))
+    bench = Bench(env, params, args.pin, args.workdir, log_dir, args.mount_timeout,
+                  args.workloads)
+    # SIGTERM to the harness unwinds like Ctrl-C, through every cleanup below.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    server_cpus, client_cpus = PINNING[args.pin]
+    pin_text = ("unpinned" if server_cpus is None
+                else f"server on CPU {server_cpus}, client on CPU {client_cpus}")
+    data: dict[str, Any] = {
+        "meta": {
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+            "command": "python bench/run.py " + shlex.join(sys.argv[1:]),
+            "quick": args.quick, "runs": runs, "pin": args.pin, "pin_text": pin_text,
+            "machine": (f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
+                        f"Python {platform.python_version()}"),
+            "logs": str(log_dir),
+        },
+        "params": asdict(params),
+        "contenders": {c.name: {"kind": c.kind, "summary": c.summary, "reason": None,
+                                "runs": []} for c in chosen},
+    }
+    active: list[Contender] = []
+    for c in chosen:
+        reason = c.prepare(env)
+        if reason is None:
+            active.append(c)
+        else:
+            log(f"{c.name}: not run: {reason}")
+            data["contenders"][c.name]["reason"] = reason
+
+    started = time.monotonic()
+    try:
+        for run in range(1, runs + 1):
+            for c in list(active):
+                log(f"run {run}/{runs}: {c.name}")
+                t0 = time.monotonic()
+                outcome = bench.measure(c, run)
+                entry = data["contenders"][c.name]
+                if outcome.ok:
+                    outcome.record["wall_s"] = round(time.monotonic() - t0, 1)
+                    entry["runs"].append(outcome.record)
+                    log(f"  {c.name} done in {outcome.record['wall_s']} s")
+                else:
+                    log(f"  {c.name}: not run: {outcome.reason}")
+                    entry["reason"] = outcome.reason
+                    entry.setdefault("failures", []).append(outcome.record | {
+                        "reason": outcome.reason})
+                    if outcome.fatal:
+                        active.remove(c)
+    except KeyboardInterrupt:
+        log("interrupted: writing what was measured")
+    log(f"measured in {time.monotonic() - started:.0f} s; server logs in {log_dir}")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
+        log(f"wrote {args.json}")
+    lines = summarize(data, args.baseline.split(","))
+    print("\n".join(lines))
+    if not args.no_doc:
+        write_doc(args.doc, lines)
+        log(f"wrote {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Testing tools: capture, dump, replay, and (elsewhere) wire helpers and strategies."""

@@ -1,0 +1,289 @@
+"""Shared fixtures: real fusewire mounts served by a separate process.
+
+``memfs_mount`` and ``passthrough_mount`` start ``python -m fusewire mount
+... -f -o default_permissions`` as a child process (client and server in one
+process would fight over the GIL, and some syscalls would deadlock while the
+serving thread blocks), wait until the mount answers, yield the mountpoint,
+and tear everything down: lazy unmount, then SIGTERM (SIGKILL after 5 s) and
+reap of exactly the pid we started.
+
+``tmpfs_dir`` is a private tmpfs (mounted by us when root, else a directory
+under /dev/shm): the reference filesystem for the differential POSIX tests.
+``posix_root`` is parametrized over memfs, passthrough and tmpfs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from hypothesis import settings as _hyp_settings
+except ImportError:  # pragma: no cover - hypothesis is in the venv
+    _hyp_settings = None
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MOUNT_TIMEOUT = 15.0
+IS_ROOT = os.geteuid() == 0
+
+if _hyp_settings is not None:
+    _hyp_settings.register_profile("ci", deadline=None, derandomize=True)
+    _hyp_settings.register_profile("dev", deadline=None, max_examples=50)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "fuse: needs /dev/fuse and a real mount",
+        "slow: takes more than a few seconds",
+        "programs: runs real, unmodified programs inside a mount",
+        "root: needs euid 0",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def dev_fuse_problem() -> str | None:
+    """Why /dev/fuse is unusable here, or None."""
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open /dev/fuse O_RDWR: {exc}"
+    os.close(fd)
+    return None
+
+
+def _unescape(field: str) -> str:
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path: str | os.PathLike[str]) -> str | None:
+    """The fstype of the mount whose mountpoint is exactly ``path``, else None."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) >= 5 and _unescape(fields[4]) == target:
+                found = right.split()[0]
+    return found
+
+
+def is_fuse_mounted(path: str | os.PathLike[str]) -> bool:
+    fstype = mount_fstype(path)
+    return fstype is not None and fstype.startswith("fuse")
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")
+    return env
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _read_stderr(proc: subprocess.Popen[bytes], errfile: Path) -> str:
+    try:
+        return errfile.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "<no stderr>"
+
+
+class FuseServer:
+    """A ``python -m fusewire mount`` child process and its mountpoint."""
+
+    def __init__(self, argv_tail: list[str], mountpoint: Path, logdir: Path,
+                 options: str = "default_permissions") -> None:
+        self.mountpoint = mountpoint
+        self.errfile = logdir / f"server-{mountpoint.name}.stderr"
+        self.argv = [sys.executable, "-m", "fusewire", "mount", *argv_tail,
+                     str(mountpoint), "-f", "-o", options]
+        self._err = open(self.errfile, "wb")
+        self.proc = subprocess.Popen(self.argv, env=server_env(), cwd="/",
+                                     stdin=subprocess.DEVNULL, stdout=self._err,
+                                     stderr=self._err)
+
+    def stderr(self) -> str:
+        return _read_stderr(self.proc, self.errfile)
+
+    def wait_ready(self, timeout: float = MOUNT_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.close()
+                pytest.fail(f"server exited with {self.proc.returncode} before the mount "
+                            f"was live: {' '.join(self.argv)}\n--- stderr ---\n{self.stderr()}")
+            if is_fuse_mounted(self.mountpoint):
+                try:
+                    os.stat(self.mountpoint)
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.02)
+        self.close()
+        pytest.fail(f"mount not live after {timeout}s: {' '.join(self.argv)}\n"
+                    f"--- stderr ---\n{self.stderr()}")
+
+    def close(self) -> None:
+        from fusewire.server.mount import unmount
+
+        if is_fuse_mounted(self.mountpoint):
+            try:
+                unmount(str(self.mountpoint), lazy=True)
+            except OSError:
+                subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
+                               stderr=subprocess.DEVNULL)
+        _stop_process(self.proc)
+        self._err.close()
+
+
+def start_server(argv_tail: list[str], mountpoint: Path, logdir: Path,
+                 options: str = "default_permissions") -> FuseServer:
+    problem = dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    srv = FuseServer(argv_tail, mountpoint, logdir, options)
+    srv.wait_ready()
+    return srv
+
+
+@pytest.fixture(scope="session")
+def _fuse_usable() -> None:
+    problem = dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+
+
+def passthrough_problem() -> str | None:
+    try:
+        import fusewire.examples.passthrough  # noqa: F401
+    except ImportError as exc:
+        return f"fusewire.examples.passthrough is not importable: {exc}"
+    return None
+
+
+@pytest.fixture
+def fuse_server_factory(tmp_path: Path) -> Iterator[object]:
+    """``start(argv_tail, mountpoint, options=...)`` -> FuseServer; all torn down."""
+    servers: list[FuseServer] = []
+
+    def start(argv_tail: list[str], mountpoint: Path,
+              options: str = "default_permissions") -> FuseServer:
+        srv = start_server(argv_tail, mountpoint, tmp_path, options)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in reversed(servers):
+        srv.close()
+
+
+# --------------------------------------------------------------------------
+# tmpfs
+
+
+@pytest.fixture
+def tmpfs_factory() -> Iterator[object]:
+    """``make()`` -> a fresh private tmpfs directory; all removed at teardown."""
+    made: list[tuple[Path, bool]] = []
+
+    def make() -> Path:
+        if IS_ROOT:
+            d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-"))
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755",
+                                "fusewire-test", str(d)], capture_output=True)
+            if r.returncode == 0:
+                made.append((d, True))
+                return d
+            d.rmdir()
+        d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-", dir="/dev/shm"))
+        d.chmod(0o755)
+        made.append((d, False))
+        return d
+
+    yield make
+    for d, mounted in reversed(made):
+        if mounted:
+            subprocess.run(["umount", "-l", str(d)], check=False)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def tmpfs_dir(tmpfs_factory: object) -> Path:
+    return tmpfs_factory()  # type: ignore[operator, no-any-return]
+
+
+# --------------------------------------------------------------------------
+# mounts
+
+
+@pytest.fixture
+def memfs_mount(tmp_path: Path) -> Iterator[Path]:
+    srv = start_server(["memfs"], tmp_path / "memfs-mnt", tmp_path)
+    try:
+        yield srv.mountpoint
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def passthrough_source(tmpfs_factory: object) -> Path:
+    """The directory passthrough mirrors: a private tmpfs, so differences are ours."""
+    return tmpfs_factory()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture
+def passthrough_mount(tmp_path: Path, passthrough_source: Path) -> Iterator[Path]:
+    problem = passthrough_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    srv = start_server(["passthrough", str(passthrough_source)],
+                       tmp_path / "passthrough-mnt", tmp_path)
+    try:
+        yield srv.mountpoint
+    finally:
+        srv.close()
+
+
+@pytest.fixture(params=["memfs", "passthrough", "tmpfs"])
+def posix_root(request: pytest.FixtureRequest) -> Path:
+    kind = request.param
+    fixture = {"memfs": "memfs_mount", "passthrough": "passthrough_mount",
+               "tmpfs": "tmpfs_dir"}[kind]
+    return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
