@@ -88,12 +88,14 @@ def stat_answers(path: Path, timeout: float) -> bool:
     return bool(outcome and outcome[0])
 
 
-def log_tail(path: Path, lines: int = 4) -> str:
+def log_tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a server log, without traceback carets and blank lines."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text[-lines:])
+    kept = [line.strip() for line in text if line.strip(" ^~\t")]
+    return " | ".join(kept[-lines:])
 
 
 @dataclass

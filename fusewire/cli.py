@@ -33,7 +33,7 @@ PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
 def _float(extra: dict[str, str], key: str, default: float) -> float:
     value = extra.pop(key, None)
-    return default if value in (None, "") else float(value)  # type: ignore[arg-type]
+    return default if not value else float(value)
 
 
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
@@ -61,7 +61,10 @@ def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operation
     if ":" in kind:
         module, _, cls = kind.partition(":")
         factory: Callable[[], Operations] = getattr(importlib.import_module(module), cls)
-        return factory()
+        ops = factory()
+        if not isinstance(ops, Operations):
+            raise SystemExit(f"{kind} is not an Operations subclass")
+        return ops
     raise SystemExit(f"unknown filesystem {kind!r} (memfs, passthrough or MODULE:CLASS)")
 
 
@@ -103,7 +106,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     if args.recoverable:
         from fusewire.recovery.commands import mount_recoverable
 
-        return mount_recoverable(args, source, mountpoint)
+        code: int = mount_recoverable(args, source, mountpoint)
+        return code
     options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
                                    subtype=args.fs if ":" not in args.fs else None)
     extra = dict(options.extra)
@@ -166,7 +170,7 @@ def _daemonize(body: Callable[[int], int]) -> int:
     code = 1
     try:
         code = body(w)
-    except BaseException:  # noqa: BLE001 - a daemon has nowhere else to report
+    except BaseException:
         log.exception("server failed")
     finally:
         os._exit(code)

@@ -326,7 +326,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
             raise _bad(f"{row.name}: {len(data)} data bytes, size says {want}", errno.EINVAL,
                        unique, opcode, row)
     elif trailing is Trailing.FORGETS or trailing is Trailing.MAPPINGS:
-        count = arg.count
+        count = arg.count if arg is not None else 0
         if end - off != 16 * count:
             raise _bad(f"{row.name}: count {count} does not match {end - off} bytes",
                        errno.EINVAL, unique, opcode, row)
@@ -349,8 +349,10 @@ def _parse_init(buf: bytes | bytearray | memoryview, unique: int, nodeid: int, u
         raise _bad("INIT body shorter than 16 bytes", errno.EPROTO, unique, Opcode.INIT,
                    _INIT_ROW)
     major, minor = struct.unpack_from("<II", body)
-    want = 64 if (major > 7 or (major == 7 and minor >= 36)) else 16
-    if len(body) != want:
+    want = 64 if (major == 7 and minor >= 36) else 16
+    if major != FUSE_KERNEL_VERSION:
+        body = body[:16]  # an unknown major's layout: only its first fields are meaningful
+    elif len(body) != want:
         raise _bad(f"INIT body of {len(body)} bytes for 7.{minor}, expected {want}",
                    errno.EPROTO, unique, Opcode.INIT, _INIT_ROW)
     arg = decode_sized(CODECS["init_in"], body, 0, want)

@@ -27,9 +27,10 @@ def run_demo() -> int:
         _say("mount failed")
         return rc
     try:
-        for line in open("/proc/self/mounts", encoding="utf-8"):
-            if f" {mnt} " in line:
-                _say("  mounted: " + line.strip())
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                if f" {mnt} " in line:
+                    _say("  mounted: " + line.strip())
         os.makedirs(os.path.join(mnt, "docs/notes"))
         with open(os.path.join(mnt, "docs/hello.txt"), "w", encoding="utf-8") as f:
             f.write("hello from fusewire\n" * 3)
@@ -48,7 +49,7 @@ def run_demo() -> int:
         _say(f"$ getfattr user.colour -> {colour.decode()}")
         t0 = time.perf_counter()
         n = 2000
-        for i in range(n):
+        for _ in range(n):
             os.stat(os.path.join(mnt, "docs/hello.txt"))
         _say(f"{n} stat() calls: {n / (time.perf_counter() - t0):,.0f}/s")
     finally:

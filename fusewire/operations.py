@@ -185,7 +185,7 @@ class Operations:
 
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
-        """Rename, with ``flags`` from RENAME_NOREPLACE (1), RENAME_EXCHANGE (2), RENAME_WHITEOUT (4)."""
+        """Rename; ``flags``: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2), RENAME_WHITEOUT (4)."""
         raise _enosys()
 
     def link(self, inode: int, new_parent_inode: int, new_name: bytes,

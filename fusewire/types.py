@@ -64,10 +64,23 @@ class EntryAttributes:
     """
 
     __slots__ = (
-        "st_ino", "generation", "entry_timeout", "attr_timeout",
-        "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-        "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
-        "st_birthtime_ns", "attr_flags",
+        "attr_flags",
+        "attr_timeout",
+        "entry_timeout",
+        "generation",
+        "st_atime_ns",
+        "st_birthtime_ns",
+        "st_blksize",
+        "st_blocks",
+        "st_ctime_ns",
+        "st_gid",
+        "st_ino",
+        "st_mode",
+        "st_mtime_ns",
+        "st_nlink",
+        "st_rdev",
+        "st_size",
+        "st_uid",
     )
 
     def __init__(

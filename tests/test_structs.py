@@ -9,6 +9,7 @@ import pytest
 from construct import Container, ListContainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_layout import KERNEL_LAYOUT
 
 from fusewire.opcodes import flags as F
 from fusewire.structs import records
@@ -16,7 +17,6 @@ from fusewire.structs.codec import CODECS
 from fusewire.structs.derive import _fields, class_name, py_name, render_records_module
 from fusewire.structs.layout import decode_sized, encode_sized, sizes_for, struct_size
 from fusewire.structs.schemas import DRAFT, FIXED, VARIABLE
-from kernel_layout import KERNEL_LAYOUT
 
 KERNEL_LAYOUT = {
     **KERNEL_LAYOUT,

@@ -38,10 +38,10 @@ from fusewire.opcodes.flags import (
     FATTR,
     FOPEN,
     FSYNC,
+    FUSE_ROOT_ID,
     GETATTR,
     LK,
     RELEASE,
-    FUSE_ROOT_ID,
     InitFlag,
     Opcode,
 )
@@ -274,7 +274,7 @@ class Dispatcher:
         except LocalProtocolError as exc:
             log.error("%s %#x: %s", info.name, req.unique, exc)
             bufs = self._error(req, exc.errno_hint)
-        except Exception as exc:  # noqa: BLE001 - the policy is: EIO and keep serving
+        except Exception as exc:
             log.exception("handler %s raised; answering EIO", info.handler)
             if self.on_error == "raise":
                 self.fatal = exc
@@ -384,7 +384,7 @@ class Dispatcher:
         if given:
             try:
                 self.ops.forget(given)
-            except Exception:  # noqa: BLE001 - no reply to send; log and go on
+            except Exception:
                 log.exception("forget raised")
         return None
 

@@ -36,12 +36,11 @@ import selectors
 import signal
 import struct
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from fusewire.connection import Config, Connection, encode_notify
+from fusewire.connection import Config, Connection
 from fusewire.opcodes.flags import InitFlag, NotifyCode
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
@@ -111,7 +110,7 @@ class Server:
         if self.fd is None:
             self.mount()
         assert self.fd is not None
-        old: dict[int, Any] = {}
+        old: dict[signal.Signals, Any] = {}
         if install_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, self._on_signal)
@@ -134,7 +133,7 @@ class Server:
                 signal.signal(sig, handler)
             try:
                 self.ops.destroy()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("destroy raised")
             if self.dispatcher.fatal is not None:
                 raise RuntimeError("handler failed with on_error='raise'") \
@@ -154,12 +153,16 @@ class Server:
             except OSError as exc:
                 log.debug("unmount: %s", exc)
             self.unmounted = True
-        for fd in [*self._extra_fds, self.fd]:
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        for fd in self._extra_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.fd is not None:
+            try:
+                _mount.release(self.fd)  # also ends an auto_unmount helper
+            except OSError:
+                pass
         self._extra_fds.clear()
         self.fd = None
         for fd in (self._wake_r, self._wake_w):

@@ -19,6 +19,7 @@ from fusewire.opcodes.flags import (
     GETATTR,
     IOCTL,
     LK,
+    OPEN_IN,
     POLL,
     READ,
     RELEASE,
@@ -26,7 +27,6 @@ from fusewire.opcodes.flags import (
     SETXATTR,
     WRITE,
     InitFlag,
-    OPEN_IN,
 )
 
 __all__ = ["FLAG_FIELDS", "format_fields", "format_reply", "format_request"]

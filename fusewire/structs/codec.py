@@ -71,7 +71,7 @@ class Codec(Generic[T]):
             dec = (f"def decode(buf, offset=0):\n"
                    f"    v = _unpack(buf, offset)\n    return {expr}\n")
             enc = f"def encode(r):\n    return _pack({', '.join(_encode_args(name, 'r'))})\n"
-        exec(dec + enc, ns)  # noqa: S102 - generated from our own schemas only
+        exec(dec + enc, ns)
         self.decode: Callable[..., T] = ns["decode"]
         self.encode: Callable[[T], bytes] = ns["encode"]
 

@@ -148,7 +148,8 @@ def render_records_module() -> str:
         lines += ["", "", f"class {class_name(name)}(NamedTuple):",
                   f'    """``fuse_{name}``.{tag}"""', ""]
         for f in _fields(schema):
-            lines.append(f"    {py_name(f.name)}: {_py_type(f)}")
+            shadow = "  # type: ignore[assignment]" if f.name in ("count", "index") else ""
+            lines.append(f"    {py_name(f.name)}: {_py_type(f)}{shadow}")
     lines.append("")
     return "\n".join(lines)
 

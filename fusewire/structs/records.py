@@ -222,7 +222,7 @@ class ForgetOne(NamedTuple):
 class BatchForgetIn(NamedTuple):
     """``fuse_batch_forget_in``."""
 
-    count: int
+    count: int  # type: ignore[assignment]
     dummy: int
 
 
@@ -659,7 +659,7 @@ class NotifyRetrieveIn(NamedTuple):
 class NotifyPruneOut(NamedTuple):
     """``fuse_notify_prune_out``."""
 
-    count: int
+    count: int  # type: ignore[assignment]
     padding: int
     spare: int
 
@@ -718,7 +718,7 @@ class SetupmappingIn(NamedTuple):
 class RemovemappingIn(NamedTuple):
     """``fuse_removemapping_in``."""
 
-    count: int
+    count: int  # type: ignore[assignment]
 
 
 class RemovemappingOne(NamedTuple):
