@@ -327,7 +327,8 @@ def _decode_body(req: Request, body: bytes,
     if kind is Reply.IOCTL:
         o = CODECS["ioctl_out"].decode(body)
         rest = body[CODECS["ioctl_out"].size:]
-        return {"ioctl_out": rec_dict(o), "data": rest}, f"{{{format_fields(o)}}} +{len(rest)} bytes"
+        text = f"{{{format_fields(o)}}} +{len(rest)} bytes"
+        return {"ioctl_out": rec_dict(o), "data": rest}, text
     return {"raw": body}, f"{len(body)} bytes"
 
 
@@ -509,6 +510,4 @@ def event_matches(ev: Event, names: set[str] | None = None, nodeid: int | None =
     """The ``--opcode`` / ``--nodeid`` filters (names compared upper-case)."""
     if names is not None and ev.name.upper() not in names:
         return False
-    if nodeid is not None and nodeid not in ev.nodeids:
-        return False
-    return True
+    return nodeid is None or nodeid in ev.nodeids
