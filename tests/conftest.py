@@ -34,6 +34,9 @@ except ImportError:  # pragma: no cover - hypothesis is in the venv
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 15.0
 IS_ROOT = os.geteuid() == 0
+#: allow_other so that checks run as another uid (setresuid) reach the mount at
+#: all; without it FUSE refuses every other user and permission checks say nothing.
+MOUNT_OPTIONS = "default_permissions,allow_other" if IS_ROOT else "default_permissions"
 
 if _hyp_settings is not None:
     _hyp_settings.register_profile("ci", deadline=None, derandomize=True)
@@ -123,7 +126,7 @@ class FuseServer:
     """A ``python -m fusewire mount`` child process and its mountpoint."""
 
     def __init__(self, argv_tail: list[str], mountpoint: Path, logdir: Path,
-                 options: str = "default_permissions") -> None:
+                 options: str = MOUNT_OPTIONS) -> None:
         self.mountpoint = mountpoint
         self.errfile = logdir / f"server-{mountpoint.name}.stderr"
         self.argv = [sys.executable, "-m", "fusewire", "mount", *argv_tail,
@@ -168,7 +171,7 @@ class FuseServer:
 
 
 def start_server(argv_tail: list[str], mountpoint: Path, logdir: Path,
-                 options: str = "default_permissions") -> FuseServer:
+                 options: str = MOUNT_OPTIONS) -> FuseServer:
     problem = dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
@@ -199,7 +202,7 @@ def fuse_server_factory(tmp_path: Path) -> Iterator[object]:
     servers: list[FuseServer] = []
 
     def start(argv_tail: list[str], mountpoint: Path,
-              options: str = "default_permissions") -> FuseServer:
+              options: str = MOUNT_OPTIONS) -> FuseServer:
         srv = start_server(argv_tail, mountpoint, tmp_path, options)
         servers.append(srv)
         return srv
@@ -213,35 +216,43 @@ def fuse_server_factory(tmp_path: Path) -> Iterator[object]:
 # tmpfs
 
 
+def make_tmpfs() -> tuple[Path, bool]:
+    """A fresh private tmpfs (mounted when root, else a dir under /dev/shm)."""
+    if IS_ROOT:
+        d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-"))
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755",
+                            "fusewire-test", str(d)], capture_output=True)
+        if r.returncode == 0:
+            return d, True
+        d.rmdir()
+    d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-", dir="/dev/shm"))
+    d.chmod(0o755)
+    return d, False
+
+
+def remove_tmpfs(d: Path, mounted: bool) -> None:
+    if mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def tmpfs_factory() -> Iterator[object]:
     """``make()`` -> a fresh private tmpfs directory; all removed at teardown."""
     made: list[tuple[Path, bool]] = []
 
     def make() -> Path:
-        if IS_ROOT:
-            d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-"))
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m,mode=0755",
-                                "fusewire-test", str(d)], capture_output=True)
-            if r.returncode == 0:
-                made.append((d, True))
-                return d
-            d.rmdir()
-        d = Path(tempfile.mkdtemp(prefix="fusewire-tmpfs-", dir="/dev/shm"))
-        d.chmod(0o755)
-        made.append((d, False))
-        return d
+        made.append(make_tmpfs())
+        return made[-1][0]
 
     yield make
     for d, mounted in reversed(made):
-        if mounted:
-            subprocess.run(["umount", "-l", str(d)], check=False)
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        else:
-            shutil.rmtree(d, ignore_errors=True)
+        remove_tmpfs(d, mounted)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""The keeper's control socket: SOCK_SEQPACKET, one JSON object per message, fds by SCM_RIGHTS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["peer_cred", "recv_msg", "request", "run_dir", "send_msg", "socket_path"]
+
+_MAXMSG = 1 << 20
+
+
+def run_dir() -> str:
+    """Where keeper sockets live (``FUSEWIRE_RUN_DIR`` overrides /run/fusewire)."""
+    return os.environ.get("FUSEWIRE_RUN_DIR", "/run/fusewire")
+
+
+def socket_path(mountpoint: str) -> str:
+    """The keeper socket of a mountpoint: a hash of its real path."""
+    real = os.path.realpath(mountpoint)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:20]
+    return os.path.join(run_dir(), f"{digest}.sock")
+
+
+def send_msg(sock: socket.socket, obj: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    """Send one message (and fds)."""
+    data = json.dumps(obj).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def recv_msg(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """Receive one message; (None, []) at EOF."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, _MAXMSG, 8)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("bad control message")
+    return obj, list(fds)
+
+
+def peer_cred(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def connect(path: str, timeout: float | None = 10.0) -> socket.socket:
+    """Connect to a keeper."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    return sock
+
+
+def request(path: str, obj: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One request/response exchange with a keeper."""
+    with connect(path, timeout) as sock:
+        send_msg(sock, obj)
+        reply, fds = recv_msg(sock)
+        for fd in fds:
+            os.close(fd)
+    if reply is None:
+        raise ConnectionError("keeper closed the connection")
+    return reply
