@@ -14,34 +14,34 @@ under /dev/shm): the reference filesystem for the differential POSIX tests.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-try:
-    from hypothesis import settings as _hyp_settings
-except ImportError:  # pragma: no cover - hypothesis is in the venv
-    _hyp_settings = None
+from hypothesis import settings as _hyp_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 15.0
+#: A test blocked this long in a syscall on a mount is unblocked by killing its
+#: server (the kernel then fails pending requests with ENOTCONN) instead of hanging.
+WATCHDOG = float(os.environ.get("FUSEWIRE_TEST_WATCHDOG", "120"))
 IS_ROOT = os.geteuid() == 0
 #: allow_other so that checks run as another uid (setresuid) reach the mount at
 #: all; without it FUSE refuses every other user and permission checks say nothing.
 MOUNT_OPTIONS = "default_permissions,allow_other" if IS_ROOT else "default_permissions"
 
-if _hyp_settings is not None:
-    _hyp_settings.register_profile("ci", deadline=None, derandomize=True)
-    _hyp_settings.register_profile("dev", deadline=None, max_examples=50)
-    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+_hyp_settings.register_profile("ci", deadline=None, derandomize=True)
+_hyp_settings.register_profile("dev", deadline=None, max_examples=50)
+_hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,10 +98,11 @@ def is_fuse_mounted(path: str | os.PathLike[str]) -> bool:
     return fstype is not None and fstype.startswith("fuse")
 
 
-def server_env() -> dict[str, str]:
+def server_env(extra_path: list[str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")
+    paths = [str(REPO_ROOT), *(extra_path or [])]
+    env["PYTHONPATH"] = os.pathsep.join(paths) + (os.pathsep + old if old else "")
     return env
 
 
@@ -126,18 +127,39 @@ class FuseServer:
     """A ``python -m fusewire mount`` child process and its mountpoint."""
 
     def __init__(self, argv_tail: list[str], mountpoint: Path, logdir: Path,
-                 options: str = MOUNT_OPTIONS) -> None:
+                 options: str = MOUNT_OPTIONS, pythonpath: list[str] | None = None) -> None:
         self.mountpoint = mountpoint
         self.errfile = logdir / f"server-{mountpoint.name}.stderr"
         self.argv = [sys.executable, "-m", "fusewire", "mount", *argv_tail,
                      str(mountpoint), "-f", "-o", options]
-        self._err = open(self.errfile, "wb")
-        self.proc = subprocess.Popen(self.argv, env=server_env(), cwd="/",
+        self._err = open(self.errfile, "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(self.argv, env=server_env(pythonpath), cwd="/",
                                      stdin=subprocess.DEVNULL, stdout=self._err,
                                      stderr=self._err)
 
+        self._watchdog: threading.Timer | None = None
+        self.watchdog_fired = False
+
     def stderr(self) -> str:
         return _read_stderr(self.proc, self.errfile)
+
+    def _fire(self) -> None:
+        self.watchdog_fired = True
+        sys.stderr.write(f"\nwatchdog: killing server of {self.mountpoint} after {WATCHDOG}s\n")
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def rearm(self, seconds: float = WATCHDOG) -> None:
+        """(Re)start the watchdog: kill the server if the test is not done in ``seconds``."""
+        self.disarm()
+        self._watchdog = threading.Timer(seconds, self._fire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def disarm(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def wait_ready(self, timeout: float = MOUNT_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -149,21 +171,24 @@ class FuseServer:
             if is_fuse_mounted(self.mountpoint):
                 try:
                     os.stat(self.mountpoint)
-                    return
                 except OSError:
                     pass
+                else:
+                    self.rearm()
+                    return
             time.sleep(0.02)
         self.close()
         pytest.fail(f"mount not live after {timeout}s: {' '.join(self.argv)}\n"
                     f"--- stderr ---\n{self.stderr()}")
 
     def close(self) -> None:
-        from fusewire.server.mount import unmount
-
+        self.disarm()
         if is_fuse_mounted(self.mountpoint):
             try:
+                from fusewire.server.mount import unmount
+
                 unmount(str(self.mountpoint), lazy=True)
-            except OSError:
+            except (OSError, ImportError):
                 subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
                                stderr=subprocess.DEVNULL)
         _stop_process(self.proc)
@@ -171,26 +196,20 @@ class FuseServer:
 
 
 def start_server(argv_tail: list[str], mountpoint: Path, logdir: Path,
-                 options: str = MOUNT_OPTIONS) -> FuseServer:
+                 options: str = MOUNT_OPTIONS, pythonpath: list[str] | None = None) -> FuseServer:
+    """Start ``python -m fusewire mount ARGV_TAIL MOUNTPOINT -f -o OPTIONS``; wait until live."""
     problem = dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
     mountpoint.mkdir(parents=True, exist_ok=True)
-    srv = FuseServer(argv_tail, mountpoint, logdir, options)
+    srv = FuseServer(argv_tail, mountpoint, logdir, options, pythonpath)
     srv.wait_ready()
     return srv
 
 
-@pytest.fixture(scope="session")
-def _fuse_usable() -> None:
-    problem = dev_fuse_problem()
-    if problem is not None:
-        pytest.skip(problem)
-
-
 def passthrough_problem() -> str | None:
     try:
-        import fusewire.examples.passthrough  # noqa: F401
+        importlib.import_module("fusewire.examples.passthrough")
     except ImportError as exc:
         return f"fusewire.examples.passthrough is not importable: {exc}"
     return None
@@ -201,9 +220,9 @@ def fuse_server_factory(tmp_path: Path) -> Iterator[object]:
     """``start(argv_tail, mountpoint, options=...)`` -> FuseServer; all torn down."""
     servers: list[FuseServer] = []
 
-    def start(argv_tail: list[str], mountpoint: Path,
-              options: str = MOUNT_OPTIONS) -> FuseServer:
-        srv = start_server(argv_tail, mountpoint, tmp_path, options)
+    def start(argv_tail: list[str], mountpoint: Path, options: str = MOUNT_OPTIONS,
+              pythonpath: list[str] | None = None) -> FuseServer:
+        srv = start_server(argv_tail, mountpoint, tmp_path, options, pythonpath)
         servers.append(srv)
         return srv
 

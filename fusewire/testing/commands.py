@@ -37,11 +37,19 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=_cmd_replay)
 
 
+def _fail(cmd: str, exc: Exception) -> int:
+    sys.stderr.write(f"fusewire {cmd}: {exc}\n")
+    return 2
+
+
 def _cmd_dump(args: argparse.Namespace) -> int:
-    from fusewire.testing.capture import CaptureReader
+    from fusewire.testing.capture import CaptureError, CaptureReader
     from fusewire.testing.dump import event_matches, iter_events, render_json, render_line
 
-    reader = CaptureReader(args.file)
+    try:
+        reader = CaptureReader(args.file)
+    except (OSError, CaptureError) as exc:
+        return _fail("dump", exc)
     names: set[str] | None = None
     if args.opcode:
         names = {n.strip().upper() for spec in args.opcode for n in spec.split(",") if n.strip()}
@@ -61,10 +69,14 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from fusewire.server import mount as _mount
+    from fusewire.testing.capture import CaptureError
     from fusewire.testing.replay import ops_factory_from_spec, replay
 
     extra = dict(_mount.parse_options(args.options).extra) if args.options else {}
-    report = replay(args.file, ops_factory_from_spec(args.ops, extra))
+    try:
+        report = replay(args.file, ops_factory_from_spec(args.ops, extra))
+    except (OSError, CaptureError) as exc:
+        return _fail("replay", exc)
     print(report.summary())
     for diff in report.differences[:args.max_diffs]:
         print(diff.render())

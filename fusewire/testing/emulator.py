@@ -263,7 +263,7 @@ class KernelEmulator:
         if bufs is None:
             return None
         raw = b"".join(bytes(b) for b in bufs)
-        error, got, body = split_reply(raw)
+        _error, got, body = split_reply(raw)
         if got != iu or body:
             raise KernelRuleError(f"bad INTERRUPT reply {raw!r}", _errno.EINVAL)
         return raw

@@ -208,10 +208,6 @@ def _exact(body: bytes, size: int, what: str) -> None:
         raise ReplySizeError(f"{what}: {len(body)} bytes, kernel expects {size}")
 
 
-def _entry_size(minor: int, sizes: dict[str, int]) -> int:
-    return sizes["entry_out"]
-
-
 def _decode_entry(body: bytes, sizes: dict[str, int], lookup_handle: str | None,
                   what: str) -> tuple[Any, int]:
     size = sizes["entry_out"]
@@ -299,7 +295,7 @@ def decode_reply(session: SessionLike, request_opcode: int, request_arg: Any,
     for data replies, a list of :class:`Dirent` / :class:`DirentPlus`, or
     None for header-only replies.
     """
-    minor, sizes, table, lookup_handle = _parts(session)
+    _minor, sizes, table, lookup_handle = _parts(session)
     row = table.get(request_opcode)
     if row is None:
         raise ReplySizeError(f"no reply expected for unknown opcode {request_opcode}",
