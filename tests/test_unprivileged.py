@@ -117,14 +117,15 @@ def _stage_package(user: AsUser, staging: Path) -> None:
 
 def _dev_fuse_for_user(user: AsUser) -> int | None:
     """Skip unless the user can open /dev/fuse (fusermount3 opens it with the caller's
-    credentials).  With FUSEWIRE_TEST_CHMOD_DEV_FUSE=1 a 0600 /dev/fuse is made 0666
-    for the test; the old mode is returned so the fixture restores it."""
+    credentials).  Distributions ship /dev/fuse as 0666 (udev); where it is 0600 and we
+    are root, it is made 0666 for the test (FUSEWIRE_TEST_CHMOD_DEV_FUSE=0 disables this);
+    the old mode is returned so the fixture restores it."""
     probe = "import os; os.close(os.open('/dev/fuse', os.O_RDWR))"
     r = user.py("-c", probe)
     if r.returncode == 0:
         return None
     mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
-    if os.environ.get("FUSEWIRE_TEST_CHMOD_DEV_FUSE") == "1":
+    if os.geteuid() == 0 and os.environ.get("FUSEWIRE_TEST_CHMOD_DEV_FUSE", "1") == "1":
         os.chmod("/dev/fuse", 0o666)
         if user.py("-c", probe).returncode == 0:
             return mode
@@ -132,7 +133,7 @@ def _dev_fuse_for_user(user: AsUser) -> int | None:
     pytest.skip(f"{TEST_USER} cannot open /dev/fuse (mode {oct(mode)}, owner uid "
                 f"{os.stat('/dev/fuse').st_uid}; fusermount3 opens it with the caller's "
                 f"credentials): {r.stderr.strip().splitlines()[-1] if r.stderr else ''}; "
-                "set FUSEWIRE_TEST_CHMOD_DEV_FUSE=1 to make it 0666 for the test")
+                "run as root (or with FUSEWIRE_TEST_CHMOD_DEV_FUSE=1) to make it 0666")
 
 
 def _server_pids(mountpoint: str) -> list[int]:
