@@ -30,13 +30,11 @@ CHECKS = list(posix_suite.CHECKS)
 #: Known bugs of the filesystems under test: (fs, check) -> exact reason.
 #: Each makes the test xfail(strict=True) so a fix turns it red until removed.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("memfs", "o_trunc"): "memfs ignores O_TRUNC when opened O_RDONLY "
-    "(MemFS._truncate_on_open skips O_RDONLY): open(f, O_RDONLY|O_TRUNC) leaves the size "
-    "at 2 where Linux tmpfs/ext4 truncate to 0",
-    ("memfs", "posix_acl_minimal"): "memfs stores setxattr('system.posix_acl_access') as an "
-    "opaque blob (returns 0) without applying it to the mode bits: mode stays 0o600 where "
-    "tmpfs gives 0o654 (so `cp -a`/`cp -p` leave files 0600, dirs 0700); it must apply "
-    "the ACL or answer EOPNOTSUPP",
+    ("passthrough", "locks"): "passthrough keeps POSIX locks as OFD locks, which do not "
+    "report the holder's pid: F_GETLK gives pid 0 where tmpfs gives the holder",
+    ("memfs", "posix_acl_minimal"): "memfs does not implement POSIX ACLs: it answers "
+    "EOPNOTSUPP for system.posix_acl_* (so cp -a falls back to chmod) where tmpfs applies "
+    "the ACL to the mode bits",
 }
 
 pytestmark = pytest.mark.fuse

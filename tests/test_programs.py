@@ -82,8 +82,6 @@ def listing(root: Path) -> list[str]:
 
 def test_cp_a_diff_ls_stat_find_du(mnt: Path, tmp_path: Path,
                                    request: pytest.FixtureRequest) -> None:
-    if mnt.name.startswith("memfs"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=MEMFS_ACL_BUG))
     src = make_tree(tmp_path)
     dst = mnt / "copy"
     run(["cp", "-a", str(src), str(dst)])
@@ -178,7 +176,12 @@ SQLITE_WRITER = textwrap.dedent("""
 """)
 
 
-def test_sqlite_wal_two_processes(mnt: Path) -> None:
+def test_sqlite_wal_two_processes(mnt: Path, request: pytest.FixtureRequest) -> None:
+    if mnt.name.startswith("passthrough"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "passthrough: the -wal file is gone while the first connection is still open: "
+            "its OFD-lock emulation of POSIX locks lets the child's close look like the "
+            "last connection (sqlite checkpoints and deletes the WAL)")))
     path = mnt / "db.sqlite"
     db = sqlite3.connect(path, timeout=30)
     try:

@@ -136,7 +136,7 @@ class _Dir:
         self.names[bisect_left(self.cookies, ent >> 64)] = None
         self.dead += 1
         if self.dead > 64 and self.dead * 2 > len(self.names):
-            live = [(c, n) for c, n in zip(self.cookies, self.names) if n is not None]
+            live = [(c, n) for c, n in zip(self.cookies, self.names, strict=True) if n is not None]
             self.cookies = array("Q", [c for c, _ in live])
             self.names = [n for _, n in live]
             self.dead = 0
@@ -324,10 +324,13 @@ class MemFS(Operations):
         h = self._handle(fh)
         if h.is_dir:
             raise _err(errno.EISDIR)
+        node = self._get(h.ino)
+        if not stat.S_ISREG(node.mode):
+            raise _err(errno.EINVAL)
         acc = h.flags & os.O_ACCMODE
         if (write and acc == os.O_RDONLY) or (not write and acc == os.O_WRONLY):
             raise _err(errno.EBADF)
-        return h, self._get(h.ino)
+        return h, node
 
     def _size_of(self, node: _Inode) -> int:
         if node.dir is not None:
@@ -539,7 +542,11 @@ class MemFS(Operations):
                 if attr.st_gid != node.gid and not _in_group(ctx, attr.st_gid):
                     raise _err(errno.EPERM)
             if fields.update_mode and not owner:
-                raise _err(errno.EPERM)
+                # The kernel clears suid/sgid on behalf of a (non-owner) writer
+                # with a mode change in the writer's name: allow only that.
+                old, new = node.mode & 0o7777, attr.st_mode & 0o7777
+                if new & ~old or (old ^ new) & ~(stat.S_ISUID | stat.S_ISGID):
+                    raise _err(errno.EPERM)
             explicit_times = (fields.update_atime and not fields.atime_now) or \
                 (fields.update_mtime and not fields.mtime_now)
             if explicit_times and not owner:
@@ -842,8 +849,8 @@ class MemFS(Operations):
     # -- files -----------------------------------------------------------------
 
     def _truncate_on_open(self, node: _Inode, flags: int) -> None:
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY \
-                and stat.S_ISREG(node.mode):
+        # Linux truncates on O_TRUNC even for O_RDONLY (tmpfs and ext4 do).
+        if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
             self._set_size(node, 0)
             node.mtime = node.ctime = _now()
 
@@ -1058,15 +1065,18 @@ class MemFS(Operations):
         else:
             self._plocks.pop(ino, None)
 
-    def _drop_locks_of_fh(self, ino: int, fh: int) -> None:
+    def _drop_locks_of_fh(self, ino: int, fh: int, flocks: bool = True) -> None:
+        """Drop every POSIX lock of the owners that locked through ``fh`` (as
+        closing any descriptor of a file does), and ``fh``'s flock."""
         locks = self._plocks.get(ino)
         if locks:
-            kept = [lk for lk in locks if lk.fh != fh]
+            owners = {lk.owner for lk in locks if lk.fh == fh}
+            kept = [lk for lk in locks if lk.owner not in owners]
             if kept:
                 self._plocks[ino] = kept
             else:
                 del self._plocks[ino]
-        fl = self._flocks.get(ino)
+        fl = self._flocks.get(ino) if flocks else None
         if fl:
             for owner in [o for o, (_, f) in fl.items() if f == fh]:
                 del fl[owner]
@@ -1236,9 +1246,10 @@ class MemFS(Operations):
         if not name or len(name) > XATTR_NAME_MAX:
             raise _err(errno.ERANGE)
         if name.startswith(b"system."):
-            if name not in _XATTR_SYSTEM:
-                raise _err(errno.EOPNOTSUPP)
-            return
+            # POSIX ACLs are not evaluated by memfs: refusing them makes tools
+            # (cp -a, setfacl) fall back to chmod instead of storing an ACL
+            # that silently fails to change the mode.
+            raise _err(errno.EOPNOTSUPP)
         if not name.startswith(_XATTR_PREFIXES):
             raise _err(errno.EOPNOTSUPP)
         if name.startswith(b"trusted.") and ctx.uid != 0:

@@ -529,7 +529,9 @@ class Dispatcher:
 
     def _op_lseek(self, req: Request) -> Buffers:
         a = req.arg
-        off = self.ops.lseek(a.fh, a.offset, a.whence, self._ctx(req))
+        # loff_t travels as u64: a negative offset from the caller arrives >= 2**63
+        offset = a.offset - (1 << 64) if a.offset >> 63 else a.offset
+        off = self.ops.lseek(a.fh, offset, a.whence, self._ctx(req))
         return self._ok(req, struct.pack("<Q", off))
 
     def _op_copy_file_range(self, req: Request) -> Buffers:

@@ -1,0 +1,989 @@
+"""Passthrough: mirror a source directory through FUSE, confined to that tree.
+
+Every object the kernel knows is a node holding an ``O_PATH | O_NOFOLLOW``
+file descriptor, obtained by opening one name relative to the parent node's
+descriptor.  Names "." and ".." and names containing "/" are refused, and
+nothing ever follows a symlink, so no request can reach outside the source
+tree.  Operations use the ``*at()`` calls relative to those descriptors, or
+reopen the node's inode through ``/proc/self/fd/N`` (that magic link names
+the very inode the descriptor holds; for a symlink it names the link itself).
+
+Node ids: ``(st_dev, st_ino)`` of the source object maps to the nodeid.  The
+root is 1; an object on the source's device uses its own inode number (so
+``stat``, plain READDIR ``d_ino`` and the source all agree, and a successor
+process computes the same ids); other objects (submounts, inode number 1 or
+>= 2**63) get ids allocated from 2**63 up.  A node's descriptor is closed
+when FORGET brings its lookup count to zero.
+
+Ownership: when running as root, created objects are chowned to the caller
+(``ctx.uid``/``ctx.gid``, or the parent's group in a setgid directory).
+Permission checks are left to the kernel (mount with ``default_permissions``),
+except :meth:`Passthrough.access`, which checks the caller's ids against the
+mode bits (ACLs are not evaluated).
+
+Locks: POSIX record locks are kept as open-file-description (OFD) locks on a
+descriptor opened per (inode, lock owner), so locks of one owner never
+conflict with each other and locks of different owners do, like POSIX.  They
+are dropped when a handle the owner locked through is flushed (closed) or
+released.  ``flock`` locks are taken on the open file itself.  Blocking
+requests poll every 50 ms, fail with EINTR when the kernel interrupts them
+(and after ``lock_wait_timeout`` seconds if set), so they need a server with
+worker threads to be useful.
+
+Stable handles (:meth:`Passthrough.handle_of`) carry the nodeid, ``(st_dev,
+st_ino)`` and, where the source filesystem supports it, a
+``name_to_handle_at`` file handle; :meth:`Passthrough.inode_for_handle`
+reopens objects a successor does not know yet with ``open_by_handle_at``
+(needs CAP_DAC_READ_SEARCH, i.e. root), verifying ``(st_dev, st_ino)``.
+Handles must come from a trusted store: a forged file handle could name any
+object of the source filesystem.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from fusewire.operations import Operations
+from fusewire.types import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    Lock,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+)
+
+if TYPE_CHECKING:
+    from fusewire.server.readdir import ReaddirToken
+
+__all__ = ["Passthrough"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+_ROOT = 1
+_ALLOC_BASE = 1 << 63
+_OFFSET_MAX = 2**63 - 1
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_UTIME_NOW = (1 << 30) - 1
+_UTIME_OMIT = (1 << 30) - 2
+_STATX_BTIME = 0x800
+_MAX_HANDLE_SZ = 128
+_HANDLE_MAGIC = b"FWP1"
+_HANDLE_HEAD = struct.Struct("<4sQQQiii")   # magic, nodeid, dev, ino, mount_id, type, size
+_FLOCK = struct.Struct("hhxxxxqqixxxx")     # struct flock on 64-bit Linux
+_LOCK_POLL = 0.05
+_O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
+_DOTS = (b".", b"..")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _os_error() -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, os.strerror(code))
+
+
+def _c(ret: int) -> int:
+    if ret < 0:
+        raise _os_error()
+    return ret
+
+
+def _bind(name: str, argtypes: list[type]) -> Callable[..., int]:
+    fn = getattr(_libc, name)
+    fn.argtypes = argtypes
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_renameat2 = _bind("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_char_p, ctypes.c_uint])
+_fchownat = _bind("fchownat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                               ctypes.c_uint32, ctypes.c_int])
+_utimensat = _bind("utimensat", [ctypes.c_int, ctypes.c_char_p,
+                                 ctypes.POINTER(_Timespec), ctypes.c_int])
+_linkat = _bind("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                           ctypes.c_char_p, ctypes.c_int])
+_fallocate = _bind("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                 ctypes.c_int64])
+_name_to_handle_at = _bind("name_to_handle_at", [ctypes.c_int, ctypes.c_char_p,
+                                                 ctypes.c_char_p,
+                                                 ctypes.POINTER(ctypes.c_int), ctypes.c_int])
+_open_by_handle_at = _bind("open_by_handle_at", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
+_statx = _bind("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                         ctypes.c_char_p])
+
+
+def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn any OSError escaping ``fn`` into ``FUSEError(errno)``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from None
+
+    return wrapper
+
+
+def _proc(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _check_name(name: bytes) -> None:
+    """Refuse names that could leave the directory: ".", "..", "a/b", NUL."""
+    if not name or name in _DOTS or b"/" in name or b"\0" in name:
+        raise FUSEError(errno.EINVAL)
+    if len(name) > 255:
+        raise FUSEError(errno.ENAMETOOLONG)
+
+
+class _Node:
+    """An object the kernel holds a reference to."""
+
+    __slots__ = ("fd", "key", "kind", "nlookup", "nodeid")
+
+    def __init__(self, nodeid: int, fd: int, key: tuple[int, int], kind: int,
+                 nlookup: int) -> None:
+        self.nodeid = nodeid
+        self.fd = fd
+        self.key = key
+        self.kind = kind
+        self.nlookup = nlookup
+
+
+class _DirHandle:
+    """An open directory with its listing snapshot (index + 1 is the cookie)."""
+
+    __slots__ = ("entries", "fd", "nodeid")
+
+    def __init__(self, fd: int, nodeid: int) -> None:
+        self.fd = fd
+        self.nodeid = nodeid
+        self.entries: list[tuple[bytes, int, int]] | None = None   # name, d_ino, S_IFMT
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> int:
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+
+
+class Passthrough(Operations):
+    """Mirror the directory ``source`` (see the module docstring)."""
+
+    def __init__(self, source: str, *, entry_timeout: float = 0.0,
+                 attr_timeout: float = 0.0, kernel_passthrough: bool = False,
+                 lock_wait_timeout: float | None = None) -> None:
+        self.source = source
+        self.entry_timeout = entry_timeout
+        self.attr_timeout = attr_timeout
+        self.kernel_passthrough = kernel_passthrough
+        self.lock_wait_timeout = lock_wait_timeout
+        self._as_root = os.geteuid() == 0
+        self._lock = threading.Lock()
+        fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self._root_key = (st.st_dev, st.st_ino)
+        root = _Node(_ROOT, fd, self._root_key, stat.S_IFDIR, 1)
+        self._nodes: dict[int, _Node] = {_ROOT: root}
+        self._by_key: dict[tuple[int, int], _Node] = {self._root_key: root}
+        self._next_alloc = _ALLOC_BASE
+        self._files: dict[int, int] = {}            # open fd (fh) -> nodeid
+        self._backing: dict[int, int] = {}          # fh -> kernel backing id
+        self._dirs: dict[int, _DirHandle] = {}
+        self._lock_fds: dict[tuple[int, int], int] = {}   # (nodeid, owner) -> OFD fd
+        self._fh_owners: dict[int, set[int]] = {}         # fh -> owners that locked via it
+        self._root_mount_id = self._mount_id(fd)
+
+    # -- node table ----------------------------------------------------------
+
+    def _nodeid_for(self, key: tuple[int, int]) -> int:
+        if key == self._root_key:
+            return _ROOT
+        dev, ino = key
+        if dev == self._root_key[0] and 1 < ino < _ALLOC_BASE:
+            return ino
+        nodeid = self._next_alloc
+        self._next_alloc += 1
+        return nodeid
+
+    def _node(self, nodeid: int) -> _Node:
+        node = self._nodes.get(nodeid)
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _register(self, fd: int, st: os.stat_result, count: int) -> _Node:
+        """Adopt ``fd`` (an O_PATH descriptor) as the node for its inode."""
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            node = self._by_key.get(key)
+            if node is not None:
+                node.nlookup += count
+            else:
+                nodeid = self._nodeid_for(key)
+                node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), count)
+                self._nodes[nodeid] = node
+                self._by_key[key] = node
+                return node
+        os.close(fd)
+        return node
+
+    def _unref(self, node: _Node, count: int) -> None:
+        with self._lock:
+            node.nlookup -= count
+            if node.nlookup > 0 or node.nodeid == _ROOT:
+                return
+            if self._nodes.get(node.nodeid) is node:
+                del self._nodes[node.nodeid]
+                del self._by_key[node.key]
+        os.close(node.fd)
+
+    def _lookup(self, parent: _Node, name: bytes, count: int) -> tuple[_Node, os.stat_result]:
+        _check_name(name)
+        fd = os.open(name, _O_PATH_FLAGS, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return self._register(fd, st, count), st
+
+    def _attr(self, nodeid: int, st: os.stat_result) -> EntryAttributes:
+        return EntryAttributes.from_stat(st, st_ino=nodeid, entry_timeout=self.entry_timeout,
+                                         attr_timeout=self.attr_timeout)
+
+    def _plain_ino(self, dev: int, ino: int) -> int:
+        """The d_ino for a plain READDIR entry, without registering a node."""
+        key = (dev, ino)
+        node = self._by_key.get(key)
+        if node is not None:
+            return node.nodeid
+        if key == self._root_key:
+            return _ROOT
+        return ino
+
+    # -- names and attributes ----------------------------------------------------
+
+    @_errmap
+    def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        """Open ``name`` under the parent's descriptor (no symlink following)."""
+        node, st = self._lookup(self._node(parent_inode), name, 1)
+        return self._attr(node.nodeid, st)
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Drop lookup counts; close node descriptors that reach zero."""
+        for nodeid, count in inode_list:
+            node = self._nodes.get(nodeid)
+            if node is not None:
+                try:
+                    self._unref(node, count)
+                except OSError:
+                    pass
+
+    @_errmap
+    def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        """fstat the node's descriptor."""
+        return self._attr(inode, os.fstat(self._node(inode).fd))
+
+    @_errmap
+    def statx(self, inode: int, fh: int | None, flags: int, mask: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """Attributes plus the birth time from statx(2) where the source has one."""
+        node = self._node(inode)
+        attr = self._attr(inode, os.fstat(node.fd))
+        buf = ctypes.create_string_buffer(256)
+        if _statx(node.fd, b"", _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf) == 0:
+            (got,) = struct.unpack_from("<I", buf.raw, 0)
+            if got & _STATX_BTIME:
+                sec, nsec = struct.unpack_from("<qI", buf.raw, 80)
+                attr.st_birthtime_ns = sec * 10**9 + nsec
+        return attr
+
+    @_errmap
+    def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+                fh: int | None, ctx: RequestContext) -> EntryAttributes:
+        """chmod, chown, truncate and utimes on the source object."""
+        node = self._node(inode)
+        path = _proc(node.fd)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else 0xFFFFFFFF
+            gid = attr.st_gid if fields.update_gid else 0xFFFFFFFF
+            # before chmod: chown clears set-id bits a chmod in the same call sets
+            _c(_fchownat(node.fd, b"", uid, gid, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
+        if fields.update_mode:
+            if node.kind == stat.S_IFLNK:
+                raise FUSEError(errno.EOPNOTSUPP)
+            if fh is not None:
+                os.fchmod(fh, attr.st_mode & 0o7777)
+            else:
+                os.chmod(path, attr.st_mode & 0o7777)
+        if fields.update_size:
+            if node.kind == stat.S_IFDIR:
+                raise FUSEError(errno.EISDIR)
+            if node.kind != stat.S_IFREG:
+                raise FUSEError(errno.EINVAL)
+            if fh is not None:
+                os.ftruncate(fh, attr.st_size)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+            if fields.kill_suidgid:
+                self._kill_suidgid(node)
+        if fields.update_atime or fields.update_mtime:
+            times = (_Timespec * 2)()
+            for i, (want, now, ns) in enumerate((
+                    (fields.update_atime, fields.atime_now, attr.st_atime_ns),
+                    (fields.update_mtime, fields.mtime_now, attr.st_mtime_ns))):
+                if not want:
+                    times[i].tv_sec, times[i].tv_nsec = 0, _UTIME_OMIT
+                elif now:
+                    times[i].tv_sec, times[i].tv_nsec = 0, _UTIME_NOW
+                else:
+                    times[i].tv_sec, times[i].tv_nsec = divmod(ns, 10**9)
+            _c(_utimensat(node.fd, b"", times, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
+        return self._attr(inode, os.fstat(node.fd))
+
+    @staticmethod
+    def _kill_suidgid(node: _Node) -> None:
+        mode = os.fstat(node.fd).st_mode
+        new = mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            new &= ~stat.S_ISGID
+        if new != mode:
+            os.chmod(_proc(node.fd), new & 0o7777)
+
+    @_errmap
+    def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        """readlinkat(fd, "") on the symlink's own descriptor."""
+        return os.readlink(b"", dir_fd=self._node(inode).fd)
+
+    @_errmap
+    def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+        """Check the caller's ids against the mode bits (and read-only mounts)."""
+        node = self._node(inode)
+        st = os.fstat(node.fd)
+        want = mode & 7
+        if want & os.W_OK and node.kind != stat.S_IFLNK \
+                and not os.access(_proc(node.fd), os.W_OK):
+            return False
+        if ctx.uid == 0:
+            return not (want & os.X_OK and not stat.S_ISDIR(st.st_mode)
+                        and not st.st_mode & 0o111)
+        if ctx.uid == st.st_uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == ctx.gid or st.st_gid in ctx.groups:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return want & ~bits == 0
+
+    # -- creating and removing names ---------------------------------------------
+
+    def _adopt_new(self, parent: _Node, node: _Node, mode: int, ctx: RequestContext) -> None:
+        """Give a new object the caller's ownership and exactly ``mode``'s bits.
+
+        Our own umask (and, for root, chown clearing set-id bits) may have
+        changed the permission bits; the kernel already applied the caller's.
+        """
+        want = mode & 0o7777
+        if node.kind == stat.S_IFDIR and os.fstat(parent.fd).st_mode & stat.S_ISGID:
+            want |= stat.S_ISGID
+        if self._as_root:
+            pst = os.fstat(parent.fd)
+            gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
+            _c(_fchownat(node.fd, b"", ctx.uid, gid, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
+        if node.kind != stat.S_IFLNK and os.fstat(node.fd).st_mode & 0o7777 != want:
+            os.chmod(_proc(node.fd), want)
+
+    def _created(self, parent: _Node, name: bytes, mode: int,
+                 ctx: RequestContext) -> EntryAttributes:
+        """Look up a just-created ``name``, fix owner/mode, count one lookup."""
+        node, _ = self._lookup(parent, name, 1)
+        try:
+            self._adopt_new(parent, node, mode, ctx)
+        except OSError:
+            self._unref(node, 1)
+            raise
+        return self._attr(node.nodeid, os.fstat(node.fd))
+
+    @_errmap
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """mknodat relative to the parent."""
+        parent = self._node(parent_inode)
+        _check_name(name)
+        os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return self._created(parent, name, mode, ctx)
+
+    @_errmap
+    def mkdir(self, parent_inode: int, name: bytes, mode: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """mkdirat relative to the parent."""
+        parent = self._node(parent_inode)
+        _check_name(name)
+        os.mkdir(name, mode & 0o7777, dir_fd=parent.fd)
+        return self._created(parent, name, mode, ctx)
+
+    @_errmap
+    def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                ctx: RequestContext) -> EntryAttributes:
+        """symlinkat relative to the parent (the target is stored, never followed)."""
+        parent = self._node(parent_inode)
+        _check_name(name)
+        os.symlink(target, name, dir_fd=parent.fd)
+        return self._created(parent, name, 0o777, ctx)
+
+    @_errmap
+    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+             ctx: RequestContext) -> EntryAttributes:
+        """linkat of the node's own descriptor (AT_EMPTY_PATH, else via /proc)."""
+        node = self._node(inode)
+        parent = self._node(new_parent_inode)
+        _check_name(new_name)
+        if node.kind == stat.S_IFDIR:
+            raise FUSEError(errno.EPERM)
+        if _linkat(node.fd, b"", parent.fd, new_name, _AT_EMPTY_PATH) < 0:
+            code = ctypes.get_errno()
+            if code not in (errno.ENOENT, errno.EPERM) or node.kind == stat.S_IFLNK:
+                raise OSError(code, os.strerror(code))
+            os.link(_proc(node.fd), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        new, st = self._lookup(parent, new_name, 1)
+        return self._attr(new.nodeid, st)
+
+    @_errmap
+    def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """unlinkat relative to the parent."""
+        _check_name(name)
+        os.unlink(name, dir_fd=self._node(parent_inode).fd)
+
+    @_errmap
+    def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """unlinkat(AT_REMOVEDIR) relative to the parent."""
+        _check_name(name)
+        os.rmdir(name, dir_fd=self._node(parent_inode).fd)
+
+    @_errmap
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+               name_new: bytes, flags: int, ctx: RequestContext) -> None:
+        """renameat2 with the kernel's flags."""
+        _check_name(name_old)
+        _check_name(name_new)
+        old = self._node(parent_inode_old)
+        new = self._node(parent_inode_new)
+        if flags:
+            _c(_renameat2(old.fd, name_old, new.fd, name_new, flags))
+        else:
+            os.rename(name_old, name_new, src_dir_fd=old.fd, dst_dir_fd=new.fd)
+
+    # -- files -----------------------------------------------------------------
+
+    def _file_info(self, fd: int, nodeid: int) -> FileInfo:
+        with self._lock:
+            self._files[fd] = nodeid
+        if self.kernel_passthrough and self.notifier is not None:
+            try:
+                backing_id = self.notifier.backing_open(fd)
+            except (OSError, FUSEError):
+                return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
+            with self._lock:
+                self._backing[fd] = backing_id
+            return FileInfo(fh=fd, passthrough=True, backing_id=backing_id)
+        return FileInfo(fh=fd)
+
+    @_errmap
+    def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        """Reopen the node's inode through /proc/self/fd with the caller's flags."""
+        node = self._node(inode)
+        if node.kind == stat.S_IFDIR:
+            raise FUSEError(errno.EISDIR)
+        if node.kind == stat.S_IFLNK:
+            raise FUSEError(errno.ELOOP)
+        if node.kind != stat.S_IFREG:
+            raise FUSEError(errno.EINVAL)      # the kernel opens special files itself
+        fd = os.open(_proc(node.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
+        return self._file_info(fd, inode)
+
+    @_errmap
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+               ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """openat(O_CREAT | O_NOFOLLOW) relative to the parent."""
+        parent = self._node(parent_inode)
+        _check_name(name)
+        base = (flags & ~_OPEN_STRIP) | os.O_NOFOLLOW | os.O_CLOEXEC
+        created = True
+        try:
+            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=parent.fd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, base, dir_fd=parent.fd)
+            created = False
+        try:
+            return self._finish_create(parent, fd, mode, created, ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _finish_create(self, parent: _Node, fd: int, mode: int, created: bool,
+                       ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
+        try:
+            st = os.fstat(pfd)
+        except OSError:
+            os.close(pfd)
+            raise
+        node = self._register(pfd, st, 1)
+        try:
+            if created:
+                self._adopt_new(parent, node, mode, ctx)
+            attr = self._attr(node.nodeid, os.fstat(node.fd))
+        except OSError:
+            self._unref(node, 1)
+            raise
+        return self._file_info(fd, node.nodeid), attr
+
+    @_errmap
+    def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """openat(".", O_TMPFILE) in the parent directory."""
+        parent = self._node(parent_inode)
+        oflags = os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_EXCL | os.O_APPEND)) \
+            | os.O_CLOEXEC
+        fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
+        try:
+            return self._finish_create(parent, fd, mode, True, ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @_errmap
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        """pread."""
+        return os.pread(fh, size, off)
+
+    @_errmap
+    def write(self, fh: int, off: int, buf: memoryview) -> int:
+        """pwrite (an O_APPEND handle appends, as pwrite does on Linux)."""
+        return os.pwrite(fh, buf, off)
+
+    @_errmap
+    def flush(self, fh: int) -> None:
+        """close(dup(fh)): report close-time errors; drop POSIX locks taken via ``fh``."""
+        self._drop_owner_locks(fh)
+        os.close(os.dup(fh))
+
+    @_errmap
+    def release(self, fh: int) -> None:
+        """Close the handle (and its kernel backing id)."""
+        self._drop_owner_locks(fh)
+        with self._lock:
+            backing_id = self._backing.pop(fh, None)
+            known = self._files.pop(fh, None) is not None
+        if backing_id is not None and self.notifier is not None:
+            try:
+                self.notifier.backing_close(backing_id)
+            except (OSError, FUSEError):
+                pass
+        if known:
+            os.close(fh)
+
+    @_errmap
+    def fsync(self, fh: int, datasync: bool) -> None:
+        """fsync / fdatasync."""
+        if datasync:
+            os.fdatasync(fh)
+        else:
+            os.fsync(fh)
+
+    @_errmap
+    def fallocate(self, fh: int, mode: int, offset: int, length: int,
+                  ctx: RequestContext) -> None:
+        """fallocate(2) with the kernel's mode bits."""
+        if _fallocate(fh, mode, offset, length) < 0:
+            code = ctypes.get_errno()
+            if mode == 0 and code == errno.EOPNOTSUPP:
+                os.posix_fallocate(fh, offset, length)
+                return
+            raise OSError(code, os.strerror(code))
+
+    @_errmap
+    def lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
+        """lseek (SEEK_DATA / SEEK_HOLE answered by the source filesystem)."""
+        return os.lseek(fh, offset, whence)
+
+    @_errmap
+    def copy_file_range(self, fh_in: int, off_in: int, inode_out: int, fh_out: int,
+                        off_out: int, length: int, flags: int,
+                        ctx: RequestContext) -> int:
+        """copy_file_range(2) between the two handles."""
+        if flags:
+            raise FUSEError(errno.EINVAL)
+        return os.copy_file_range(fh_in, fh_out, length, off_in, off_out)
+
+    # -- locks -------------------------------------------------------------------
+
+    def _owner_fd(self, fh: int, owner: int) -> int:
+        """The OFD-lock descriptor of (inode of ``fh``, ``owner``)."""
+        with self._lock:
+            nodeid = self._files.get(fh)
+            if nodeid is None:
+                raise FUSEError(errno.EBADF)
+            key = (nodeid, owner)
+            fd = self._lock_fds.get(key)
+            self._fh_owners.setdefault(fh, set()).add(owner)
+            if fd is not None:
+                return fd
+        # a descriptor of our own, so the owner's locks are independent of this handle
+        try:
+            fd = os.open(_proc(fh), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            acc = fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_ACCMODE
+            fd = os.open(_proc(fh), acc | os.O_CLOEXEC)
+        with self._lock:
+            other = self._lock_fds.get(key)
+            if other is None:
+                self._lock_fds[key] = fd
+                return fd
+        os.close(fd)
+        return other
+
+    def _drop_owner_locks(self, fh: int) -> None:
+        """Close the lock descriptors of the owners that locked through ``fh``."""
+        with self._lock:
+            owners = self._fh_owners.pop(fh, None)
+            nodeid = self._files.get(fh)
+            if not owners or nodeid is None:
+                return
+            fds = [self._lock_fds.pop((nodeid, o), -1) for o in owners]
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+    @staticmethod
+    def _flock_bytes(lock: Lock) -> bytes:
+        length = 0 if lock.end >= _OFFSET_MAX else lock.end - lock.start + 1
+        return _FLOCK.pack(lock.type, os.SEEK_SET, lock.start, length, 0)
+
+    def _wait_step(self, ctx: RequestContext, deadline: float | None) -> None:
+        if ctx.interrupted or (deadline is not None and time.monotonic() >= deadline):
+            raise FUSEError(errno.EINTR)
+        time.sleep(_LOCK_POLL)
+        if ctx.interrupted:
+            raise FUSEError(errno.EINTR)
+
+    def _deadline(self) -> float | None:
+        if self.lock_wait_timeout is None:
+            return None
+        return time.monotonic() + self.lock_wait_timeout
+
+    @_errmap
+    def getlk(self, fh: int, owner: int, lock: Lock, ctx: RequestContext) -> Lock:
+        """F_OFD_GETLK on the owner's descriptor (the holder's pid is not known: 0)."""
+        if lock.end < lock.start:
+            raise FUSEError(errno.EINVAL)
+        if lock.type == fcntl.F_UNLCK:
+            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+        fd = self._owner_fd(fh, owner)
+        out = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, self._flock_bytes(lock))
+        type_, _, start, length, _ = _FLOCK.unpack(out)
+        if type_ == fcntl.F_UNLCK:
+            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+        end = _OFFSET_MAX if length == 0 else start + length - 1
+        return Lock(start, end, type_, 0)
+
+    @_errmap
+    def setlk(self, fh: int, owner: int, lock: Lock, sleep: bool,
+              ctx: RequestContext) -> None:
+        """F_OFD_SETLK on the owner's descriptor; ``sleep`` polls until granted."""
+        if lock.end < lock.start:
+            raise FUSEError(errno.EINVAL)
+        if lock.type == fcntl.F_UNLCK:
+            with self._lock:
+                nodeid = self._files.get(fh)
+                if nodeid is None:
+                    raise FUSEError(errno.EBADF)
+                if (nodeid, owner) not in self._lock_fds:
+                    return                      # the owner holds nothing here
+        fd = self._owner_fd(fh, owner)
+        arg = self._flock_bytes(lock)
+        deadline = self._deadline()
+        while True:
+            try:
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or not sleep:
+                    code = e.errno or errno.EIO
+                    raise FUSEError(errno.EAGAIN if code == errno.EACCES else code) from None
+            self._wait_step(ctx, deadline)
+
+    @_errmap
+    def flock(self, fh: int, owner: int, op: int, sleep: bool, ctx: RequestContext) -> None:
+        """flock(2) on the open file itself; ``sleep`` polls until granted."""
+        op &= ~fcntl.LOCK_NB
+        if op == fcntl.LOCK_UN:
+            fcntl.flock(fh, op)
+            return
+        deadline = self._deadline()
+        while True:
+            try:
+                fcntl.flock(fh, op | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not sleep:
+                    raise
+            self._wait_step(ctx, deadline)
+
+    # -- directories -----------------------------------------------------------
+
+    @_errmap
+    def opendir(self, inode: int, ctx: RequestContext) -> int:
+        """Open the directory for reading; the descriptor number is the handle."""
+        node = self._node(inode)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+        with self._lock:
+            self._dirs[fd] = _DirHandle(fd, inode)
+        return fd
+
+    def _snapshot(self, d: _DirHandle) -> list[tuple[bytes, int, int]]:
+        st = os.fstat(d.fd)
+        entries = [(b".", st.st_ino, stat.S_IFDIR), (b"..", 0, stat.S_IFDIR)]
+        with os.scandir(d.fd) as it:
+            for entry in it:
+                try:
+                    kind = _entry_kind(entry)
+                except OSError:
+                    continue            # vanished meanwhile
+                entries.append((os.fsencode(entry.name), entry.inode(), kind))
+        return entries
+
+    @_errmap
+    def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        """List a snapshot taken at offset 0; cookies are index + 1."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        if start_id == 0 or d.entries is None:
+            d.entries = self._snapshot(d)
+        plus = bool(getattr(token, "plus", False))
+        dev = os.fstat(d.fd).st_dev
+        parent = self._node(d.nodeid)
+        for i in range(start_id, len(d.entries)):
+            name, ino, kind = d.entries[i]
+            if name in _DOTS:
+                nodeid = d.nodeid if name == b"." or d.nodeid == _ROOT else 0
+                attr = EntryAttributes(nodeid or self._dotdot_ino(d), st_mode=kind)
+                if not token.add(name, attr, i + 1):
+                    return
+                continue
+            if not plus:
+                if not token.add(name, EntryAttributes(self._plain_ino(dev, ino), st_mode=kind),
+                                 i + 1):
+                    return
+                continue
+            try:
+                node, st = self._lookup(parent, name, 0)
+            except (OSError, FUSEError):
+                continue                # removed since the snapshot
+            if token.add(name, self._attr(node.nodeid, st), i + 1):
+                with self._lock:
+                    node.nlookup += 1
+            else:
+                self._unref(node, 0)
+                return
+
+    def _dotdot_ino(self, d: _DirHandle) -> int:
+        try:
+            st = os.stat("..", dir_fd=d.fd, follow_symlinks=False)
+        except OSError:
+            return _ROOT
+        return self._plain_ino(st.st_dev, st.st_ino)
+
+    @_errmap
+    def releasedir(self, fh: int) -> None:
+        """Close the directory descriptor."""
+        with self._lock:
+            d = self._dirs.pop(fh, None)
+        if d is not None:
+            os.close(d.fd)
+
+    @_errmap
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """fsync the directory."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        os.fsync(d.fd)
+
+    # -- filesystem-wide ---------------------------------------------------------
+
+    @_errmap
+    def statfs(self, ctx: RequestContext) -> StatvfsData:
+        """fstatvfs of the source root."""
+        s = os.fstatvfs(self._nodes[_ROOT].fd)
+        return StatvfsData(f_bsize=s.f_bsize, f_frsize=s.f_frsize, f_blocks=s.f_blocks,
+                           f_bfree=s.f_bfree, f_bavail=s.f_bavail, f_files=s.f_files,
+                           f_ffree=s.f_ffree, f_favail=s.f_favail, f_namemax=s.f_namemax)
+
+    # -- extended attributes ------------------------------------------------------
+    # /proc/self/fd/N resolves to the node's own inode (for a symlink, the link).
+
+    @_errmap
+    def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
+                 ctx: RequestContext) -> None:
+        """setxattr on the node's inode."""
+        os.setxattr(_proc(self._node(inode).fd), name, value, flags)
+
+    @_errmap
+    def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        """getxattr on the node's inode."""
+        return os.getxattr(_proc(self._node(inode).fd), name)
+
+    @_errmap
+    def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
+        """listxattr on the node's inode."""
+        return [os.fsencode(n) for n in os.listxattr(_proc(self._node(inode).fd))]
+
+    @_errmap
+    def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        """removexattr on the node's inode."""
+        os.removexattr(_proc(self._node(inode).fd), name)
+
+    # -- stable identity -----------------------------------------------------------
+
+    @staticmethod
+    def _mount_id(fd: int) -> int:
+        buf = ctypes.create_string_buffer(8 + _MAX_HANDLE_SZ)
+        struct.pack_into("<I", buf, 0, _MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(-1)
+        if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), _AT_EMPTY_PATH) < 0:
+            return -1
+        return mount_id.value
+
+    @_errmap
+    def handle_of(self, inode: int) -> bytes | None:
+        """nodeid, (st_dev, st_ino) and the source's file handle, if it has one."""
+        node = self._nodes.get(inode)
+        if node is None:
+            return None
+        buf = ctypes.create_string_buffer(8 + _MAX_HANDLE_SZ)
+        struct.pack_into("<I", buf, 0, _MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(-1)
+        fh_type, fh = 0, b""
+        if _name_to_handle_at(node.fd, b"", buf, ctypes.byref(mount_id), _AT_EMPTY_PATH) == 0:
+            size, fh_type = struct.unpack_from("<Ii", buf.raw, 0)
+            fh = buf.raw[8:8 + size]
+        return _HANDLE_HEAD.pack(_HANDLE_MAGIC, node.nodeid, node.key[0], node.key[1],
+                                 mount_id.value, fh_type, len(fh)) + fh
+
+    @_errmap
+    def inode_for_handle(self, handle: bytes) -> int:
+        """Resolve a :meth:`handle_of` handle; ESTALE if the object is gone.
+
+        A node already in the table is returned as is.  Otherwise (a successor
+        process) the object is reopened with open_by_handle_at and registered
+        under the recorded nodeid with a lookup count of 1, so the kernel's
+        eventual FORGET releases it.
+        """
+        if len(handle) < _HANDLE_HEAD.size:
+            raise FUSEError(errno.ESTALE)
+        magic, nodeid, dev, ino, mount_id, fh_type, size = _HANDLE_HEAD.unpack_from(handle)
+        nodeid = int(nodeid)
+        fh = handle[_HANDLE_HEAD.size:]
+        if magic != _HANDLE_MAGIC or len(fh) != size or nodeid == 0:
+            raise FUSEError(errno.ESTALE)
+        key = (dev, ino)
+        with self._lock:
+            node = self._by_key.get(key)
+            if node is not None:
+                if node.nodeid != nodeid:
+                    raise FUSEError(errno.ESTALE)
+                return nodeid
+            if nodeid in self._nodes or not fh or mount_id != self._root_mount_id:
+                raise FUSEError(errno.ESTALE)
+        buf = struct.pack("<Ii", size, fh_type) + fh
+        # the mount descriptor may not be an O_PATH one
+        mount_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                           dir_fd=self._nodes[_ROOT].fd)
+        try:
+            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
+        finally:
+            os.close(mount_fd)
+        if fd < 0:
+            raise FUSEError(errno.ESTALE)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != key:
+                raise FUSEError(errno.ESTALE)
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._lock:
+            node = self._by_key.get(key)
+            if node is None and nodeid not in self._nodes:
+                node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), 1)
+                self._nodes[nodeid] = node
+                self._by_key[key] = node
+                if nodeid >= self._next_alloc:
+                    self._next_alloc = nodeid + 1
+                return nodeid
+        os.close(fd)
+        if node is not None and node.nodeid == nodeid:
+            return nodeid
+        raise FUSEError(errno.ESTALE)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Close every descriptor this filesystem holds."""
+        with self._lock:
+            fds = [n.fd for n in self._nodes.values()]
+            fds += list(self._files) + [d.fd for d in self._dirs.values()]
+            fds += list(self._lock_fds.values())
+            backing = list(self._backing.values())
+            self._nodes.clear()
+            self._by_key.clear()
+            self._files.clear()
+            self._dirs.clear()
+            self._lock_fds.clear()
+            self._fh_owners.clear()
+            self._backing.clear()
+        if self.notifier is not None:
+            for backing_id in backing:
+                try:
+                    self.notifier.backing_close(backing_id)
+                except (OSError, FUSEError):
+                    pass
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
