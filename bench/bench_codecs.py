@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fusewire.connection import Connection  # noqa: E402
-from fusewire.opcodes import Opcode  # noqa: E402
-from fusewire.server.dispatch import attr_out_bytes, entry_bytes  # noqa: E402
-from fusewire.structs.codec import CODECS  # noqa: E402
-from fusewire.structs.schemas import FIXED  # noqa: E402
-from fusewire.types import EntryAttributes  # noqa: E402
+from fusewire.connection import Connection
+from fusewire.opcodes import Opcode
+from fusewire.server.dispatch import attr_out_bytes, entry_bytes
+from fusewire.structs.codec import CODECS
+from fusewire.structs.schemas import FIXED
+from fusewire.types import EntryAttributes
 
 
 def _msg(opcode: int, unique: int, body: bytes) -> bytes:

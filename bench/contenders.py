@@ -127,20 +127,23 @@ def _tail(text: str, lines: int = 3) -> str:
 
 # -- preparers -----------------------------------------------------------
 
-def memfs_ll_binary(env: Env) -> Path:
-    return env.build_dir / "memfs_ll"
+def c_binary(env: Env, program: str) -> Path:
+    return env.build_dir / program
 
 
-def prepare_memfs_ll(env: Env) -> str | None:
-    """Compile peers/memfs_ll.c against Debian's libfuse3-dev (once per source change)."""
-    key = "memfs_ll"
-    if key in env._checked:
+def prepare_c(program: str) -> Callable[[Env], str | None]:
+    """A preparer that compiles peers/PROGRAM.c against Debian's libfuse3-dev."""
+
+    def prepare(env: Env) -> str | None:
+        key = f"cc:{program}"
+        if key not in env._checked:
+            reason = env.apt_ensure("libfuse3-dev") or env.apt_ensure("pkg-config")
+            if reason is None:
+                reason = _compile(env, PEERS_DIR / f"{program}.c", c_binary(env, program))
+            env._checked[key] = reason
         return env._checked[key]
-    reason = env.apt_ensure("libfuse3-dev") or env.apt_ensure("pkg-config")
-    if reason is None:
-        reason = _compile(env, PEERS_DIR / "memfs_ll.c", memfs_ll_binary(env))
-    env._checked[key] = reason
-    return reason
+
+    return prepare
 
 
 def _compile(env: Env, source: Path, binary: Path) -> str | None:
@@ -214,12 +217,19 @@ class Contender:
     kernel_mount: Literal["tmpfs", "none"] | None = None  # kernel contenders only
 
     @property
-    def is_fuse(self) -> bool:
-        return self.command is not None
+    def group(self) -> Literal["memfs", "passthrough"]:
+        """What to compare with: in-memory servers, or passthroughs of SRC."""
+        if self.kind == "passthrough" or self.kernel_mount == "none":
+            return "passthrough"
+        return "memfs"
 
 
 def _memfs_ll(*flags: str) -> CommandFn:
-    return lambda env, p: [str(memfs_ll_binary(env)), *flags, "-f", str(p.mnt)]
+    return lambda env, p: [str(c_binary(env, "memfs_ll")), *flags, "-f", str(p.mnt)]
+
+
+def _ptfs_ll(*flags: str) -> CommandFn:
+    return lambda env, p: [str(c_binary(env, "ptfs_ll")), str(p.src), *flags, "-f", str(p.mnt)]
 
 
 def _bench_peer(script: str) -> CommandFn:
@@ -243,9 +253,12 @@ CONTENDERS: tuple[Contender, ...] = (
               "passthrough sources (ext4 here): the ceiling for passthroughs",
               kernel_mount="none"),
     Contender("libfuse_c_st", "memfs", "bench/peers/memfs_ll.c on libfuse3's low-level API, "
-              "single-threaded loop (-s)", _memfs_ll("-s"), prepare=prepare_memfs_ll),
+              "single-threaded loop (-s)", _memfs_ll("-s"), prepare=prepare_c("memfs_ll")),
     Contender("libfuse_c_mt", "memfs", "bench/peers/memfs_ll.c, libfuse's multi-threaded "
-              "loop (its defaults)", _memfs_ll(), prepare=prepare_memfs_ll),
+              "loop (its defaults)", _memfs_ll(), prepare=prepare_c("memfs_ll")),
+    Contender("libfuse_c_pt", "passthrough", "bench/peers/ptfs_ll.c: passthrough of SRC on "
+              "libfuse3's low-level API, single-threaded loop (-s)", _ptfs_ll("-s"),
+              prepare=prepare_c("ptfs_ll")),
     Contender("pyfuse3_mem", "memfs", "bench/peers/pyfuse3_memfs.py on pyfuse3 (libfuse3 "
               "low-level API, trio)", _bench_peer("pyfuse3_memfs.py"), prepare=prepare_pyfuse3),
     Contender("mfusepy_mem", "memfs", "bench/peers/mfusepy_memfs.py on mfusepy (libfuse3 "

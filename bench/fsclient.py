@@ -9,8 +9,9 @@ mounted::
 
 and reads one JSON object from its stdout. Each workload reports what it did
 (``ops`` in ``seconds``), its rate, and the server's CPU time over the
-workload (utime + stime of the server process, all threads included, from
-/proc/PID/stat at clock-tick resolution). Only the standard library is used.
+workload (utime + stime of the server's process tree, all threads included,
+from /proc/PID/stat at clock-tick resolution). Only the standard library is
+used.
 
 Workloads, in the order they run (count-based ones stop at a time cap and
 report what they did):
@@ -79,37 +80,68 @@ class Result:
         return self.ops / self.seconds if self.seconds > 0 else 0.0
 
 
+def process_tree(root: int) -> list[tuple[int, list[str]]]:
+    """(pid, /proc/PID/stat fields from field 3 on) of root and its live descendants."""
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        stats[int(entry)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry))  # field 4: ppid
+    tree: list[tuple[int, list[str]]] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            tree.append((pid, stats[pid]))
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
 class Server:
-    """CPU time and memory of the server process, from /proc."""
+    """CPU time and memory of the server, from /proc.
+
+    A server may hand work to child processes (fusewire's --recoverable mode
+    runs the filesystem in a successor process), so each sample covers the
+    server's whole process tree: utime + stime of each live process (a
+    process's figure covers all its threads) plus cutime + cstime (the
+    children it has reaped, whose time was counted live before).
+    """
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def cpu(self) -> float | None:
-        """utime + stime in seconds; the process's figure covers all its threads."""
         if self.pid is None:
             return None
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
+        tree = process_tree(self.pid)
+        if not tree:
             return None
-        # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
-        return (int(fields[11]) + int(fields[12])) / self.tick
+        # Fields 14-17 (utime, stime, cutime, cstime) sit at [11:15].
+        return sum(sum(int(x) for x in fields[11:15]) for _, fields in tree) / self.tick
 
     def memory_kib(self) -> dict[str, int]:
+        """VmRSS, VmHWM and Threads summed over the tree, and its process count."""
         if self.pid is None:
             return {}
-        out: dict[str, int] = {}
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    key, _, value = line.partition(":")
-                    if key in ("VmRSS", "VmHWM", "Threads"):
-                        out[key] = int(value.split()[0])
-        except OSError:
-            pass
+        out = {"VmRSS": 0, "VmHWM": 0, "Threads": 0, "processes": 0}
+        for pid, _ in process_tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        key, _, value = line.partition(":")
+                        if key in out:
+                            out[key] += int(value.split()[0])
+            except OSError:
+                continue
+            out["processes"] += 1
         return out
 
 
@@ -317,11 +349,12 @@ class Client:
         ops = 0
         start = time.perf_counter()
         deadline = start + self.p.storm_cap_s
+        chunks = [names[i:i + 128] for i in range(0, len(names), 128)]
         for _ in range(self.p.lookup_passes):
-            for i in range(0, len(names), 128):
-                for name in names[i:i + 128]:
+            for chunk in chunks:
+                for name in chunk:
                     stat(name, dir_fd=dfd)
-                ops += len(names[i:i + 128])
+                ops += len(chunk)
                 if time.perf_counter() >= deadline:
                     break
             else:

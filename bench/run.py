@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -34,11 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from contenders import BENCH_DIR, CONTENDERS, REPO_DIR, Contender, Env, Paths, select
-from fsclient import Params
+from fsclient import Params, process_tree
 
 CLIENT = BENCH_DIR / "fsclient.py"
 DOC_BEGIN = "<!-- bench:begin -->"
 DOC_END = "<!-- bench:end -->"
+DOC_TEMPLATE = """# Performance
+
+Measured with `python bench/run.py` (see bench/README.md for the workloads, the
+contenders and the CPU-placement caveat). The section between the markers is
+rewritten by each run; text outside it is kept.
+
+{block}
+"""
 
 FULL = Params()
 QUICK = Params(storm_cap_s=1.0, storm_max_ops=50_000, names=2_000, lookup_passes=3,
@@ -59,14 +68,18 @@ def log(message: str) -> None:
 
 # -- mounts and processes ------------------------------------------------
 
+def _unescape(field: str) -> str:
+    """Undo /proc/mounts' octal escapes (\\040 for a space, and so on)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
 def mount_entry(path: Path) -> dict[str, str] | None:
     """The /proc/mounts entry whose mountpoint is path, if any."""
     target = str(path)
     with open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            point = parts[1].encode().decode("unicode_escape")  # undo \040 and friends
-            if point == target:
+            if _unescape(parts[1]) == target:
                 return {"source": parts[0], "fstype": parts[2], "options": parts[3]}
     return None
 
@@ -123,8 +136,15 @@ class Server:
         return None, f"not mounted within {timeout:.0f} s: {log_tail(self.log_path)}"
 
     def stop(self) -> dict[str, Any]:
-        """SIGTERM our pid; umount -l if the mount stays; SIGKILL our pid if it stays."""
+        """SIGTERM our pid; umount -l if the mount stays; SIGKILL our pid if it stays.
+
+        Processes the server started (its descendants when stop() begins) must
+        go with it; any still alive afterwards are signalled by pid (checked
+        against their start time) and reported as "leftover".
+        """
         info: dict[str, Any] = {"rc": self.proc.poll(), "forced_umount": False, "killed": False}
+        descendants = [(pid, fields[19]) for pid, fields in process_tree(self.proc.pid)
+                       if pid != self.proc.pid]  # field 22: start time
         if info["rc"] is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -139,7 +159,39 @@ class Server:
             self.proc.kill()  # this pid only
             info["rc"] = self.proc.wait(timeout=10)
         info["rc"] = self.proc.returncode
+        leftover = _still_running(descendants)
+        if leftover:
+            info["leftover"] = leftover
+            log(f"warning: the server left processes {leftover} running: stopping them")
+            for pid in leftover:
+                _signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _still_running(descendants) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for pid in _still_running(descendants):
+                _signal(pid, signal.SIGKILL)
         return info
+
+
+def _still_running(processes: list[tuple[int, str]]) -> list[int]:
+    """The pids among (pid, start time) that still run (and were not reused)."""
+    alive = []
+    for pid, start in processes:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            alive.append(pid)
+    return alive
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def taskset(cpus: str | None) -> list[str]:
@@ -165,12 +217,15 @@ class Bench:
     log_dir: Path
     mount_timeout: float
     workloads: str | None
+    client_timeout_s: float | None = None
 
     def client_timeout(self) -> float:
+        if self.client_timeout_s is not None:
+            return self.client_timeout_s
         p = self.params
         budget = (4 * p.storm_cap_s + p.readdir_cap_s + 3 * p.seq_cap_s + 2 * p.small_cap_s
                   + p.fixture_cap_s)
-        return 2 * budget + 120
+        return 1.5 * budget + 60
 
     def measure(self, c: Contender, run: int) -> Outcome:
         tmp = Path(tempfile.mkdtemp(prefix=f"fwbench-{c.name}-{run}-", dir=self.workdir))
@@ -202,9 +257,9 @@ class Bench:
                     return Outcome(False, reason, True, record)
                 record["mount"] = entry
                 record["server_cpus"] = _cpus_allowed(proc.pid)
-            report, reason = self._client(c, paths.mnt, server)
-            if report is None:
-                return Outcome(False, reason, False, record)
+            report, reason, hung = self._client(c, paths.mnt, server)
+            if report is None:  # a client that hung will hang again: no more runs
+                return Outcome(False, reason, hung, record)
             record.update(report)
             return Outcome(True, record=record)
         finally:
@@ -218,7 +273,8 @@ class Bench:
                 log(f"warning: {paths.mnt} is still mounted; left {tmp} in place")
 
     def _client(self, c: Contender, target: Path, server: Server | None
-                ) -> tuple[dict[str, Any] | None, str | None]:
+                ) -> tuple[dict[str, Any] | None, str | None, bool]:
+        """(report, None, False), or (None, why not, whether the client hung)."""
         argv = [*taskset(PINNING[self.pin][1]), sys.executable, str(CLIENT), str(target),
                 "--params", json.dumps(asdict(self.params)),
                 "--kind", "kernel" if c.kind == "kernel" else "fuse"]
@@ -235,15 +291,19 @@ class Bench:
         except subprocess.TimeoutExpired:
             os.killpg(client.pid, signal.SIGKILL)  # the client and its forked workers
             client.communicate()
-            return None, f"client timed out after {self.client_timeout():.0f} s"
+            return None, f"client timed out after {self.client_timeout():.0f} s", True
+        except BaseException:  # interrupted: take the client down with us
+            os.killpg(client.pid, signal.SIGKILL)
+            client.communicate()
+            raise
         if client.returncode != 0:
             tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
-            return None, f"client failed (rc {client.returncode}): {tail}"
+            return None, f"client failed (rc {client.returncode}): {tail}", False
         report: dict[str, Any] = json.loads(out)
         errors = [f"{r['workload']}: {r['error']}" for r in report["results"] if r["error"]]
         if errors:
             log(f"{c.name}: workload errors: {'; '.join(errors)}")
-        return report, None
+        return report, None, False
 
 
 def _cpus_allowed(pid: int) -> str | None:
@@ -354,39 +414,55 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def summarize(data: dict[str, Any], baseline_pref: list[str]) -> list[str]:
+# Ratios are taken against the first of these that ran, per contender group.
+BASELINES: dict[str, list[str]] = {
+    "memfs": ["libfuse_c_st", "libfuse_c_mt"],
+    "passthrough": ["libfuse_c_pt", "libfuse_c_st"],
+}
+GROUP_TEXT = {"memfs": "in-memory servers and kernel_tmpfs",
+              "passthrough": "passthroughs and kernel_backing"}
+
+
+def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
     params = Params(**data["params"])
     contenders = data["contenders"]
     ran = [name for name, c in contenders.items() if c["runs"]]
     skipped = [(name, c["reason"]) for name, c in contenders.items() if not c["runs"]]
-    baseline = next((b for b in baseline_pref if b in ran), None)
+    baselines = {group: (override if override in ran else
+                         next((b for b in names if b in ran), None))
+                 for group, names in BASELINES.items()}
+    baseline_of = {name: baselines[contenders[name]["group"]] for name in ran}
     meta = data["meta"]
     out: list[str] = []
     if meta["quick"]:
-        out += ["**Preliminary: a `--quick` run** (reduced sizes and time caps, "
-                f"{meta['runs']} run). Do not quote these numbers.", ""]
+        out += [("**Preliminary: a `--quick` run** (reduced sizes and time caps, "
+                 f"{meta['runs']} run). Do not quote these numbers."), ""]
     out += [
-        f"Generated {meta['date']} by `{meta['command']}`: {meta['runs']} run(s) per "
-        f"contender, round-robin; CPU placement `--pin {meta['pin']}` "
-        f"({meta['pin_text']}); {meta['machine']}.",
+        (f"Generated {meta['date']} by `{meta['command']}`: {meta['runs']} run(s) per "
+         f"contender, round-robin; CPU placement `--pin {meta['pin']}` "
+         f"({meta['pin_text']}); {meta['machine']}."),
         "",
     ]
-    if baseline:
-        out += [f"Cells: median over runs, and in brackets the ratio to the median of "
-                f"`{baseline}` (libfuse C). Higher is better.", ""]
+    if any(baselines.values()):
+        used = [f"`{b}` for the {GROUP_TEXT[g]}" for g, b in baselines.items() if b]
+        out += [("Cells: median over runs, and in brackets the ratio to the median of the "
+                 f"libfuse C server of the same kind ({'; '.join(used)}). Higher is better."),
+                ""]
     header = ["workload", *ran]
     rows = []
     for row in rows_for(params):
         cells = [row.label]
-        base = collect(contenders[baseline]["runs"], row.key) if baseline else []
-        base_med = statistics.median(base) if base else None
         for name in ran:
             vals = collect(contenders[name]["runs"], row.key)
             if not vals:
                 cells.append("-")
                 continue
             med = statistics.median(vals)
-            ratio = f" (\N{MULTIPLICATION SIGN}{med / base_med:.2f})" if base_med else ""
+            base = baseline_of[name]
+            base_vals = collect(contenders[base]["runs"], row.key) if base else []
+            ratio = ""
+            if base_vals and statistics.median(base_vals) > 0:
+                ratio = f" (\N{MULTIPLICATION SIGN}{med / statistics.median(base_vals):.2f})"
             cells.append(fmt(med) + ratio)
         if any(cell != "-" for cell in cells[1:]):
             rows.append(cells)
@@ -415,6 +491,7 @@ def summarize(data: dict[str, Any], baseline_pref: list[str]) -> list[str]:
     idle = ["RSS after mount, MiB"]
     peak = ["peak RSS (VmHWM), MiB"]
     threads = ["threads at the end"]
+    procs = ["processes at the end"]
     for name in fuse_ran:
         runs = contenders[name]["runs"]
         cpu = [r["server_cpu_s"] for r in runs if r.get("server_cpu_s") is not None]
@@ -422,11 +499,15 @@ def summarize(data: dict[str, Any], baseline_pref: list[str]) -> list[str]:
         idle.append(_mem(runs, "server_start", "VmRSS"))
         peak.append(_mem(runs, "server_end", "VmHWM"))
         threads.append(_mem(runs, "server_end", "Threads", scale=1))
+        procs.append(_mem(runs, "server_end", "processes", scale=1))
     rows += [totals, idle, peak, threads]
+    if any(cell not in ("-", "1.00") for cell in procs[1:]):
+        rows.append(procs)
     if fuse_ran:
         out += ["### Server CPU and memory (median)", "",
-                "CPU is utime+stime of the server process (all threads) from "
-                "/proc/PID/stat, in 10 ms ticks: short workloads are coarse.", "",
+                ("CPU is utime+stime of the server's process tree (all threads, and "
+                 "child processes) from /proc/PID/stat, in 10 ms ticks: short workloads "
+                 "are coarse. Memory is summed over that tree."), "",
                 *table(["", *fuse_ran], rows), ""]
 
     capped = []
@@ -442,13 +523,13 @@ def summarize(data: dict[str, Any], baseline_pref: list[str]) -> list[str]:
     out += ["### Contenders", ""]
     rows = []
     for name, c in contenders.items():
-        status = "ran" if c["runs"] else f"not run: {c['reason']}"
+        status = "ran" if c["runs"] else f"not run: {c['reason'] or 'interrupted'}"
         rows.append([f"`{name}`", c["kind"], c["summary"], status])
     out += [*table(["contender", "kind", "what", "status"], rows), ""]
     commands = [(n, contenders[n]["runs"][0].get("command")) for n in ran]
     if any(cmd for _, cmd in commands):
-        out += ["Server command lines (first run; the mountpoint and source are fresh "
-                "directories each run):", ""]
+        out += [("Server command lines (first run; the mountpoint and source are fresh "
+                 "directories each run):"), ""]
         out += [f"- `{n}`: `{cmd}`" for n, cmd in commands if cmd]
         out += [""]
     if skipped:
@@ -472,16 +553,7 @@ def write_doc(path: Path, lines: list[str]) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
     else:
-        text = "\n".join([
-            "# Performance",
-            "",
-            "Measured with `python bench/run.py` (see bench/README.md for the workloads, the",
-            "contenders and the CPU-placement caveat). The section between the markers is",
-            "rewritten by each run; text outside it is kept.",
-            "",
-            block,
-            "",
-        ])
+        text = DOC_TEMPLATE.format(block=block)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
@@ -507,8 +579,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "performance.md",
                         help="markdown file whose marked section gets the tables")
     parser.add_argument("--no-doc", action="store_true", help="do not write --doc")
-    parser.add_argument("--baseline", default="libfuse_c_st,libfuse_c_mt",
-                        help="contenders to take ratios against, first one that ran")
+    parser.add_argument("--baseline", default=None,
+                        help="take every ratio against this contender (default: libfuse_c_st "
+                        "for in-memory servers, libfuse_c_pt for passthroughs)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get/pip install missing peers: skip them")
     parser.add_argument("--bench-venv", type=Path, default=Path("/work/bench-venv"),
@@ -521,6 +594,10 @@ def parse_args() -> argparse.Namespace:
                         help="parent of the fresh mount and source directories")
     parser.add_argument("--mount-timeout", type=float, default=20.0,
                         help="seconds to wait for a server to mount")
+    parser.add_argument("--client-timeout", type=float, default=None,
+                        help="seconds before a client run is killed (default: from the caps)")
+    parser.add_argument("--keep-logs", action="store_true",
+                        help="keep the server logs even when every contender ran")
     return parser.parse_args()
 
 
@@ -546,7 +623,7 @@ def main() -> int:
               project_python=args.project_python, install=not args.no_install, log=log)
     log_dir = Path(tempfile.mkdtemp(prefix="fwbench-logs-", dir=args.workdir))
     bench = Bench(env, params, args.pin, args.workdir, log_dir, args.mount_timeout,
-                  args.workloads)
+                  args.workloads, args.client_timeout)
     # SIGTERM to the harness unwinds like Ctrl-C, through every cleanup below.
     signal.signal(signal.SIGTERM, _interrupt)
 
@@ -563,8 +640,8 @@ def main() -> int:
             "logs": str(log_dir),
         },
         "params": asdict(params),
-        "contenders": {c.name: {"kind": c.kind, "summary": c.summary, "reason": None,
-                                "runs": []} for c in chosen},
+        "contenders": {c.name: {"kind": c.kind, "group": c.group, "summary": c.summary,
+                                "reason": None, "runs": []} for c in chosen},
     }
     active: list[Contender] = []
     for c in chosen:
@@ -595,16 +672,27 @@ def main() -> int:
                     if outcome.fatal:
                         active.remove(c)
     except KeyboardInterrupt:
-        log("interrupted: writing what was measured")
-    log(f"measured in {time.monotonic() - started:.0f} s; server logs in {log_dir}")
+        data["meta"]["interrupted"] = True
+        log("interrupted")
+    failed = any(c["reason"] for c in data["contenders"].values())
+    if failed or args.keep_logs:
+        log(f"measured in {time.monotonic() - started:.0f} s; server logs in {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        data["meta"]["logs"] = None
+        log(f"measured in {time.monotonic() - started:.0f} s")
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=1) + "\n")
         log(f"wrote {args.json}")
-    lines = summarize(data, args.baseline.split(","))
+    lines = summarize(data, args.baseline)
     print("\n".join(lines))
-    if not args.no_doc:
+    if args.no_doc:
+        pass
+    elif data["meta"].get("interrupted"):
+        log(f"not writing {args.doc} after an interrupted run")
+    else:
         write_doc(args.doc, lines)
         log(f"wrote {args.doc}")
     return 0

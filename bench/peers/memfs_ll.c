@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -785,7 +786,8 @@ int main(int argc, char *argv[])
 	} else {
 		struct fuse_loop_config *cfg = fuse_loop_cfg_create();
 		fuse_loop_cfg_set_clone_fd(cfg, (unsigned int)opts.clone_fd);
-		fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
+		if (opts.max_idle_threads != UINT_MAX) /* UINT_MAX: not given */
+			fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
 		fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
 		ret = fuse_session_loop_mt(se, cfg);
 		fuse_loop_cfg_destroy(cfg);

@@ -147,6 +147,9 @@ class JournalState:
         elif rtype == RecordType.NODES:
             a = array("Q", bytes(payload))
             self.nodes = dict(zip(a[0::2], a[1::2], strict=True))
+            self.requests.clear()
+            self.replies.clear()
+            self.since_snapshot = 0
         elif rtype == RecordType.HANDLES:
             self.handles = {fh: (node, flags) for fh, node, flags
                             in _HANDLE.iter_unpack(payload)}

@@ -1,0 +1,162 @@
+"""CLI: ``mount --recoverable`` and the ``keeper``, ``status``, ``upgrade``, ``takeover``
+commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from fusewire.recovery import wire
+
+__all__ = ["mount_recoverable", "register", "wait_ready"]
+
+
+def register(sub: Any) -> None:
+    """Add the recovery subcommands to the ``fusewire`` parser."""
+    from fusewire.recovery.keeper import build_parser
+
+    k = sub.add_parser("keeper", help="hold a recoverable mount (normally started by "
+                       "`mount --recoverable`)")
+    build_parser(k)
+    k.set_defaults(func=_cmd_keeper)
+    s = sub.add_parser("status", help="show the keeper and server of a recoverable mount")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_status)
+    u = sub.add_parser("upgrade", help="hand a recoverable mount over to a fresh server")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=30.0)
+    u.set_defaults(func=_cmd_upgrade)
+    t = sub.add_parser("takeover", help="start a server for a keeper whose server died "
+                       "(restart=manual)")
+    t.add_argument("mountpoint")
+    t.set_defaults(func=_cmd_takeover)
+
+
+def _cmd_keeper(args: argparse.Namespace) -> int:
+    from fusewire.recovery.keeper import run_keeper
+
+    return run_keeper(args)
+
+
+def status(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The keeper's status for ``mountpoint`` (raises OSError without a keeper)."""
+    return wire.request(wire.socket_path(mountpoint), {"op": "status"}, timeout)
+
+
+def wait_ready(mountpoint: str, timeout: float = 30.0, *, after_pid: int | None = None,
+               keeper: subprocess.Popen[bytes] | None = None) -> dict[str, Any] | None:
+    """Wait until a server (other than ``after_pid``) reports ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if keeper is not None and keeper.poll() is not None:
+            return None
+        try:
+            st = status(mountpoint)
+        except OSError:
+            st = None
+        if st and st.get("ready") and st.get("server_pid") not in (None, after_pid):
+            return st
+        time.sleep(0.02)
+    return None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    try:
+        st = status(args.mountpoint)
+    except OSError as exc:
+        sys.stderr.write(f"fusewire: no keeper for {args.mountpoint}: {exc}\n")
+        return 1
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    for key in ("mountpoint", "fs", "keeper_pid", "server_pid", "ready", "recovery",
+                "restart", "restarts", "upgrades", "nodes", "handles", "journal_bytes",
+                "journal_records", "takeover_ms", "spare_pid"):
+        print(f"{key:16} {st.get(key)}")
+    return 0
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    path = wire.socket_path(args.mountpoint)
+    try:
+        before = wire.request(path, {"op": "status"})
+        reply = wire.request(path, {"op": "upgrade"})
+    except OSError as exc:
+        sys.stderr.write(f"fusewire: no keeper for {args.mountpoint}: {exc}\n")
+        return 1
+    if not reply.get("ok"):
+        sys.stderr.write(f"fusewire: {reply.get('error')}\n")
+        return 1
+    st = wait_ready(args.mountpoint, args.timeout, after_pid=before.get("server_pid"))
+    if st is None:
+        sys.stderr.write("fusewire: the new server did not become ready\n")
+        return 1
+    print(f"server {before.get('server_pid')} -> {st.get('server_pid')}")
+    return 0
+
+
+def _cmd_takeover(args: argparse.Namespace) -> int:
+    path = wire.socket_path(args.mountpoint)
+    try:
+        reply = wire.request(path, {"op": "restart"})
+    except OSError as exc:
+        sys.stderr.write(f"fusewire: no keeper for {args.mountpoint}: {exc}\n")
+        return 1
+    if not reply.get("ok"):
+        sys.stderr.write(f"fusewire: {reply.get('error')}\n")
+        return 1
+    return 0 if wait_ready(args.mountpoint) is not None else 1
+
+
+def keeper_command(fs: str, source: str | None, mountpoint: str, options: list[str],
+                   restart: str) -> list[str]:
+    """The argv that starts a keeper."""
+    cmd = [sys.executable, "-m", "fusewire.recovery.keeper", fs]
+    if source is not None:
+        cmd.append(source)
+    cmd.append(os.path.abspath(mountpoint))
+    for o in options:
+        cmd += ["-o", o]
+    cmd += ["--restart", restart]
+    return cmd
+
+
+def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: str) -> int:
+    """``fusewire mount --recoverable``: start a keeper (or take over from a waiting one)."""
+    path = wire.socket_path(mountpoint)
+    try:
+        st: dict[str, Any] | None = wire.request(path, {"op": "status"}, 2.0)
+    except OSError:
+        st = None
+    if st is not None:
+        if st.get("server_pid"):
+            sys.stderr.write(f"fusewire: {mountpoint} is already served by pid "
+                             f"{st['server_pid']}\n")
+            return 1
+        return _cmd_takeover(argparse.Namespace(mountpoint=mountpoint))
+    cmd = keeper_command(args.fs, source, mountpoint, list(args.options), args.restart)
+    if args.foreground or args.debug:
+        from fusewire.recovery.keeper import main as keeper_main
+
+        return keeper_main(cmd[3:])
+    os.makedirs(wire.run_dir(), mode=0o700, exist_ok=True)
+    logpath = path[:-5] + ".log"
+    with open(logpath, "ab") as logf:
+        keeper = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                  start_new_session=True, close_fds=True)
+    st = wait_ready(mountpoint, 30.0, keeper=keeper)
+    if st is None:
+        sys.stderr.write(f"fusewire: the recoverable mount did not become ready "
+                         f"(log: {logpath})\n")
+        return 1
+    if st.get("recovery") == "upgrade-only":
+        sys.stderr.write(f"fusewire: warning: {args.fs} implements neither dump_state nor "
+                         "handle_of: graceful upgrade works, crash recovery does NOT\n")
+    return 0

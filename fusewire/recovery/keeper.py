@@ -1,0 +1,393 @@
+"""The keeper: holds the /dev/fuse file and the journal memfd; hands them to one owner.
+
+It mounts (so it holds the first copy of the connection's file), then starts
+servers.  It never reads or writes FUSE messages and never unmounts.  One
+owner at a time gets the fds by SCM_RIGHTS; the owner's control connection
+doubles as its liveness signal: when it closes, the owner is gone (crash,
+upgrade or unmount).  With ``restart=auto`` a *warm spare* (a successor
+process already started and imported, queued for the fds) is granted at once,
+which keeps interpreter start-up out of the takeover latency; without one a
+successor is spawned.  Quick successive deaths back off exponentially and
+after ``max_fast_restarts`` the keeper stops restarting (manual mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fusewire.recovery import journal as jn
+from fusewire.recovery import wire
+from fusewire.server import mount as _mount
+
+__all__ = ["Keeper", "main"]
+
+log = logging.getLogger("fusewire.keeper")
+
+FAST_DEATH = 2.0      # an owner that dies sooner than this counts as a fast failure
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    pid: int
+    uid: int
+    role: str = "new"       # new | waiting | owner
+    since: float = 0.0
+
+
+class Keeper:
+    """State and event loop of a keeper process."""
+
+    def __init__(self, mountpoint: str, fs: str, source: str | None, options: list[str],
+                 restart: str = "auto", max_fast_restarts: int = 20,
+                 spare: bool = True) -> None:
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.fs = fs
+        self.source = source
+        self.options = options
+        self.restart = restart
+        self.max_fast_restarts = max_fast_restarts
+        self.want_spare = spare
+        self.path = wire.socket_path(self.mountpoint)
+        self.fuse_fd = -1
+        self.journal_fd = -1
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[int, _Client] = {}
+        self.owner: _Client | None = None
+        self.waiting: list[_Client] = []
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.spare_proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.upgrades = 0
+        self.fast_failures = 0
+        self.grant_at: float | None = None
+        self.handover = False
+        self.ever_owned = False
+        self.unmounted = False
+        self.ready = False
+        self.owner_info: dict[str, Any] = {}
+        self.died_at = 0.0
+        self.quit = False
+
+    # -- setup ----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        rd = os.path.dirname(self.path)
+        os.makedirs(rd, mode=0o700, exist_ok=True)
+        os.chmod(rd, 0o700)
+        try:
+            probe = wire.connect(self.path, 1.0)
+        except OSError:
+            pass
+        else:
+            probe.close()
+            raise SystemExit(f"a keeper already serves {self.mountpoint}")
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        opts = _mount.parse_options(self.options, fsname=f"fusewire-{self.fs}",
+                                    subtype=self.fs if ":" not in self.fs else None)
+        self.fuse_fd = _mount.mount(self.mountpoint, opts)
+        self.journal_fd = jn.new_memfd()
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            lsock.bind(self.path)
+        finally:
+            os.umask(old)
+        lsock.listen(16)
+        lsock.setblocking(False)
+        self.lsock = lsock
+        self.sel.register(lsock, selectors.EVENT_READ, None)
+        log.info("keeper %d: mounted %s, socket %s", os.getpid(), self.mountpoint, self.path)
+
+    # -- children ---------------------------------------------------------------------
+
+    def _spawn(self, spare: bool) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        if self.ever_owned or spare:
+            env.pop("FUSEWIRE_CRASH_AT", None)  # test hook: only the first server crashes
+        cmd = [sys.executable, "-m", "fusewire.recovery.successor", "--socket", self.path]
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        self.children.append(proc)
+        log.info("started %s server pid %d", "spare" if spare else "a", proc.pid)
+        return proc
+
+    def _reap(self) -> None:
+        alive = []
+        for p in self.children:
+            if p.poll() is None:
+                alive.append(p)
+            elif p is self.spare_proc:
+                self.spare_proc = None
+        self.children = alive
+
+    def _ensure_spare(self) -> None:
+        if (self.restart != "auto" or not self.want_spare or self.owner is None
+                or self.waiting or self.unmounted):
+            return
+        if self.spare_proc is not None and self.spare_proc.poll() is None:
+            return
+        self.spare_proc = self._spawn(spare=True)
+
+    # -- granting ----------------------------------------------------------------------
+
+    def _grant(self, c: _Client) -> None:
+        meta = {"mountpoint": self.mountpoint, "fs": self.fs, "source": self.source,
+                "options": self.options}
+        first = not self.ever_owned
+        graceful = self.handover
+        try:
+            wire.send_msg(c.sock, {"ok": True, "meta": meta, "first": first,
+                                   "graceful": graceful, "restarts": self.restarts},
+                          [self.fuse_fd, self.journal_fd])
+        except OSError as exc:
+            log.warning("grant to pid %d failed: %s", c.pid, exc)
+            self._drop(c)
+            return
+        c.role = "owner"
+        c.since = time.monotonic()
+        self.owner = c
+        self.ever_owned = True
+        self.handover = False
+        self.ready = False
+        if self.spare_proc is not None and self.spare_proc.pid == c.pid:
+            self.spare_proc = None
+        log.info("pid %d owns the mount (graceful=%s)", c.pid, graceful)
+
+    def _owner_gone(self) -> None:
+        c = self.owner
+        self.owner = None
+        self.ready = False
+        if self.unmounted:
+            self.quit = True
+            return
+        graceful = self.handover
+        lived = time.monotonic() - (c.since if c else 0.0)
+        self.died_at = time.monotonic()
+        if graceful:
+            self.upgrades += 1
+            self.fast_failures = 0
+            delay = 0.0
+        else:
+            self.restarts += 1
+            self.fast_failures = self.fast_failures + 1 if lived < FAST_DEATH else 0
+            delay = 0.0 if self.fast_failures <= 1 else min(0.05 * 2 ** self.fast_failures,
+                                                            5.0)
+            if self.restart != "auto":
+                log.warning("server died; restart=manual: waiting for a takeover")
+                return
+            if self.fast_failures > self.max_fast_restarts:
+                log.error("server failed %d times in a row; not restarting",
+                          self.fast_failures)
+                return
+        self.grant_at = time.monotonic() + delay
+        self._tick_grant()
+
+    def _tick_grant(self) -> None:
+        if self.grant_at is None or self.owner is not None:
+            return
+        if time.monotonic() < self.grant_at:
+            return
+        self.grant_at = None
+        while self.waiting:
+            c = self.waiting.pop(0)
+            if c.sock.fileno() >= 0:
+                self._grant(c)
+                if self.owner is not None:
+                    return
+        self._spawn(spare=False)
+
+    # -- client messages -----------------------------------------------------------------
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.lsock.accept()
+        except BlockingIOError:
+            return
+        pid, uid, _gid = wire.peer_cred(sock)
+        if uid not in (0, os.geteuid()):
+            log.warning("refusing pid %d uid %d", pid, uid)
+            sock.close()
+            return
+        sock.setblocking(True)
+        sock.settimeout(5.0)
+        c = _Client(sock, pid, uid)
+        self.clients[sock.fileno()] = c
+        self.sel.register(sock, selectors.EVENT_READ, c)
+
+    def _drop(self, c: _Client) -> None:
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        self.clients.pop(c.sock.fileno(), None)
+        if c in self.waiting:
+            self.waiting.remove(c)
+        c.sock.close()
+        if c is self.owner:
+            self._owner_gone()
+
+    def _handle(self, c: _Client) -> None:
+        try:
+            msg, fds = wire.recv_msg(c.sock)
+        except (OSError, ValueError):
+            msg, fds = None, []
+        if msg is None:
+            self._drop(c)
+            return
+        op = msg.get("op")
+        reply: dict[str, Any] | None = {"ok": True}
+        if op == "attach":
+            if self.unmounted:
+                reply = {"ok": False, "error": "unmounted"}
+            elif self.owner is None and self.grant_at is None and not self.waiting:
+                self._grant(c)
+                reply = None
+            else:
+                c.role = "waiting"
+                self.waiting.append(c)
+                reply = None
+        elif op == "journal" and c is self.owner and fds:
+            old = self.journal_fd
+            self.journal_fd = fds.pop(0)
+            os.close(old)
+        elif op == "ready" and c is self.owner:
+            self.ready = True
+            self.owner_info = dict(msg)
+            self._ensure_spare()
+        elif op == "handover" and c is self.owner:
+            self.handover = True
+        elif op == "unmounted":
+            self.unmounted = True
+        elif op == "status":
+            reply = self.status()
+        elif op == "upgrade":
+            if self.owner is None:
+                reply = {"ok": False, "error": "no server is running"}
+            else:
+                os.kill(self.owner.pid, signal.SIGUSR2)
+        elif op == "restart":
+            if self.owner is None:
+                self.fast_failures = 0
+                self.grant_at = time.monotonic()
+                self._tick_grant()
+            else:
+                reply = {"ok": False, "error": f"pid {self.owner.pid} is serving"}
+        else:
+            reply = {"ok": False, "error": f"unknown request {op!r}"}
+        for fd in fds:
+            os.close(fd)
+        if reply is not None:
+            try:
+                wire.send_msg(c.sock, reply)
+            except OSError:
+                self._drop(c)
+
+    def status(self) -> dict[str, Any]:
+        """What ``fusewire status`` prints."""
+        data = jn.read_all(self.journal_fd)
+        st = jn.load(data)
+        return {
+            "ok": True, "mountpoint": self.mountpoint, "fs": self.fs,
+            "keeper_pid": os.getpid(), "server_pid": self.owner.pid if self.owner else None,
+            "ready": self.ready, "restart": self.restart, "restarts": self.restarts,
+            "upgrades": self.upgrades,
+            "spare_pid": self.spare_proc.pid if self.spare_proc else None,
+            "journal_bytes": len(data), "journal_records": st.records,
+            "nodes": len(st.nodes), "handles": len(st.handles),
+            "recovery": self.owner_info.get("recovery"),
+            "takeover_ms": self.owner_info.get("takeover_ms"),
+        }
+
+    # -- loop ------------------------------------------------------------------------------
+
+    def _connection_dead(self) -> bool:
+        p = select.poll()
+        p.register(self.fuse_fd, 0)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+    def run(self) -> int:
+        self.setup()
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "quit", True))
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._spawn(spare=False)
+        try:
+            while not self.quit:
+                for key, _ in self.sel.select(0.2):
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._handle(key.data)
+                self._reap()
+                self._tick_grant()
+                if self.owner is not None and self.ready:
+                    self._ensure_spare()
+                if self._connection_dead():
+                    log.info("connection gone (unmounted): keeper exits")
+                    self.unmounted = True
+                    self.quit = True
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        if self.spare_proc is not None and self.spare_proc.poll() is None:
+            self.spare_proc.terminate()
+        for c in list(self.clients.values()):
+            c.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        for fd in (self.fuse_fd, self.journal_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the keeper (also used by ``fusewire keeper``)."""
+    if p is None:
+        p = argparse.ArgumentParser(prog="fusewire keeper")
+    p.add_argument("fs", help="memfs, passthrough or MODULE:CLASS")
+    p.add_argument("paths", nargs="+", help="[SOURCE] MOUNTPOINT")
+    p.add_argument("-o", dest="options", action="append", default=[])
+    p.add_argument("--restart", choices=("auto", "manual"), default="auto")
+    p.add_argument("--max-fast-restarts", type=int, default=20)
+    p.add_argument("--no-spare", action="store_true", help="do not keep a warm spare server")
+    return p
+
+
+def run_keeper(args: argparse.Namespace) -> int:
+    """Run a keeper in this process until the filesystem is unmounted."""
+    if len(args.paths) == 2:
+        source: str | None = os.path.abspath(args.paths[0])
+        mountpoint = args.paths[1]
+    else:
+        source, mountpoint = None, args.paths[0]
+    k = Keeper(mountpoint, args.fs, source, args.options, args.restart,
+               args.max_fast_restarts, spare=not args.no_spare)
+    return k.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fusewire.recovery.keeper``."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s keeper %(levelname)s %(message)s")
+    return run_keeper(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
