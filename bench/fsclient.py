@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 MiB = 1 << 20
@@ -186,14 +187,15 @@ class Client:
     def getattr(self) -> Result:
         name = self.stat_target()
         rfd = self.root_fd
-        ops, secs = timed_loop(lambda: os.stat(name, dir_fd=rfd),
+        ops, secs = timed_loop(partial(os.stat, name, dir_fd=rfd),
                                self.p.storm_max_ops, self.p.storm_cap_s)
         return Result("getattr", ops, secs, "ops/s")
 
     def fstat(self) -> Result:
         fd = os.open(self.stat_target(), os.O_RDONLY, dir_fd=self.root_fd)
         try:
-            ops, secs = timed_loop(lambda: os.fstat(fd), self.p.storm_max_ops, self.p.storm_cap_s)
+            ops, secs = timed_loop(partial(os.fstat, fd), self.p.storm_max_ops,
+                                   self.p.storm_cap_s)
         finally:
             os.close(fd)
         return Result("fstat", ops, secs, "ops/s")
@@ -210,7 +212,7 @@ class Client:
                 try:
                     os.close(go_w)
                     os.read(go_r, 1)
-                    ops, secs = timed_loop(lambda: os.stat(name, dir_fd=self.root_fd),
+                    ops, secs = timed_loop(partial(os.stat, name, dir_fd=self.root_fd),
                                            10**12, self.p.storm_cap_s)
                     os.write(res_w, f"{ops} {secs}\n".encode())
                     code = 0
@@ -241,7 +243,7 @@ class Client:
         start = time.perf_counter()
         fd = os.open("seq.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=self.root_fd)
         try:
-            blocks, _ = timed_loop(lambda: write(fd, block), total_blocks, self.p.seq_cap_s,
+            blocks, _ = timed_loop(partial(write, fd, block), total_blocks, self.p.seq_cap_s,
                                    batch=8)
             os.fsync(fd)
         finally:
@@ -395,6 +397,7 @@ class Client:
         return results
 
     def _measure(self, name: str) -> list[Result]:
+        print(f"# start {name}", file=sys.stderr, flush=True)  # for run.py's timeout report
         cpu0 = self.server.cpu()
         try:
             out = getattr(self, name)()

@@ -7,7 +7,8 @@ For each run and each contender (round-robin, so slow drift hits everyone):
 make a fresh directory, mount the contender on it, wait until the mount is in
 /proc/mounts and stat() of it answers, run bench/fsclient.py against it in a
 separate process, stop the server (SIGTERM, then ``umount -l`` and SIGKILL of
-that one pid if needed) and remove the directory. The medians, min-max ranges,
+that one pid if needed; processes the server itself started and left behind
+are stopped by pid and reported) and remove the directory. The medians, min-max ranges,
 server CPU and memory go into the marked section of docs/performance.md
 (between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``), with ratios to
 the libfuse C server. See bench/README.md.
@@ -290,8 +291,11 @@ class Bench:
             out, err = client.communicate(timeout=self.client_timeout())
         except subprocess.TimeoutExpired:
             os.killpg(client.pid, signal.SIGKILL)  # the client and its forked workers
-            client.communicate()
-            return None, f"client timed out after {self.client_timeout():.0f} s", True
+            _, err = client.communicate()
+            started = [line[len("# start "):] for line in err.decode(errors="replace").splitlines()
+                       if line.startswith("# start ")]
+            during = f" in workload {started[-1]}" if started else ""
+            return None, f"client timed out after {self.client_timeout():.0f} s{during}", True
         except BaseException:  # interrupted: take the client down with us
             os.killpg(client.pid, signal.SIGKILL)
             client.communicate()
@@ -359,11 +363,11 @@ CPU_ROWS: list[tuple[str, str, str]] = [
 
 
 def value_of(result: dict[str, Any], key: str) -> float | None:
+    """A result's rate, or for "workload.field" keys that field of its extras."""
     if result.get("error"):
         return None
-    if "." in key:
-        return result["extra"].get(key.split(".", 1)[1])
-    return float(result["rate"])
+    value = result["extra"].get(key.split(".", 1)[1]) if "." in key else result["rate"]
+    return None if value is None else float(value)
 
 
 def collect(runs: list[dict[str, Any]], key: str) -> list[float]:
@@ -440,7 +444,9 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
     out += [
         (f"Generated {meta['date']} by `{meta['command']}`: {meta['runs']} run(s) per "
          f"contender, round-robin; CPU placement `--pin {meta['pin']}` "
-         f"({meta['pin_text']}); {meta['machine']}."),
+         f"({meta['pin_text']}); {meta['machine']}; 1-minute load average "
+         f"{meta.get('loadavg_start', ['?'])[0]} before and "
+         f"{meta.get('loadavg_end', ['?'])[0]} after (the latter includes the benchmark)."),
         "",
     ]
     if any(baselines.values()):
@@ -468,15 +474,17 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
             rows.append(cells)
     out += ["### Median", "", *table(header, rows), ""]
 
-    rows = []
-    for row in rows_for(params):
-        cells = [row.label]
-        for name in ran:
-            vals = collect(contenders[name]["runs"], row.key)
-            cells.append(f"{fmt(min(vals))}-{fmt(max(vals))} (n={len(vals)})" if vals else "-")
-        if any(cell != "-" for cell in cells[1:]):
-            rows.append(cells)
-    out += ["### Min-max over runs", "", *table(header, rows), ""]
+    if any(len(contenders[name]["runs"]) > 1 for name in ran):
+        rows = []
+        for row in rows_for(params):
+            cells = [row.label]
+            for name in ran:
+                vals = collect(contenders[name]["runs"], row.key)
+                cells.append(f"{fmt(min(vals))}-{fmt(max(vals))} (n={len(vals)})"
+                             if vals else "-")
+            if any(cell != "-" for cell in cells[1:]):
+                rows.append(cells)
+        out += ["### Min-max over runs", "", *table(header, rows), ""]
 
     fuse_ran = [n for n in ran if contenders[n]["kind"] != "kernel"]
     rows = []
@@ -511,14 +519,27 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
                 *table(["", *fuse_ran], rows), ""]
 
     capped = []
+    errors = []
     for name in ran:
         for run in contenders[name]["runs"]:
             for r in run.get("results", []):
-                if r["extra"].get("capped"):
-                    capped.append(f"{name} {r['workload']} (run {run['run']}: "
+                if r["error"]:
+                    errors.append(f"`{name}` {r['workload']} (run {run['run']}: {r['error']})")
+                elif r["extra"].get("capped"):
+                    capped.append(f"`{name}` {r['workload']} (run {run['run']}: "
                                   f"{fmt(r['ops'])} {r['unit'].split('/')[0]})")
     if capped:
         out += ["Hit a time cap (rates cover what was done): " + "; ".join(capped) + ".", ""]
+    if errors:
+        out += ["Workloads that failed (left out above): " + "; ".join(errors) + ".", ""]
+    untidy = sorted({name for name, c in contenders.items()
+                     for run in c["runs"] + c.get("failures", [])
+                     if run.get("server_stop", {}).get("leftover")
+                     or run.get("server_stop", {}).get("killed")})
+    if untidy:
+        out += ["Did not exit cleanly on SIGTERM (needed SIGKILL, or left child processes "
+                "that the harness then stopped): " + ", ".join(f"`{n}`" for n in untidy)
+                + ".", ""]
 
     out += ["### Contenders", ""]
     rows = []
@@ -526,11 +547,11 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
         status = "ran" if c["runs"] else f"not run: {c['reason'] or 'interrupted'}"
         rows.append([f"`{name}`", c["kind"], c["summary"], status])
     out += [*table(["contender", "kind", "what", "status"], rows), ""]
-    commands = [(n, contenders[n]["runs"][0].get("command")) for n in ran]
-    if any(cmd for _, cmd in commands):
-        out += [("Server command lines (first run; the mountpoint and source are fresh "
-                 "directories each run):"), ""]
-        out += [f"- `{n}`: `{cmd}`" for n, cmd in commands if cmd]
+    commands = [(n, contenders[n]["command"]) for n in ran if contenders[n]["command"]]
+    if commands:
+        out += [("Server command lines (MNT and SRC are fresh directories under "
+                 "--workdir each run):"), ""]
+        out += [f"- `{n}`: `{cmd}`" for n, cmd in commands]
         out += [""]
     if skipped:
         out += ["Not run: " + "; ".join(f"`{n}` ({r})" for n, r in skipped) + ".", ""]
@@ -576,6 +597,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workloads", default=None,
                         help="comma-separated subset of fsclient.py's workloads")
     parser.add_argument("--json", type=Path, default=None, help="write the raw results here")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="measure nothing: write the tables from a --json file")
     parser.add_argument("--doc", type=Path, default=REPO_DIR / "docs" / "performance.md",
                         help="markdown file whose marked section gets the tables")
     parser.add_argument("--no-doc", action="store_true", help="do not write --doc")
@@ -601,12 +624,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _command_template(c: Contender, env: Env, cpus: str | None) -> str | None:
+    """The server's command line with MNT and SRC for the fresh directories."""
+    if c.command is None:
+        return None
+    return shlex.join([*taskset(cpus), *c.command(env, Paths(Path("MNT"), Path("SRC")))])
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main() -> int:
     args = parse_args()
+    if args.render is not None:
+        lines = summarize(json.loads(args.render.read_text()), args.baseline)
+        print("\n".join(lines))
+        if not args.no_doc:
+            write_doc(args.doc, lines)
+            log(f"wrote {args.doc}")
+        return 0
     if os.geteuid() != 0:
         log("warning: not root: tmpfs mounts, drop_caches and FUSE mounts may fail")
     params = QUICK if args.quick else FULL
@@ -638,9 +675,11 @@ def main() -> int:
             "machine": (f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
                         f"Python {platform.python_version()}"),
             "logs": str(log_dir),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         },
         "params": asdict(params),
         "contenders": {c.name: {"kind": c.kind, "group": c.group, "summary": c.summary,
+                                "command": _command_template(c, env, server_cpus),
                                 "reason": None, "runs": []} for c in chosen},
     }
     active: list[Contender] = []
@@ -674,6 +713,7 @@ def main() -> int:
     except KeyboardInterrupt:
         data["meta"]["interrupted"] = True
         log("interrupted")
+    data["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     failed = any(c["reason"] for c in data["contenders"].values())
     if failed or args.keep_logs:
         log(f"measured in {time.monotonic() - started:.0f} s; server logs in {log_dir}")

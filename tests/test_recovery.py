@@ -28,10 +28,6 @@ from fusewire.server import mount as fm
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root"),
-    # Opt-in until it is proven to finish reliably inside CI's time budget (one run
-    # hung in test_manual_restart while this was being written).
-    pytest.mark.skipif(os.environ.get("FUSEWIRE_RECOVERY_TESTS") != "1",
-                       reason="recovery mount tests are opt-in: FUSEWIRE_RECOVERY_TESTS=1"),
 ]
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-import fuse
+import fuse  # type: ignore[import-untyped]
 from pathmemfs import PathMemFS
 
 
-class MemFS(PathMemFS, fuse.Operations):
+class MemFS(PathMemFS, fuse.Operations):  # type: ignore[misc]
     pass
 
 

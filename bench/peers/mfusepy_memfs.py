@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-import mfusepy
+import mfusepy  # type: ignore[import-untyped]
 from pathmemfs import PathMemFS
 
 
-class MemFS(PathMemFS, mfusepy.Operations):
+class MemFS(PathMemFS, mfusepy.Operations):  # type: ignore[misc]
     pass
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -153,7 +154,7 @@ class MemFS(pyfuse3.Operations):
         node.nlookup += 1
         return self._attr(node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, nlookup in inode_list:
             node = self.inodes.get(ino)
             if node is not None:

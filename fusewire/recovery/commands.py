@@ -141,6 +141,11 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
                              f"{st['server_pid']}\n")
             return 1
         return _cmd_takeover(argparse.Namespace(mountpoint=mountpoint))
+    if getattr(args, "workers", 0):
+        sys.stderr.write("fusewire: --workers is ignored with --recoverable "
+                         "(the journal needs one serving thread)\n")
+    if getattr(args, "capture", None):
+        sys.stderr.write("fusewire: --capture is ignored with --recoverable\n")
     cmd = keeper_command(args.fs, source, mountpoint, list(args.options), args.restart)
     if args.foreground or args.debug:
         from fusewire.recovery.keeper import main as keeper_main

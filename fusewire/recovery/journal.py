@@ -100,6 +100,8 @@ class JournalState:
     requests: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     #: request key (unique without bit 63) -> exact reply bytes
     replies: dict[int, bytes] = field(default_factory=dict)
+    #: end offset of the FS_SNAPSHOT record (identifies it, with the file's inode)
+    snapshot_end: int = 0
     valid_len: int = len(MAGIC)
     records: int = 0
     since_snapshot: int = 0
@@ -161,6 +163,8 @@ def load(data: bytes | memoryview) -> JournalState:
     for rtype, payload, end in iter_records(data):
         state.apply(rtype, payload)
         state.valid_len = end
+        if rtype == RecordType.FS_SNAPSHOT:
+            state.snapshot_end = end
     return state
 
 

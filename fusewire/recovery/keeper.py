@@ -144,9 +144,20 @@ class Keeper:
 
     # -- granting ----------------------------------------------------------------------
 
-    def _grant(self, c: _Client) -> None:
-        meta = {"mountpoint": self.mountpoint, "fs": self.fs, "source": self.source,
+    def _meta(self) -> dict[str, Any]:
+        return {"mountpoint": self.mountpoint, "fs": self.fs, "source": self.source,
                 "options": self.options}
+
+    def _offer(self, c: _Client) -> None:
+        """Let a queued spare pre-load the current journal (read only, no /dev/fuse)."""
+        try:
+            wire.send_msg(c.sock, {"ok": True, "queued": True, "meta": self._meta()},
+                          [self.journal_fd])
+        except OSError:
+            self._drop(c)
+
+    def _grant(self, c: _Client) -> None:
+        meta = self._meta()
         first = not self.ever_owned
         graceful = self.handover
         try:
@@ -259,11 +270,14 @@ class Keeper:
             else:
                 c.role = "waiting"
                 self.waiting.append(c)
+                self._offer(c)
                 reply = None
         elif op == "journal" and c is self.owner and fds:
             old = self.journal_fd
             self.journal_fd = fds.pop(0)
             os.close(old)
+            for w in list(self.waiting):
+                self._offer(w)
         elif op == "ready" and c is self.owner:
             self.ready = True
             self.owner_info = dict(msg)

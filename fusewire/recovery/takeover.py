@@ -160,10 +160,10 @@ def recovery_mode(ops: Operations) -> str:
     return "upgrade-only"
 
 
-def rebuild(ops: Operations, state: jn.JournalState) -> None:
+def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False) -> None:
     """Bring ``ops`` to the state the journal describes (replay mode)."""
     anyops: Any = ops
-    if state.fs_snapshot is not None:
+    if state.fs_snapshot is not None and not snapshot_loaded:
         anyops.load_state(state.fs_snapshot)
     if state.requests and state.session is not None:
         conn = Connection.restore({"session": state.session})
@@ -323,7 +323,19 @@ def run_owner(sock_path: str) -> int:
     crash = CrashHook(os.environ.get("FUSEWIRE_CRASH_AT"))
     control = wire.connect(sock_path, None)
     wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
-    grant, fds = wire.recv_msg(control)          # a spare blocks here until needed
+    preloaded: tuple[Operations, tuple[int, int]] | None = None
+    while True:
+        grant, fds = wire.recv_msg(control)      # a spare blocks here until needed
+        if grant is not None and grant.get("queued") and fds:
+            # a warm spare: pre-build the filesystem from the current snapshot
+            preloaded = None
+            try:
+                preloaded = _preload(grant["meta"], fds[0])
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            continue
+        break
     t0 = time.monotonic()
     if grant is None or not grant.get("ok"):
         for fd in fds:
@@ -332,15 +344,21 @@ def run_owner(sock_path: str) -> int:
         return 1
     fuse_fd, journal_fd = fds
     meta = grant["meta"]
-    ops, options = _build_ops(meta)
-    mode = recovery_mode(ops)
     state = jn.load(jn.read_all(journal_fd))
+    ident = (os.fstat(journal_fd).st_ino, state.snapshot_end)
+    if preloaded is not None and preloaded[1] == ident:
+        ops, options = preloaded[0], list(meta.get("options") or [])
+        warm = True
+    else:
+        ops, options = _build_ops(meta)
+        warm = False
+    mode = recovery_mode(ops)
     crashed = not grant.get("first") and not grant.get("graceful")
     if crashed and mode == "upgrade-only":
         log.error("%s cannot recover from a crash (no handle_of/dump_state): state is lost",
                   meta["fs"])
     if mode == "replay":
-        rebuild(ops, state)
+        rebuild(ops, state, snapshot_loaded=warm)
     nodes = jn.JournaledNodeTable(state.nodes if mode != "upgrade-only" or not crashed
                                   else None)
     conn = None
@@ -381,6 +399,15 @@ def run_owner(sock_path: str) -> int:
         server.close(unmount=False)
         control.close()
     return 0
+
+
+def _preload(meta: dict[str, Any], journal_fd: int) -> tuple[Operations, tuple[int, int]]:
+    """Build the filesystem and load the journal's snapshot ahead of a takeover."""
+    ops, _ = _build_ops(meta)
+    state = jn.load(jn.read_all(journal_fd))
+    if state.fs_snapshot is not None and recovery_mode(ops) == "replay":
+        ops.load_state(state.fs_snapshot)  # type: ignore[attr-defined]
+    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end)
 
 
 def threading_main() -> bool:

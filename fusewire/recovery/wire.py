@@ -21,8 +21,14 @@ def run_dir() -> str:
 
 
 def socket_path(mountpoint: str) -> str:
-    """The keeper socket of a mountpoint: a hash of its real path."""
-    real = os.path.realpath(mountpoint)
+    """The keeper socket of a mountpoint: a hash of its real path.
+
+    Only the parent is resolved: a stat of the mountpoint itself would block
+    while the mount has no server (restart=manual, or between crash and takeover).
+    """
+    absolute = os.path.abspath(mountpoint)
+    real = os.path.join(os.path.realpath(os.path.dirname(absolute)),
+                        os.path.basename(absolute))
     digest = hashlib.sha256(real.encode()).hexdigest()[:20]
     return os.path.join(run_dir(), f"{digest}.sock")
 
