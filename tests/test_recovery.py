@@ -28,10 +28,6 @@ from fusewire.server import mount as fm
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root"),
-    # Opt-in: test_manual_restart leaves its mount behind, which fails .ci/run's
-    # no-leftover-mounts check; enable with FUSEWIRE_RECOVERY_TESTS=1.
-    pytest.mark.skipif(os.environ.get("FUSEWIRE_RECOVERY_TESTS") != "1",
-                       reason="recovery mount tests are opt-in: FUSEWIRE_RECOVERY_TESTS=1"),
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +201,10 @@ def test_manual_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert (mnt / "f").read_text() == "kept"
     finally:
         pids |= _children(keeper.pid)
-        fm.unmount(str(mnt), lazy=True)
+        try:
+            fm.unmount(str(mnt), lazy=True)
+        except OSError:
+            pass
         for pid in pids | {keeper.pid}:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -93,7 +93,7 @@ class JournalState:
 
     session: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    fs_snapshot: bytes | None = None
+    fs_snapshot: bytes | memoryview | None = None
     nodes: dict[int, int] = field(default_factory=dict)
     handles: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: executed requests since the snapshot: (time_ns, request bytes, reply bytes)
@@ -105,6 +105,8 @@ class JournalState:
     valid_len: int = len(MAGIC)
     records: int = 0
     since_snapshot: int = 0
+    #: nodeids whose count changed after the last NODES snapshot
+    touched: set[int] = field(default_factory=set)
 
     def apply(self, rtype: int, payload: memoryview) -> None:
         """Fold one record into the state."""
@@ -124,13 +126,16 @@ class JournalState:
                 self.handles.pop(rfh, None)
         elif rtype == RecordType.ADD:
             nodes = self.nodes
-            for n in array("Q", bytes(payload)):
+            added = array("Q", bytes(payload))
+            for n in added:
                 nodes[n] = nodes.get(n, 0) + 1
+            self.touched.update(added)
         elif rtype == RecordType.FORGET:
             a = array("Q", bytes(payload))
             nodes = self.nodes
             for i in range(0, len(a), 2):
                 n, k = a[i], a[i + 1]
+                self.touched.add(n)
                 have = nodes.get(n, 0) - k
                 if have > 0:
                     nodes[n] = have
@@ -142,13 +147,14 @@ class JournalState:
             self.meta.update(json.loads(bytes(payload)))
         elif rtype == RecordType.FS_SNAPSHOT:
             # A snapshot starts a new base: earlier requests are folded into it.
-            self.fs_snapshot = bytes(payload)
+            self.fs_snapshot = payload      # a view: no copy unless it is loaded
             self.requests.clear()
             self.replies.clear()
             self.since_snapshot = 0
         elif rtype == RecordType.NODES:
             a = array("Q", bytes(payload))
             self.nodes = dict(zip(a[0::2], a[1::2], strict=True))
+            self.touched = set()
             self.requests.clear()
             self.replies.clear()
             self.since_snapshot = 0
@@ -270,7 +276,7 @@ class JournaledNodeTable(NodeTable):
     def __init__(self, counts: dict[int, int] | None = None) -> None:
         super().__init__()
         if counts:
-            self.counts.update(counts)
+            self.counts = counts        # taken over, not copied
         self.writer: JournalWriter | None = None
         self.pending: list[int] = []
 

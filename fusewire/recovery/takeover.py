@@ -160,7 +160,8 @@ def recovery_mode(ops: Operations) -> str:
     return "upgrade-only"
 
 
-def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False) -> None:
+def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False,
+            fixed_below: int = 0) -> None:
     """Bring ``ops`` to the state the journal describes (replay mode)."""
     anyops: Any = ops
     if state.fs_snapshot is not None and not snapshot_loaded:
@@ -189,10 +190,36 @@ def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = 
     if isinstance(inodes, dict) and hasattr(anyops, "_maybe_free"):
         # MemFS counts lookups itself: make it agree with the journaled table,
         # then free what an unlink left only to lookups the kernel gave back.
-        for ino, node in list(inodes.items()):
-            node.nlookup = state.nodes.get(ino, 0)
-        for node in list(inodes.values()):
+        # A warm spare already did this for the snapshot (fix_lookups); then only
+        # the nodes touched since and the ones the replay created need it.
+        nodes = state.nodes
+        if snapshot_loaded and fixed_below:
+            for ino in state.touched:
+                node = inodes.get(ino)
+                if node is not None:
+                    node.nlookup = nodes.get(ino, 0)
+            for ino, node in inodes.items():
+                if ino >= fixed_below:
+                    node.nlookup = nodes.get(ino, 0)
+        else:
+            for ino, node in inodes.items():
+                node.nlookup = nodes.get(ino, 0)
+        for node in [n for n in inodes.values() if n.nlink == 0]:
             anyops._maybe_free(node)
+
+
+def fix_lookups(ops: Operations, nodes: dict[int, int]) -> int:
+    """Set MemFS lookup counts from a node table (a spare, ahead of takeover).
+
+    Returns the first inode number not covered (0 if not applicable).
+    """
+    anyops: Any = ops
+    inodes = getattr(anyops, "_inodes", None)
+    if not isinstance(inodes, dict):
+        return 0
+    for ino, node in inodes.items():
+        node.nlookup = nodes.get(ino, 0)
+    return int(getattr(anyops, "_next_ino", 0))
 
 
 class RecoverableServer(Server):
@@ -323,7 +350,7 @@ def run_owner(sock_path: str) -> int:
     crash = CrashHook(os.environ.get("FUSEWIRE_CRASH_AT"))
     control = wire.connect(sock_path, None)
     wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
-    preloaded: tuple[Operations, tuple[int, int]] | None = None
+    preloaded: tuple[Operations, tuple[int, int], int] | None = None
     while True:
         grant, fds = wire.recv_msg(control)      # a spare blocks here until needed
         if grant is not None and grant.get("queued") and fds:
@@ -346,9 +373,11 @@ def run_owner(sock_path: str) -> int:
     meta = grant["meta"]
     state = jn.load(jn.read_all(journal_fd))
     ident = (os.fstat(journal_fd).st_ino, state.snapshot_end)
+    fixed_below = 0
     if preloaded is not None and preloaded[1] == ident:
         ops, options = preloaded[0], list(meta.get("options") or [])
         warm = True
+        fixed_below = preloaded[2]
     else:
         ops, options = _build_ops(meta)
         warm = False
@@ -358,7 +387,7 @@ def run_owner(sock_path: str) -> int:
         log.error("%s cannot recover from a crash (no handle_of/dump_state): state is lost",
                   meta["fs"])
     if mode == "replay":
-        rebuild(ops, state, snapshot_loaded=warm)
+        rebuild(ops, state, snapshot_loaded=warm, fixed_below=fixed_below)
     nodes = jn.JournaledNodeTable(state.nodes if mode != "upgrade-only" or not crashed
                                   else None)
     conn = None
@@ -401,13 +430,16 @@ def run_owner(sock_path: str) -> int:
     return 0
 
 
-def _preload(meta: dict[str, Any], journal_fd: int) -> tuple[Operations, tuple[int, int]]:
+def _preload(meta: dict[str, Any],
+             journal_fd: int) -> tuple[Operations, tuple[int, int], int]:
     """Build the filesystem and load the journal's snapshot ahead of a takeover."""
     ops, _ = _build_ops(meta)
     state = jn.load(jn.read_all(journal_fd))
+    fixed = 0
     if state.fs_snapshot is not None and recovery_mode(ops) == "replay":
         ops.load_state(state.fs_snapshot)  # type: ignore[attr-defined]
-    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end)
+        fixed = fix_lookups(ops, state.nodes)
+    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), fixed
 
 
 def threading_main() -> bool:
