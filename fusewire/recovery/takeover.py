@@ -18,11 +18,9 @@ recorded time.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
-import selectors
 import signal
 import socket
 import struct
@@ -238,6 +236,9 @@ class RecoverableServer(Server):
         self.crash = rj.crash
         self.handing_over = False
         self.reported = False
+        # the base loop calls these around each request (crash points, ready, compaction)
+        self.on_read = self._on_read if self.crash.active else None
+        self.on_reply = self._on_reply
 
     def request_handover(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.handing_over = True
@@ -279,59 +280,17 @@ class RecoverableServer(Server):
         if old != fd:
             os.close(old)
 
-    def _loop(self, fd: int) -> None:
-        bufsize = max(8192, self.config.max_write + 4096)
-        buf = bytearray(bufsize)
-        view = memoryview(buf)
-        readv = os.readv
-        writev = os.writev
-        dispatch = self.dispatcher.dispatch
-        stop = self._stop
-        crash = self.crash
-        check = crash.check if crash.active else None
-        rj = self.rj
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        try:
-            while not stop.is_set():
-                try:
-                    n = readv(fd, [buf])
-                except BlockingIOError:
-                    sel.select()
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EINTR:
-                        continue
-                    if exc.errno in (errno.ENODEV, errno.ECONNABORTED):
-                        self.unmounted = True
-                        stop.set()
-                        return
-                    raise
-                msg = view[:n]
-                if check is not None:
-                    check("read", _IN_HDR.unpack_from(buf)[1])
-                bufs, lookups = dispatch(msg)
-                if bufs is None:
-                    continue
-                try:
-                    writev(fd, bufs)
-                except OSError as exc:
-                    if exc.errno == errno.ENODEV:
-                        self.unmounted = True
-                        stop.set()
-                        return
-                    self.dispatcher.rollback(lookups)
-                if check is not None:
-                    check("reply", _IN_HDR.unpack_from(buf)[1])
-                if not self.reported and self.conn.session is not None:
-                    self.ready.set()
-                    self.report_ready()
-                w = rj.writer
-                if w.offset > COMPACT_BYTES or w.records > COMPACT_RECORDS:
-                    self.compact()
-        finally:
-            sel.close()
+    def _on_read(self, msg: memoryview) -> None:
+        self.crash.check("read", _IN_HDR.unpack_from(msg)[1])
+
+    def _on_reply(self, msg: memoryview) -> None:
+        if self.crash.active:
+            self.crash.check("reply", _IN_HDR.unpack_from(msg)[1])
+        if not self.reported and self.conn.session is not None:
+            self.report_ready()
+        w = self.rj.writer
+        if w.offset > COMPACT_BYTES or w.records > COMPACT_RECORDS:
+            self.compact()
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:

@@ -36,7 +36,7 @@ import selectors
 import signal
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -92,6 +92,10 @@ class Server:
         self._retrieved: dict[int, tuple[threading.Event, list[bytes]]] = {}
         self.ready = threading.Event()
         self.unmounted = False
+        #: hooks for recovery and tests: called with the message after it is read,
+        #: and after its reply was written (None: no call on the hot path)
+        self.on_read: Callable[[memoryview], None] | None = None
+        self.on_reply: Callable[[memoryview], None] | None = None
         ops.notifier = self
 
     # -- lifecycle ---------------------------------------------------------------
@@ -201,6 +205,8 @@ class Server:
         writev = os.writev
         dispatch = self.dispatcher.dispatch
         capture = self.capture
+        on_read = self.on_read
+        on_reply = self.on_reply
         stop = self._stop
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
@@ -228,6 +234,8 @@ class Server:
                         return
                     raise
                 msg = view[:n]
+                if on_read is not None:
+                    on_read(msg)
                 if capture is not None:
                     capture.request(msg)
                 bufs, lookups = dispatch(msg)
@@ -251,6 +259,8 @@ class Server:
                         self.dispatcher.rollback(lookups)
                 if not self.ready.is_set() and self.conn.session is not None:
                     self.ready.set()
+                if on_reply is not None:
+                    on_reply(msg)
                 if self.dispatcher.fatal is not None:
                     stop.set()
                     self._wake()
