@@ -277,7 +277,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
         if opcode != Opcode.INIT:
             raise _bad(f"{row.name} before INIT", errno.EIO, unique, opcode, row)
         return _parse_init(buf, unique, nodeid, uid, gid, pid)
-    if opcode == Opcode.INIT:
+    if opcode == _INIT:
         raise _bad("second INIT on an initialised connection", errno.EPROTO, unique, opcode,
                    row)
     end = n
@@ -315,7 +315,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
         off += pos
     trailing = row.trailing
     data: Any = b""
-    if trailing is Trailing.NONE:
+    if trailing is _T_NONE:
         if off != end:
             raise _bad(f"{row.name}: {end - off} unexpected trailing bytes", errno.EINVAL,
                        unique, opcode, row)
@@ -339,7 +339,18 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
         if 8 + hsz != len(hb) or hsz > FUSE_MAX_HANDLE_SZ:
             raise _bad(f"{row.name}: bad handle size {hsz}", errno.EINVAL, unique, opcode, row)
         ext = (ext or Extensions())._replace(handle=hb[8:])
-    return Request(opcode, unique, nodeid, uid, gid, pid, arg, names, data, ext, row)
+    # tuple.__new__ directly: NamedTuple's generated __new__ costs ~0.3 µs more
+    return _new_tuple(Request, (opcode, unique, nodeid, uid, gid, pid, arg, names, data, ext,
+                                row))
+
+
+_new_tuple = tuple.__new__
+# Enum members as plain module constants: an Enum class attribute lookup costs
+# ~65 ns and an IntEnum comparison ~75 ns more than these, per use, per request.
+_INIT = int(Opcode.INIT)
+_INTERRUPT = int(Opcode.INTERRUPT)
+_T_NONE = Trailing.NONE
+_R_NONE = Reply.NONE
 
 
 def _parse_init(buf: bytes | bytearray | memoryview, unique: int, nodeid: int, uid: int,
@@ -408,8 +419,8 @@ class Connection:
         Raises :class:`RemoteProtocolError` for malformed input, never anything else.
         """
         req = parse_request(buf, self.session)
-        if req.info.reply is not Reply.NONE:
-            if req.opcode == Opcode.INTERRUPT:
+        if req.info.reply is not _R_NONE:
+            if req.opcode == _INTERRUPT:
                 self._interrupted.add(req.arg.unique & _RESEND_MASK)
             else:
                 self.inflight[req.unique & _RESEND_MASK] = req.opcode

@@ -58,6 +58,10 @@ class FakeToken:
         self.entries.append((name, attr, next_id))
         return True
 
+    def add_name(self, name: bytes, ino: int, mode: int, next_id: int) -> bool:
+        assert not self.plus, "READDIRPLUS needs add() with attributes"
+        return self.add(name, EntryAttributes(ino, st_mode=mode), next_id)
+
 
 def as_token(tok: FakeToken) -> ReaddirToken:
     return cast("ReaddirToken", tok)

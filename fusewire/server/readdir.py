@@ -18,7 +18,11 @@ from fusewire.types import EntryAttributes
 __all__ = ["ReaddirToken", "dirent_type"]
 
 _DIRENT = CODECS["dirent"].struct
-_PACK_DIRENT_INTO = _DIRENT.pack_into
+_PACK_DIRENT = _DIRENT.pack
+_NO_ENTRY = bytes(CODECS["entry_out"].size)
+#: zero padding after a name of length n: records are 8-byte aligned and the
+#: fixed parts (24 and 24 + 128 bytes) are multiples of 8
+_PADDING = tuple(bytes((8 - r) & 7) for r in range(8))
 
 
 def dirent_type(mode: int) -> int:
@@ -47,32 +51,49 @@ class ReaddirToken:
         self._count = 0
 
     def add(self, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
-        """Append an entry; return False (and drop it) when it does not fit."""
+        """Append an entry; return False (and drop it) when it does not fit.
+
+        ``next_id`` is the offset (cookie) from which a later call resumes
+        after this entry.
+        """
+        if not self.plus:
+            return self.add_name(name, attr.st_ino, attr.st_mode, next_id)
         namelen = len(name)
-        if self.plus:
-            reclen = (152 + namelen + 7) & ~7
-        else:
-            reclen = (24 + namelen + 7) & ~7
-        buf = self.buf
-        pos = len(buf)
-        if pos + reclen > self.size:
-            return False
-        if not name or b"/" in name or namelen > 1024:
+        if not name or namelen > 1024 or b"/" in name:
             raise ValueError(f"invalid directory entry name {name!r}")
-        buf.extend(bytes(reclen))
+        buf = self.buf
+        if len(buf) + ((152 + namelen + 7) & ~7) > self.size:
+            return False
         ino = attr.st_ino
-        dtype = (attr.st_mode & 0o170000) >> 12
-        if self.plus:
+        if ino and name != b"." and name != b"..":
             assert self._entry is not None
-            dot = name == b"." or name == b".."
-            if ino and not dot:
-                buf[pos:pos + 128] = self._entry(attr)
-                self.counted.append(ino)
-            _PACK_DIRENT_INTO(buf, pos + 128, ino, next_id, namelen, dtype)
-            buf[pos + 152:pos + 152 + namelen] = name
+            buf += self._entry(attr)
+            self.counted.append(ino)
         else:
-            _PACK_DIRENT_INTO(buf, pos, ino, next_id, namelen, dtype)
-            buf[pos + 24:pos + 24 + namelen] = name
+            buf += _NO_ENTRY  # nodeid 0: the kernel takes no reference
+        buf += _PACK_DIRENT(ino, next_id, namelen, (attr.st_mode & 0o170000) >> 12)
+        buf += name
+        buf += _PADDING[namelen & 7]
+        self._count += 1
+        return True
+
+    def add_name(self, name: bytes, ino: int, mode: int, next_id: int) -> bool:
+        """Like :meth:`add` without attributes: enough for READDIR (``plus`` false).
+
+        Saves building an :class:`EntryAttributes` per entry.  When ``plus``
+        is true the kernel wants attributes: use :meth:`add` (this raises).
+        """
+        if self.plus:
+            raise ValueError("READDIRPLUS entries need attributes: use add()")
+        namelen = len(name)
+        if not name or namelen > 1024 or b"/" in name:
+            raise ValueError(f"invalid directory entry name {name!r}")
+        buf = self.buf
+        if len(buf) + ((24 + namelen + 7) & ~7) > self.size:
+            return False
+        buf += _PACK_DIRENT(ino, next_id, namelen, (mode & 0o170000) >> 12)
+        buf += name
+        buf += _PADDING[namelen & 7]
         self._count += 1
         return True
 

@@ -1,0 +1,109 @@
+"""Where a request's time goes: profile fusewire's memfs under a stat storm.
+
+    python bench/profile_server.py [--ops N] [--workload fstat|getattr|readdir]
+                                   [--profiler cprofile|none] [--pin]
+
+The server runs in this process (main thread) on a fresh mount with
+``entry_timeout=0,attr_timeout=0``; a separate client process runs the
+storm.  With ``--profiler cprofile`` the server's loop runs under cProfile
+and the top functions by own time are printed; with ``none`` only the rate
+is printed (compare the two to see the profiler's own distortion).  ``--pin``
+puts server and client on CPU 0 (the ping-pong case of docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fusewire.examples.memfs import MemFS
+from fusewire.server.loop import Server
+
+CLIENT = r"""
+import os, sys, time
+mnt, workload, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if workload == "readdir":
+    d = os.path.join(mnt, "big")
+    t = time.perf_counter()
+    total = 0
+    for _ in range(n):
+        total += sum(1 for _ in os.scandir(d))
+    dt = time.perf_counter() - t
+    print(f"{total / dt:,.0f} entries/s")
+else:
+    name = os.path.join(mnt, "f")
+    fd = os.open(name, os.O_RDONLY)
+    op = (lambda: os.fstat(fd)) if workload == "fstat" else (lambda: os.stat(name))
+    for _ in range(1000):
+        op()
+    t = time.perf_counter()
+    for _ in range(n):
+        op()
+    dt = time.perf_counter() - t
+    print(f"{n / dt:,.0f} {workload}/s")
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", type=int, default=50_000)
+    ap.add_argument("--workload", choices=("fstat", "getattr", "readdir"), default="fstat")
+    ap.add_argument("--profiler", choices=("cprofile", "none"), default="cprofile")
+    ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+    mnt = tempfile.mkdtemp(prefix="fusewire-prof-")
+    server = Server(MemFS(entry_timeout=0, attr_timeout=0), mnt, "fsname=prof")
+    server.mount()
+    prof = cProfile.Profile() if args.profiler == "cprofile" else None
+
+    def serve() -> None:
+        if prof is not None:
+            prof.enable()
+        try:
+            server.serve(install_signals=False)
+        finally:
+            if prof is not None:
+                prof.disable()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        if not server.ready.wait(10):
+            raise SystemExit("no INIT")
+        Path(mnt, "f").write_bytes(b"x" * 4096)
+        n = args.ops
+        if args.workload == "readdir":
+            Path(mnt, "big").mkdir()
+            for i in range(10_000):
+                Path(mnt, "big", f"file-{i:05d}").touch()
+            n = max(1, args.ops // 10_000)
+        pre = ["taskset", "-c", "0"] if args.pin else []
+        out = subprocess.run([*pre, sys.executable, "-c", CLIENT, mnt, args.workload, str(n)],
+                             check=True, capture_output=True, text=True)
+        print(out.stdout.strip())
+    finally:
+        server.close()
+        t.join(10)
+        time.sleep(0.1)
+        os.rmdir(mnt)
+    if prof is not None:
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda a: None
+    main()
