@@ -1,13 +1,14 @@
 """Where a request's time goes: profile fusewire's memfs under a stat storm.
 
-    python bench/profile_server.py [--ops N] [--workload fstat|getattr|readdir]
-                                   [--profiler cprofile|none] [--pin]
+    python bench/profile_server.py [--ops N] [--profiler cprofile|none] [--pin]
+        [--workload fstat|getattr|readdir|seqread|seqwrite|smallfiles]
 
 The server runs in this process (main thread) on a fresh mount with
 ``entry_timeout=0,attr_timeout=0``; a separate client process runs the
 storm.  With ``--profiler cprofile`` the server's loop runs under cProfile
 and the top functions by own time are printed; with ``none`` only the rate
-is printed (compare the two to see the profiler's own distortion).  ``--pin``
+is printed (compare the two to see the profiler's own distortion).  For
+seqread/seqwrite ``--ops`` is the file size in MiB (128 KiB blocks).  ``--pin``
 puts server and client on CPU 0 (the ping-pong case of docs/performance.md).
 """
 
@@ -32,7 +33,38 @@ from fusewire.server.loop import Server
 CLIENT = r"""
 import os, sys, time
 mnt, workload, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if workload == "readdir":
+if workload in ("seqread", "seqwrite"):
+    name = os.path.join(mnt, "seq.bin")
+    block = os.urandom(128 * 1024)
+    t = time.perf_counter()
+    if workload == "seqwrite":
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        for _ in range(n * 8):
+            os.write(fd, block)
+        os.fsync(fd)
+    else:
+        fd = os.open(name, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        t = time.perf_counter()
+        while os.read(fd, len(block)):
+            pass
+    os.close(fd)
+    dt = time.perf_counter() - t
+    print(f"{n / dt:,.0f} MiB/s ({workload} {n} MiB)")
+elif workload == "smallfiles":
+    d = os.path.join(mnt, "small")
+    os.mkdir(d)
+    block = os.urandom(4096)
+    t = time.perf_counter()
+    for i in range(n):
+        fd = os.open(os.path.join(d, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, block)
+        os.close(fd)
+    for i in range(n):
+        os.unlink(os.path.join(d, f"f{i}"))
+    dt = time.perf_counter() - t
+    print(f"{n / dt:,.0f} files/s (create+write 4 KiB+close, then unlink)")
+elif workload == "readdir":
     d = os.path.join(mnt, "big")
     t = time.perf_counter()
     total = 0
@@ -57,7 +89,8 @@ else:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=50_000)
-    ap.add_argument("--workload", choices=("fstat", "getattr", "readdir"), default="fstat")
+    ap.add_argument("--workload", choices=("fstat", "getattr", "readdir", "seqread", "seqwrite",
+                                                 "smallfiles"), default="fstat")
     ap.add_argument("--profiler", choices=("cprofile", "none"), default="cprofile")
     ap.add_argument("--pin", action="store_true")
     ap.add_argument("--top", type=int, default=25)
@@ -91,6 +124,11 @@ def main() -> None:
                 Path(mnt, "big", f"file-{i:05d}").touch()
             n = max(1, args.ops // 10_000)
         pre = ["taskset", "-c", "0"] if args.pin else []
+        if args.workload == "seqread":
+            n = max(1, args.ops)
+            Path(mnt, "seq.bin").write_bytes(os.urandom(n * 1024 * 1024))
+        elif args.workload == "seqwrite":
+            n = max(1, args.ops)
         out = subprocess.run([*pre, sys.executable, "-c", CLIENT, mnt, args.workload, str(n)],
                              check=True, capture_output=True, text=True)
         print(out.stdout.strip())

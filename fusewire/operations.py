@@ -47,6 +47,12 @@ class Notifier(Protocol):
     The server sets ``ops.notifier`` before the first request.  Each
     ``notify_*`` method writes one notification to the kernel and returns
     0 or a positive errno the kernel answered (ENOENT for an unknown inode...).
+
+    The kernel acts on INVAL_ENTRY, DELETE, INVAL_INODE and STORE while the
+    write is in progress and takes the directory or page locks to do so.  A
+    handler must not send them for the object its own request is about (the
+    kernel holds those locks until the reply): on a single-threaded server
+    that deadlocks.  Send them from another thread, or after replying.
     """
 
     def backing_open(self, fd: int) -> int:
@@ -75,6 +81,25 @@ class Notifier(Protocol):
 
     def notify_store(self, inode: int, offset: int, data: bytes) -> int:
         """Put ``data`` into the kernel page cache of ``inode`` at ``offset``."""
+        ...
+
+    def notify_retrieve(self, inode: int, offset: int, size: int,
+                        timeout: float = 5.0) -> bytes | None:
+        """Return the up-to-date cached pages of ``inode`` from ``offset`` (at most
+        ``size`` bytes, stopping at the first page not cached, capped at EOF), or
+        None on timeout.  Must not be called from the thread serving requests."""
+        ...
+
+    def notify_prune(self, inodes: Sequence[int]) -> int:
+        """Ask the kernel to forget the unused ones among ``inodes`` (7.45)."""
+        ...
+
+    def notify_inc_epoch(self) -> int:
+        """Make every cached name, positive or negative, be looked up again (7.44)."""
+        ...
+
+    def notify_resend(self) -> int:
+        """Have the kernel re-send every request read but not answered (7.40)."""
         ...
 
 
@@ -218,8 +243,13 @@ class Operations:
         """
         raise _enosys()
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
-        """Return up to ``size`` bytes at ``off``; fewer means end of file."""
+    def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
+        """Return up to ``size`` bytes at ``off``; fewer means end of file.
+
+        Any bytes-like object will do: the reply is written before the next
+        request is read and nothing keeps a reference, so a filesystem may
+        hand out a ``bytearray`` or ``memoryview`` of its own buffer and save
+        a copy."""
         raise _enosys()
 
     def write(self, fh: int, off: int, buf: memoryview) -> int:

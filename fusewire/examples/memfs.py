@@ -416,26 +416,31 @@ class MemFS(Operations):
             chunks = node.data = {}
         return chunks
 
-    def _read_data(self, node: _Inode, off: int, size: int) -> bytes:
+    def _read_data(self, node: _Inode, off: int, size: int) -> bytes | bytearray:
         if off >= node.size or size <= 0:
             return b""
         size = min(size, node.size - off)
         chunks = node.chunks
         if not chunks:
             return bytes(size)
-        out = bytearray(size)
+        idx, coff = divmod(off, CHUNK_SIZE)
+        chunk = chunks.get(idx)
+        if chunk is not None and coff + size <= len(chunk):
+            return chunk[coff:coff + size]  # within one chunk: one copy
+        out = bytearray(size)  # zeros where there are holes; one copy of the data
         pos = 0
         while pos < size:
             idx, coff = divmod(off + pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - coff, size - pos)
             chunk = chunks.get(idx)
             if chunk is not None and coff < len(chunk):
-                piece = chunk[coff:coff + n]
+                piece = memoryview(chunk)[coff:coff + n]
                 out[pos:pos + len(piece)] = piece
+                piece.release()
             pos += n
-        return bytes(out)
+        return out
 
-    def _write_data(self, node: _Inode, off: int, data: bytes | memoryview) -> None:
+    def _write_data(self, node: _Inode, off: int, data: bytes | bytearray | memoryview) -> None:
         total = len(data)
         if not total:
             return
@@ -905,7 +910,7 @@ class MemFS(Operations):
             fh = self._open_handle(node, flags, False)
             return FileInfo(fh=fh, keep_cache=True), self._entry(node)
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
         """Read up to ``size`` bytes (holes read as zeros)."""
         with self._lock:
             _, node = self._file_handle(fh, write=False)

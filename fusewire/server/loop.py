@@ -208,6 +208,8 @@ class Server:
         on_read = self.on_read
         on_reply = self.on_reply
         stop = self._stop
+        ready = self.ready
+        is_ready = ready.is_set()
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
@@ -257,8 +259,9 @@ class Server:
                     else:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
-                if not self.ready.is_set() and self.conn.session is not None:
-                    self.ready.set()
+                if not is_ready and self.conn.session is not None:
+                    ready.set()
+                    is_ready = True
                 if on_reply is not None:
                     on_reply(msg)
                 if self.dispatcher.fatal is not None:
