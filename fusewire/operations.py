@@ -118,11 +118,19 @@ class Operations:
         Ask for the kernel writeback cache (WRITEBACK_CACHE).
     ``enable_acl``
         Let the kernel enforce POSIX ACLs from ``system.posix_acl_*`` xattrs.
+    ``enable_passthrough``
+        Ask for kernel passthrough (PASSTHROUGH, 7.40, root only): ``open``
+        and ``create`` may then return a ``FileInfo`` with ``passthrough``
+        and a ``backing_id`` from ``notifier.backing_open(fd)``, and the
+        kernel does that file's reads and writes on the backing file itself.
+        The server negotiates ``max_stack_depth`` 1 (unless the Config says
+        otherwise) and never WRITEBACK_CACHE with it.
     """
 
     supports_dot_lookup: bool = False
     enable_writeback_cache: bool = False
     enable_acl: bool = False
+    enable_passthrough: bool = False
     #: Set by the server before the first request; None when not serving.
     notifier: Notifier | None = None
 

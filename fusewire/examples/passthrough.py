@@ -202,6 +202,7 @@ class Passthrough(Operations):
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.kernel_passthrough = kernel_passthrough
+        self.enable_passthrough = kernel_passthrough
         self.lock_wait_timeout = lock_wait_timeout
         self._as_root = os.geteuid() == 0
         self._lock = threading.Lock()

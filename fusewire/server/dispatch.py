@@ -192,7 +192,10 @@ def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
         want &= ~(InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO)
     if not ops.supports_dot_lookup:
         want &= ~InitFlag.EXPORT_SUPPORT
-    if ops.enable_writeback_cache:
+    if ops.enable_passthrough:
+        # the kernel refuses passthrough together with the writeback cache
+        want |= InitFlag.PASSTHROUGH
+    elif ops.enable_writeback_cache:
         want |= InitFlag.WRITEBACK_CACHE
     if ops.enable_acl:
         want |= InitFlag.POSIX_ACL

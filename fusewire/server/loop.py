@@ -76,7 +76,10 @@ class Server:
         self.options = _mount.parse_options(options, fsname=fsname, subtype=subtype)
         base = config or Config()
         want = wanted_flags(ops, base.want)
-        self.config = Config(**{**base.__dict__, "want": want})
+        changes: dict[str, Any] = {"want": want}
+        if want & InitFlag.PASSTHROUGH and not base.max_stack_depth:
+            changes["max_stack_depth"] = 1  # backing files on a non-stacked filesystem
+        self.config = Config(**{**base.__dict__, **changes})
         self.conn = connection or Connection(self.config)
         self.dispatcher = Dispatcher(ops, self.conn, debug=debug, on_error=on_error,
                                      nodes=nodes)
