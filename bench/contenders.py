@@ -273,6 +273,10 @@ CONTENDERS: tuple[Contender, ...] = (
               _fusewire("--recoverable"), env=FUSEWIRE_ENV, prepare=prepare_fusewire),
     Contender("fusewire_pt", "passthrough", "fusewire's passthrough of SRC",
               _fusewire(passthrough=True), env=FUSEWIRE_ENV, prepare=prepare_fusewire),
+    Contender("fusewire_pt_workers", "passthrough", "fusewire's passthrough of SRC with 2 "
+              "worker threads on cloned fds (--workers 2)",
+              _fusewire("--workers", "2", passthrough=True), env=FUSEWIRE_ENV,
+              prepare=prepare_fusewire),
     Contender("fusewire_pt_backing", "passthrough", "fusewire's passthrough with kernel "
               "passthrough of reads and writes (backing files)",
               _fusewire("-o", "kernel_passthrough", passthrough=True), env=FUSEWIRE_ENV,

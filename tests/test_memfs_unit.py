@@ -12,7 +12,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -32,39 +32,16 @@ from fusewire.examples.memfs import (
     XATTR_REPLACE,
     MemFS,
 )
+from fusewire.testing.listing import ListingToken
 from fusewire.types import EntryAttributes, FUSEError, Lock, RequestContext, SetattrFields
 
 if TYPE_CHECKING:
-    from fusewire.server.readdir import ReaddirToken
+    pass
 
 ROOT = 1
 CTX = RequestContext(uid=0, gid=0, pid=1, umask=0o022)
 USER = RequestContext(uid=1000, gid=1000, pid=2, umask=0o022)
 EOF_ = 2**63 - 1
-
-
-class FakeToken:
-    """Stands in for ReaddirToken: collects entries up to ``capacity``."""
-
-    def __init__(self, plus: bool = False, capacity: int = 10**9) -> None:
-        self.plus = plus
-        self.capacity = capacity
-        self.entries: list[tuple[bytes, EntryAttributes, int]] = []
-
-    def add(self, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
-        assert next_id > 0
-        if len(self.entries) >= self.capacity:
-            return False
-        self.entries.append((name, attr, next_id))
-        return True
-
-    def add_name(self, name: bytes, ino: int, mode: int, next_id: int) -> bool:
-        assert not self.plus, "READDIRPLUS needs add() with attributes"
-        return self.add(name, EntryAttributes(ino, st_mode=mode), next_id)
-
-
-def as_token(tok: FakeToken) -> ReaddirToken:
-    return cast("ReaddirToken", tok)
 
 
 def raises(code: int) -> AbstractContextManager[pytest.ExceptionInfo[FUSEError]]:
@@ -76,8 +53,8 @@ def listdir(fs: MemFS, ino: int, *, plus: bool = False, page: int = 1000) -> lis
     names: list[bytes] = []
     cookie = 0
     while True:
-        tok = FakeToken(plus, page)
-        fs.readdir(fh, cookie, as_token(tok))
+        tok = ListingToken(plus, page)
+        fs.readdir(fh, cookie, tok)
         if not tok.entries:
             break
         names += [n for n, _, _ in tok.entries]
@@ -206,8 +183,8 @@ def test_removed_dir_rejects_creation(fs: MemFS) -> None:
     assert fs.getattr(d, CTX).st_nlink == 0
     with raises(errno.ENOENT):
         fs.mknod(d, b"x", stat.S_IFREG | 0o644, 0, CTX)
-    tok = FakeToken()
-    fs.readdir(fh, 0, as_token(tok))
+    tok = ListingToken()
+    fs.readdir(fh, 0, tok)
     assert tok.entries == []
     fs.releasedir(fh)
     fs.forget([(d, 1)])
@@ -981,8 +958,8 @@ def test_readdir_paging_and_plus(fs: MemFS) -> None:
     counts = {i: fs._inodes[i].nlookup for i in inos}
     dir_count = fs._inodes[d].nlookup
     fh = fs.opendir(d, CTX)
-    tok = FakeToken(plus=True, capacity=12)
-    fs.readdir(fh, 0, as_token(tok))
+    tok = ListingToken(plus=True, capacity=12)
+    fs.readdir(fh, 0, tok)
     assert [n for n, _, _ in tok.entries][:2] == [b".", b".."]
     for _name, attr, _ in tok.entries[2:]:
         assert fs._inodes[attr.st_ino].nlookup == counts[attr.st_ino] + 1
@@ -1005,8 +982,8 @@ def test_readdir_cookies_stable_under_modification(fs: MemFS) -> None:
     removed: set[bytes] = set()
     step = 0
     while True:
-        tok = FakeToken(capacity=10)
-        fs.readdir(fh, cookie, as_token(tok))
+        tok = ListingToken(capacity=10)
+        fs.readdir(fh, cookie, tok)
         if not tok.entries:
             break
         seen += [n for n, _, _ in tok.entries]
@@ -1035,13 +1012,13 @@ def test_readdir_resume_after_deleted_cookie(fs: MemFS) -> None:
     for n in (b"a", b"b", b"c"):
         mkfile(fs, d, n)
     fh = fs.opendir(d, CTX)
-    tok = FakeToken(capacity=3)
-    fs.readdir(fh, 0, as_token(tok))
+    tok = ListingToken(capacity=3)
+    fs.readdir(fh, 0, tok)
     assert [n for n, _, _ in tok.entries] == [b".", b"..", b"a"]
     fs.unlink(d, b"a", CTX)
     fs.unlink(d, b"b", CTX)
-    tok2 = FakeToken()
-    fs.readdir(fh, tok.entries[-1][2], as_token(tok2))
+    tok2 = ListingToken()
+    fs.readdir(fh, tok.entries[-1][2], tok2)
     assert [n for n, _, _ in tok2.entries] == [b"c"]
     fs.releasedir(fh)
 

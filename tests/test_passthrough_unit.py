@@ -11,15 +11,16 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fusewire.examples.passthrough import Passthrough
+from fusewire.testing.listing import ListingToken
 from fusewire.types import EntryAttributes, FUSEError, Lock, RequestContext, SetattrFields
 
 if TYPE_CHECKING:
-    from fusewire.server.readdir import ReaddirToken
+    pass
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, handles)")
 
@@ -31,57 +32,6 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 SEEK_DATA = 3
 SEEK_HOLE = 4
-
-
-class FakeToken:
-    """Stands in for ReaddirToken: collects entries up to ``capacity``."""
-
-    def __init__(self, plus: bool = False, capacity: int = 10**9) -> None:
-        self.plus = plus
-        self.capacity = capacity
-        self.entries: list[tuple[bytes, EntryAttributes, int]] = []
-
-    def add(self, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
-        assert next_id > 0
-        if len(self.entries) >= self.capacity:
-            return False
-        self.entries.append((name, attr, next_id))
-        return True
-
-
-class FakeNotifier:
-    """Records backing_open / backing_close calls."""
-
-    def __init__(self) -> None:
-        self.opened: dict[int, int] = {}
-        self.closed: list[int] = []
-
-    def backing_open(self, fd: int) -> int:
-        bid = len(self.opened) + 100
-        self.opened[bid] = fd
-        return bid
-
-    def backing_close(self, backing_id: int) -> None:
-        self.closed.append(backing_id)
-
-    def notify_poll(self, kh: int) -> int:
-        return 0
-
-    def notify_inval_inode(self, inode: int, off: int = 0, length: int = 0) -> int:
-        return 0
-
-    def notify_inval_entry(self, parent_inode: int, name: bytes, expire_only: bool = False) -> int:
-        return 0
-
-    def notify_delete(self, parent_inode: int, inode: int, name: bytes) -> int:
-        return 0
-
-    def notify_store(self, inode: int, offset: int, data: bytes) -> int:
-        return 0
-
-
-def as_token(tok: FakeToken) -> ReaddirToken:
-    return cast("ReaddirToken", tok)
 
 
 def raises(code: int) -> AbstractContextManager[pytest.ExceptionInfo[FUSEError]]:
@@ -518,8 +468,8 @@ def test_readdir_plain(fs: Passthrough, tree: Path) -> None:
     for i in range(20):
         (tree / f"n{i:02d}").write_bytes(b"")
     fh = fs.opendir(ROOT, CTX)
-    tok = FakeToken()
-    fs.readdir(fh, 0, as_token(tok))
+    tok = ListingToken()
+    fs.readdir(fh, 0, tok)
     names = [n for n, _, _ in tok.entries]
     assert names[:2] == [b".", b".."]
     assert sorted(names[2:]) == sorted(os.fsencode(n) for n in os.listdir(tree))
@@ -532,8 +482,8 @@ def test_readdir_plain(fs: Passthrough, tree: Path) -> None:
     assert len(fs._nodes) == 1                          # plain READDIR registers nothing
     # resume in the middle of the snapshot, even if the directory changed
     (tree / "late").write_bytes(b"")
-    tok2 = FakeToken()
-    fs.readdir(fh, 10, as_token(tok2))
+    tok2 = ListingToken()
+    fs.readdir(fh, 10, tok2)
     assert [n for n, _, _ in tok2.entries] == names[10:]
     fs.releasedir(fh)
     fs.fsyncdir(fs.opendir(ROOT, CTX), False)
@@ -541,8 +491,8 @@ def test_readdir_plain(fs: Passthrough, tree: Path) -> None:
 
 def test_readdirplus_counts(fs: Passthrough, tree: Path) -> None:
     fh = fs.opendir(ROOT, CTX)
-    tok = FakeToken(plus=True, capacity=4)
-    fs.readdir(fh, 0, as_token(tok))
+    tok = ListingToken(plus=True, capacity=4)
+    fs.readdir(fh, 0, tok)
     assert len(tok.entries) == 4
     counted = [a.st_ino for n, a, _ in tok.entries if n not in (b".", b"..")]
     assert len(counted) == 2
@@ -550,8 +500,8 @@ def test_readdirplus_counts(fs: Passthrough, tree: Path) -> None:
     assert set(fs._nodes) == {ROOT, *counted}          # the entry that did not fit: no node
     for n, a, _ in tok.entries[2:]:
         assert a.st_ino == os.lstat(tree / os.fsdecode(n)).st_ino
-    rest = FakeToken(plus=True)
-    fs.readdir(fh, tok.entries[-1][2], as_token(rest))
+    rest = ListingToken(plus=True)
+    fs.readdir(fh, tok.entries[-1][2], rest)
     assert len(tok.entries) + len(rest.entries) == 2 + len(os.listdir(tree))
     fs.releasedir(fh)
     fs.forget([(a.st_ino, 1) for _, a, _ in tok.entries[2:] + rest.entries])
@@ -622,24 +572,6 @@ def test_handles_and_successor(fs: Passthrough, tree: Path) -> None:
     finally:
         succ.destroy()
     assert fs.handle_of(123456789) is None
-
-
-def test_kernel_passthrough(tree: Path) -> None:
-    p = Passthrough(str(tree), kernel_passthrough=True)
-    notifier = FakeNotifier()
-    p.notifier = notifier
-    try:
-        f = p.lookup(ROOT, b"f", CTX).st_ino
-        fi = p.open(f, os.O_RDONLY, CTX)
-        assert fi.passthrough and fi.backing_id in notifier.opened
-        assert notifier.opened[fi.backing_id] == fi.fh
-        p.release(fi.fh)
-        assert notifier.closed == [fi.backing_id]
-        ci, _ = p.create(ROOT, b"c", 0o100644, os.O_RDWR, CTX)
-        assert ci.passthrough and ci.backing_id
-        p.release(ci.fh)
-    finally:
-        p.destroy()
 
 
 def test_destroy_closes_everything(tree: Path) -> None:

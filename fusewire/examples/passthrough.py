@@ -806,8 +806,7 @@ class Passthrough(Operations):
                     return
                 continue
             if not plus:
-                if not token.add(name, EntryAttributes(self._plain_ino(dev, ino), st_mode=kind),
-                                 i + 1):
+                if not token.add_name(name, self._plain_ino(dev, ino), kind, i + 1):
                     return
                 continue
             try:
