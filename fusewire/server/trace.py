@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 import struct
 from typing import Any
 
@@ -28,8 +29,10 @@ from fusewire.opcodes.flags import (
     WRITE,
     InitFlag,
 )
+from fusewire.opcodes.table import Reply
+from fusewire.structs.codec import CODECS
 
-__all__ = ["FLAG_FIELDS", "format_fields", "format_reply", "format_request"]
+__all__ = ["FLAG_FIELDS", "format_fields", "format_reply", "format_request", "open_flags_str"]
 
 #: (struct field name) -> the IntFlag family that decodes it
 FLAG_FIELDS: dict[str, type[enum.IntFlag]] = {
@@ -50,6 +53,31 @@ _CONTEXT_FLAGS: dict[tuple[str, str], type[enum.IntFlag]] = {
     ("InitIn", "flags"): InitFlag,
     ("OpenOut", "open_flags"): FOPEN,
 }
+
+
+#: open(2) flags as they appear in OPEN/CREATE requests (access mode apart)
+_O_FLAGS = (*((name, getattr(os, name)) for name in (
+    "O_TMPFILE", "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK",
+    "O_DSYNC", "O_DIRECT", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_SYNC",
+    "O_PATH") if getattr(os, name, 0)),
+    # the kernel sets it on every open of a 64-bit process; libc defines it as 0 there
+    ("O_LARGEFILE", 0o100000))
+_O_ACC = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+#: records whose ``flags`` field holds open(2) flags
+_OPEN_FLAG_RECORDS = frozenset({"OpenIn", "CreateIn"})
+
+
+def open_flags_str(value: int) -> str:
+    """``O_RDWR|O_CREAT|O_LARGEFILE`` for open(2) flags (unknown bits in hex)."""
+    names = [_O_ACC.get(value & os.O_ACCMODE, hex(value & os.O_ACCMODE))]
+    known = os.O_ACCMODE
+    for name, bit in _O_FLAGS:
+        if (value & bit) == bit and (known & bit) != bit:
+            names.append(name)
+            known |= bit
+    if value & ~known:
+        names.append(hex(value & ~known))
+    return "|".join(names)
 
 
 def _flag_str(family: type[enum.IntFlag], value: int) -> str:
@@ -78,7 +106,9 @@ def format_fields(rec: Any) -> str:
                 value if isinstance(value, tuple) else (value,)):
             continue
         family = _CONTEXT_FLAGS.get((cls, name)) or FLAG_FIELDS.get(name)
-        if family is not None and isinstance(value, int):
+        if name == "flags" and cls in _OPEN_FLAG_RECORDS and isinstance(value, int):
+            parts.append(f"{name}={open_flags_str(value)}")
+        elif family is not None and isinstance(value, int):
             parts.append(f"{name}={_flag_str(family, value)}")
         elif hasattr(value, "_fields"):
             parts.append(f"{name}={{{format_fields(value)}}}")
@@ -116,4 +146,26 @@ def format_reply(req: Request, bufs: list[Any] | None) -> str:
     if err:
         name = errno.errorcode.get(-err, str(-err))
         return f"   unique={req.unique:#x} -> {name}"
-    return f"   unique={req.unique:#x} -> OK {size - 16} bytes"
+    line = f"   unique={req.unique:#x} -> OK {size - 16} bytes"
+    info = req.info
+    name = None
+    if info.reply is Reply.STRUCT:
+        name = info.reply_struct
+    elif info.reply in (Reply.ENTRY, Reply.ENTRY_OPEN):
+        name = "entry_out"
+    if name is None or len(bufs) < 2:
+        return line
+    body = b"".join(bytes(b) for b in bufs[1:])
+    codec = CODECS[name]
+    if len(body) < codec.size:
+        return line  # a compat-sized struct of an old minor: the size says enough
+    rec = codec.decode(body)
+    if name == "entry_out":
+        fields = f"nodeid={rec.nodeid} generation={rec.generation} mode={rec.attr.mode:#o}"
+        if info.reply is Reply.ENTRY_OPEN and len(body) >= codec.size + 16:
+            fields += " " + format_fields(CODECS["open_out"].decode(body, codec.size))
+    elif name in ("attr_out", "statx_out"):
+        return line
+    else:
+        fields = format_fields(rec)
+    return f"{line} {{{fields}}}"
