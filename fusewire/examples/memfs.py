@@ -506,6 +506,15 @@ class MemFS(Operations):
     def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         """Look up ``name`` in a directory (counts one lookup)."""
         with self._lock:
+            # The hot path: an existing name.  (A name that is in the directory
+            # was valid when it was made, so it needs no checks now.)
+            parent = self._inodes.get(parent_inode)
+            if parent is not None and isinstance(parent.data, _Dir):
+                ent = parent.data.entries.get(name)
+                if ent is not None:
+                    node = self._inodes[ent & _INO_MASK]
+                    node.nlookup += 1
+                    return self._attr(node)
             parent, d = self._dirnode(parent_inode)
             if name == b".":
                 return self._entry(parent)
