@@ -362,6 +362,53 @@ CPU_ROWS: list[tuple[str, str, str]] = [
 ]
 
 
+@dataclass(frozen=True)
+class Target:
+    """A goal of the performance issue: ``contender`` reaches ``goal`` x ``reference``."""
+
+    workloads: tuple[str, ...]
+    contender: str
+    reference: str
+    goal: float
+
+
+_META = ("getattr", "fstat", "pgetattr", "lookup")
+TARGETS: list[Target] = [
+    *(Target(_META, "fusewire_memfs", ref, goal) for ref, goal in (
+        ("pyfuse3_mem", 3.0), ("fusepy_mem", 2.0), ("mfusepy_mem", 2.0),
+        ("libfuse_c_st", 0.5))),
+    Target(("readdir",), "fusewire_memfs", "libfuse_c_st", 0.5),
+    Target(("readdir",), "fusewire_memfs", "pyfuse3_mem", 50.0),
+    Target(("seqwrite", "seqread"), "fusewire_memfs", "libfuse_c_st", 0.8),
+    Target(("seqwrite", "seqread"), "fusewire_pt_backing", "kernel_backing", 0.9),
+    Target(("smallfiles",), "fusewire_memfs", "libfuse_c_st", 0.8),
+    Target((*_META, "fixture"), "fusewire_memfs_recoverable", "fusewire_memfs", 0.9),
+]
+
+
+def targets_table(contenders: dict[str, Any]) -> list[str]:
+    """One row per target and workload: the measured ratio of medians, and met or not."""
+    rows = []
+    for t in TARGETS:
+        if not (contenders.get(t.contender, {}).get("runs")
+                and contenders.get(t.reference, {}).get("runs")):
+            continue
+        for w in t.workloads:
+            mine = collect(contenders[t.contender]["runs"], w)
+            ref = collect(contenders[t.reference]["runs"], w)
+            if not mine or not ref or statistics.median(ref) <= 0:
+                continue
+            ratio = statistics.median(mine) / statistics.median(ref)
+            rows.append([w, f"`{t.contender}` / `{t.reference}`", f">= {t.goal:g}",
+                         f"{ratio:.2f}", "met" if ratio >= t.goal else "**not met**"])
+    if not rows:
+        return []
+    return ["### Targets of the performance issue", "",
+            "Ratio of medians from the table above; see the notes below the tables for "
+            "where the time goes when a target is not met.", "",
+            *table(["workload", "contender / reference", "goal", "measured", "status"], rows), ""]
+
+
 def value_of(result: dict[str, Any], key: str) -> float | None:
     """A result's rate, or for "workload.field" keys that field of its extras."""
     if result.get("error"):
@@ -473,6 +520,7 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
         if any(cell != "-" for cell in cells[1:]):
             rows.append(cells)
     out += ["### Median", "", *table(header, rows), ""]
+    out += targets_table(contenders)
 
     if any(len(contenders[name]["runs"]) > 1 for name in ran):
         rows = []

@@ -417,6 +417,7 @@ class MemFS(Operations):
         return chunks
 
     def _read_data(self, node: _Inode, off: int, size: int) -> bytes | bytearray:
+        """``size`` bytes at ``off`` (short at EOF), holes as zeros, copied once."""
         if off >= node.size or size <= 0:
             return b""
         size = min(size, node.size - off)
@@ -427,18 +428,21 @@ class MemFS(Operations):
         chunk = chunks.get(idx)
         if chunk is not None and coff + size <= len(chunk):
             return chunk[coff:coff + size]  # within one chunk: one copy
-        out = bytearray(size)  # zeros where there are holes; one copy of the data
+        pieces: list[bytes | memoryview] = []  # views of the chunks, zeros for holes
         pos = 0
         while pos < size:
             idx, coff = divmod(off + pos, CHUNK_SIZE)
             n = min(CHUNK_SIZE - coff, size - pos)
             chunk = chunks.get(idx)
+            got = 0
             if chunk is not None and coff < len(chunk):
                 piece = memoryview(chunk)[coff:coff + n]
-                out[pos:pos + len(piece)] = piece
-                piece.release()
+                got = len(piece)
+                pieces.append(piece)
+            if got < n:
+                pieces.append(bytes(n - got))
             pos += n
-        return out
+        return b"".join(pieces)  # the one copy (the views die with ``pieces``)
 
     def _write_data(self, node: _Inode, off: int, data: bytes | bytearray | memoryview) -> None:
         total = len(data)
