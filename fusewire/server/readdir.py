@@ -58,23 +58,17 @@ class ReaddirToken:
         """
         if not self.plus:
             return self.add_name(name, attr.st_ino, attr.st_mode, next_id)
-        namelen = len(name)
-        if not name or namelen > 1024 or b"/" in name:
-            raise ValueError(f"invalid directory entry name {name!r}")
-        buf = self.buf
-        if len(buf) + ((152 + namelen + 7) & ~7) > self.size:
-            return False
         ino = attr.st_ino
-        if ino and name != b"." and name != b"..":
+        counted = bool(ino) and name != b"." and name != b".."
+        if counted:
             assert self._entry is not None
-            buf += self._entry(attr)
-            self.counted.append(ino)
+            entry = self._entry(attr)
         else:
-            buf += _NO_ENTRY  # nodeid 0: the kernel takes no reference
-        buf += _PACK_DIRENT(ino, next_id, namelen, (attr.st_mode & 0o170000) >> 12)
-        buf += name
-        buf += _PADDING[namelen & 7]
-        self._count += 1
+            entry = _NO_ENTRY  # nodeid 0: the kernel takes no reference
+        if not self._append(entry, name, ino, attr.st_mode, next_id):
+            return False
+        if counted:
+            self.counted.append(ino)
         return True
 
     def add_name(self, name: bytes, ino: int, mode: int, next_id: int) -> bool:
@@ -85,12 +79,18 @@ class ReaddirToken:
         """
         if self.plus:
             raise ValueError("READDIRPLUS entries need attributes: use add()")
+        return self._append(b"", name, ino, mode, next_id)
+
+    def _append(self, entry: bytes, name: bytes, ino: int, mode: int, next_id: int) -> bool:
+        """``entry`` (READDIRPLUS's entry_out, or nothing) + fuse_dirent + name + padding."""
         namelen = len(name)
         if not name or namelen > 1024 or b"/" in name:
             raise ValueError(f"invalid directory entry name {name!r}")
         buf = self.buf
-        if len(buf) + ((24 + namelen + 7) & ~7) > self.size:
+        if len(buf) + len(entry) + ((24 + namelen + 7) & ~7) > self.size:
             return False
+        if entry:
+            buf += entry
         buf += _PACK_DIRENT(ino, next_id, namelen, (mode & 0o170000) >> 12)
         buf += name
         buf += _PADDING[namelen & 7]
