@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,7 +94,12 @@ class Config:
 
     ``request_timeout`` stays 0 (never negotiated) unless set: its expiry
     aborts the whole connection and so kills any restart (protocol.md §13 M).
-    ``lookup_handle`` selects a draft stable-handle profile ("v2" or "v3").
+    ``lookup_handle`` selects a draft stable-handle profile ("v2" or "v3",
+    see :mod:`fusewire.recovery.handles`); it is negotiated only when the
+    kernel's INIT offers ``HAS_LOOKUP_HANDLE``.  ``max_handle_sz`` is the v2
+    handle size announced in INIT (a multiple of 8, 24..128).
+    ``handle_secret`` keys the MAC of the handles given to the kernel (at
+    least 16 bytes; default: 32 random bytes per mount, kept in the session).
     """
 
     max_minor: int = FUSE_KERNEL_MINOR_VERSION
@@ -107,6 +113,15 @@ class Config:
     request_timeout: int = 0
     lookup_handle: str | None = None
     max_handle_sz: int = FUSE_MAX_HANDLE_SZ
+    handle_secret: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.lookup_handle not in (None, "v2", "v3"):
+            raise ValueError(f"unknown lookup_handle profile {self.lookup_handle!r}")
+        if not 24 <= self.max_handle_sz <= FUSE_MAX_HANDLE_SZ or self.max_handle_sz % 8:
+            raise ValueError(f"max_handle_sz {self.max_handle_sz}: a multiple of 8 in 24..128")
+        if self.handle_secret is not None and len(self.handle_secret) < 16:
+            raise ValueError("handle_secret needs at least 16 bytes")
 
 
 @dataclass(frozen=True)
@@ -115,7 +130,10 @@ class Session:
 
     ``flags`` is the 64-bit set we replied with; ``kernel_flags`` what the
     kernel offered.  ``lookup_handle`` is the draft profile in force (None
-    unless both sides agreed).  Exported by :meth:`to_dict` for takeover.
+    unless both sides agreed); ``max_handle_sz`` its v2 handle size and
+    ``handle_secret`` (hex) the key of its handle MAC.  Exported by
+    :meth:`to_dict` for takeover, so a successor keeps accepting the handles
+    the kernel holds.
     """
 
     major: int
@@ -132,6 +150,7 @@ class Session:
     request_timeout: int
     lookup_handle: str | None = None
     max_handle_sz: int = 0
+    handle_secret: str = field(default="", repr=False)
     sizes: dict[str, int] = field(init=False, repr=False, compare=False)
     table: dict[int, OpInfo] = field(init=False, repr=False, compare=False)
 
@@ -474,6 +493,7 @@ class Connection:
             request_timeout=cfg.request_timeout if flags & InitFlag.REQUEST_TIMEOUT else 0,
             lookup_handle=profile,
             max_handle_sz=cfg.max_handle_sz if profile == "v2" else 0,
+            handle_secret=(cfg.handle_secret or os.urandom(32)).hex() if profile else "",
         )
 
     def initialize(self, req: Request) -> list[bytes]:

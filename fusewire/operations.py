@@ -396,5 +396,22 @@ class Operations:
         return None
 
     def inode_for_handle(self, handle: bytes) -> int:
-        """Turn a handle from :meth:`handle_of` back into an inode, or raise ESTALE."""
+        """Turn a handle from :meth:`handle_of` back into an inode, or raise ESTALE.
+
+        With a draft stable-handle profile (``Config(lookup_handle=...)``) the
+        handles the kernel holds are :meth:`handle_of` results sealed with a
+        MAC; fusewire checks the MAC first, so this only ever sees handles
+        this filesystem issued (under the mount's secret).  Counts no lookup.
+        """
         raise FUSEError(errno.ESTALE)
+
+    def lookup_inode(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        """DRAFT (LOOKUP_HANDLE profiles): the entry of an object named by its handle.
+
+        Sent as LOOKUP_HANDLE by handle (v2; v3 with an empty name) after
+        :meth:`inode_for_handle` resolved the handle to ``inode``.  Like
+        :meth:`lookup`, a successful reply counts one lookup, which the kernel
+        gives back with FORGET.  The default returns :meth:`getattr`; a
+        filesystem that keeps its own lookup counts should count this one.
+        """
+        return self.getattr(inode, ctx)

@@ -59,3 +59,15 @@ def test_errors_by_name(trace: Traced) -> None:
         emu.stat("/missing")
     lines = log.messages
     assert any(line.strip().endswith("-> ENOENT") for line in lines)
+
+
+def test_lookup_reply_packed_as_one_buffer(trace: Traced) -> None:
+    emu, log = trace
+    nodeid = emu.mkdir("/e", 0o700)
+    emu.evict_all()          # the next stat must LOOKUP again: header + entry_out in one pack
+    log.clear()
+    emu.stat("/e")
+    lines = log.messages
+    req = next(line for line in lines if " LOOKUP " in line)
+    reply = lines[lines.index(req) + 1]
+    assert f"-> OK 128 bytes {{nodeid={nodeid} generation=" in reply

@@ -1361,6 +1361,11 @@ class MemFS(Operations):
                 raise _err(errno.ESTALE)
             return int(ino)
 
+    def lookup_inode(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        """An entry for ``inode`` named by its handle: counts one lookup, like lookup."""
+        with self._lock:
+            return self._entry(self._get(inode))
+
     def dump_state(self) -> bytes:
         """Serialize the whole filesystem: tree, data, counts, open handles and locks."""
         with self._lock:

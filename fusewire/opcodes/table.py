@@ -194,34 +194,42 @@ UNSUPPORTED: dict[int, str] = {
     19: "unused in every protocol version",
 }
 
-#: Draft profiles: opcode rows that exist only when a server opts in.
+#: Draft profiles: opcode rows that exist only when a server opts in and the
+#: kernel's INIT offers HAS_LOOKUP_HANDLE.  ``since`` is the minor the RFCs
+#: propose (46); the rows are gated by that flag, not by the minor (fusewire
+#: speaks at most 7.45).  Layouts: :mod:`fusewire.recovery.handles`.
 DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
     "v2": {
         DRAFT_FUSE_LOOKUP_HANDLE_V2: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V2, "LOOKUP_HANDLE", "file_handle_v2", names=0,
             trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
             since=46, draft="v2",
-            doc="RFC v2: look an object up by file handle (body: fuse_file_handle)"),
+            doc="RFC v2: look an object up by file handle (body: fuse_file_handle); "
+                "counts one lookup"),
         DRAFT_FUSE_REVALIDATE_FH: OpInfo(
             DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
             trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
             since=46, draft="v2",
-            doc="fusewire draft: does this handle still name the same object?"),
+            doc="fusewire draft: does this handle still name the same object? "
+                "(body + fuse_file_handle; reply entry_out + handle; counts no lookup)"),
     },
     "v3": {
         DRAFT_FUSE_LOOKUP_HANDLE_V3: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V3, "LOOKUP_HANDLE", None, names=1, ext=True,
             reply=Reply.ENTRY, handler="lookup", since=46, draft="v3",
-            doc="RFC v3: lookup returning entry2_out + file handle; parent via FUSE_EXT_HANDLE"),
+            doc="RFC v3: lookup returning entry2_out + file handle; parent via FUSE_EXT_HANDLE; "
+                "an empty name looks up the object the extension's handle names"),
         DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
             DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
             reply=Reply.ENTRY_OPEN, handler="create", since=46, draft="v3",
-            idempotent=False, doc="RFC v3: create-and-open returning a handle"),
+            idempotent=False,
+            doc="RFC v3: create-and-open; reply entry2_out + handle + open_out"),
         DRAFT_FUSE_REVALIDATE_FH: OpInfo(
             DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
             trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
             since=46, draft="v3",
-            doc="fusewire draft: does this handle still name the same object?"),
+            doc="fusewire draft: does this handle still name the same object? "
+                "(body + fuse_file_handle; reply entry_out + handle; counts no lookup)"),
     },
 }
 
@@ -241,7 +249,7 @@ def ops_for_profile(profile: str | None) -> dict[int, OpInfo]:
 
 
 _V2_PARENT_HANDLE = (Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                     Opcode.LINK)
+                     Opcode.LINK, Opcode.TMPFILE)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
+from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
@@ -226,8 +227,14 @@ class Dispatcher:
         #: opcode -> what handle() calls, with the ENOSYS-without-calling rule
         #: already applied (filled on first use of each opcode)
         self._resolved: dict[int, Callable[[Request], Buffers | None]] = {}
+        #: per thread (worker threads share the dispatcher): the nodeids the
+        #: request being handled hands to the kernel, one lookup each
+        self._tls = threading.local()
         self._done = conn._done
         self._interrupted = conn.is_interrupted
+        #: DRAFT: the stable-handle profile in force (None: none negotiated)
+        self.handles: SessionHandles | None = None
+        self._install_draft()
 
     def _bind(self, code: int) -> None:
         name = Opcode(code).name if code in Opcode._value2member_map_ else str(code)
@@ -274,7 +281,8 @@ class Dispatcher:
             if cached is not None:
                 self.conn.forget_inflight(req.unique)
                 return cached, []
-        self._lookups: list[int] = []
+        lookups: list[int] = []
+        self._tls.lookups = lookups
         info = req.info
         try:
             fn = self._resolved.get(req.opcode)
@@ -291,7 +299,6 @@ class Dispatcher:
             if self.on_error == "raise":
                 self.fatal = exc
             bufs = self._error(req, errno.EIO)
-        lookups = self._lookups
         if lookups and bufs is not None:
             self.nodes.add(lookups)
         if journal is not None and bufs is not None and not info.idempotent:
@@ -299,6 +306,16 @@ class Dispatcher:
         if self.debug:
             log.debug("%s", format_reply(req, bufs))
         return bufs, lookups
+
+    @property
+    def _lookups(self) -> list[int]:
+        """Nodeids the current request's reply counts (this thread's request)."""
+        got: list[int] = self._tls.lookups
+        return got
+
+    @_lookups.setter
+    def _lookups(self, value: list[int]) -> None:
+        self._tls.lookups = value
 
     def _resolve(self, info: OpInfo) -> Callable[[Request], Buffers | None]:
         """The function handling ``info``'s opcode (cached; raises ENOSYS if none)."""
@@ -342,7 +359,7 @@ class Dispatcher:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):
             raise LocalProtocolError(f"{req.info.name} returned nodeid {attr.st_ino}")
         if attr.st_ino:
-            self._lookups.append(attr.st_ino)
+            self._tls.lookups.append(attr.st_ino)
         data = entry_bytes(attr)
         session = self.conn.session
         assert session is not None
@@ -354,8 +371,11 @@ class Dispatcher:
         return data
 
     def _handle_suffix(self, attr: EntryAttributes) -> bytes:
-        """DRAFT: the handle appended to entry replies (overridden by the draft profile)."""
-        return b""
+        """DRAFT: the profile's ``fuse_file_handle`` element that follows an entry_out."""
+        if self.handles is None:
+            self._install_draft()
+        assert self.handles is not None
+        return self.handles.element_for(attr.st_ino)
 
     def _attr_reply(self, req: Request, a: EntryAttributes) -> Buffers:
         session = self.conn.session
@@ -379,6 +399,7 @@ class Dispatcher:
         bufs = self.conn.initialize(req)
         if self.conn.session is not None and not self.initialized:
             self.initialized = True
+            self._install_draft()
             self.ops.init()
         return bufs
 
@@ -406,7 +427,7 @@ class Dispatcher:
             return self._ok(req, self._entry(req, a))
         # The hot path: header and a full-size entry_out in one pack.
         if a.st_ino:
-            self._lookups.append(a.st_ino)
+            self._tls.lookups.append(a.st_ino)
         unique = req.unique
         self._done(unique)
         ev, evn = _ts(a.entry_timeout)
@@ -698,6 +719,122 @@ class Dispatcher:
     def _op_removexattr(self, req: Request) -> Buffers:
         self.ops.removexattr(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
+
+    # -- DRAFT: stable-handle profiles (fusewire.recovery.handles) ---------------------------
+
+    def _install_draft(self) -> None:
+        """Serve the session's stable-handle profile, if one was negotiated.
+
+        Requests that may name their parent by handle get it checked first,
+        READDIRPLUS records carry handles, and the profile's own opcodes are
+        bound.  Without a profile nothing here runs and nothing changes.
+        """
+        session = self.conn.session
+        if session is None or session.lookup_handle is None or self.handles is not None:
+            return
+        self.handles = handles = SessionHandles(self.ops, session)
+        table = self._handlers
+        for op in PARENT_HANDLE_OPS:
+            fn = table.get(op)
+            if fn is not None:
+                table[op] = self._with_parent(fn)
+        table[Opcode.READDIRPLUS] = self._op_readdirplus_handles
+        profile = handles.profile
+        table[profile.lookup_opcode] = (self._op_lookup_handle_v2 if profile.fixed_slot
+                                        else self._op_lookup_handle_v3)
+        table[profile.revalidate_opcode] = self._op_revalidate_fh
+        if profile.mkobj_opcode is not None:
+            table[profile.mkobj_opcode] = self._op_mkobj_handle
+        self._resolved.clear()
+
+    def _with_parent(self, fn: Callable[[Request], Buffers | None]
+                     ) -> Callable[[Request], Buffers | None]:
+        def checked(req: Request) -> Buffers | None:
+            ext = req.ext
+            if ext is not None and ext.handle:
+                assert self.handles is not None
+                self.handles.check_parent(req.nodeid, ext.handle)
+            return fn(req)
+        return checked
+
+    def _op_readdirplus_handles(self, req: Request) -> Buffers:
+        assert self.handles is not None
+        a = req.arg
+        token = self.handles.readdir_token(a.size, entry_bytes)
+        self.ops.readdir(a.fh, a.offset, token)
+        self._lookups.extend(token.counted)
+        return self._ok(req, token.buf)
+
+    def _by_handle(self, req: Request, handle: bytes) -> EntryAttributes:
+        """LOOKUP_HANDLE of an object's own handle: resolve, then one counted lookup."""
+        assert self.handles is not None
+        inode = self.handles.resolve(handle)
+        if req.nodeid and inode != req.nodeid:
+            raise FUSEError(errno.ESTALE)
+        attr = self.ops.lookup_inode(inode, self._ctx(req))
+        if attr.st_ino != inode:
+            raise LocalProtocolError(f"lookup_inode({inode}) answered st_ino {attr.st_ino}")
+        return attr
+
+    def _op_lookup_handle_v2(self, req: Request) -> Buffers:
+        data = bytes(req.data)
+        if len(data) != req.arg.size:
+            raise FUSEError(errno.EINVAL)
+        return self._ok(req, self._entry(req, self._by_handle(req, data)))
+
+    def _op_lookup_handle_v3(self, req: Request) -> Buffers:
+        handles = self.handles
+        assert handles is not None
+        name = req.names[0]
+        handle = req.ext.handle if req.ext is not None else None
+        if name:
+            if handle:
+                handles.check_parent(req.nodeid, handle)
+            attr = self.ops.lookup(req.nodeid, name, self._ctx(req))
+        elif handle:
+            attr = self._by_handle(req, handle)
+        else:
+            raise FUSEError(errno.EINVAL)
+        if attr.st_ino:
+            self._lookups.append(attr.st_ino)
+        return self._ok(req, handles.entry2_bytes(attr))
+
+    def _op_mkobj_handle(self, req: Request) -> Buffers:
+        handles = self.handles
+        assert handles is not None
+        a = req.arg
+        if a.mode & 0o170000 not in (0, 0o100000):
+            raise FUSEError(errno.EINVAL)  # create-and-open: regular files only
+        if req.ext is not None and req.ext.handle:
+            handles.check_parent(req.nodeid, req.ext.handle)
+        fi, attr = self.ops.create(req.nodeid, req.names[0], a.mode, a.flags,
+                                   self._ctx(req, a.umask))
+        if attr.st_ino in (0, FUSE_ROOT_ID):
+            raise LocalProtocolError(f"MKOBJ_HANDLE returned nodeid {attr.st_ino}")
+        self._lookups.append(attr.st_ino)
+        return self._ok(req, handles.entry2_bytes(attr), open_out_bytes(fi))
+
+    def _op_revalidate_fh(self, req: Request) -> Buffers:
+        handles = self.handles
+        assert handles is not None
+        a = req.arg
+        if a.flags:
+            raise FUSEError(errno.EINVAL)
+        inode = handles.resolve(handles.profile.parse_request_element(bytes(req.data)))
+        if inode != req.nodeid:
+            raise FUSEError(errno.ESTALE)
+        attr = self.ops.getattr(inode, self._ctx(req))
+        if attr.st_ino != inode or attr.generation != a.generation:
+            raise FUSEError(errno.ESTALE)
+        # No lookup is counted: the kernel keeps the references it had.  A
+        # successor without a node table adopts that count, so FORGETs balance.
+        missing = a.nlookup - self.nodes.counts.get(inode, 0)
+        if missing > 0:
+            self._lookups.extend([inode] * missing)
+        session = self.conn.session
+        assert session is not None
+        return self._ok(req, entry_bytes(attr)[:session.sizes["entry_out"]]
+                        + handles.element_for(inode))
 
 
 def describe_table() -> list[OpInfo]:

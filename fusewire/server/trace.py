@@ -142,20 +142,20 @@ def format_reply(req: Request, bufs: list[Any] | None) -> str:
     """``   unique=0x4 -> OK 104 bytes`` or ``-> ENOENT``."""
     if bufs is None:
         return f"   unique={req.unique:#x} (no reply)"
-    size, err, _unique = struct.unpack_from("<IiQ", bytes(bufs[0][:16]))
+    raw = b"".join(bytes(b) for b in bufs)  # the hot path packs header + struct as one
+    size, err, _unique = struct.unpack_from("<IiQ", raw)
     if err:
-        name = errno.errorcode.get(-err, str(-err))
-        return f"   unique={req.unique:#x} -> {name}"
+        return f"   unique={req.unique:#x} -> {errno.errorcode.get(-err, str(-err))}"
     line = f"   unique={req.unique:#x} -> OK {size - 16} bytes"
     info = req.info
-    name = None
+    name: str | None = None
     if info.reply is Reply.STRUCT:
         name = info.reply_struct
     elif info.reply in (Reply.ENTRY, Reply.ENTRY_OPEN):
         name = "entry_out"
-    if name is None or len(bufs) < 2:
+    if name is None:
         return line
-    body = b"".join(bytes(b) for b in bufs[1:])
+    body = raw[16:]
     codec = CODECS[name]
     if len(body) < codec.size:
         return line  # a compat-sized struct of an old minor: the size says enough

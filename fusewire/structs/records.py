@@ -836,5 +836,6 @@ class RevalidateFhIn(NamedTuple):
     """``fuse_revalidate_fh_in``. DRAFT (LOOKUP_HANDLE RFC)."""
 
     generation: int
+    nlookup: int
     flags: int
     padding: int

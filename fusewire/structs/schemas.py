@@ -211,8 +211,10 @@ entry2_out = Struct(
     "nodeid" / u64, "generation" / u64, "entry_valid" / u64,
     "entry_valid_nsec" / u32, "flags" / u32, "spare" / u64,
 )
-#: fusewire's REVALIDATE_FH request body (our definition for the draft profiles).
-revalidate_fh_in = Struct("generation" / u64, "flags" / u32, "padding" / u32)
+#: fusewire's REVALIDATE_FH request body (our definition for the draft profiles):
+#: the generation and lookup count the kernel holds for the header's nodeid;
+#: the object's fuse_file_handle (profile form) follows.  flags: reserved, 0.
+revalidate_fh_in = Struct("generation" / u64, "nlookup" / u64, "flags" / u32, "padding" / u32)
 
 FIXED: dict[str, Construct] = {
     name: obj for name, obj in dict(globals()).items()

@@ -14,14 +14,33 @@ default) or turns into EIO like on a real mount (``strict=False``).
 On top of that raw layer sits a syscall-like API (``stat``, ``open``,
 ``read``, ``readdir``, ``rename``, xattrs...) that resolves paths with LOOKUP
 through a dentry cache, so tests read like user code and raise ``OSError``.
+Relative paths start at the directory set with :meth:`KernelEmulator.chdir`
+(the kernel's pinned cwd), else at the root.
+
+Draft stable-handle profiles (``lookup_handle="v2"`` or ``"v3"``, see
+:mod:`fusewire.recovery.handles`): the emulated kernel offers
+``HAS_LOOKUP_HANDLE``, stores the handle and generation of every inode an
+entry reply names, sends parent handles (v2: an in-arg; v3: a
+FUSE_EXT_HANDLE extension; v3 also looks names up with LOOKUP_HANDLE and
+creates with MKOBJ_HANDLE), and checks each reply against the profile's exact
+layout.  :meth:`KernelEmulator.restart` hands the connection to a successor
+dispatcher and revalidates every cached inode (REVALIDATE_FH, or
+LOOKUP_HANDLE of the stored handle); inodes that fail are made bad like the
+kernel's ``fuse_make_bad``: their open files and cwd fail with EIO and their
+dentries are looked up again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno as _errno
 import os
+import pickle
+import socket
 import stat as _stat
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,23 +49,26 @@ from fusewire.connection import Config, Request, Session
 from fusewire.connection import Connection as _Connection
 from fusewire.errors import RemoteProtocolError
 from fusewire.opcodes.flags import (
+    DRAFT_FUSE_REVALIDATE_FH,
     FATTR,
     FSYNC,
+    FUSE_MAX_HANDLE_SZ,
     FUSE_ROOT_ID,
     FUSE_UNIQUE_RESEND,
     InitFlag,
     NotifyCode,
     Opcode,
 )
-from fusewire.opcodes.table import Reply
+from fusewire.opcodes.table import Reply, Trailing
 from fusewire.operations import Operations
+from fusewire.recovery import handles as _fh
 from fusewire.server.dispatch import Dispatcher, wanted_flags
 from fusewire.structs.codec import CODECS
 from fusewire.testing.wire import (
     KERNEL_FLAGS,
-    DirentPlus,
     EntryWithHandle,
     KernelRuleError,
+    ReplySizeError,
     decode_notify,
     decode_reply,
     encode_init,
@@ -55,7 +77,8 @@ from fusewire.testing.wire import (
     split_reply,
 )
 
-__all__ = ["DEFAULT_FLAGS", "KernelEmulator", "NoReplyError", "Pending"]
+__all__ = ["DEFAULT_FLAGS", "KernelEmulator", "NoReplyError", "Pending", "ProcessServer",
+           "RestartReport", "from_state", "serve_child"]
 
 #: What Linux 6.18 offers (flags | flags2 << 32).
 DEFAULT_FLAGS = KERNEL_FLAGS
@@ -83,6 +106,8 @@ class Pending:
     pid: int
     request: Request | None = None
     error: RemoteProtocolError | None = None
+    #: the message as sent (what a server in another process reads)
+    raw: bytes = b""
 
 
 @dataclass
@@ -91,15 +116,44 @@ class _Open:
     fh: int
     flags: int
     is_dir: bool
+    #: the inode went bad (fuse_make_bad) while this was open: every use is EIO
+    bad: bool = False
+
+
+@dataclass
+class RestartReport:
+    """What :meth:`KernelEmulator.restart` did."""
+
+    #: nodeid -> 0 (still the same object) or the errno that made it bad
+    revalidated: dict[int, int]
+    #: requests the dead server had read and not answered, re-sent (bit 63)
+    resent: list[Pending]
+
+    @property
+    def bad(self) -> list[int]:
+        """The nodeids that failed revalidation."""
+        return sorted(n for n, err in self.revalidated.items() if err)
+
+
+_HANDLE_WRAPPERS = (EntryWithHandle, _fh.HandleEntry)
 
 
 def _entry_of(decoded: Any) -> Any:
-    if isinstance(decoded, tuple) and not isinstance(decoded, EntryWithHandle) and len(
+    if isinstance(decoded, tuple) and not isinstance(decoded, _HANDLE_WRAPPERS) and len(
             decoded) == 2 and not hasattr(decoded, "nodeid"):
         decoded = decoded[0]
-    if isinstance(decoded, EntryWithHandle):
+    if isinstance(decoded, _HANDLE_WRAPPERS):
         return decoded.entry
     return decoded
+
+
+def _handle_of(decoded: Any) -> bytes | None:
+    if isinstance(decoded, tuple) and len(decoded) == 2 and not isinstance(
+            decoded, _HANDLE_WRAPPERS) and isinstance(decoded[0], _fh.HandleEntry):
+        decoded = decoded[0]
+    if isinstance(decoded, _fh.HandleEntry):
+        return decoded.handle
+    return None
 
 
 class KernelEmulator:
@@ -107,7 +161,10 @@ class KernelEmulator:
 
     ``ops`` is served through a fresh Connection + Dispatcher (or pass
     ``dispatcher=`` to drive an existing one).  ``minor`` and ``flags`` are
-    what the emulated kernel offers in INIT.
+    what the emulated kernel offers in INIT.  ``lookup_handle`` is the draft
+    stable-handle profile the emulated kernel implements (it then offers
+    HAS_LOOKUP_HANDLE); unless ``config`` says otherwise the server is
+    configured for the same profile.
     """
 
     def __init__(self, ops: Operations, minor: int = 45, flags: int = DEFAULT_FLAGS,
@@ -122,9 +179,15 @@ class KernelEmulator:
             conn = _Connection(Config(**{**base.__dict__, "want": want}))
             dispatcher = Dispatcher(ops, conn)
         self.dispatcher = dispatcher
+        #: a server in another process serving instead of ``dispatcher`` (restart)
+        self.server: ProcessServer | None = None
         self.conn = dispatcher.conn
         self.offered_minor = minor
+        if lookup_handle is not None:
+            flags |= InitFlag.HAS_LOOKUP_HANDLE
         self.offered_flags = flags if minor >= 36 else flags & 0xFFFFFFFF
+        #: the draft profile this kernel implements (negotiated: ``session.lookup_handle``)
+        self.kernel_profile = lookup_handle
         self.strict = strict
         self.umask = umask
         self.uid = os.getuid() if uid is None else uid
@@ -152,6 +215,15 @@ class KernelEmulator:
         self.reply_filter: Callable[[Pending, bytes], bytes] | None = None
         self.max_read = 128 * 1024
         self.dirbuf = 4096
+        #: DRAFT profiles: the handle and generation the kernel stores per inode
+        self.inode_handles: dict[int, bytes] = {}
+        self.generations: dict[int, int] = {}
+        #: nodeids whose kernel inode is bad (fuse_make_bad) until a new one replaces it
+        self.bad: set[int] = set()
+        #: (nodeid, old generation, new generation) seen in entry replies
+        self.stale_detected: list[tuple[int, int, int]] = []
+        #: the pinned working directory (chdir), if any
+        self.cwd: _Open | None = None
         self._init()
 
     # -- uniques and INIT ----------------------------------------------------------
@@ -186,10 +258,17 @@ class KernelEmulator:
         flags = out.flags
         if minor >= 36 and flags & InitFlag.INIT_EXT:
             flags |= out.flags2 << 32
-        flags &= self.offered_flags | InitFlag.HAS_LOOKUP_HANDLE
-        server = self.conn.session
-        profile = server.lookup_handle if server is not None else None
-        self.session = make_session(minor, flags, profile)
+        flags &= self.offered_flags  # the kernel ignores flags it did not offer
+        profile = self.kernel_profile if flags & InitFlag.HAS_LOOKUP_HANDLE else None
+        max_handle_sz = 0
+        if profile == "v2":
+            # like the RFC v2 kernel: the profile needs 0 < max_handle_sz <= 128
+            max_handle_sz = _R["init_out_v2"].decode(body + bytes(64 - len(body))).max_handle_sz
+            if not 0 < max_handle_sz <= FUSE_MAX_HANDLE_SZ:
+                profile, max_handle_sz = None, 0
+                flags &= ~InitFlag.HAS_LOOKUP_HANDLE
+        self.session = dataclasses.replace(make_session(minor, flags, profile),
+                                           max_handle_sz=max_handle_sz)
         self.replies[Opcode.INIT] = 1
 
     @property
@@ -208,15 +287,23 @@ class KernelEmulator:
     def submit(self, opcode: int, nodeid: int = 0, *, arg: Any = None,
                names: Sequence[bytes] = (), data: Any = b"", ext: bytes = b"",
                uid: int | None = None, gid: int | None = None,
-               pid: int | None = None) -> Pending:
-        """Send a request and let the server *read* it (not answer yet)."""
+               pid: int | None = None, handle: bytes | None = None) -> Pending:
+        """Send a request and let the server *read* it (not answer yet).
+
+        In a draft profile, requests that name a parent carry its stored
+        handle (v2: as ``data`` unless given; v3: appended to ``ext``);
+        ``handle`` overrides the stored one (``b""``: none).
+        """
         assert self.session is not None
         if nodeid and nodeid != FUSE_ROOT_ID and nodeid in self.forgotten and \
                 nodeid not in self.nlookup:
             raise KernelRuleError(f"emulator would use forgotten nodeid {nodeid}")
         row = self.session.table.get(opcode)
-        if row is not None and row.since > self.minor:
+        # draft rows are gated by HAS_LOOKUP_HANDLE, not by the minor
+        if row is not None and row.draft is None and row.since > self.minor:
             raise KernelRuleError(f"{row.name} does not exist at 7.{self.minor}")
+        if self.session.lookup_handle is not None and row is not None:
+            data, ext = self._with_handle(opcode, row.trailing, nodeid, data, ext, handle)
         background = opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.RELEASE,
                                 Opcode.RELEASEDIR, Opcode.INTERRUPT)
         p = Pending(opcode, self.next_unique(), nodeid, arg, tuple(names), data, ext,
@@ -226,6 +313,25 @@ class KernelEmulator:
         self._receive(p)
         return p
 
+    def _with_handle(self, opcode: int, trailing: Trailing, nodeid: int, data: Any,
+                     ext: bytes, handle: bytes | None) -> tuple[Any, bytes]:
+        assert self.session is not None
+        profile = _fh.PROFILES[self.session.lookup_handle or ""]
+        if trailing is Trailing.HANDLE:  # v2: the parent's fuse_file_handle in-arg
+            if handle is None:
+                handle = self.inode_handles.get(nodeid, b"")
+            if not data:
+                data = _fh.request_element(self.session, handle)
+            return data, ext
+        if profile.fixed_slot:
+            return data, ext
+        if handle is None and (opcode in _fh.PARENT_HANDLE_OPS
+                               or opcode in (profile.lookup_opcode, profile.mkobj_opcode)):
+            handle = self.inode_handles.get(nodeid)
+        if handle and self.minor >= 38:  # v3: FUSE_EXT_HANDLE extension
+            ext = bytes(ext) + _fh.ext_handle(handle)
+        return data, ext
+
     def _encode(self, p: Pending) -> bytes:
         assert self.session is not None
         return encode_request(self.session, p.opcode, p.unique, p.nodeid, uid=p.uid,
@@ -234,6 +340,7 @@ class KernelEmulator:
 
     def _receive(self, p: Pending) -> None:
         msg = self._encode(p)
+        p.raw = msg
         self.history.append((p.opcode, p.unique, p.nodeid))
         try:
             p.request = self.conn.receive(msg)
@@ -259,7 +366,10 @@ class KernelEmulator:
         msg = encode_request(self.session, Opcode.INTERRUPT, iu, 0,
                              arg=_R["interrupt_in"].record(unique=unique))
         self.history.append((Opcode.INTERRUPT, iu, 0))
-        bufs, _ = self.dispatcher.dispatch(msg)
+        if self.server is not None:
+            bufs, _ = self.server.dispatch(msg)
+        else:
+            bufs, _ = self.dispatcher.dispatch(msg)
         if bufs is None:
             return None
         raw = b"".join(bytes(b) for b in bufs)
@@ -274,7 +384,9 @@ class KernelEmulator:
         self.pending.pop(p.unique & ~FUSE_UNIQUE_RESEND, None)
         row = self.session.table.get(p.opcode)
         no_reply = row is not None and row.reply is Reply.NONE
-        if p.request is not None:
+        if self.server is not None:
+            bufs, _lookups = self.server.dispatch(p.raw)
+        elif p.request is not None:
             bufs, _lookups = self.dispatcher.handle(p.request)
         else:
             assert p.error is not None
@@ -303,7 +415,7 @@ class KernelEmulator:
                 if -error == _errno.ENOSYS and row is not None and row.enosys_cached:
                     self.enosys.add(p.opcode)
                 return -error, None
-            decoded = decode_reply(self.session, p.opcode, p.arg, body)
+            decoded = self._decode(p, body)
         except KernelRuleError:
             if self.strict:
                 raise
@@ -311,20 +423,52 @@ class KernelEmulator:
         self._count(p, decoded)
         return 0, decoded
 
+    def _decode(self, p: Pending, body: bytes) -> Any:
+        assert self.session is not None
+        if self.session.lookup_handle is None or not _fh.reply_carries_handle(
+                self.session, p.opcode):
+            return decode_reply(self.session, p.opcode, p.arg, body)
+        limit = p.arg.size if p.opcode == Opcode.READDIRPLUS and p.arg is not None else None
+        try:
+            return _fh.decode_reply(self.session, p.opcode, body, limit)
+        except _fh.HandleWireError as exc:
+            raise ReplySizeError(str(exc)) from None
+
     def _count(self, p: Pending, decoded: Any) -> None:
         assert self.session is not None
         row = self.session.table.get(p.opcode)
         if row is None:
             return
+        counts = p.opcode != DRAFT_FUSE_REVALIDATE_FH  # revalidation keeps the count
         if row.reply in (Reply.ENTRY, Reply.ENTRY_OPEN):
             e = _entry_of(decoded)
             if e.nodeid:
-                self._add_lookup(e.nodeid)
+                if counts:
+                    self._add_lookup(e.nodeid)
+                self._remember(e.nodeid, e.generation, _handle_of(decoded))
         elif row.reply is Reply.DIRENTSPLUS:
             for d in decoded:
-                assert isinstance(d, DirentPlus)
                 if d.entry.nodeid and d.dirent.name not in (b".", b".."):
                     self._add_lookup(d.entry.nodeid)
+                    self._remember(d.entry.nodeid, d.entry.generation,
+                                   getattr(d, "handle", None))
+
+    def _remember(self, nodeid: int, generation: int, handle: bytes | None) -> None:
+        """Store what an entry reply says about the inode ``nodeid`` (kernel: fuse_iget)."""
+        old = self.generations.get(nodeid)
+        if nodeid in self.bad:
+            # a new inode replaces the bad one; what still holds the old stays bad
+            self.bad.discard(nodeid)
+        elif old is not None and old != generation:
+            # fuse_stale_inode: the nodeid now names another object
+            self.stale_detected.append((nodeid, old, generation))
+            self._flag_bad_users(nodeid)
+        self.generations[nodeid] = generation
+        if handle is not None:
+            if handle:
+                self.inode_handles[nodeid] = handle
+            else:
+                self.inode_handles.pop(nodeid, None)
 
     def _add_lookup(self, nodeid: int) -> None:
         self.nlookup[nodeid] = self.nlookup.get(nodeid, 0) + 1
@@ -333,15 +477,17 @@ class KernelEmulator:
     def request(self, opcode: int, nodeid: int = 0, *, arg: Any = None,
                 names: Sequence[bytes] = (), data: Any = b"", ext: bytes = b"",
                 uid: int | None = None, gid: int | None = None,
-                pid: int | None = None) -> tuple[int, Any]:
+                pid: int | None = None, handle: bytes | None = None) -> tuple[int, Any]:
         """Send one request and wait for its reply: (errno or 0, decoded reply)."""
         p = self.submit(opcode, nodeid, arg=arg, names=names, data=data, ext=ext, uid=uid,
-                        gid=gid, pid=pid)
+                        gid=gid, pid=pid, handle=handle)
         return self.complete(p)
 
     def _call(self, opcode: int, nodeid: int, **kw: Any) -> Any:
         if opcode in self.enosys:
             raise OSError(_errno.ENOSYS, os.strerror(_errno.ENOSYS))
+        if nodeid in self.bad:  # fuse_is_bad(): nothing is sent for a bad inode
+            raise OSError(_errno.EIO, os.strerror(_errno.EIO))
         err, decoded = self.request(opcode, nodeid, **kw)
         if err:
             raise OSError(err, os.strerror(err))
@@ -382,12 +528,16 @@ class KernelEmulator:
             return
         self.nlookup.pop(nodeid, None)
         self.forgotten.add(nodeid)
+        self.inode_handles.pop(nodeid, None)
+        self.generations.pop(nodeid, None)
         for key in [k for k, v in self.dcache.items() if v == nodeid or k[0] == nodeid]:
             del self.dcache[key]
             self._stale.discard(key)
 
     def _in_use(self, nodeid: int) -> bool:
-        return any(h.nodeid == nodeid for h in self._handles.values())
+        if self.cwd is not None and self.cwd.nodeid == nodeid and not self.cwd.bad:
+            return True
+        return any(h.nodeid == nodeid and not h.bad for h in self._handles.values())
 
     def evict_all(self) -> None:
         """Like ``drop_caches``: drop every dentry and forget every unused inode."""
@@ -405,6 +555,109 @@ class KernelEmulator:
         for key in [k for k, v in self.dcache.items() if v in victims]:
             del self.dcache[key]
         self._forget_many(victims)
+
+    # -- server restart (DRAFT stable-handle profiles) ---------------------------------------
+
+    def chdir(self, path: str | bytes) -> int:
+        """Make ``path`` the working directory: the kernel pins its inode; relative
+        paths start there.  Returns its nodeid."""
+        nodeid = self.resolve(path)
+        attr = self._call(Opcode.GETATTR, nodeid, arg=_R["getattr_in"].zero()).attr
+        if not _stat.S_ISDIR(attr.mode):
+            raise OSError(_errno.ENOTDIR, os.strerror(_errno.ENOTDIR))
+        self.cwd = _Open(nodeid, 0, 0, True)
+        return nodeid
+
+    def restart(self, dispatcher: Dispatcher | ProcessServer, *,
+                revalidate: str | None = "revalidate_fh") -> RestartReport:
+        """A successor server takes the connection over; serve through ``dispatcher``.
+
+        ``dispatcher`` must continue this session (its Connection restored
+        from ``export_state()``, as recovery does): a kernel sends no second
+        INIT.  A :class:`ProcessServer` puts the successor in another
+        process (``emu.server``).  In a draft profile every cached inode but
+        the root is then revalidated (``revalidate``: ``"revalidate_fh"`` or
+        ``"lookup_handle"``; None skips it), failures made bad; finally the
+        requests the old server read and never answered are re-sent with bit
+        63 (NOTIFY_RESEND) for the caller to :meth:`complete`.
+        """
+        if dispatcher.conn.session is None:
+            raise ValueError("the successor must continue the session (Connection.restore)")
+        if isinstance(dispatcher, ProcessServer):
+            self.server = dispatcher
+        else:
+            self.server = None
+            self.dispatcher = dispatcher
+        self.conn = dispatcher.conn
+        assert self.session is not None
+        revalidated: dict[int, int] = {}
+        if revalidate is not None and self.session.lookup_handle is not None:
+            for nodeid in sorted(self.nlookup):
+                if nodeid != FUSE_ROOT_ID and nodeid in self.nlookup:
+                    revalidated[nodeid] = self.revalidate(nodeid, revalidate)
+        return RestartReport(revalidated, self.resend_pending())
+
+    def revalidate(self, nodeid: int, method: str = "revalidate_fh") -> int:
+        """Ask the server whether ``nodeid`` still names the object the kernel knows.
+
+        ``method`` "revalidate_fh" sends REVALIDATE_FH (stored handle,
+        generation and lookup count; no lookup is counted); "lookup_handle"
+        sends LOOKUP_HANDLE of the stored handle (one more lookup) and compares
+        nodeid and generation.  Returns 0, or the errno after which the inode
+        was made bad (ESTALE without a stored handle: there is nothing to ask).
+        """
+        assert self.session is not None
+        profile = _fh.PROFILES[self.session.lookup_handle or ""]
+        handle = self.inode_handles.get(nodeid)
+        gen = self.generations.get(nodeid)
+        err = _errno.ESTALE
+        decoded: Any = None
+        if handle and gen is not None:
+            if method == "revalidate_fh":
+                arg = _R["revalidate_fh_in"].record(generation=gen,
+                                                    nlookup=self.nlookup.get(nodeid, 0),
+                                                    flags=0, padding=0)
+                err, decoded = self.request(profile.revalidate_opcode, nodeid, arg=arg,
+                                            data=_fh.request_element(self.session, handle))
+            elif method == "lookup_handle" and profile.fixed_slot:
+                arg = _R["file_handle_v2"].record(size=len(handle), type=_fh.V2_HANDLE_TYPE)
+                err, decoded = self.request(profile.lookup_opcode, nodeid, arg=arg,
+                                            data=handle)
+            elif method == "lookup_handle":
+                err, decoded = self.request(profile.lookup_opcode, nodeid, names=(b"",),
+                                            handle=handle)
+            else:
+                raise ValueError(f"unknown revalidation method {method!r}")
+            if not err:
+                e = _entry_of(decoded)
+                if e.nodeid != nodeid or e.generation != gen:
+                    err = _errno.ESTALE  # fuse_stale_inode: another object now
+        if err:
+            self.make_bad(nodeid)
+        return err
+
+    def make_bad(self, nodeid: int) -> None:
+        """Like ``fuse_make_bad``: the inode ``nodeid`` is dead.
+
+        Open files and a cwd on it fail with EIO from now on, its dentries
+        are dropped (a path walk looks the name up again and may find a new
+        object), and the kernel's references are given back with FORGET.
+        """
+        self.bad.add(nodeid)
+        self._flag_bad_users(nodeid)
+        for key in [k for k, v in self.dcache.items() if v == nodeid]:
+            del self.dcache[key]
+            self._stale.discard(key)
+        n = self.nlookup.get(nodeid, 0)
+        if n:
+            self.forget(nodeid, n)
+
+    def _flag_bad_users(self, nodeid: int) -> None:
+        for o in self._handles.values():
+            if o.nodeid == nodeid:
+                o.bad = True
+        if self.cwd is not None and self.cwd.nodeid == nodeid:
+            self.cwd.bad = True
 
     def receive_notification(self, buf: bytes) -> int:
         """Apply a notification as the kernel would; return its write() errno (0: ok)."""
@@ -448,9 +701,17 @@ class KernelEmulator:
             self._stale.discard(key)
             self._drop_dentry(key)
         cached = self.dcache.get(key)
+        if cached is not None and cached in self.bad:
+            # fuse_dentry_revalidate: a dentry of a bad inode is invalid; look it up again
+            self.dcache.pop(key, None)
+            cached = None
         if cached is not None:
             return cached
-        e = _entry_of(self._call(Opcode.LOOKUP, parent, names=(name,)))
+        op: int = Opcode.LOOKUP
+        assert self.session is not None
+        if self.session.lookup_handle == "v3":
+            op = _fh.PROFILES["v3"].lookup_opcode  # v3 kernels look names up by LOOKUP_HANDLE
+        e = _entry_of(self._call(op, parent, names=(name,)))
         if e.nodeid == 0:
             raise OSError(_errno.ENOENT, os.strerror(_errno.ENOENT))
         self.dcache[key] = e.nodeid
@@ -465,9 +726,18 @@ class KernelEmulator:
                 nodeid in self.nlookup:
             self.forget(nodeid)
 
+    def _start(self, path: str | bytes) -> int:
+        """Where a path walk starts: the root, or the cwd for a relative path."""
+        cwd = self.cwd
+        if cwd is None or os.fsencode(path).startswith(b"/"):
+            return FUSE_ROOT_ID
+        if cwd.bad:
+            raise OSError(_errno.EIO, os.strerror(_errno.EIO))
+        return cwd.nodeid
+
     def resolve(self, path: str | bytes) -> int:
         """The nodeid of ``path`` (LOOKUP per uncached component)."""
-        node = FUSE_ROOT_ID
+        node = self._start(path)
         for comp in self._split(path):
             node = self._lookup(node, comp)
         return node
@@ -476,7 +746,7 @@ class KernelEmulator:
         parts = self._split(path)
         if not parts:
             raise OSError(_errno.EBUSY, "the root has no parent")
-        node = FUSE_ROOT_ID
+        node = self._start(path)
         for comp in parts[:-1]:
             node = self._lookup(node, comp)
         return node, parts[-1]
@@ -500,9 +770,15 @@ class KernelEmulator:
 
     def fstat(self, h: int) -> Any:
         """GETATTR with FUSE_GETATTR_FH."""
-        o = self._handles[h]
+        o = self._open_handle(h)
         arg = _R["getattr_in"].record(getattr_flags=1, dummy=0, fh=o.fh)
         return self._call(Opcode.GETATTR, o.nodeid, arg=arg).attr
+
+    def _open_handle(self, h: int) -> _Open:
+        o = self._handles[h]
+        if o.bad:  # the inode went bad under the open file
+            raise OSError(_errno.EIO, os.strerror(_errno.EIO))
+        return o
 
     def _new_handle(self, nodeid: int, fh: int, flags: int, is_dir: bool) -> int:
         h = self._next_handle
@@ -542,10 +818,14 @@ class KernelEmulator:
 
     def _create(self, parent: int, name: bytes, flags: int, mode: int) -> int:
         mode = _stat.S_IFREG | (mode & 0o7777 & ~self.umask)
-        if Opcode.CREATE not in self.enosys:
+        assert self.session is not None
+        create_op: int = Opcode.CREATE
+        if self.session.lookup_handle == "v3":
+            create_op = _fh.PROFILES["v3"].mkobj_opcode or create_op  # create-and-open
+        if create_op not in self.enosys:
             arg = _R["create_in"].record(flags=flags & ~os.O_NOCTTY, mode=mode,
                                          umask=self.umask, open_flags=0)
-            err, decoded = self.request(Opcode.CREATE, parent, arg=arg, names=(name,),
+            err, decoded = self.request(create_op, parent, arg=arg, names=(name,),
                                         ext=self._ext())
             if not err:
                 entry, oo = decoded
@@ -574,7 +854,7 @@ class KernelEmulator:
 
     def read(self, h: int, size: int, off: int = 0) -> bytes:
         """pread: READ requests of at most ``max_read`` until ``size`` or a short read."""
-        o = self._handles[h]
+        o = self._open_handle(h)
         out = bytearray()
         while len(out) < size:
             n = min(self.max_read, size - len(out))
@@ -589,7 +869,7 @@ class KernelEmulator:
     def write(self, h: int, data: bytes, off: int = 0) -> int:
         """pwrite: WRITE requests of at most max_write; return the bytes written."""
         assert self.session is not None
-        o = self._handles[h]
+        o = self._open_handle(h)
         done = 0
         step = self.session.max_write
         while done < len(data) or (not data and done == 0):
@@ -607,7 +887,7 @@ class KernelEmulator:
 
     def fsync(self, h: int, datasync: bool = False) -> None:
         """FSYNC (or FSYNCDIR); ENOSYS is remembered and then means success."""
-        o = self._handles[h]
+        o = self._open_handle(h)
         op = Opcode.FSYNCDIR if o.is_dir else Opcode.FSYNC
         if op in self.enosys:
             return
@@ -618,8 +898,14 @@ class KernelEmulator:
             raise OSError(err, os.strerror(err))
 
     def close(self, h: int) -> None:
-        """close(2): FLUSH then RELEASE (RELEASEDIR for directories)."""
+        """close(2): FLUSH then RELEASE (RELEASEDIR for directories).
+
+        A file whose inode went bad closes without a request (the server
+        cannot name it).
+        """
         o = self._handles.pop(h)
+        if o.bad:
+            return
         if not o.is_dir and Opcode.FLUSH not in self.enosys:
             err, _ = self.request(Opcode.FLUSH, o.nodeid,
                                   arg=_R["flush_in"].record(fh=o.fh, unused=0, padding=0,
@@ -645,7 +931,7 @@ class KernelEmulator:
         op = Opcode.READDIRPLUS if plus else Opcode.READDIR
         nodeid = self.resolve(path)
         h = self.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        o = self._handles[h]
+        o = self._open_handle(h)
         records: list[Any] = []
         off = 0
         try:
@@ -673,7 +959,7 @@ class KernelEmulator:
         """The names in a directory (without "." and ".." unless asked)."""
         names = []
         for r in self.readdir_entries(path):
-            name = r.dirent.name if isinstance(r, DirentPlus) else r.name
+            name = r.dirent.name if hasattr(r, "dirent") else r.name
             if with_dots or name not in (b".", b".."):
                 names.append(name)
         return names
@@ -816,3 +1102,106 @@ class KernelEmulator:
     def open_handles(self) -> int:
         """How many emulator handles are open."""
         return len(self._handles)
+
+
+# -- a server in another process ---------------------------------------------------------------
+
+
+def from_state(cls: type[Operations], blob: bytes) -> Operations:
+    """``cls()`` loaded with a ``dump_state()`` blob (a picklable ProcessServer factory
+    via ``functools.partial(from_state, MemFS, blob)``)."""
+    ops = cls()
+    ops.load_state(blob)  # type: ignore[attr-defined]
+    return ops
+
+
+_FRAME = struct.Struct("<I")
+
+
+def _send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(_FRAME.pack(len(data)) + data)
+
+
+def _recv_frame(sock: socket.socket) -> bytes | None:
+    head = b""
+    while len(head) < 4:
+        got = sock.recv(4 - len(head))
+        if not got:
+            return None
+        head += got
+    (n,) = _FRAME.unpack(head)
+    buf = bytearray()
+    while len(buf) < n:
+        got = sock.recv(n - len(buf))
+        if not got:
+            return None
+        buf += got
+    return bytes(buf)
+
+
+class ProcessServer:
+    """A server in a child process (a fresh interpreter) for :class:`KernelEmulator`.
+
+    ``factory`` (picklable, called in the child) builds the Operations;
+    ``state`` is ``Connection.export_state()`` of the connection to continue.
+    The child restores the session and serves with a new Dispatcher: like a
+    successor taking a mount over from the keeper, it shares no memory with
+    this process and starts without a node table.  Messages travel
+    length-prefixed over a socketpair.  Use as a context manager, or
+    :meth:`close`.
+    """
+
+    def __init__(self, factory: Callable[[], Operations], state: dict[str, Any],
+                 config: Config | None = None) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        code = ("import sys; from fusewire.testing.emulator import serve_child; "
+                "serve_child(int(sys.argv[1]))")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self.sock = ours
+        _send_frame(ours, pickle.dumps((factory, dict(state), config)))
+        #: the kernel side's copy of the session (parses what the emulator sends)
+        self.conn = _Connection.restore(state, config)
+
+    def dispatch(self, buf: bytes) -> tuple[list[bytes] | None, list[int]]:
+        """Send one message; return (the reply buffers or None, []) like Dispatcher.dispatch."""
+        _send_frame(self.sock, bytes(buf))
+        reply = _recv_frame(self.sock)
+        if reply is None:
+            raise NoReplyError(f"server process {self.proc.pid} is gone")
+        return ([reply[1:]] if reply[:1] == b"R" else None), []
+
+    def close(self) -> None:
+        """Stop the child (it exits when the socket closes) and reap it."""
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> ProcessServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_child(fd: int) -> None:
+    """The child's side of :class:`ProcessServer`: restore, then serve until EOF."""
+    sock = socket.socket(fileno=fd)
+    setup = _recv_frame(sock)
+    if setup is None:
+        return
+    factory, state, config = pickle.loads(setup)
+    dispatcher = Dispatcher(factory(), _Connection.restore(state, config))
+    while True:
+        msg = _recv_frame(sock)
+        if msg is None:
+            return
+        bufs, _ = dispatcher.dispatch(msg)
+        _send_frame(sock, b"N" if bufs is None else b"R" + b"".join(bytes(b) for b in bufs))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fusewire.opcodes.flags import NotifyCode, Opcode
 from fusewire.opcodes.table import NOTIFICATIONS, OPS, Reply, Trailing
 from fusewire.structs.codec import CODECS
-from fusewire.structs.derive import class_name
+from fusewire.structs.derive import class_name, py_name
 from fusewire.structs.layout import decode_sized, encode_sized, sizes_for
 from fusewire.structs.schemas import FIXED
 from fusewire.testing.wire import KERNEL_FLAGS, encode_init, encode_request, make_session
@@ -84,7 +84,7 @@ def records(schema_name: str) -> st.SearchStrategy[Any]:
     for sub in schema.subcons:
         if sub.name is None:
             continue
-        fields[sub.name] = _strategy(sub)
+        fields[py_name(sub.name)] = _strategy(sub)  # "__reserved" is field "reserved"
     rec = CODECS[schema_name].record
     assert rec.__name__ == class_name(schema_name)
     got = st.fixed_dictionaries(fields).map(lambda d: rec(**d))
