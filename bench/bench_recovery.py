@@ -1,7 +1,10 @@
 """Recovery benchmarks: takeover latency with a large node table, and the cost of
 recoverable mode on a metadata workload.
 
-    python bench/bench_recovery.py [--nodes 100000] [--ops 20000]
+    python bench/bench_recovery.py [--nodes 100000] [--pt-nodes 20000] [--ops 20000]
+
+Takeover latency is measured for memfs (snapshot + replayed log) and for
+passthrough (nodes and handles reopened by file handle).
 
 Needs root.  Everything it starts is killed by pid and unmounted at the end.
 """
@@ -37,10 +40,12 @@ def _children(pid: int) -> set[int]:
 
 class Recoverable:
     def __init__(self, mnt: Path, env: dict[str, str],
-                 opts: str = "entry_timeout=60,attr_timeout=60") -> None:
+                 opts: str = "entry_timeout=60,attr_timeout=60", fs: str = "memfs",
+                 source: Path | None = None) -> None:
         self.mnt = mnt
+        paths = [str(source), str(mnt)] if source is not None else [str(mnt)]
         self.keeper = subprocess.Popen(
-            [sys.executable, "-m", "fusewire.recovery.keeper", "memfs", str(mnt),
+            [sys.executable, "-m", "fusewire.recovery.keeper", fs, *paths,
              "-o", opts], env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pids: set[int] = set()
@@ -78,10 +83,14 @@ def wait_spare(r: Recoverable, timeout: float = 30) -> None:
 
 
 def takeover_latency(base: Path, env: dict[str, str], nodes: int, compact_first: bool,
-                     rounds: int = 3) -> dict[str, float]:
-    mnt = base / f"lat{int(compact_first)}"
+                     rounds: int = 3, fs: str = "memfs") -> dict[str, float]:
+    mnt = base / f"lat-{fs}-{int(compact_first)}"
     mnt.mkdir()
-    r = Recoverable(mnt, env)
+    source = None
+    if fs == "passthrough":
+        source = base / f"src-{fs}-{int(compact_first)}"
+        source.mkdir()
+    r = Recoverable(mnt, env, fs=fs, source=source)
     try:
         d = mnt / "d"
         d.mkdir()
@@ -168,6 +177,8 @@ def throughput(base: Path, env: dict[str, str], ops: int) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--nodes", type=int, default=100_000)
+    p.add_argument("--pt-nodes", type=int, default=20_000,
+                   help="nodes for the passthrough takeover (files on the real disk)")
     p.add_argument("--ops", type=int, default=20_000)
     args = p.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fwbench-rec-"))
@@ -176,8 +187,12 @@ def main() -> int:
     rows = []
     for compact in (True, False):
         res = takeover_latency(base, env, args.nodes, compact)
-        rows.append(("takeover, " + ("after compaction" if compact else
-                                     "full replay of the log"), res))
+        rows.append(("memfs, " + ("after compaction" if compact else
+                                  "full replay of the log"), res))
+    for compact in (True, False):
+        res = takeover_latency(base, env, args.pt_nodes, compact, fs="passthrough")
+        rows.append(("passthrough, " + ("after compaction" if compact else
+                                        "node keys in the log"), res))
     tp = throughput(base, env, args.ops)
     print(f"{'case':40} {'nodes':>8} {'kill->answer ms':>16} {'successor ms':>13} "
           f"{'journal MB':>10}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -15,9 +13,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from fusewire.connection import DEFAULT_WANT
 from fusewire.examples.passthrough import Passthrough
+from fusewire.opcodes.flags import InitFlag
+from fusewire.operations import Operations
+from fusewire.server.dispatch import wanted_flags
 from fusewire.testing.listing import ListingToken
-from fusewire.types import EntryAttributes, FUSEError, Lock, RequestContext, SetattrFields
+from fusewire.types import EntryAttributes, FUSEError, RequestContext, SetattrFields
 
 if TYPE_CHECKING:
     pass
@@ -381,84 +383,16 @@ def test_copy_file_range(fs: Passthrough, tree: Path) -> None:
 # -- locks -------------------------------------------------------------------------
 
 
-def lk(start: int, end: int, type_: int) -> Lock:
-    return Lock(start, end, type_, 1)
-
-
-def test_posix_locks(fs: Passthrough) -> None:
-    f = look(fs, "f")
-    a = fs.open(f, os.O_RDWR, CTX).fh
-    a2 = fs.open(f, os.O_RDWR, CTX).fh
-    b = fs.open(f, os.O_RDWR, CTX).fh
-    fs.setlk(a, 1, lk(0, 99, fcntl.F_WRLCK), False, CTX)
-    fs.setlk(a2, 1, lk(50, 150, fcntl.F_WRLCK), False, CTX)   # same owner, other handle
-    with raises(errno.EAGAIN):
-        fs.setlk(b, 2, lk(10, 10, fcntl.F_RDLCK), False, CTX)
-    got = fs.getlk(b, 2, lk(120, 130, fcntl.F_RDLCK), CTX)
-    assert (got.type, got.start, got.end) == (fcntl.F_WRLCK, 0, 150)
-    assert fs.getlk(a, 1, lk(0, 10, fcntl.F_WRLCK), CTX).type == fcntl.F_UNLCK
-    assert fs.getlk(b, 2, lk(151, EOF_, fcntl.F_WRLCK), CTX).type == fcntl.F_UNLCK
-    fs.setlk(a, 1, lk(0, 49, fcntl.F_UNLCK), False, CTX)
-    fs.setlk(b, 2, lk(0, 49, fcntl.F_RDLCK), False, CTX)
-    fs.setlk(b, 2, lk(0, 49, fcntl.F_UNLCK), False, CTX)
-    fs.setlk(b, 3, lk(0, 0, fcntl.F_UNLCK), False, CTX)        # owner without locks
-    # closing a descriptor of the owner drops its locks (POSIX close semantics)
-    fs.flush(a2)
-    fs.setlk(b, 2, lk(0, EOF_, fcntl.F_WRLCK), False, CTX)
-    for fh in (a, a2, b):
-        fs.release(fh)
-    assert not fs._lock_fds
-
-
-def test_posix_lock_wait_and_interrupt(fs: Passthrough) -> None:
-    f = look(fs, "f")
-    a = fs.open(f, os.O_RDWR, CTX).fh
-    b = fs.open(f, os.O_RDWR, CTX).fh
-    fs.setlk(a, 1, lk(0, 0, fcntl.F_WRLCK), False, CTX)
-    done = threading.Event()
-
-    def waiter() -> None:
-        fs.setlk(b, 2, lk(0, 0, fcntl.F_WRLCK), True, CTX)
-        done.set()
-
-    t = threading.Thread(target=waiter)
-    t.start()
-    time.sleep(0.15)
-    assert not done.is_set()
-    fs.setlk(a, 1, lk(0, 0, fcntl.F_UNLCK), False, CTX)
-    t.join(5)
-    assert done.is_set()
-    flag = threading.Event()
-    flag.set()
-    ictx = RequestContext(uid=0, gid=0, pid=5, unique=9, _interrupted=lambda u: flag.is_set())
-    with raises(errno.EINTR):
-        fs.setlk(a, 1, lk(0, 0, fcntl.F_WRLCK), True, ictx)
-    bounded = Passthrough(fs.source, lock_wait_timeout=0.1)
-    try:
-        fb = bounded.open(bounded.lookup(ROOT, b"f", CTX).st_ino, os.O_RDWR, CTX).fh
-        with raises(errno.EINTR):
-            bounded.setlk(fb, 3, lk(0, 0, fcntl.F_WRLCK), True, CTX)
-    finally:
-        bounded.destroy()
-    fs.release(a)
-    fs.release(b)
-
-
-def test_flock(fs: Passthrough) -> None:
-    f = look(fs, "f")
-    a = fs.open(f, os.O_RDWR, CTX).fh
-    b = fs.open(f, os.O_RDWR, CTX).fh
-    fs.flock(a, 1, fcntl.LOCK_SH, False, CTX)
-    fs.flock(b, 2, fcntl.LOCK_SH, False, CTX)
-    with raises(errno.EAGAIN):
-        fs.flock(b, 2, fcntl.LOCK_EX, False, CTX)
-    fs.flock(a, 1, fcntl.LOCK_UN, False, CTX)
-    fs.flock(b, 2, fcntl.LOCK_EX, False, CTX)
-    with raises(errno.EAGAIN):
-        fs.flock(a, 1, fcntl.LOCK_SH | fcntl.LOCK_NB, False, CTX)
-    fs.release(b)                                      # closing drops the flock
-    fs.flock(a, 1, fcntl.LOCK_EX, False, CTX)
-    fs.release(a)
+def test_locks_are_left_to_the_kernel(fs: Passthrough) -> None:
+    """Passthrough implements no lock handlers, so neither lock flag is negotiated
+    and the kernel keeps POSIX, OFD and flock locks itself (the mount tests in
+    test_posix.py and test_programs.py check the semantics)."""
+    want = wanted_flags(fs, DEFAULT_WANT)
+    assert DEFAULT_WANT & InitFlag.POSIX_LOCKS and DEFAULT_WANT & InitFlag.FLOCK_LOCKS
+    assert not want & InitFlag.POSIX_LOCKS
+    assert not want & InitFlag.FLOCK_LOCKS
+    for name in ("getlk", "setlk", "flock"):
+        assert getattr(Passthrough, name) is getattr(Operations, name)
 
 
 # -- directories ---------------------------------------------------------------------
@@ -579,8 +513,8 @@ def test_destroy_closes_everything(tree: Path) -> None:
     p = Passthrough(str(tree))
     f = p.lookup(ROOT, b"f", CTX).st_ino
     fh = p.open(f, os.O_RDWR, CTX).fh
-    p.setlk(fh, 1, lk(0, 0, fcntl.F_WRLCK), False, CTX)
     p.opendir(ROOT, CTX)
-    assert len(open_fds() - fds0) >= 4
+    assert fh in open_fds()
+    assert len(open_fds() - fds0) >= 3
     p.destroy()
     assert open_fds() == fds0

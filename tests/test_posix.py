@@ -30,8 +30,6 @@ CHECKS = list(posix_suite.CHECKS)
 #: Known bugs of the filesystems under test: (fs, check) -> exact reason.
 #: Each makes the test xfail(strict=True) so a fix turns it red until removed.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("passthrough", "locks"): "passthrough keeps POSIX locks as OFD locks, which do not "
-    "report the holder's pid: F_GETLK gives pid 0 where tmpfs gives the holder",
     ("memfs", "posix_acl_minimal"): "memfs does not implement POSIX ACLs: it answers "
     "EOPNOTSUPP for system.posix_acl_* (so cp -a falls back to chmod) where tmpfs applies "
     "the ACL to the mode bits",

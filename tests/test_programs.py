@@ -7,6 +7,7 @@ gets a fresh mount served by a separate process (see conftest.py).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import conftest
@@ -176,12 +178,7 @@ SQLITE_WRITER = textwrap.dedent("""
 """)
 
 
-def test_sqlite_wal_two_processes(mnt: Path, request: pytest.FixtureRequest) -> None:
-    if mnt.name.startswith("passthrough"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "passthrough: the -wal file is gone while the first connection is still open: "
-            "its OFD-lock emulation of POSIX locks lets the child's close look like the "
-            "last connection (sqlite checkpoints and deletes the WAL)")))
+def test_sqlite_wal_two_processes(mnt: Path) -> None:
     path = mnt / "db.sqlite"
     db = sqlite3.connect(path, timeout=30)
     try:
@@ -215,6 +212,60 @@ def test_sqlite_wal_two_processes(mnt: Path, request: pytest.FixtureRequest) -> 
                         "print(d.execute('select count(*) from t').fetchone()[0])", str(path)],
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "800", r.stderr
+
+
+LOCKF_CHILD = ("import fcntl, os, sys\n"
+               "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+               "fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)\n"
+               "print('lockf-ok', flush=True)\n")
+
+
+def _blocked_lock_waiters() -> set[int]:
+    """Pids /proc/locks shows waiting for a lock ("->" lines)."""
+    with open("/proc/locks") as f:
+        return {int(fields[5]) for fields in (line.split() for line in f)
+                if len(fields) > 5 and fields[1] == "->"}
+
+
+def test_blocking_locks_wait_for_the_holder(passthrough_mount: Path) -> None:
+    """flock(1) and a blocking F_SETLKW from other processes wait for the holder
+    and get the lock once it closes its descriptor, while the mount keeps serving.
+
+    Passthrough leaves locks to the kernel; when it served them itself, the
+    waiter held the only serving thread and the holder's close hung the mount.
+    """
+    if shutil.which("flock") is None:
+        pytest.skip("flock is not installed")
+    p = passthrough_mount / "lockfile"
+    p.write_bytes(b"x" * 100)
+    fd = os.open(p, os.O_RDWR)
+    children: list[subprocess.Popen[str]] = []
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+        for argv in (["flock", "-x", str(p), "-c", "echo flock-ok"],
+                     [sys.executable, "-c", LOCKF_CHILD, str(p)]):
+            children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                                             stdin=subprocess.DEVNULL))
+        pids = {c.pid for c in children}
+        deadline = time.monotonic() + 60
+        while not pids <= _blocked_lock_waiters():
+            assert all(c.poll() is None for c in children), "a waiter did not wait"
+            assert time.monotonic() < deadline, "the waiters never blocked on the locks"
+            time.sleep(0.02)
+        assert p.stat().st_size == 100 and "lockfile" in os.listdir(passthrough_mount)
+        os.close(fd)                    # drops the POSIX lock and the flock
+        fd = -1
+        outs = [c.communicate(timeout=60)[0] for c in children]
+        assert [c.returncode for c in children] == [0, 0]
+        assert outs == ["flock-ok\n", "lockf-ok\n"]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait(10)
 
 
 def test_compileall_and_import(mnt: Path) -> None:

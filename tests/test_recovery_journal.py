@@ -137,3 +137,108 @@ def test_any_prefix_loads_a_prefix_of_records(records: list[tuple[int, bytes]],
     assert got == records[:len(got)]
     full = [(t, bytes(p)) for t, p, _ in jn.iter_records(blob)]
     assert full == records
+
+
+def test_node_keys_follow_the_counts() -> None:
+    # "handles" mode: a nodeid's stable handle is journaled with its first ADD,
+    # once, and dropped when its count reaches zero
+    fd = jn.new_memfd()
+    w = jn.JournalWriter(fd)
+    asked: list[int] = []
+
+    def key_of(n: int) -> bytes | None:
+        asked.append(n)
+        return None if n == 99 else b"K%d" % n
+
+    nt = jn.JournaledNodeTable(key_of=key_of)
+    nt.writer = w
+    nt.add([5, 6, 5, 99])
+    w.append_raw(nt.take_pending())
+    nt.add([5, 7])
+    w.append_raw(nt.take_pending())
+    assert asked == [5, 6, 99, 7]           # 99 has no key: asked again only if re-added
+    st = jn.load(jn.read_all(fd))
+    assert st.keys == {5: b"K5", 6: b"K6", 7: b"K7"} == nt.keys
+    assert st.nodes == {5: 3, 6: 1, 7: 1, 99: 1}
+    assert nt.forget(6, 1) == 1 and nt.forget(5, 1) == 1
+    st = jn.load(jn.read_all(fd))
+    assert st.keys == {5: b"K5", 7: b"K7"} == nt.keys
+    # a compacted journal carries the keys of the nodes in the table, nothing else
+    body = jn.encode_snapshot({"minor": 45}, {"fs": "passthrough"}, None, nt.snapshot(), {},
+                              nt.key_snapshot())
+    st2 = jn.load(body)
+    assert st2.keys == {5: b"K5", 7: b"K7"} and st2.nodes == {5: 2, 7: 1, 99: 1}
+    os.close(fd)
+
+
+def test_intent_inflight_init_and_handover_records() -> None:
+    fd, w = _journal_with(0)
+    w.append(jn.RecordType.INIT_IN, b"RAW-INIT")
+    w.append(jn.RecordType.INTENT, jn.encode_intent(8 | (1 << 63), 9, (1, -1, 7)))
+    w.append(jn.RecordType.INFLIGHT, jn.encode_inflight(8, 9))
+    w.append(jn.RecordType.INFLIGHT, jn.encode_inflight(10, 16))
+    st = jn.load(jn.read_all(fd))
+    assert st.init_in == b"RAW-INIT"
+    assert st.intents == {8: (9, (1, -1, 7))}      # keyed without the resend bit
+    assert st.inflight == (10, 16)                  # the last one read
+    assert not st.graceful
+    w.append(jn.RecordType.HANDOVER, b"")
+    assert jn.load(jn.read_all(fd)).graceful
+    w.append(jn.RecordType.ADD, struct.pack("<Q", 3))
+    assert not jn.load(jn.read_all(fd)).graceful  # something happened after the hand-over
+    # a snapshot starts a new base: older intents are moot
+    w.append(jn.RecordType.NODES, jn.encode_nodes({3: 1}))
+    assert jn.load(jn.read_all(fd)).intents == {}
+    os.close(fd)
+
+
+def _fold(fd: int) -> tuple[object, ...]:
+    s = jn.load(jn.read_all(fd))
+    return (s.nodes, s.handles, s.keys, s.records, s.valid_len, s.session, s.snapshot_end)
+
+
+def _view(s: jn.JournalState) -> tuple[object, ...]:
+    return (s.nodes, s.handles, s.keys, s.records, s.valid_len, s.session, s.snapshot_end)
+
+
+def test_follower_applies_only_what_was_appended() -> None:
+    fd, w = _journal_with(3)
+    f = jn.JournalFollower(fd)
+    assert _view(f.update()) == _fold(fd)
+    for i in range(5):
+        nt_blob = jn.encode_record(jn.RecordType.NODE_KEYS, jn.encode_keys([(i + 2, b"k")]))
+        w.append_raw(nt_blob + jn.encode_record(jn.RecordType.ADD, struct.pack("<Q", i + 2)))
+        w.append(jn.RecordType.REQ, jn.encode_req(i, _req(50 + 2 * i, 14),
+                                                  _reply(50 + 2 * i, 0, bytes(16)),
+                                                  (100 + i, i + 2, 2), None))
+        assert _view(f.update()) == _fold(fd)
+    # a torn tail is not applied; the next writer truncates it and appends
+    good = w.offset
+    rec = jn.encode_record(jn.RecordType.FORGET, struct.pack("<QQ", 2, 1))
+    os.pwrite(fd, rec[:5], good)
+    assert _view(f.update()) == _fold(fd)
+    w2 = jn.JournalWriter(fd, jn.load(jn.read_all(fd)).valid_len)
+    w2.append(jn.RecordType.FORGET, struct.pack("<QQ", 2, 1))
+    assert _view(f.update()) == _fold(fd)
+    assert 2 not in f.state.nodes and 2 not in f.state.keys
+    # a swapped (compacted) journal: start over
+    fd2 = jn.new_memfd()
+    os.pwrite(fd2, jn.encode_snapshot(None, {}, None, {4: 1}, {}), 0)
+    assert _view(f.update(fd2)) == _fold(fd2)
+    assert f.state.nodes == {4: 1}
+    os.close(fd)
+    os.close(fd2)
+
+
+def test_resend_decided_by_the_negotiated_minor() -> None:
+    from fusewire.connection import Config
+    from fusewire.recovery.takeover import resend_supported
+
+    assert resend_supported(jn.JournalState(session={"minor": 40}), Config())
+    assert not resend_supported(jn.JournalState(session={"minor": 39}), Config())
+    init = _req(2, 26, struct.pack("<IIII", 7, 45, 0, 0))   # INIT from a 7.45 kernel
+    assert resend_supported(jn.JournalState(init_in=init), Config())
+    assert not resend_supported(jn.JournalState(init_in=init), Config(max_minor=39))
+    old = _req(2, 26, struct.pack("<IIII", 7, 38, 0, 0))    # a 7.38 kernel
+    assert not resend_supported(jn.JournalState(init_in=old), Config())
+    assert resend_supported(jn.JournalState(), Config())     # nothing known: try RESEND

@@ -21,14 +21,21 @@ Permission checks are left to the kernel (mount with ``default_permissions``),
 except :meth:`Passthrough.access`, which checks the caller's ids against the
 mode bits (ACLs are not evaluated).
 
-Locks: POSIX record locks are kept as open-file-description (OFD) locks on a
-descriptor opened per (inode, lock owner), so locks of one owner never
-conflict with each other and locks of different owners do, like POSIX.  They
-are dropped when a handle the owner locked through is flushed (closed) or
-released.  ``flock`` locks are taken on the open file itself.  Blocking
-requests poll every 50 ms, fail with EINTR when the kernel interrupts them
-(and after ``lock_wait_timeout`` seconds if set), so they need a server with
-worker threads to be useful.
+Locks are the kernel's.  Passthrough implements neither ``getlk``/``setlk``
+nor ``flock``, so FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are not negotiated
+and the kernel keeps fcntl record locks, OFD locks and flock locks on the
+mount's own inodes, exactly as on a local filesystem: per-process owners,
+ranges split and merged, every lock of a process dropped when it closes any
+descriptor of the file, the holder's pid in F_GETLK, blocking waits that
+sleep in the kernel (interruptible, EDEADLK detection) without holding a
+server thread, and no lock lost when a successor takes over the connection.
+Keeping the locks in the server instead would mean re-implementing all of
+that per lock owner and answering a blocked F_SETLKW or LOCK_EX later,
+which the one-reply-per-handler dispatcher cannot do: a waiter would hold
+the only serving thread, so the holder could never unlock (the whole mount
+hangs).  The cost is that locks are private to this mount: a process that
+locks the source files directly, or through another mount, does not see
+them (see docs/design.md).
 
 Stable handles (:meth:`Passthrough.handle_of`) carry the nodeid, ``(st_dev,
 st_ino)`` and, where the source filesystem supports it, a
@@ -46,10 +53,10 @@ import errno
 import fcntl
 import functools
 import os
+import resource
 import stat
 import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -58,7 +65,6 @@ from fusewire.types import (
     EntryAttributes,
     FileInfo,
     FUSEError,
-    Lock,
     RequestContext,
     SetattrFields,
     StatvfsData,
@@ -74,7 +80,6 @@ _R = TypeVar("_R")
 
 _ROOT = 1
 _ALLOC_BASE = 1 << 63
-_OFFSET_MAX = 2**63 - 1
 _AT_EMPTY_PATH = 0x1000
 _AT_SYMLINK_NOFOLLOW = 0x100
 _UTIME_NOW = (1 << 30) - 1
@@ -83,10 +88,9 @@ _STATX_BTIME = 0x800
 _MAX_HANDLE_SZ = 128
 _HANDLE_MAGIC = b"FWP1"
 _HANDLE_HEAD = struct.Struct("<4sQQQiii")   # magic, nodeid, dev, ino, mount_id, type, size
-_FLOCK = struct.Struct("hhxxxxqqixxxx")     # struct flock on 64-bit Linux
-_LOCK_POLL = 0.05
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
+_REOPEN_STRIP = _OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE
 _DOTS = (b".", b"..")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -196,14 +200,12 @@ class Passthrough(Operations):
     """Mirror the directory ``source`` (see the module docstring)."""
 
     def __init__(self, source: str, *, entry_timeout: float = 0.0,
-                 attr_timeout: float = 0.0, kernel_passthrough: bool = False,
-                 lock_wait_timeout: float | None = None) -> None:
+                 attr_timeout: float = 0.0, kernel_passthrough: bool = False) -> None:
         self.source = source
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.kernel_passthrough = kernel_passthrough
         self.enable_passthrough = kernel_passthrough
-        self.lock_wait_timeout = lock_wait_timeout
         self._as_root = os.geteuid() == 0
         self._lock = threading.Lock()
         fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -216,8 +218,6 @@ class Passthrough(Operations):
         self._files: dict[int, int] = {}            # open fd (fh) -> nodeid
         self._backing: dict[int, int] = {}          # fh -> kernel backing id
         self._dirs: dict[int, _DirHandle] = {}
-        self._lock_fds: dict[tuple[int, int], int] = {}   # (nodeid, owner) -> OFD fd
-        self._fh_owners: dict[int, set[int]] = {}         # fh -> owners that locked via it
         self._root_mount_id = self._mount_id(fd)
 
     # -- node table ----------------------------------------------------------
@@ -507,6 +507,7 @@ class Passthrough(Operations):
     # -- files -----------------------------------------------------------------
 
     def _file_info(self, fd: int, nodeid: int) -> FileInfo:
+        fd = self._place(fd)
         with self._lock:
             self._files[fd] = nodeid
         if self.kernel_passthrough and self.notifier is not None:
@@ -597,14 +598,12 @@ class Passthrough(Operations):
 
     @_errmap
     def flush(self, fh: int) -> None:
-        """close(dup(fh)): report close-time errors; drop POSIX locks taken via ``fh``."""
-        self._drop_owner_locks(fh)
+        """close(dup(fh)): report close-time errors (locks are the kernel's)."""
         os.close(os.dup(fh))
 
     @_errmap
     def release(self, fh: int) -> None:
         """Close the handle (and its kernel backing id)."""
-        self._drop_owner_locks(fh)
         with self._lock:
             backing_id = self._backing.pop(fh, None)
             known = self._files.pop(fh, None) is not None
@@ -649,127 +648,14 @@ class Passthrough(Operations):
             raise FUSEError(errno.EINVAL)
         return os.copy_file_range(fh_in, fh_out, length, off_in, off_out)
 
-    # -- locks -------------------------------------------------------------------
-
-    def _owner_fd(self, fh: int, owner: int) -> int:
-        """The OFD-lock descriptor of (inode of ``fh``, ``owner``)."""
-        with self._lock:
-            nodeid = self._files.get(fh)
-            if nodeid is None:
-                raise FUSEError(errno.EBADF)
-            key = (nodeid, owner)
-            fd = self._lock_fds.get(key)
-            self._fh_owners.setdefault(fh, set()).add(owner)
-            if fd is not None:
-                return fd
-        # a descriptor of our own, so the owner's locks are independent of this handle
-        try:
-            fd = os.open(_proc(fh), os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            acc = fcntl.fcntl(fh, fcntl.F_GETFL) & os.O_ACCMODE
-            fd = os.open(_proc(fh), acc | os.O_CLOEXEC)
-        with self._lock:
-            other = self._lock_fds.get(key)
-            if other is None:
-                self._lock_fds[key] = fd
-                return fd
-        os.close(fd)
-        return other
-
-    def _drop_owner_locks(self, fh: int) -> None:
-        """Close the lock descriptors of the owners that locked through ``fh``."""
-        with self._lock:
-            owners = self._fh_owners.pop(fh, None)
-            nodeid = self._files.get(fh)
-            if not owners or nodeid is None:
-                return
-            fds = [self._lock_fds.pop((nodeid, o), -1) for o in owners]
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-    @staticmethod
-    def _flock_bytes(lock: Lock) -> bytes:
-        length = 0 if lock.end >= _OFFSET_MAX else lock.end - lock.start + 1
-        return _FLOCK.pack(lock.type, os.SEEK_SET, lock.start, length, 0)
-
-    def _wait_step(self, ctx: RequestContext, deadline: float | None) -> None:
-        if ctx.interrupted or (deadline is not None and time.monotonic() >= deadline):
-            raise FUSEError(errno.EINTR)
-        time.sleep(_LOCK_POLL)
-        if ctx.interrupted:
-            raise FUSEError(errno.EINTR)
-
-    def _deadline(self) -> float | None:
-        if self.lock_wait_timeout is None:
-            return None
-        return time.monotonic() + self.lock_wait_timeout
-
-    @_errmap
-    def getlk(self, fh: int, owner: int, lock: Lock, ctx: RequestContext) -> Lock:
-        """F_OFD_GETLK on the owner's descriptor (the holder's pid is not known: 0)."""
-        if lock.end < lock.start:
-            raise FUSEError(errno.EINVAL)
-        if lock.type == fcntl.F_UNLCK:
-            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
-        fd = self._owner_fd(fh, owner)
-        out = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, self._flock_bytes(lock))
-        type_, _, start, length, _ = _FLOCK.unpack(out)
-        if type_ == fcntl.F_UNLCK:
-            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
-        end = _OFFSET_MAX if length == 0 else start + length - 1
-        return Lock(start, end, type_, 0)
-
-    @_errmap
-    def setlk(self, fh: int, owner: int, lock: Lock, sleep: bool,
-              ctx: RequestContext) -> None:
-        """F_OFD_SETLK on the owner's descriptor; ``sleep`` polls until granted."""
-        if lock.end < lock.start:
-            raise FUSEError(errno.EINVAL)
-        if lock.type == fcntl.F_UNLCK:
-            with self._lock:
-                nodeid = self._files.get(fh)
-                if nodeid is None:
-                    raise FUSEError(errno.EBADF)
-                if (nodeid, owner) not in self._lock_fds:
-                    return                      # the owner holds nothing here
-        fd = self._owner_fd(fh, owner)
-        arg = self._flock_bytes(lock)
-        deadline = self._deadline()
-        while True:
-            try:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, arg)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES) or not sleep:
-                    code = e.errno or errno.EIO
-                    raise FUSEError(errno.EAGAIN if code == errno.EACCES else code) from None
-            self._wait_step(ctx, deadline)
-
-    @_errmap
-    def flock(self, fh: int, owner: int, op: int, sleep: bool, ctx: RequestContext) -> None:
-        """flock(2) on the open file itself; ``sleep`` polls until granted."""
-        op &= ~fcntl.LOCK_NB
-        if op == fcntl.LOCK_UN:
-            fcntl.flock(fh, op)
-            return
-        deadline = self._deadline()
-        while True:
-            try:
-                fcntl.flock(fh, op | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if not sleep:
-                    raise
-            self._wait_step(ctx, deadline)
-
     # -- directories -----------------------------------------------------------
 
     @_errmap
     def opendir(self, inode: int, ctx: RequestContext) -> int:
         """Open the directory for reading; the descriptor number is the handle."""
         node = self._node(inode)
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+        fd = self._place(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                 dir_fd=node.fd))
         with self._lock:
             self._dirs[fd] = _DirHandle(fd, inode)
         return fd
@@ -913,6 +799,19 @@ class Passthrough(Operations):
         under the recorded nodeid with a lookup count of 1, so the kernel's
         eventual FORGET releases it.
         """
+        mount_fd = self._mount_fd()
+        try:
+            return self._revive(handle, mount_fd, 1)
+        finally:
+            os.close(mount_fd)
+
+    def _mount_fd(self) -> int:
+        # open_by_handle_at's mount descriptor may not be an O_PATH one
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                       dir_fd=self._nodes[_ROOT].fd)
+
+    def _revive(self, handle: bytes, mount_fd: int, count: int) -> int:
+        """The nodeid of ``handle``, registering it with ``count`` lookups if it is new."""
         if len(handle) < _HANDLE_HEAD.size:
             raise FUSEError(errno.ESTALE)
         magic, nodeid, dev, ino, mount_id, fh_type, size = _HANDLE_HEAD.unpack_from(handle)
@@ -930,13 +829,7 @@ class Passthrough(Operations):
             if nodeid in self._nodes or not fh or mount_id != self._root_mount_id:
                 raise FUSEError(errno.ESTALE)
         buf = struct.pack("<Ii", size, fh_type) + fh
-        # the mount descriptor may not be an O_PATH one
-        mount_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                           dir_fd=self._nodes[_ROOT].fd)
-        try:
-            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
-        finally:
-            os.close(mount_fd)
+        fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
         if fd < 0:
             raise FUSEError(errno.ESTALE)
         try:
@@ -949,7 +842,7 @@ class Passthrough(Operations):
         with self._lock:
             node = self._by_key.get(key)
             if node is None and nodeid not in self._nodes:
-                node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), 1)
+                node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), count)
                 self._nodes[nodeid] = node
                 self._by_key[key] = node
                 if nodeid >= self._next_alloc:
@@ -960,6 +853,140 @@ class Passthrough(Operations):
             return nodeid
         raise FUSEError(errno.ESTALE)
 
+    # -- crash recovery (fusewire.recovery, "handles" mode) -------------------------
+    # The kernel keeps using the nodeids and fh values a dead server handed out.
+    # Nodeids are revived from their handle_of() handles; fh values are
+    # descriptor numbers, so a successor reopens each open file at the very
+    # same number.  prepare_recovery() keeps open files and directories at
+    # numbers >= half the descriptor limit, far above what a process opens at
+    # start-up, so those numbers are free in the successor.
+
+    _fh_base = 0      # 0: handles are whatever number open() returns
+
+    def prepare_recovery(self) -> None:
+        """Place open-file and directory handles at high descriptor numbers (see above)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = min(1 << 20, hard if hard != resource.RLIM_INFINITY else 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (OSError, ValueError):
+                pass
+        limit = soft if soft != resource.RLIM_INFINITY else want
+        self._fh_base = max(64, limit // 2)
+
+    def _place(self, fd: int) -> int:
+        """``fd`` moved to a number >= the handle base (unchanged without one)."""
+        base = self._fh_base
+        if not base or fd >= base:
+            return fd
+        try:
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, base)
+        except OSError:
+            return fd               # nothing free up there: keep the low number
+        os.close(fd)
+        return new
+
+    @_errmap
+    def entry_identity(self, parent_inode: int, name: bytes) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of ``name`` in the directory, None if absent (no lookup)."""
+        _check_name(name)
+        try:
+            st = os.stat(name, dir_fd=self._node(parent_inode).fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
+        """Make the node table ``nodeid -> (handle, lookup count)``; return what is lost.
+
+        Nodes already known keep their descriptor and take the given count;
+        the others are reopened by handle (open_by_handle_at).  Known nodes
+        missing from ``nodes`` and used by no open handle are dropped.
+        """
+        lost = []
+        mount_fd = self._mount_fd()
+        try:
+            for nodeid, (handle, count) in nodes.items():
+                node = self._nodes.get(nodeid)
+                if node is None:
+                    try:
+                        if self._revive(handle, mount_fd, count) == nodeid:
+                            continue
+                    except (OSError, FUSEError):
+                        pass
+                    lost.append(nodeid)
+                else:
+                    node.nlookup = count
+        finally:
+            os.close(mount_fd)
+        with self._lock:
+            used = set(self._files.values()) | {d.nodeid for d in self._dirs.values()}
+            drop = [n for nid, n in self._nodes.items()
+                    if nid != _ROOT and nid not in nodes and nid not in used]
+            for n in drop:
+                del self._nodes[n.nodeid]
+                del self._by_key[n.key]
+        for n in drop:
+            os.close(n.fd)
+        return lost
+
+    def _claim_number(self, number: int) -> None:
+        """Make descriptor ``number`` free, moving a node descriptor of ours out of the way."""
+        try:
+            fcntl.fcntl(number, fcntl.F_GETFD)
+        except OSError:
+            return                      # free
+        with self._lock:
+            for node in self._nodes.values():
+                if node.fd == number:
+                    node.fd = fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, 0)
+                    os.close(number)
+                    return
+        raise FUSEError(errno.EBUSY)
+
+    def reopen_handle(self, fh: int, inode: int, flags: int) -> None:
+        """Make ``fh``, an OPEN/CREATE/OPENDIR handle of a previous process, valid here.
+
+        The node's inode is reopened with the recorded open flags (less those
+        that act only at creation: O_CREAT, O_EXCL, O_TRUNC) and placed at
+        descriptor number ``fh``.  If it cannot be reopened, ``fh`` is still
+        reserved, by an O_PATH descriptor that fails every I/O with EBADF, so
+        the number is never reused for another file while the kernel holds it;
+        FUSEError is raised after that.
+        """
+        self._claim_number(fh)
+        node = self._nodes.get(inode)
+        if node is not None:
+            is_dir = node.kind == stat.S_IFDIR
+        else:       # O_TMPFILE includes the O_DIRECTORY bit
+            is_dir = flags & os.O_TMPFILE == os.O_DIRECTORY
+        fd = -1
+        err = errno.ESTALE
+        if node is not None:
+            try:
+                if is_dir:
+                    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                 dir_fd=node.fd)
+                else:
+                    fd = os.open(_proc(node.fd), (flags & ~_REOPEN_STRIP) | os.O_CLOEXEC)
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+        failed = fd < 0
+        if failed:
+            fd = os.open(_proc(self._nodes[_ROOT].fd), os.O_PATH | os.O_CLOEXEC)
+        if fd != fh:
+            os.dup2(fd, fh, inheritable=False)
+            os.close(fd)
+        with self._lock:
+            if is_dir:
+                self._dirs[fh] = _DirHandle(fh, inode)
+            else:
+                self._files[fh] = inode
+        if failed:
+            raise FUSEError(err)
+
     # -- lifecycle -------------------------------------------------------------------
 
     def destroy(self) -> None:
@@ -967,14 +994,11 @@ class Passthrough(Operations):
         with self._lock:
             fds = [n.fd for n in self._nodes.values()]
             fds += list(self._files) + [d.fd for d in self._dirs.values()]
-            fds += list(self._lock_fds.values())
             backing = list(self._backing.values())
             self._nodes.clear()
             self._by_key.clear()
             self._files.clear()
             self._dirs.clear()
-            self._lock_fds.clear()
-            self._fh_owners.clear()
             self._backing.clear()
         if self.notifier is not None:
             for backing_id in backing:

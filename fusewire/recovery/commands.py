@@ -1,5 +1,5 @@
 """CLI: ``mount --recoverable`` and the ``keeper``, ``status``, ``upgrade``, ``takeover``
-commands.
+and ``fdstore`` (systemd) commands.
 """
 
 from __future__ import annotations
@@ -37,12 +37,27 @@ def register(sub: Any) -> None:
                        "(restart=manual)")
     t.add_argument("mountpoint")
     t.set_defaults(func=_cmd_takeover)
+    from fusewire.recovery.fdstore import build_parser as fdstore_parser
+
+    f = sub.add_parser("fdstore", help="serve a recoverable mount as a systemd service "
+                       "(Type=notify; the service's fd store replaces the keeper)")
+    fdstore_parser(f)
+    f.set_defaults(func=_cmd_fdstore)
 
 
 def _cmd_keeper(args: argparse.Namespace) -> int:
     from fusewire.recovery.keeper import run_keeper
 
     return run_keeper(args)
+
+
+def _cmd_fdstore(args: argparse.Namespace) -> int:
+    import logging
+
+    from fusewire.recovery.fdstore import run_args
+
+    logging.getLogger("fusewire").setLevel(logging.INFO)
+    return run_args(args)
 
 
 def status(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -76,10 +91,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return 0
-    for key in ("mountpoint", "fs", "keeper_pid", "server_pid", "ready", "recovery",
-                "restart", "restarts", "upgrades", "nodes", "handles", "journal_bytes",
-                "journal_records", "takeover_ms", "spare_pid"):
-        print(f"{key:16} {st.get(key)}")
+    for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
+                "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
+                "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
+                "journal_bytes", "journal_records", "takeover_ms", "spare_pid"):
+        if key == "source" and st.get(key) is None:
+            continue
+        if key == "state_reason" and not st.get(key):
+            continue
+        print(f"{key:17} {st.get(key)}")
     return 0
 
 

@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,14 @@ from fusewire.server.dispatch import NodeTable
 
 __all__ = [
     "MAGIC",
+    "JournalFollower",
     "JournalState",
     "JournalWriter",
     "JournaledNodeTable",
     "RecordType",
+    "decode_keys",
+    "encode_intent",
+    "encode_keys",
     "iter_records",
     "load",
     "new_memfd",
@@ -45,6 +49,9 @@ _OUT_HDR = struct.Struct("<IiQ")
 #: request length (the reply follows the request bytes)
 _REQ = struct.Struct("<qQQIQBBI")
 _HANDLE = struct.Struct("<QQI")
+_KEY = struct.Struct("<QH")
+_INTENT = struct.Struct("<QI")
+_INFLIGHT = struct.Struct("<QI")
 _RESEND_MASK = (1 << 63) - 1
 
 
@@ -59,6 +66,11 @@ class RecordType:
     FORGET = 6         # u64 pairs (nodeid, nlookup released)
     REQ = 7            # an executed non-idempotent request and its exact reply
     META = 8           # JSON: free-form facts (filesystem kind, recovery mode)
+    NODE_KEYS = 9      # stable handles of nodes: (u64 nodeid, u16 len, handle bytes)...
+    INTENT = 10        # u64 key, u32 opcode, i64 probes: written before a handler runs
+    INFLIGHT = 11      # u64 unique, u32 opcode: read, not yet answered (kernels < 7.40)
+    INIT_IN = 12       # the raw INIT request, written when it is read
+    HANDOVER = 13      # empty: the owner stopped gracefully after this point
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -70,10 +82,13 @@ def encode_record(rtype: int, payload: bytes) -> bytes:
 def iter_records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview, int]]:
     """Yield ``(type, payload, end offset)`` for each valid record; stop at a torn tail."""
     view = memoryview(data)
-    n = len(view)
-    if n < len(MAGIC) or bytes(view[:len(MAGIC)]) != MAGIC:
+    if len(view) < len(MAGIC) or bytes(view[:len(MAGIC)]) != MAGIC:
         return
-    pos = len(MAGIC)
+    yield from _records_from(view, len(MAGIC))
+
+
+def _records_from(view: memoryview, pos: int) -> Iterator[tuple[int, memoryview, int]]:
+    n = len(view)
     while pos + 9 <= n:
         length, rtype = _HDR.unpack_from(view, pos)
         end = pos + 5 + length + 4
@@ -107,19 +122,33 @@ class JournalState:
     since_snapshot: int = 0
     #: nodeids whose count changed after the last NODES snapshot
     touched: set[int] = field(default_factory=set)
+    #: nodeid -> stable handle (``handle_of``), for nodes with a count ("handles" mode)
+    keys: dict[int, bytes] = field(default_factory=dict)
+    #: request key -> (opcode, probes) of requests whose handler may have run
+    intents: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    #: (unique, opcode) of the last request read (only journaled on kernels < 7.40)
+    inflight: tuple[int, int] | None = None
+    #: the raw INIT request, if one was read
+    init_in: bytes | None = None
+    #: the last record is HANDOVER: the previous owner stopped gracefully
+    graceful: bool = False
+    #: keep only what status needs (no request log, no recorded replies)
+    light: bool = False
 
     def apply(self, rtype: int, payload: memoryview) -> None:
         """Fold one record into the state."""
         self.records += 1
         self.since_snapshot += 1
+        self.graceful = rtype == RecordType.HANDOVER
         if rtype == RecordType.REQ:
             t, ofh, onode, oflags, rfh, has_open, has_rel, rlen = _REQ.unpack_from(payload)
-            body = payload[_REQ.size:]
-            req = bytes(body[:rlen])
-            reply = bytes(body[rlen:])
-            key = struct.unpack_from("<Q", req, 8)[0] & _RESEND_MASK
-            self.replies[key] = reply
-            self.requests.append((t, req, reply))
+            if not self.light:
+                body = payload[_REQ.size:]
+                req = bytes(body[:rlen])
+                reply = bytes(body[rlen:])
+                key = struct.unpack_from("<Q", req, 8)[0] & _RESEND_MASK
+                self.replies[key] = reply
+                self.requests.append((t, req, reply))
             if has_open:
                 self.handles[ofh] = (onode, oflags)
             if has_rel:
@@ -141,6 +170,7 @@ class JournalState:
                     nodes[n] = have
                 else:
                     nodes.pop(n, None)
+                    self.keys.pop(n, None)
         elif rtype == RecordType.SESSION:
             self.session = json.loads(bytes(payload))
         elif rtype == RecordType.META:
@@ -150,17 +180,32 @@ class JournalState:
             self.fs_snapshot = payload      # a view: no copy unless it is loaded
             self.requests.clear()
             self.replies.clear()
+            self.intents.clear()
             self.since_snapshot = 0
         elif rtype == RecordType.NODES:
             a = array("Q", bytes(payload))
             self.nodes = dict(zip(a[0::2], a[1::2], strict=True))
             self.touched = set()
+            self.keys = {}
             self.requests.clear()
             self.replies.clear()
+            self.intents.clear()
             self.since_snapshot = 0
         elif rtype == RecordType.HANDLES:
             self.handles = {fh: (node, flags) for fh, node, flags
                             in _HANDLE.iter_unpack(payload)}
+        elif rtype == RecordType.NODE_KEYS:
+            self.keys.update(decode_keys(payload))
+        elif rtype == RecordType.INTENT:
+            if self.light:
+                return
+            key, opcode = _INTENT.unpack_from(payload)
+            probes = tuple(array("q", bytes(payload[_INTENT.size:])))
+            self.intents[key & _RESEND_MASK] = (opcode, probes)
+        elif rtype == RecordType.INFLIGHT:
+            self.inflight = _INFLIGHT.unpack_from(payload)
+        elif rtype == RecordType.INIT_IN:
+            self.init_in = bytes(payload)
 
 
 def load(data: bytes | memoryview) -> JournalState:
@@ -172,6 +217,45 @@ def load(data: bytes | memoryview) -> JournalState:
         if rtype == RecordType.FS_SNAPSHOT:
             state.snapshot_end = end
     return state
+
+
+class JournalFollower:
+    """Folds a journal fd incrementally: :meth:`update` applies only what was appended
+    since the last call (the keeper's status, which would otherwise re-read it all)."""
+
+    def __init__(self, fd: int, *, light: bool = True) -> None:
+        self.fd = fd
+        self.light = light
+        self.state = JournalState(light=light)
+        self.offset = 0
+
+    def update(self, fd: int | None = None) -> JournalState:
+        """The state now; a different ``fd`` (a compacted journal) starts over."""
+        if fd is not None and fd != self.fd:
+            self.fd = fd
+            self.state = JournalState(light=self.light)
+            self.offset = 0
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:          # cannot happen with our writers: start over
+            self.state = JournalState(light=self.light)
+            self.offset = 0
+        start = self.offset
+        data = os.pread(self.fd, size - start, start) if size > start else b""
+        view = memoryview(data)
+        pos = 0
+        if start == 0:
+            if len(view) < len(MAGIC) or bytes(view[:len(MAGIC)]) != MAGIC:
+                return self.state
+            pos = len(MAGIC)
+        st = self.state
+        for rtype, payload, end in _records_from(view, pos):
+            st.apply(rtype, payload)
+            st.valid_len = start + end
+            if rtype == RecordType.FS_SNAPSHOT:
+                st.snapshot_end = start + end
+                st.fs_snapshot = None       # do not pin the buffer
+        self.offset = max(st.valid_len, len(MAGIC)) if st.valid_len else 0
+        return st
 
 
 def read_all(fd: int) -> bytes:
@@ -251,9 +335,36 @@ def encode_handles(handles: dict[int, tuple[int, int]]) -> bytes:
                     for fh, (node, flags) in handles.items())
 
 
+def encode_keys(entries: Iterable[tuple[int, bytes]]) -> bytes:
+    """NODE_KEYS payload: (nodeid, stable handle) pairs."""
+    return b"".join(_KEY.pack(n, len(k)) + k for n, k in entries)
+
+
+def decode_keys(payload: bytes | memoryview) -> Iterator[tuple[int, bytes]]:
+    """Inverse of :func:`encode_keys`."""
+    view = memoryview(payload)
+    pos = 0
+    while pos + _KEY.size <= len(view):
+        n, size = _KEY.unpack_from(view, pos)
+        pos += _KEY.size
+        yield n, bytes(view[pos:pos + size])
+        pos += size
+
+
+def encode_intent(key: int, opcode: int, probes: Iterable[int]) -> bytes:
+    """INTENT payload."""
+    return _INTENT.pack(key & _RESEND_MASK, opcode) + array("q", probes).tobytes()
+
+
+def encode_inflight(unique: int, opcode: int) -> bytes:
+    """INFLIGHT payload."""
+    return _INFLIGHT.pack(unique, opcode)
+
+
 def encode_snapshot(session: dict[str, Any] | None, meta: dict[str, Any],
                     fs_blob: bytes | None, nodes: dict[int, int],
-                    handles: dict[int, tuple[int, int]]) -> bytes:
+                    handles: dict[int, tuple[int, int]],
+                    keys: dict[int, bytes] | None = None) -> bytes:
     """MAGIC + a complete snapshot: the body of a compacted journal."""
     parts = [MAGIC, encode_record(RecordType.META, json.dumps(meta).encode())]
     if session is not None:
@@ -261,6 +372,8 @@ def encode_snapshot(session: dict[str, Any] | None, meta: dict[str, Any],
     if fs_blob is not None:
         parts.append(encode_record(RecordType.FS_SNAPSHOT, fs_blob))
     parts.append(encode_record(RecordType.NODES, encode_nodes(nodes)))
+    if keys:
+        parts.append(encode_record(RecordType.NODE_KEYS, encode_keys(keys.items())))
     parts.append(encode_record(RecordType.HANDLES, encode_handles(handles)))
     return b"".join(parts)
 
@@ -271,14 +384,22 @@ class JournaledNodeTable(NodeTable):
     ``add`` only buffers (the caller flushes the buffer together with the
     request record, or alone for idempotent replies such as LOOKUP, before the
     reply is written); ``forget`` is journaled at once.
+
+    With ``key_of`` (the filesystem's ``handle_of``; "handles" mode) a nodeid
+    that enters the table gets its stable handle journaled in the same write
+    as its first ADD, and loses it when its count drops to zero.
     """
 
-    def __init__(self, counts: dict[int, int] | None = None) -> None:
+    def __init__(self, counts: dict[int, int] | None = None,
+                 keys: dict[int, bytes] | None = None,
+                 key_of: Callable[[int], bytes | None] | None = None) -> None:
         super().__init__()
         if counts:
             self.counts = counts        # taken over, not copied
         self.writer: JournalWriter | None = None
         self.pending: list[int] = []
+        self.keys: dict[int, bytes] = keys if keys is not None else {}
+        self.key_of = key_of
 
     def add(self, nodeids: Iterable[int]) -> None:
         ids = list(nodeids)
@@ -290,14 +411,41 @@ class JournaledNodeTable(NodeTable):
         if not self.pending:
             return b""
         blob = encode_record(RecordType.ADD, array("Q", self.pending).tobytes())
+        if self.key_of is not None:
+            keys = self.keys
+            new = [n for n in self.pending if n not in keys]
+            if new:
+                blob = self._new_keys(new) + blob
         self.pending.clear()
         return blob
 
+    def _new_keys(self, nodeids: list[int]) -> bytes:
+        assert self.key_of is not None
+        found = []
+        for n in dict.fromkeys(nodeids):
+            try:
+                key = self.key_of(n)
+            except Exception:       # a node the filesystem cannot name: not recoverable
+                key = None
+            if key:
+                self.keys[n] = key
+                found.append((n, key))
+        return encode_record(RecordType.NODE_KEYS, encode_keys(found)) if found else b""
+
     def forget(self, nodeid: int, nlookup: int) -> int:
         taken = super().forget(nodeid, nlookup)
-        if taken and self.writer is not None:
-            self.writer.append(RecordType.FORGET, struct.pack("<QQ", nodeid, taken))
+        if taken:
+            if self.writer is not None:
+                self.writer.append(RecordType.FORGET, struct.pack("<QQ", nodeid, taken))
+            if nodeid not in self.counts:
+                self.keys.pop(nodeid, None)
         return taken
+
+    def key_snapshot(self) -> dict[int, bytes]:
+        """Keys of the nodes in the table."""
+        keys = self.keys
+        with self.lock:
+            return {n: keys[n] for n in self.counts if n in keys}
 
     def snapshot(self) -> dict[int, int]:
         """A copy of the counts."""

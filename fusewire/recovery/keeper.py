@@ -34,7 +34,9 @@ __all__ = ["Keeper", "main"]
 
 log = logging.getLogger("fusewire.keeper")
 
-FAST_DEATH = 2.0      # an owner that dies sooner than this counts as a fast failure
+#: an owner that dies sooner than this after taking over, without having answered a
+#: single request that was not re-sent, counts as a fast failure (a crash loop)
+FAST_DEATH = 2.0
 
 
 @dataclass
@@ -44,6 +46,7 @@ class _Client:
     uid: int
     role: str = "new"       # new | waiting | owner
     since: float = 0.0
+    progressed: bool = False    # answered a request that was not re-sent
 
 
 class Keeper:
@@ -68,9 +71,12 @@ class Keeper:
         self.waiting: list[_Client] = []
         self.children: list[subprocess.Popen[bytes]] = []
         self.spare_proc: subprocess.Popen[bytes] | None = None
+        #: the server spawned to take a grant, until it owns the mount
+        self.pending_spawn: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.upgrades = 0
         self.fast_failures = 0
+        self.gave_up = False
         self.grant_at: float | None = None
         self.handover = False
         self.ever_owned = False
@@ -101,6 +107,7 @@ class Keeper:
                                     subtype=self.fs if ":" not in self.fs else None)
         self.fuse_fd = _mount.mount(self.mountpoint, opts)
         self.journal_fd = jn.new_memfd()
+        self.follower = jn.JournalFollower(self.journal_fd)
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
@@ -130,8 +137,15 @@ class Keeper:
         for p in self.children:
             if p.poll() is None:
                 alive.append(p)
-            elif p is self.spare_proc:
+                continue
+            if p is self.spare_proc:
                 self.spare_proc = None
+            if p is self.pending_spawn:
+                self.pending_spawn = None
+                if self.owner is None and not self.unmounted:
+                    log.warning("server pid %d exited (%s) before taking the mount",
+                                p.pid, p.returncode)
+                    self._failed(fast=True)
         self.children = alive
 
     def _ensure_spare(self) -> None:
@@ -171,6 +185,8 @@ class Keeper:
         c.role = "owner"
         c.since = time.monotonic()
         self.owner = c
+        if self.pending_spawn is not None and self.pending_spawn.pid == c.pid:
+            self.pending_spawn = None
         self.ever_owned = True
         self.handover = False
         self.ready = False
@@ -191,19 +207,25 @@ class Keeper:
         if graceful:
             self.upgrades += 1
             self.fast_failures = 0
-            delay = 0.0
-        else:
-            self.restarts += 1
-            self.fast_failures = self.fast_failures + 1 if lived < FAST_DEATH else 0
-            delay = 0.0 if self.fast_failures <= 1 else min(0.05 * 2 ** self.fast_failures,
-                                                            5.0)
-            if self.restart != "auto":
-                log.warning("server died; restart=manual: waiting for a takeover")
-                return
-            if self.fast_failures > self.max_fast_restarts:
-                log.error("server failed %d times in a row; not restarting",
-                          self.fast_failures)
-                return
+            self.grant_at = time.monotonic()
+            self._tick_grant()
+            return
+        self.restarts += 1
+        self._failed(lived < FAST_DEATH and not (c is not None and c.progressed))
+
+    def _failed(self, fast: bool) -> None:
+        """A server died (or never started): restart it, later, or not at all."""
+        self.fast_failures = self.fast_failures + 1 if fast else 0
+        if self.restart != "auto":
+            log.warning("server died; restart=manual: waiting for a takeover")
+            return
+        if self.fast_failures > self.max_fast_restarts:
+            self.gave_up = True
+            log.error("server failed %d times in a row; not restarting (run "
+                      "`fusewire takeover %s` once fixed)", self.fast_failures,
+                      self.mountpoint)
+            return
+        delay = 0.0 if self.fast_failures <= 1 else min(0.05 * 2 ** self.fast_failures, 5.0)
         self.grant_at = time.monotonic() + delay
         self._tick_grant()
 
@@ -219,7 +241,7 @@ class Keeper:
                 self._grant(c)
                 if self.owner is not None:
                     return
-        self._spawn(spare=False)
+        self.pending_spawn = self._spawn(spare=False)
 
     # -- client messages -----------------------------------------------------------------
 
@@ -282,6 +304,9 @@ class Keeper:
             self.ready = True
             self.owner_info = dict(msg)
             self._ensure_spare()
+        elif op == "progress" and c is self.owner:
+            c.progressed = True
+            self.fast_failures = 0
         elif op == "handover" and c is self.owner:
             self.handover = True
         elif op == "unmounted":
@@ -296,6 +321,7 @@ class Keeper:
         elif op == "restart":
             if self.owner is None:
                 self.fast_failures = 0
+                self.gave_up = False
                 self.grant_at = time.monotonic()
                 self._tick_grant()
             else:
@@ -310,18 +336,38 @@ class Keeper:
             except OSError:
                 self._drop(c)
 
+    def state(self) -> tuple[str, str]:
+        """(state, why): serving, starting, restarting, stopped or unmounted."""
+        if self.unmounted:
+            return "unmounted", ""
+        if self.owner is not None:
+            return ("serving", "") if self.ready else ("starting", "taking over")
+        if self.gave_up:
+            return "stopped", (f"restart limit reached: {self.fast_failures} servers died "
+                               f"within {FAST_DEATH:g} s in a row; run `fusewire takeover`")
+        if self.restart != "auto" and self.grant_at is None:
+            return "stopped", "restart=manual: run `fusewire takeover`"
+        wait = (self.grant_at or 0.0) - time.monotonic()
+        if self.grant_at is not None and wait > 0:
+            return "restarting", f"back-off, next server in {wait:.2f} s"
+        return "restarting", "starting a server"
+
     def status(self) -> dict[str, Any]:
         """What ``fusewire status`` prints."""
-        data = jn.read_all(self.journal_fd)
-        st = jn.load(data)
+        st = self.follower.update(self.journal_fd)
+        state, why = self.state()
         return {
-            "ok": True, "mountpoint": self.mountpoint, "fs": self.fs,
+            "ok": True, "mountpoint": self.mountpoint, "fs": self.fs, "source": self.source,
+            "state": state, "state_reason": why,
             "keeper_pid": os.getpid(), "server_pid": self.owner.pid if self.owner else None,
             "ready": self.ready, "restart": self.restart, "restarts": self.restarts,
+            "fast_failures": self.fast_failures, "max_fast_restarts": self.max_fast_restarts,
             "upgrades": self.upgrades,
             "spare_pid": self.spare_proc.pid if self.spare_proc else None,
-            "journal_bytes": len(data), "journal_records": st.records,
-            "nodes": len(st.nodes), "handles": len(st.handles),
+            "journal_bytes": st.valid_len, "journal_records": st.records,
+            "nodes": len(st.nodes), "handles": len(st.handles), "node_keys": len(st.keys),
+            "protocol": (f"{st.session.get('major')}.{st.session.get('minor')}"
+                         if st.session else None),
             "recovery": self.owner_info.get("recovery"),
             "takeover_ms": self.owner_info.get("takeover_ms"),
         }
@@ -337,7 +383,7 @@ class Keeper:
         self.setup()
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "quit", True))
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self._spawn(spare=False)
+        self.pending_spawn = self._spawn(spare=False)
         try:
             while not self.quit:
                 for key, _ in self.sel.select(0.2):
