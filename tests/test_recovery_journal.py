@@ -39,7 +39,28 @@ def test_append_and_load() -> None:
     assert len(st.requests) == 5
     assert set(st.replies) == {2, 4, 6, 8, 10}
     assert st.nodes == {5: 1, 6: 1}
-    assert st.valid_len == os.fstat(fd).st_size
+    assert st.valid_len == w.offset
+    tail = jn.read_all(fd)[w.offset:]            # the preallocated rest: zeros
+    assert tail == bytes(len(tail))
+    os.close(fd)
+
+
+def test_writer_grows_and_a_successor_continues() -> None:
+    fd, w = _journal_with(0)
+    big = bytes(range(256)) * 1024               # 256 KiB payloads: crosses GROW_BYTES
+    for _ in range(6):
+        w.append(jn.RecordType.FS_SNAPSHOT, big)
+    assert os.fstat(fd).st_size > jn.GROW_BYTES
+    st = jn.load(jn.read_all(fd))
+    assert st.valid_len == w.offset and st.records == 7
+    w.close()
+    # a successor appends after the valid records, not after the zero tail
+    w2 = jn.JournalWriter(fd, st.valid_len)
+    w2.append(jn.RecordType.ADD, struct.pack("<Q", 11))
+    st2 = jn.load(jn.read_all(fd))
+    assert st2.nodes == {11: 1} and st2.valid_len == w2.offset
+    w3 = jn.JournalWriter(fd)                    # no offset: found by loading
+    assert w3.offset == w2.offset
     os.close(fd)
 
 

@@ -15,6 +15,7 @@ acknowledges, the old journal stays valid and complete.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 MAGIC = b"FWJRNL01"
+#: a journal file grows in steps of this many bytes (its tail is zeros until written)
+GROW_BYTES = 1 << 20
 _HDR = struct.Struct("<IB")
 _CRC = struct.Struct("<I")
 _OUT_HDR = struct.Struct("<IiQ")
@@ -280,35 +283,60 @@ def new_memfd(name: str = "fusewire-journal") -> int:
 
 
 class JournalWriter:
-    """Appends records to a journal fd at an explicit offset (pwrite)."""
+    """Appends records to a journal memfd through a shared mapping.
+
+    A record is durable (in the memfd, which the keeper holds) as soon as its
+    bytes are stored in the mapping: no system call per record.  The file is
+    grown in steps of :data:`GROW_BYTES`; the unused tail reads as zeros, which
+    end the journal like a torn tail does (a zero length and type fail the
+    checksum).  ``offset`` is where the valid records end: callers pass the
+    ``valid_len`` of what they loaded, or the length of a snapshot they wrote.
+    """
 
     def __init__(self, fd: int, offset: int | None = None) -> None:
         self.fd = fd
         if offset is None:
-            offset = os.fstat(fd).st_size
+            offset = load(read_all(fd)).valid_len
         if offset < len(MAGIC):
             os.pwrite(fd, MAGIC, 0)
             offset = len(MAGIC)
-        # drop a torn tail so later records are not hidden behind it
-        if os.fstat(fd).st_size != offset:
-            os.ftruncate(fd, offset)
+        # Drop a torn tail and anything after it, so that later records are
+        # never followed by the remains of older ones.
+        os.ftruncate(fd, offset)
         self.offset = offset
         self.records = 0
+        self._map: mmap.mmap | None = None
+        self._cap = 0
+        self._grow(offset)
+
+    def _grow(self, need: int) -> None:
+        cap = (need // GROW_BYTES + 1) * GROW_BYTES
+        os.ftruncate(self.fd, cap)          # the new bytes are zeros: the end marker
+        if self._map is not None:
+            self._map.close()
+        self._map = mmap.mmap(self.fd, cap)
+        self._cap = cap
 
     def append(self, rtype: int, payload: bytes) -> None:
         """Append one record; durable (in the memfd) when this returns."""
         self.append_raw(encode_record(rtype, payload))
 
     def append_raw(self, blob: bytes) -> None:
-        """Append already-encoded records in one write."""
-        view = memoryview(blob)
+        """Append already-encoded records with one copy into the mapping."""
         off = self.offset
-        while view:
-            n = os.pwrite(self.fd, view, off)
-            off += n
-            view = view[n:]
-        self.offset = off
+        end = off + len(blob)
+        if end > self._cap:
+            self._grow(end)
+        assert self._map is not None
+        self._map[off:end] = blob
+        self.offset = end
         self.records += 1
+
+    def close(self) -> None:
+        """Unmap (the fd stays open: it belongs to the caller)."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
 def encode_req(time_ns: int, raw: bytes, reply: bytes, opened: tuple[int, int, int] | None,

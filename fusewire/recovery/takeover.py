@@ -428,6 +428,7 @@ class RecoverableServer(Server):
         os.pwrite(fd, body, 0)
         self.control.swap_journal(fd)
         old = rj.writer.fd
+        rj.writer.close()
         rj.writer = jn.JournalWriter(fd, len(body))
         rj.nodes.writer = rj.writer
         rj.replies.clear()
