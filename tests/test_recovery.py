@@ -602,6 +602,23 @@ def test_compaction_under_load(start: Any, tmp_path: Path,
         assert st["node_keys"] == st["nodes"]
 
 
+def test_big_snapshot_does_not_compact_on_every_reply(start: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A snapshot larger than the compaction threshold must not count as new log.
+    monkeypatch.setenv("FUSEWIRE_COMPACT_BYTES", str(1 << 20))
+    m = start()
+    (m.path / "big").write_bytes(os.urandom(3 << 20))   # > 1 MiB of REQ records: compacts
+    for _ in range(3):
+        (m.path / "small").write_bytes(b"x")
+    before = m.status()["compactions"]
+    assert before >= 1
+    for i in range(200):
+        os.stat(m.path / "big")
+        (m.path / f"f{i}").touch()
+    assert m.status()["compactions"] - before <= 1
+    assert (m.path / "big").stat().st_size == 3 << 20
+
+
 def test_unmount_stops_keeper(start: Any) -> None:
     m = start()
     pid = m.status()["server_pid"]

@@ -94,7 +94,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
                 "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
-                "journal_bytes", "journal_records", "takeover_ms", "spare_pid"):
+                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid"):
         if key == "source" and st.get(key) is None:
             continue
         if key == "state_reason" and not st.get(key):

@@ -303,6 +303,8 @@ class JournalWriter:
         # Drop a torn tail and anything after it, so that later records are
         # never followed by the remains of older ones.
         os.ftruncate(fd, offset)
+        #: where this writer started (after the snapshot it was given, if any)
+        self.start = offset
         self.offset = offset
         self.records = 0
         self._map: mmap.mmap | None = None
@@ -331,6 +333,11 @@ class JournalWriter:
         self._map[off:end] = blob
         self.offset = end
         self.records += 1
+
+    @property
+    def appended(self) -> int:
+        """Bytes this writer appended (what a compaction would fold away)."""
+        return self.offset - self.start
 
     def close(self) -> None:
         """Unmap (the fd stays open: it belongs to the caller)."""

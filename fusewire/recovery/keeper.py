@@ -75,6 +75,8 @@ class Keeper:
         self.pending_spawn: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.upgrades = 0
+        #: journals swapped in by the owner's compactions
+        self.compactions = 0
         self.fast_failures = 0
         self.gave_up = False
         self.grant_at: float | None = None
@@ -298,6 +300,7 @@ class Keeper:
             old = self.journal_fd
             self.journal_fd = fds.pop(0)
             os.close(old)
+            self.compactions += 1
             for w in list(self.waiting):
                 self._offer(w)
         elif op == "ready" and c is self.owner:
@@ -362,7 +365,7 @@ class Keeper:
             "keeper_pid": os.getpid(), "server_pid": self.owner.pid if self.owner else None,
             "ready": self.ready, "restart": self.restart, "restarts": self.restarts,
             "fast_failures": self.fast_failures, "max_fast_restarts": self.max_fast_restarts,
-            "upgrades": self.upgrades,
+            "upgrades": self.upgrades, "compactions": self.compactions,
             "spare_pid": self.spare_proc.pid if self.spare_proc else None,
             "journal_bytes": st.valid_len, "journal_records": st.records,
             "nodes": len(st.nodes), "handles": len(st.handles), "node_keys": len(st.keys),

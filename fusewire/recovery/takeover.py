@@ -482,7 +482,10 @@ class RecoverableServer(Server):
                 self.progressed = True
                 self.control.progress()
         w = self.rj.writer
-        if w.offset > COMPACT_BYTES or w.records > COMPACT_RECORDS:
+        # Bytes appended since the snapshot, not the file size: a snapshot of a
+        # big filesystem is itself bigger than the threshold (compacting again
+        # after every reply would never end).
+        if w.appended > COMPACT_BYTES or w.records > COMPACT_RECORDS:
             self.compact()
 
 
