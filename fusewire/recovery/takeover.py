@@ -484,8 +484,11 @@ class RecoverableServer(Server):
         w = self.rj.writer
         # Bytes appended since the snapshot, not the file size: a snapshot of a
         # big filesystem is itself bigger than the threshold (compacting again
-        # after every reply would never end).
-        if w.appended > COMPACT_BYTES or w.records > COMPACT_RECORDS:
+        # after every reply would never end).  And at least the snapshot's own
+        # size: a compaction writes the whole filesystem, so its cost stays a
+        # constant factor of what was appended (64, 128, 256 MiB... for a file
+        # being written, not one dump per 64 MiB of data).
+        if w.appended > max(COMPACT_BYTES, w.start) or w.records > COMPACT_RECORDS:
             self.compact()
 
 
