@@ -25,17 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from fusewire.recovery import commands, wire  # noqa: E402
 from fusewire.server import mount as fm  # noqa: E402
-
-
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.update(int(x) for x in f.read().split())
-    except OSError:
-        pass
-    return out
+from fusewire.testing.procs import children as _children  # noqa: E402
+from fusewire.testing.procs import unmount_and_kill  # noqa: E402
 
 
 class Recoverable:
@@ -60,16 +51,7 @@ class Recoverable:
         return st
 
     def close(self) -> None:
-        pids = self.pids | _children(self.keeper.pid) | {self.keeper.pid}
-        try:
-            fm.unmount(str(self.mnt), lazy=True)
-        except OSError:
-            pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        unmount_and_kill(self.mnt, self.pids | _children(self.keeper.pid) | {self.keeper.pid})
         self.keeper.wait(10)
 
 

@@ -26,6 +26,8 @@ import pytest
 
 from fusewire.recovery import commands, wire
 from fusewire.server import mount as fm
+from fusewire.testing.procs import children as _children
+from fusewire.testing.procs import unmount_and_kill
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root"),
@@ -59,17 +61,6 @@ class Mount:
     def backing(self, *parts: str) -> Path | None:
         """The object in the source tree (passthrough), None for memfs."""
         return None if self.source is None else self.source.joinpath(*parts)
-
-
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out.update(int(x) for x in f.read().split())
-    except OSError:
-        pass
-    return out
 
 
 def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str | None = None,
@@ -110,16 +101,7 @@ def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str | None = 
 
 
 def _cleanup(m: Mount) -> None:
-    pids = {m.keeper.pid} | m.pids | _children(m.keeper.pid)
-    try:
-        fm.unmount(str(m.path), lazy=True)
-    except OSError:
-        pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    unmount_and_kill(m.path, {m.keeper.pid} | m.pids | _children(m.keeper.pid))
     m.keeper.wait(timeout=10)
 
 
@@ -408,15 +390,7 @@ def test_cli_mount_passthrough_recoverable(tmp_path: Path,
         assert (mnt / "old").read_text() == "from before the mount"
     finally:
         pids |= _children(st["keeper_pid"]) if r.returncode == 0 else set()
-        try:
-            fm.unmount(str(mnt), lazy=True)
-        except OSError:
-            pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        unmount_and_kill(mnt, pids)
 
 
 def test_status_refuses_without_keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -168,12 +168,8 @@ def run_fdstore(fs: str, source: str | None, mountpoint: str, options: list[str]
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of ``fusewire fdstore``."""
-    if p is None:
-        p = argparse.ArgumentParser(prog="fusewire fdstore")
-    p.add_argument("fs", help="memfs, passthrough or MODULE:CLASS")
-    p.add_argument("paths", nargs="+", help="[SOURCE] MOUNTPOINT")
-    p.add_argument("-o", dest="options", action="append", default=[])
-    return p
+    from fusewire.recovery.keeper import add_fs_arguments
+    return add_fs_arguments(p or argparse.ArgumentParser(prog="fusewire fdstore"))
 
 
 def run_args(args: argparse.Namespace) -> int:

@@ -420,13 +420,17 @@ class Keeper:
                 os.close(fd)
 
 
-def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Arguments of the keeper (also used by ``fusewire keeper``)."""
-    if p is None:
-        p = argparse.ArgumentParser(prog="fusewire keeper")
+def add_fs_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The filesystem, its paths and ``-o`` options (keeper and fd-store commands)."""
     p.add_argument("fs", help="memfs, passthrough or MODULE:CLASS")
     p.add_argument("paths", nargs="+", help="[SOURCE] MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[])
+    return p
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the keeper (also used by ``fusewire keeper``)."""
+    p = add_fs_arguments(p or argparse.ArgumentParser(prog="fusewire keeper"))
     p.add_argument("--restart", choices=("auto", "manual"), default="auto")
     p.add_argument("--max-fast-restarts", type=int, default=20)
     p.add_argument("--no-spare", action="store_true", help="do not keep a warm spare server")
