@@ -25,7 +25,16 @@ __all__ = [
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
+    "timeout_parts",
 ]
+
+
+def timeout_parts(seconds: float) -> tuple[int, int]:
+    """A cache timeout in seconds as the wire's (seconds, nanoseconds); <= 0 is (0, 0)."""
+    if seconds <= 0:
+        return 0, 0
+    whole = int(seconds)
+    return whole, int((seconds - whole) * 1_000_000_000)
 
 
 class FUSEError(Exception):

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as _hyp_settings
 
+from fusewire.server.mount import dev_fuse_problem
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOUNT_TIMEOUT = 15.0
 #: A test blocked this long in a syscall on a mount is unblocked by killing its
@@ -56,16 +58,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def dev_fuse_problem() -> str | None:
-    """Why /dev/fuse is unusable here, or None."""
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"cannot open /dev/fuse O_RDWR: {exc}"
-    os.close(fd)
-    return None
 
 
 def _unescape(field: str) -> str:
@@ -106,7 +98,8 @@ def server_env(extra_path: list[str] | None = None) -> dict[str, str]:
     return env
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM our own child, then SIGKILL if it has not exited within 5 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -191,7 +184,7 @@ class FuseServer:
             except (OSError, ImportError):
                 subprocess.run(["umount", "-l", str(self.mountpoint)], check=False,
                                stderr=subprocess.DEVNULL)
-        _stop_process(self.proc)
+        stop_process(self.proc)
         self._err.close()
 
 

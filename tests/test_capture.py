@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 
 from fusewire.opcodes.flags import Opcode
@@ -101,14 +102,8 @@ class CapturedMount:
         """Always safe: lazy unmount if still mounted, stop our own pid only."""
         if _mounted(self.mnt):
             subprocess.run(["umount", "-l", str(self.mnt)], check=False, capture_output=True)
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if self.proc is not None:
+            conftest.stop_process(self.proc)
 
 
 def _git(*args: str, cwd: Path | None = None) -> str:

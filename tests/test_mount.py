@@ -29,9 +29,12 @@ from pathlib import Path
 import pytest
 
 from fusewire.server import mount as fm
+from fusewire.structs.codec import CODECS
+from fusewire.structs.records import InHeader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-IN_HEADER = struct.Struct("<IIQQIIIHH")
+_IN_HEADER_CODEC = CODECS["in_header"]
+IN_HEADER = _IN_HEADER_CODEC.struct
 FUSE_INIT = 26
 TEST_USER = "fusewire-test"
 IS_ROOT = os.geteuid() == 0
@@ -46,45 +49,21 @@ needs_root = pytest.mark.skipif(
 # helpers and fixtures
 
 
-def _dev_fuse_problem() -> str | None:
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"cannot open /dev/fuse: {exc}"
-    os.close(fd)
-    return None
-
-
 @pytest.fixture
 def dev_fuse() -> None:
     """Skip the test if /dev/fuse cannot be opened by this process."""
-    problem = _dev_fuse_problem()
+    problem = fm.dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
 
 
-@dataclass(frozen=True)
-class Header:
-    """A decoded fuse_in_header."""
-
-    len: int
-    opcode: int
-    unique: int
-    nodeid: int
-    uid: int
-    gid: int
-    pid: int
-    total_extlen: int
-    padding: int
-
-
-def read_request(fd: int, timeout: float = 5.0) -> tuple[Header, bytes]:
+def read_request(fd: int, timeout: float = 5.0) -> tuple[InHeader, bytes]:
     """Read one request from a /dev/fuse fd, failing instead of hanging."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     assert poller.poll(int(timeout * 1000)), f"no request on fd {fd} within {timeout}s"
     data = os.read(fd, 8192)
-    return Header(*IN_HEADER.unpack_from(data)), data
+    return _IN_HEADER_CODEC.decode(data), data
 
 
 def assert_init(fd: int) -> tuple[int, int]:
@@ -667,7 +646,7 @@ def world_usable_dev_fuse() -> Iterator[None]:
     leave the node 0600, which makes every user mount fail with EACCES.  The
     original mode is restored afterwards.
     """
-    problem = _dev_fuse_problem()
+    problem = fm.dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
     mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)

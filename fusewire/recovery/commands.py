@@ -103,17 +103,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_upgrade(args: argparse.Namespace) -> int:
-    path = wire.socket_path(args.mountpoint)
+def _ask_keeper(mountpoint: str, *ops: str) -> list[dict[str, Any]] | None:
+    """Send each op to the mount's keeper in turn; None (and a message) on failure."""
+    path = wire.socket_path(mountpoint)
     try:
-        before = wire.request(path, {"op": "status"})
-        reply = wire.request(path, {"op": "upgrade"})
+        replies = [wire.request(path, {"op": op}) for op in ops]
     except OSError as exc:
-        sys.stderr.write(f"fusewire: no keeper for {args.mountpoint}: {exc}\n")
+        sys.stderr.write(f"fusewire: no keeper for {mountpoint}: {exc}\n")
+        return None
+    if not replies[-1].get("ok"):
+        sys.stderr.write(f"fusewire: {replies[-1].get('error')}\n")
+        return None
+    return replies
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    replies = _ask_keeper(args.mountpoint, "status", "upgrade")
+    if replies is None:
         return 1
-    if not reply.get("ok"):
-        sys.stderr.write(f"fusewire: {reply.get('error')}\n")
-        return 1
+    before = replies[0]
     st = wait_ready(args.mountpoint, args.timeout, after_pid=before.get("server_pid"))
     if st is None:
         sys.stderr.write("fusewire: the new server did not become ready\n")
@@ -123,14 +131,7 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_takeover(args: argparse.Namespace) -> int:
-    path = wire.socket_path(args.mountpoint)
-    try:
-        reply = wire.request(path, {"op": "restart"})
-    except OSError as exc:
-        sys.stderr.write(f"fusewire: no keeper for {args.mountpoint}: {exc}\n")
-        return 1
-    if not reply.get("ok"):
-        sys.stderr.write(f"fusewire: {reply.get('error')}\n")
+    if _ask_keeper(args.mountpoint, "restart") is None:
         return 1
     return 0 if wait_ready(args.mountpoint) is not None else 1
 

@@ -82,6 +82,7 @@ from fusewire.operations import Operations
 from fusewire.server.readdir import ReaddirToken
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FUSEError
+from fusewire.types import timeout_parts as _ts
 
 __all__ = [
     "HANDLE_FORMAT",
@@ -117,7 +118,6 @@ HANDLE_OVERHEAD = 2 + TAG_SIZE
 #: opaque bytes carry their own format byte and tag).
 V2_HANDLE_TYPE = 1
 _DOMAIN = b"fusewire/file-handle/1\0"
-_NS = 1_000_000_000
 
 _ENTRY_OUT = CODECS["entry_out"]
 _ENTRY2_OUT = CODECS["entry2_out"]
@@ -271,13 +271,6 @@ def _slot(session: Session) -> int:
     if profile.fixed_slot:
         return session.max_handle_sz
     return FUSE_MAX_HANDLE_SZ
-
-
-def _ts(seconds: float) -> tuple[int, int]:
-    if seconds <= 0:
-        return 0, 0
-    whole = int(seconds)
-    return whole, int((seconds - whole) * _NS)
 
 
 # -- the server's side ------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from fusewire.types import (
     RequestContext,
     SetattrFields,
 )
+from fusewire.types import timeout_parts as _ts
 
 __all__ = ["Dispatcher", "Journal", "NodeTable", "wanted_flags"]
 
@@ -123,13 +124,6 @@ class NodeTable:
             else:
                 self.counts.pop(nodeid, None)
             return take
-
-
-def _ts(seconds: float) -> tuple[int, int]:
-    if seconds <= 0:
-        return 0, 0
-    whole = int(seconds)
-    return whole, int((seconds - whole) * _NS)
 
 
 def _attr_tuple(a: EntryAttributes) -> tuple[int, ...]:

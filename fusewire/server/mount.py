@@ -69,6 +69,7 @@ __all__ = [
     "MountOptions",
     "abort_connection",
     "clone_fd",
+    "dev_fuse_problem",
     "connection_id",
     "fusermount_path",
     "is_mounted",
@@ -801,6 +802,16 @@ def clone_fd(fd: int) -> int:
             code, f"FUSE_DEV_IOC_CLONE from fd {fd} failed: {os.strerror(code)}"
         ) from None
     return new_fd
+
+
+def dev_fuse_problem() -> str | None:
+    """Why /dev/fuse is unusable by this process (a reason to skip a test), or None."""
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open /dev/fuse O_RDWR: {exc}"
+    os.close(fd)
+    return None
 
 
 def sync_init_supported() -> bool:

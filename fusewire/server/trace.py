@@ -10,6 +10,7 @@ import enum
 import errno
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from fusewire.connection import Request
@@ -28,11 +29,13 @@ from fusewire.opcodes.flags import (
     SETXATTR,
     WRITE,
     InitFlag,
+    Opcode,
 )
 from fusewire.opcodes.table import Reply
 from fusewire.structs.codec import CODECS
 
-__all__ = ["FLAG_FIELDS", "format_fields", "format_reply", "format_request", "open_flags_str"]
+__all__ = ["FLAG_FIELDS", "flag_str", "format_fields", "format_reply", "format_request",
+           "open_flags_str", "request_text"]
 
 #: (struct field name) -> the IntFlag family that decodes it
 FLAG_FIELDS: dict[str, type[enum.IntFlag]] = {
@@ -80,7 +83,8 @@ def open_flags_str(value: int) -> str:
     return "|".join(names)
 
 
-def _flag_str(family: type[enum.IntFlag], value: int) -> str:
+def flag_str(family: type[enum.IntFlag], value: int) -> str:
+    """``A|B|0x40`` for ``value`` in ``family`` (unknown bits in hex), ``0`` for none."""
     if not value:
         return "0"
     known = 0
@@ -109,7 +113,7 @@ def format_fields(rec: Any) -> str:
         if name == "flags" and cls in _OPEN_FLAG_RECORDS and isinstance(value, int):
             parts.append(f"{name}={open_flags_str(value)}")
         elif family is not None and isinstance(value, int):
-            parts.append(f"{name}={_flag_str(family, value)}")
+            parts.append(f"{name}={flag_str(family, value)}")
         elif hasattr(value, "_fields"):
             parts.append(f"{name}={{{format_fields(value)}}}")
         elif name in ("mode",) and isinstance(value, int):
@@ -119,15 +123,23 @@ def format_fields(rec: Any) -> str:
     return " ".join(parts)
 
 
-def format_request(req: Request) -> str:
-    """``unique=0x4 GETATTR nodeid=1 uid=0 ... {getattr_flags=0 fh=0}``."""
-    resent = " RESENT" if req.unique >> 63 else ""
-    line = (f"unique={req.unique & ((1 << 63) - 1):#x}{resent} {req.info.name} "
-            f"nodeid={req.nodeid} uid={req.uid} gid={req.gid} pid={req.pid}")
-    if req.arg is not None:
-        line += f" {{{format_fields(req.arg)}}}"
+def request_text(req: Request, name: Callable[[bytes], str] = repr) -> str:
+    """``uid=0 gid=0 pid=1 {fields} b'name' +N bytes``: a request after its header.
+
+    INIT's flags and flags2 are shown as one 64-bit set.  ``name`` renders
+    each NUL-terminated name (``fusewire dump`` decodes them as paths).
+    """
+    line = f"uid={req.uid} gid={req.gid} pid={req.pid}"
+    a: Any = req.arg
+    if a is not None:
+        if req.opcode == Opcode.INIT:
+            offered = a.flags | (a.flags2 << 32 if a.minor >= 36 else 0)
+            line += (f" {{major={a.major} minor={a.minor} max_readahead={a.max_readahead} "
+                     f"flags={flag_str(InitFlag, offered)}}}")
+        else:
+            line += f" {{{format_fields(a)}}}"
     if req.names:
-        line += " " + " ".join(repr(n) for n in req.names)
+        line += " " + " ".join(name(n) for n in req.names)
     data = req.data
     if isinstance(data, memoryview) and len(data):
         line += f" +{len(data)} bytes"
@@ -136,6 +148,13 @@ def format_request(req: Request) -> str:
     if req.ext is not None:
         line += f" ext(groups={list(req.ext.groups)} secctx={len(req.ext.secctx)})"
     return line
+
+
+def format_request(req: Request) -> str:
+    """``unique=0x4 GETATTR nodeid=1 uid=0 ... {getattr_flags=0 fh=0}``."""
+    resent = " RESENT" if req.unique >> 63 else ""
+    return (f"unique={req.unique & ((1 << 63) - 1):#x}{resent} {req.info.name} "
+            f"nodeid={req.nodeid} {request_text(req)}")
 
 
 def format_reply(req: Request, bufs: list[Any] | None) -> str:

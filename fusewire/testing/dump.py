@@ -32,7 +32,8 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.opcodes.table import NOTIFICATIONS, OPS, Reply
-from fusewire.server.trace import format_fields
+from fusewire.server.trace import flag_str, format_fields
+from fusewire.server.trace import request_text as _request_text
 from fusewire.structs.codec import CODECS
 from fusewire.structs.layout import decode_sized
 from fusewire.structs.records import InitIn
@@ -136,19 +137,6 @@ def _errname(err: int) -> str:
     return errno.errorcode.get(err, str(err))
 
 
-def _flag_names(value: int) -> str:
-    if not value:
-        return "0"
-    names = [m.name or "?" for m in InitFlag if m.value and value & m.value == m.value]
-    known = 0
-    for m in InitFlag:
-        if m.value and value & m.value == m.value:
-            known |= m.value
-    if value & ~known:
-        names.append(hex(value & ~known))
-    return "|".join(names)
-
-
 # -- requests -----------------------------------------------------------------------------
 
 
@@ -173,26 +161,8 @@ def request_fields(req: Request) -> dict[str, Any]:
 
 
 def request_text(req: Request) -> str:
-    """``uid=0 gid=0 pid=1 {fields} 'name' +N bytes``."""
-    line = f"uid={req.uid} gid={req.gid} pid={req.pid}"
-    if req.arg is not None:
-        if req.opcode == Opcode.INIT:
-            a: Any = req.arg
-            offered = a.flags | (a.flags2 << 32 if a.minor >= 36 else 0)
-            line += (f" {{major={a.major} minor={a.minor} max_readahead={a.max_readahead} "
-                     f"flags={_flag_names(offered)}}}")
-        else:
-            line += f" {{{format_fields(req.arg)}}}"
-    if req.names:
-        line += " " + " ".join(repr(_name(n)) for n in req.names)
-    data = req.data
-    if isinstance(data, memoryview) and len(data):
-        line += f" +{len(data)} bytes"
-    elif isinstance(data, tuple) and data:
-        line += f" {list(data)[:8]}{'...' if len(data) > 8 else ''}"
-    if req.ext is not None:
-        line += f" ext(groups={list(req.ext.groups)} secctx={len(req.ext.secctx)})"
-    return line
+    """``uid=0 gid=0 pid=1 {fields} 'name' +N bytes`` (names decoded as paths)."""
+    return _request_text(req, lambda n: repr(_name(n)))
 
 
 def _request_nodeids(req: Request) -> set[int]:
@@ -272,7 +242,7 @@ def _decode_body(req: Request, body: bytes,
         out: Any = decode_sized(CODECS["init_out"], body, 0, min(len(body), 64))
         flags = out.flags | (out.flags2 << 32 if out.minor >= 36 else 0)
         d = rec_dict(out)
-        text = (f"major={out.major} minor={out.minor} flags={_flag_names(flags)} "
+        text = (f"major={out.major} minor={out.minor} flags={flag_str(InitFlag, flags)} "
                 f"max_write={out.max_write} max_pages={out.max_pages} "
                 f"max_readahead={out.max_readahead} time_gran={out.time_gran}")
         return d, text

@@ -13,14 +13,13 @@ unmounted afterwards.
 
 from __future__ import annotations
 
-import errno
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fusewire.operations import Operations
+from fusewire.server import mount as _mount
 from fusewire.testing.emulator import KernelEmulator
 
 __all__ = ["fuse_emulator", "fuse_mount", "fuse_ops"]
@@ -41,19 +40,10 @@ def fuse_emulator(request: pytest.FixtureRequest, fuse_ops: Operations) -> Kerne
     return KernelEmulator(fuse_ops, minor=minor)
 
 
-def _dev_fuse_problem() -> str | None:
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return f"cannot open /dev/fuse: {os.strerror(exc.errno or errno.EIO)}"
-    os.close(fd)
-    return None
-
-
 @pytest.fixture
 def fuse_mount(fuse_ops: Operations, tmp_path: Path) -> Iterator[Path]:
     """A real mount of ``fuse_ops`` served in a thread; yields the mountpoint."""
-    problem = _dev_fuse_problem()
+    problem = _mount.dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
     from fusewire.server.loop import Server, serve_in_thread
