@@ -34,6 +34,7 @@ import dataclasses
 import errno
 import os
 import struct
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -74,6 +75,10 @@ _RESEND_MASK = ~FUSE_UNIQUE_RESEND & 0xFFFFFFFFFFFFFFFF
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _EXT_HDR = struct.Struct("<II")
+#: INTERRUPTs kept for requests not (yet) in flight: another thread may still be
+#: about to register its request, or the target finished just before; the
+#: oldest beyond this many are dropped, so stray interrupts never accumulate
+EARLY_INTERRUPTS = 256
 
 #: What fusewire asks for by default, before trimming to what a filesystem implements.
 DEFAULT_WANT = (
@@ -414,6 +419,8 @@ class Connection:
         #: in-flight requests needing a reply: key (unique without bit 63) -> opcode
         self.inflight: dict[int, int] = {}
         self._interrupted: set[int] = set()
+        #: interrupted keys that were not in flight when their INTERRUPT came (FIFO)
+        self._early: deque[int] = deque()
 
     # -- state export for takeover ------------------------------------------
 
@@ -440,10 +447,24 @@ class Connection:
         req = parse_request(buf, self.session)
         if req.info.reply is not _R_NONE:
             if req.opcode == _INTERRUPT:
-                self._interrupted.add(req.arg.unique & _RESEND_MASK)
+                self._note_interrupt(req.arg.unique & _RESEND_MASK)
             else:
                 self.inflight[req.unique & _RESEND_MASK] = req.opcode
         return req
+
+    def _note_interrupt(self, key: int) -> None:
+        self._interrupted.add(key)
+        if key in self.inflight:
+            return
+        # The target is not in flight: it may arrive later (another thread read
+        # it and has not registered it yet) or it was answered already.  Keep a
+        # bounded number of these.
+        early = self._early
+        if len(early) >= EARLY_INTERRUPTS:
+            old = early.popleft()
+            if old not in self.inflight:
+                self._interrupted.discard(old)
+        early.append(key)
 
     def is_interrupted(self, unique: int) -> bool:
         """Whether an INTERRUPT arrived for the request ``unique`` (still in flight)."""

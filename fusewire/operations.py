@@ -17,6 +17,14 @@ back, so a filesystem may drop an object once it is unlinked and forgotten.
 Names are ``bytes`` (the kernel does not promise any encoding).  Handlers
 raise :class:`fusewire.FUSEError` to fail; any other exception becomes EIO
 and a log line.
+
+Waiting without stopping the mount: any handler may be ``async def`` (the
+server then runs an asyncio loop and serves other requests while one
+awaits; an INTERRUPT cancels the awaiting handler and the caller gets
+EINTR), and a synchronous handler may answer later by raising
+``ctx.defer()`` (a :class:`fusewire.Pending`) and finishing it from
+anywhere with ``pending.reply(value)``.  See docs/design.md, "The end-state
+serving model".
 """
 
 from __future__ import annotations
@@ -267,8 +275,16 @@ class Operations:
         """
         raise _enosys()
 
-    def flush(self, fh: int) -> None:
-        """Sent on every close(2) of a file descriptor for ``fh``."""
+    def flush(self, fh: int, lock_owner: int = 0) -> None:
+        """Sent on every close(2) of a file descriptor for ``fh``.
+
+        ``lock_owner`` identifies the closing process's lock owner (the same
+        value ``setlk`` receives as ``owner``): POSIX says every record lock
+        that owner holds on the file goes with any close, so a filesystem
+        that serves locks drops that owner's locks on the file here
+        (:meth:`fusewire.locks.LockTable.unlock_owner`).  Overrides written
+        with the older ``flush(self, fh)`` signature keep working.
+        """
         raise _enosys()
 
     def release(self, fh: int) -> None:

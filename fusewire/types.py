@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "EntryAttributes",
     "FUSEError",
     "FileInfo",
     "Lock",
+    "Pending",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
@@ -253,6 +256,7 @@ class RequestContext:
     groups: tuple[int, ...] = ()
     resent: bool = False
     _interrupted: Callable[[int], bool] | None = field(default=None, repr=False)
+    _deferrable: bool = field(default=False, repr=False)
 
     @property
     def interrupted(self) -> bool:
@@ -262,3 +266,91 @@ class RequestContext:
         ``FUSEError(errno.EINTR)`` when it turns true.
         """
         return self._interrupted is not None and self._interrupted(self.unique)
+
+    @property
+    def can_defer(self) -> bool:
+        """True when the server serving this request accepts a deferred reply.
+
+        Requests served by :class:`fusewire.server.Server` can always defer;
+        a context built by hand (unit tests) or by a replaying dispatcher
+        cannot, and code that would wait should then block instead.
+        """
+        return self._deferrable
+
+    def defer(self, on_interrupt: Callable[[Pending], None] | None = None) -> Pending:
+        """A marker for answering this request later: ``raise`` it from the handler.
+
+        The request stays in flight; whoever finishes the work (another
+        request's handler, another thread, a timer) calls
+        :meth:`Pending.reply` or :meth:`Pending.fail` once, and the server
+        writes that reply from its serving thread.  ``on_interrupt`` is
+        called (on a serving thread) when the kernel interrupts the request;
+        it should abandon the work and call ``pending.fail(errno.EINTR)``.
+        Only valid when :attr:`can_defer` is true.
+        """
+        return Pending(self.unique, on_interrupt)
+
+
+_PENDING_LOCK = threading.Lock()
+
+
+class Pending(Exception):  # noqa: N818 (a marker raised to answer later, not an error)
+    """A reply a handler gives later (a deferred reply).  Get one from
+    :meth:`RequestContext.defer` and ``raise`` it from a synchronous handler.
+
+    The value later passed to :meth:`reply` is what the handler would have
+    returned (``None`` for handlers that return nothing, bytes for ``read``,
+    an :class:`EntryAttributes` for ``getattr``...); the server encodes it
+    exactly as an immediate return.  :meth:`fail` answers an errno instead.
+    Both may be called from any thread, at most one of them takes effect
+    (later calls return False), and the reply is written once.
+    """
+
+    def __init__(self, unique: int = 0,
+                 on_interrupt: Callable[[Pending], None] | None = None) -> None:
+        super().__init__(unique)
+        self.unique = unique
+        self.on_interrupt = on_interrupt
+        #: (True, value) or (False, errno), or a server-internal tuple; None while waiting
+        self.outcome: tuple[Any, ...] | None = None
+        self._sink: Callable[[Pending], None] | None = None
+        #: server bookkeeping (the request, the function encoding its reply...)
+        self.slot: Any = None
+
+    @property
+    def done(self) -> bool:
+        """Whether a reply or an error was given."""
+        return self.outcome is not None
+
+    def reply(self, value: Any = None) -> bool:
+        """Answer with ``value`` (what the handler would have returned)."""
+        return self.finish((True, value))
+
+    def fail(self, err: int) -> bool:
+        """Answer with errno ``err`` (EINTR after an interrupt, EAGAIN...)."""
+        return self.finish((False, int(err)))
+
+    def finish(self, outcome: tuple[Any, ...]) -> bool:
+        """Record ``outcome`` once and hand it to the server; False if already done."""
+        with _PENDING_LOCK:
+            if self.outcome is not None:
+                return False
+            self.outcome = outcome
+            sink = self._sink
+        if sink is not None:
+            sink(self)
+        return True
+
+    def bind(self, sink: Callable[[Pending], None]) -> None:
+        """Server side: deliver the outcome to ``sink`` (now, if it is already known)."""
+        with _PENDING_LOCK:
+            self._sink = sink
+            ready = self.outcome is not None
+        if ready:
+            sink(self)
+
+    def interrupt(self) -> None:
+        """Server side: the kernel interrupted the request; run ``on_interrupt``."""
+        cb = self.on_interrupt
+        if cb is not None and self.outcome is None:
+            cb(self)

@@ -12,14 +12,15 @@ SEEK_DATA/SEEK_HOLE; copy_file_range; POSIX record locks and flock; O_TMPFILE;
 unlinked-but-open files; stable readdir cookies; statfs accounting; stable
 handles and a state dump for hand-over to a successor process.
 
-Blocking locks (``setlk``/``flock`` with ``sleep=True``) wait on a
-``threading.Condition``, so they need a server with worker threads: the
-request that releases the lock must be able to run while the waiter sleeps.
-The wait re-checks ``ctx.interrupted`` every 50 ms and fails with EINTR once
-the kernel interrupts the request.  For a single-threaded server pass
-``lock_wait_timeout=<seconds>``: a waiter then gives up after that long with
-EINTR, which lets the server read the next request (well-behaved callers,
-including Python's ``fcntl``, retry on EINTR).
+Locks live in a :class:`fusewire.locks.LockTable`.  A blocking lock
+(``setlk``/``flock`` with ``sleep=True``) that has to wait is a deferred
+reply: the serving thread goes on serving (the unlock among others) and the
+waiter is answered when the lock is granted, or with EINTR when the kernel
+interrupts it (a signal), or EDEADLK at once if it would deadlock.  Every
+close(2) sends FLUSH with the closing lock owner, and ``flush`` drops that
+owner's POSIX locks on the file.  Called directly (a context without
+deferred replies), a blocking call blocks the calling thread instead, and
+``lock_wait_timeout=<seconds>`` bounds that wait (EINTR after it).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fusewire.locks import LockTable, PosixLock
 from fusewire.operations import Operations
 from fusewire.types import (
     EntryAttributes,
@@ -76,7 +78,6 @@ _FIRST_COOKIE = 3          # 1 and 2 are "." and ".."
 _BOGO_DIRENT_SIZE = 20     # tmpfs reports directory sizes in these units
 _DAY_NS = 86400 * 10**9
 _BLOCK = 4096
-_LOCK_POLL = 0.05
 _STATE_VERSION = 1
 _S_IFMT = 0o170000
 _INO_MASK = (1 << 64) - 1
@@ -211,21 +212,6 @@ class _Handle:
         self.is_dir = is_dir
 
 
-class _PosixLock:
-    """A byte-range lock held by one lock owner (``end`` inclusive)."""
-
-    __slots__ = ("end", "fh", "owner", "pid", "start", "type")
-
-    def __init__(self, owner: int, start: int, end: int, type_: int, pid: int,
-                 fh: int) -> None:
-        self.owner = owner
-        self.start = start
-        self.end = end
-        self.type = type_
-        self.pid = pid
-        self.fh = fh
-
-
 class _NoGlobalsUnpickler(pickle.Unpickler):
     """Only plain builtin containers may appear in a state dump."""
 
@@ -276,7 +262,6 @@ class MemFS(Operations):
         self.max_bytes = max_bytes
         self.max_inodes = max_inodes if max_inodes is not None else max(max_bytes // 1024, 1024)
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
         self._generation = int.from_bytes(os.urandom(4), "little") | 1
         self._inodes: dict[int, _Inode] = {}
         self._handles: dict[int, _Handle] = {}
@@ -285,9 +270,7 @@ class MemFS(Operations):
         self._next_fh = 1
         self._used = 0                              # bytes held in chunks
         self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
-        self._plocks: dict[int, list[_PosixLock]] = {}
-        self._flocks: dict[int, dict[int, tuple[int, int]]] = {}   # ino -> owner -> (op, fh)
-        self._waits_for: dict[int, int] = {}        # blocked lock owner -> holder
+        self.locks = LockTable()                    # POSIX and flock locks, with waiters
         root = _Inode(_ROOT, stat.S_IFDIR | (root_mode & 0o7777),
                       os.getuid() if root_uid is None else root_uid,
                       os.getgid() if root_gid is None else root_gid, _now())
@@ -392,8 +375,7 @@ class MemFS(Operations):
         if node.chunks:
             self._used -= sum(len(c) for c in node.chunks.values())
         self._linkable.discard(node.ino)
-        self._plocks.pop(node.ino, None)
-        self._flocks.pop(node.ino, None)
+        self.locks.forget(node.ino)
 
     def _touch_atime(self, node: _Inode) -> None:
         """relatime: update atime if older than mtime/ctime or a day old."""
@@ -953,7 +935,7 @@ class MemFS(Operations):
             h = self._handles.pop(fh, None)
             if h is None:
                 return
-            self._drop_locks_of_fh(h.ino, fh)
+            self.locks.release(h.ino, fh)
             left = self._nopen[h.ino] - 1
             if left:
                 self._nopen[h.ino] = left
@@ -1059,100 +1041,28 @@ class MemFS(Operations):
             self._touch_atime(src)
             return n
 
-    # -- POSIX record locks and flock -------------------------------------------
+    # -- POSIX record locks and flock (fusewire.locks) ---------------------------------
 
-    def _lock_conflict(self, ino: int, owner: int, start: int, end: int,
-                       type_: int) -> _PosixLock | None:
-        for lk in self._plocks.get(ino, ()):
-            if lk.owner != owner and lk.start <= end and start <= lk.end \
-                    and (type_ == fcntl.F_WRLCK or lk.type == fcntl.F_WRLCK):
-                return lk
-        return None
+    @property
+    def _plocks(self) -> dict[int, list[PosixLock]]:
+        """POSIX locks by inode (the lock table's)."""
+        return self.locks.posix
 
-    def _apply_lock(self, ino: int, owner: int, fh: int, pid: int, start: int, end: int,
-                    type_: int) -> None:
-        kept: list[_PosixLock] = []
-        for lk in self._plocks.get(ino, ()):
-            if lk.owner != owner or lk.end < start - 1 or lk.start > end + 1:
-                kept.append(lk)
-            elif lk.type == type_:
-                start = min(start, lk.start)
-                end = max(end, lk.end)
-            elif lk.end < start or lk.start > end:
-                kept.append(lk)          # merely adjacent, different type
-            else:
-                if lk.start < start:
-                    kept.append(_PosixLock(owner, lk.start, start - 1, lk.type, lk.pid, lk.fh))
-                if lk.end > end:
-                    kept.append(_PosixLock(owner, end + 1, lk.end, lk.type, lk.pid, lk.fh))
-        if type_ != fcntl.F_UNLCK:
-            kept.append(_PosixLock(owner, start, end, type_, pid, fh))
-        kept.sort(key=lambda lk: lk.start)
-        if kept:
-            self._plocks[ino] = kept
-        else:
-            self._plocks.pop(ino, None)
-
-    def _drop_locks_of_fh(self, ino: int, fh: int, flocks: bool = True) -> None:
-        """Drop every POSIX lock of the owners that locked through ``fh`` (as
-        closing any descriptor of a file does), and ``fh``'s flock."""
-        locks = self._plocks.get(ino)
-        if locks:
-            owners = {lk.owner for lk in locks if lk.fh == fh}
-            kept = [lk for lk in locks if lk.owner not in owners]
-            if kept:
-                self._plocks[ino] = kept
-            else:
-                del self._plocks[ino]
-        fl = self._flocks.get(ino) if flocks else None
-        if fl:
-            for owner in [o for o, (_, f) in fl.items() if f == fh]:
-                del fl[owner]
-            if not fl:
-                del self._flocks[ino]
-        self._cond.notify_all()
-
-    def _wait(self, ctx: RequestContext, deadline: float | None) -> None:
-        """Wait for a lock change; EINTR on interrupt or after ``lock_wait_timeout``."""
-        if ctx.interrupted:
-            raise _err(errno.EINTR)
-        timeout = _LOCK_POLL
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _err(errno.EINTR)
-            timeout = min(timeout, left)
-        self._cond.wait(timeout)
-        if ctx.interrupted:
-            raise _err(errno.EINTR)
-
-    def _deadline(self) -> float | None:
-        if self.lock_wait_timeout is None:
-            return None
-        return time.monotonic() + self.lock_wait_timeout
-
-    @staticmethod
-    def _check_range(lock: Lock) -> None:
-        if lock.start < 0 or lock.end < lock.start:
-            raise _err(errno.EINVAL)
-        if lock.type not in (fcntl.F_RDLCK, fcntl.F_WRLCK, fcntl.F_UNLCK):
-            raise _err(errno.EINVAL)
+    @property
+    def _flocks(self) -> dict[int, dict[int, tuple[int, int]]]:
+        """flock locks by inode: owner -> (op, fh) (the lock table's)."""
+        return self.locks.flocks
 
     def getlk(self, fh: int, owner: int, lock: Lock, ctx: RequestContext) -> Lock:
         """Return the first conflicting lock of another owner, or an F_UNLCK lock."""
-        self._check_range(lock)
         with self._lock:
-            h = self._handle(fh)
-            if lock.type != fcntl.F_UNLCK:
-                c = self._lock_conflict(h.ino, owner, lock.start, lock.end, lock.type)
-                if c is not None:
-                    return Lock(c.start, c.end, c.type, c.pid)
-            return Lock(lock.start, lock.end, fcntl.F_UNLCK, 0)
+            ino = self._handle(fh).ino
+        return self.locks.getlk(ino, owner, lock)
 
     def setlk(self, fh: int, owner: int, lock: Lock, sleep: bool,
               ctx: RequestContext) -> None:
-        """Set, change or release a byte-range lock; EAGAIN on conflict unless ``sleep``."""
-        self._check_range(lock)
+        """Set, change or release a byte-range lock; EAGAIN on conflict unless ``sleep``,
+        then a wait that does not hold the serving thread (see :mod:`fusewire.locks`)."""
         with self._lock:
             h = self._handle(fh)
             if lock.type != fcntl.F_UNLCK:
@@ -1160,68 +1070,22 @@ class MemFS(Operations):
                 need = os.O_WRONLY if lock.type == fcntl.F_WRLCK else os.O_RDONLY
                 if acc != os.O_RDWR and acc != need:
                     raise _err(errno.EBADF)
-                deadline = self._deadline()
-                try:
-                    while True:
-                        c = self._lock_conflict(h.ino, owner, lock.start, lock.end, lock.type)
-                        if c is None:
-                            break
-                        if not sleep:
-                            raise _err(errno.EAGAIN)
-                        if self._would_deadlock(owner, c.owner):
-                            raise _err(errno.EDEADLK)
-                        self._waits_for[owner] = c.owner
-                        self._wait(ctx, deadline)
-                        h = self._handle(fh)
-                finally:
-                    self._waits_for.pop(owner, None)
-            self._apply_lock(h.ino, owner, fh, lock.pid, lock.start, lock.end, lock.type)
-            self._cond.notify_all()
-
-    def _would_deadlock(self, owner: int, holder: int) -> bool:
-        seen: set[int] = set()
-        while holder not in seen:
-            if holder == owner:
-                return True
-            seen.add(holder)
-            nxt = self._waits_for.get(holder)
-            if nxt is None:
-                return False
-            holder = nxt
-        return False
+        self.locks.setlk(h.ino, owner, lock, sleep, ctx, fh=fh, timeout=self.lock_wait_timeout)
 
     def flock(self, fh: int, owner: int, op: int, sleep: bool, ctx: RequestContext) -> None:
         """BSD flock: shared/exclusive whole-file locks per open file."""
-        op &= ~fcntl.LOCK_NB
-        if op not in (fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_UN):
-            raise _err(errno.EINVAL)
         with self._lock:
-            h = self._handle(fh)
-            locks = self._flocks.setdefault(h.ino, {})
-            held = locks.get(owner)
-            if held is not None and held[0] == op:
+            ino = self._handle(fh).ino
+        self.locks.flock(ino, owner, op, sleep, ctx, fh=fh, timeout=self.lock_wait_timeout)
+
+    def flush(self, fh: int, lock_owner: int = 0) -> None:
+        """close(2) of a descriptor: the closing owner's POSIX locks on the file go."""
+        with self._lock:
+            h = self._handles.get(fh)
+            if h is None or h.is_dir:
                 return
-            if held is not None:
-                # like Linux, a conversion is not atomic: drop, then acquire
-                del locks[owner]
-                self._cond.notify_all()
-            if op == fcntl.LOCK_UN:
-                if not locks:
-                    self._flocks.pop(h.ino, None)
-                return
-            deadline = self._deadline()
-            try:
-                while any(o != owner and (op == fcntl.LOCK_EX or t == fcntl.LOCK_EX)
-                          for o, (t, _) in locks.items()):
-                    if not sleep:
-                        raise _err(errno.EWOULDBLOCK)
-                    self._wait(ctx, deadline)
-                    h = self._handle(fh)
-                    locks = self._flocks.setdefault(h.ino, {})
-                locks[owner] = (op, fh)
-            finally:
-                if not locks:
-                    self._flocks.pop(h.ino, None)
+            ino = h.ino
+        self.locks.unlock_owner(ino, lock_owner)
 
     # -- directories -----------------------------------------------------------
 
@@ -1391,10 +1255,7 @@ class MemFS(Operations):
                 "inodes": inodes,
                 "handles": [(fh, h.ino, h.flags, h.is_dir) for fh, h in self._handles.items()],
                 "linkable": sorted(self._linkable),
-                "plocks": [(ino, [(lk.owner, lk.start, lk.end, lk.type, lk.pid, lk.fh)
-                                  for lk in locks]) for ino, locks in self._plocks.items()],
-                "flocks": [(ino, [(o, t, f) for o, (t, f) in fl.items()])
-                           for ino, fl in self._flocks.items()],
+                **self.locks.export(),
             }
             return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -1440,8 +1301,4 @@ class MemFS(Operations):
             for h in self._handles.values():
                 self._nopen[h.ino] = self._nopen.get(h.ino, 0) + 1
             self._linkable = set(state["linkable"])
-            self._plocks = {ino: [_PosixLock(*t) for t in locks]
-                            for ino, locks in state["plocks"]}
-            self._flocks = {ino: {o: (t, f) for o, t, f in fl} for ino, fl in state["flocks"]}
-            self._waits_for = {}
-            self._cond.notify_all()
+            self.locks.load(state["plocks"], state["flocks"])

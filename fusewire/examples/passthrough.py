@@ -597,7 +597,7 @@ class Passthrough(Operations):
         return os.pwrite(fh, buf, off)
 
     @_errmap
-    def flush(self, fh: int) -> None:
+    def flush(self, fh: int, lock_owner: int = 0) -> None:
         """close(dup(fh)): report close-time errors (locks are the kernel's)."""
         os.close(os.dup(fh))
 

@@ -18,18 +18,43 @@ Hooks for recovery: ``journal`` (if set) sees every reply of a
 non-idempotent request *before* it is returned for writing, and answers
 resent requests it has already seen; ``nodes`` is the lookup-count table a
 successor restores.
+
+Deferred replies and async handlers
+-----------------------------------
+A handler that cannot answer now raises a :class:`~fusewire.types.Pending`
+(from ``ctx.defer()``): :meth:`Dispatcher.handle` then returns no buffers,
+the request stays in flight (``pending``, keyed like the connection's
+in-flight table) and the Pending is bound to the serving thread's
+completion queue (:meth:`attach`).  When it is finished, the loop calls
+:meth:`Dispatcher.complete` on its own thread, which runs the opcode's
+``_op_*`` function once more with an ``ops`` stand-in whose methods return
+the value given to ``Pending.reply``: the reply is encoded by exactly the
+code an immediate return goes through, lookups are counted and the journal
+records it then (completion order).
+
+``async def`` handlers are found when an opcode is first resolved.  Such an
+opcode's ``_op_*`` runs inside a task on the server's event loop
+(:attr:`Dispatcher.aloop`) with an ``ops`` stand-in that, at each call of an
+async method, suspends the pass and awaits the coroutine, then runs the pass
+again with the results so far (sync calls made in an earlier pass are not
+repeated; in-arguments the handler filled, such as a readdir token, are
+carried over).  The task's result goes through the deferred path above, and
+an INTERRUPT cancels the task (the handler sees ``CancelledError``, the
+caller gets EINTR).  Opcodes whose handlers are all sync keep the inline
+path, and nothing imports asyncio unless some handler is ``async def``.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import inspect
 import logging
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from fusewire.connection import Connection, Request
@@ -56,6 +81,7 @@ from fusewire.types import (
     FileInfo,
     FUSEError,
     Lock,
+    Pending,
     RequestContext,
     SetattrFields,
 )
@@ -176,6 +202,21 @@ def _overrides(ops: Operations, name: str) -> bool:
     return getattr(type(ops), name, None) is not getattr(Operations, name, None)
 
 
+def _takes_lock_owner(ops: Operations) -> bool:
+    """Whether ``ops.flush`` takes ``lock_owner`` (older overrides take only ``fh``)."""
+    try:
+        params = inspect.signature(ops.flush).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+#: opcodes whose _op_* also calls ``flock`` besides the row's handler
+_CALLS_FLOCK = frozenset({Opcode.SETLK, Opcode.SETLKW, Opcode.RELEASE})
+
+
 def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
     """Trim the INIT flags we ask for to what ``ops`` implements."""
     want = base
@@ -197,6 +238,87 @@ def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
     return want
 
 
+class _Replay:
+    """Stands in for the dispatcher while an ``_op_*`` function runs again: every
+    attribute is the dispatcher's, except ``ops``."""
+
+    __slots__ = ("_d", "ops")
+
+    def __init__(self, d: Dispatcher, ops: Any) -> None:
+        self._d = d
+        self.ops = ops
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._d, name)
+
+
+class _Answer:
+    """``ops`` stand-in for a deferred reply: every handler returns ``value``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        value = self.value
+        return lambda *args, **kwargs: value
+
+
+class _Suspend(BaseException):
+    """Raised out of an ``_op_*`` pass at an async handler's call: await ``coro``."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], args: tuple[Any, ...]) -> None:
+        super().__init__()
+        self.coro = coro
+        self.args = args
+
+
+def _carry_over(old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
+    """Copy what a handler filled into in-arguments of an earlier pass (readdir's
+    token) into this pass's fresh ones."""
+    for a, b in zip(old, new, strict=False):
+        if a is not b and type(a) is type(b):
+            slots = getattr(type(a), "__slots__", None)
+            if slots:
+                for name in slots:
+                    if hasattr(a, name):
+                        setattr(b, name, getattr(a, name))
+
+
+class _Calls:
+    """``ops`` stand-in for one pass of an async opcode: earlier calls' results are
+    returned again; a new call to an async handler suspends the pass."""
+
+    __slots__ = ("_async", "_done", "_i", "_ops")
+
+    def __init__(self, ops: Operations, async_names: frozenset[str],
+                 done: list[tuple[Any, tuple[Any, ...]]]) -> None:
+        self._ops = ops
+        self._async = async_names
+        self._done = done
+        self._i = 0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._ops, name)
+        if not callable(method):
+            return method  # type: ignore[no-any-return]
+
+        def call(*args: Any) -> Any:
+            i = self._i
+            self._i = i + 1
+            if i < len(self._done):
+                result, old = self._done[i]
+                _carry_over(old, args)
+                return result
+            if name in self._async:
+                raise _Suspend(method(*args), args)
+            result = method(*args)
+            self._done.append((result, args))
+            return result
+        return call
+
+
 class Dispatcher:
     """Turns raw messages into Operations calls and reply buffers."""
 
@@ -214,6 +336,20 @@ class Dispatcher:
         self.initialized = conn.session is not None
         #: called with each decoded Request (capture, tests); None for speed
         self.observer: Callable[[Request], None] | None = None
+        #: deferred requests (a Pending raised, or an async handler running), by key
+        self.pending: dict[int, Pending] = {}
+        #: True while a serving loop takes deferred replies (set by the Server)
+        self.deferrable = False
+        #: the event loop async handlers run on (set by the Server)
+        self.aloop: Any = None
+        self._private_loop: Any = None
+        self._tasks: set[Any] = set()
+        #: handler names that are coroutine functions (async def)
+        self.async_handlers = frozenset(
+            name for name in dir(type(ops))
+            if not name.startswith("_") and _overrides(ops, name)
+            and inspect.iscoroutinefunction(getattr(type(ops), name)))
+        self._flush_owner = _takes_lock_owner(ops)
         self._handlers: dict[int, Callable[[Request], Buffers | None]] = {}
         self._implemented: dict[str, bool] = {}
         for code in list(Opcode):
@@ -285,6 +421,8 @@ class Dispatcher:
             bufs = fn(req)
         except FUSEError as exc:
             bufs = self._error(req, exc.errno)
+        except Pending as p:
+            return self._defer(req, p, fn), []
         except LocalProtocolError as exc:
             log.error("%s %#x: %s", info.name, req.unique, exc)
             bufs = self._error(req, exc.errno_hint)
@@ -300,6 +438,164 @@ class Dispatcher:
         if self.debug:
             log.debug("%s", format_reply(req, bufs))
         return bufs, lookups
+
+    # -- deferred replies ---------------------------------------------------------
+
+    def attach(self, submit: Callable[[Pending], None]) -> None:
+        """Make this thread's deferred requests complete through ``submit``
+        (called from any thread with the finished Pending; it must hand it to
+        the thread that read the request, which then calls :meth:`complete`)."""
+        self._tls.submit = submit
+        self.deferrable = True
+
+    def _defer(self, req: Request, p: Pending,
+               fn: Callable[[Request], Buffers | None] | None) -> Buffers | None:
+        """A handler raised ``p``: keep the request in flight until it is finished."""
+        p.__traceback__ = None          # the handler's frames need not live on
+        submit = getattr(self._tls, "submit", None)
+        if submit is None:
+            # Nothing to complete it later (a replaying or emulating dispatcher):
+            # that is the handler's bug, since ctx.can_defer was False.
+            log.error("%s %#x deferred its reply where no loop can take it; answering EIO",
+                      req.info.name, req.unique)
+            return self._error(req, errno.EIO)
+        p.slot = (req, fn, self._deferred_extra(req))
+        self.pending[req.key] = p
+        if self.debug:
+            log.debug("%s deferred", format_request(req))
+        p.bind(submit)
+        if self._interrupted(req.unique):
+            p.interrupt()           # the INTERRUPT came first
+        return None
+
+    def _deferred_extra(self, req: Request) -> Any:
+        """What a subclass keeps with a deferred request (the recorder: its raw bytes)."""
+        return None
+
+    def complete(self, p: Pending) -> tuple[Buffers | None, list[int]]:
+        """Encode the reply of a finished deferred request (on the thread that read it)."""
+        req, fn, _extra = p.slot
+        self.pending.pop(req.key, None)
+        outcome = p.outcome
+        assert outcome is not None
+        info = req.info
+        if outcome[0] == "bufs":        # an async opcode's task encoded it already
+            bufs, lookups = outcome[1], outcome[2]
+        else:
+            lookups = []
+            self._tls.lookups = lookups
+            try:
+                if not outcome[0]:
+                    raise FUSEError(outcome[1])
+                bufs = self._pass(fn, _Answer(outcome[1]), req)
+            except FUSEError as exc:
+                bufs = self._error(req, exc.errno)
+            except LocalProtocolError as exc:
+                log.error("%s %#x: %s", info.name, req.unique, exc)
+                bufs = self._error(req, exc.errno_hint)
+            except Exception as exc:
+                log.exception("deferred reply of %s %#x failed; answering EIO",
+                              info.name, req.unique)
+                if self.on_error == "raise":
+                    self.fatal = exc
+                bufs = self._error(req, errno.EIO)
+        if lookups and bufs is not None:
+            self.nodes.add(lookups)
+        if self.journal is not None and bufs is not None and not info.idempotent:
+            self.journal.record(req, bufs, lookups)
+        if self.debug:
+            log.debug("%s", format_reply(req, bufs))
+        return bufs, lookups
+
+    def _pass(self, fn: Callable[[Request], Buffers | None] | None, ops: Any,
+              req: Request) -> Buffers | None:
+        """Run ``fn``'s ``_op_*`` function once more with ``ops`` standing in."""
+        func = getattr(fn, "__func__", None)
+        if func is None:  # a wrapped draft handler: the plain one
+            func = getattr(type(self), "_op_" + req.info.name.lower())
+        result: Buffers | None = func(_Replay(self, ops), req)
+        return result
+
+    # -- async handlers -----------------------------------------------------------
+
+    def _is_async(self, info: OpInfo) -> bool:
+        names = self.async_handlers
+        return info.handler in names or ("flock" in names and info.opcode in _CALLS_FLOCK)
+
+    def _launcher(self, fn: Callable[[Request], Buffers | None]
+                  ) -> Callable[[Request], Buffers | None]:
+        def launch(req: Request) -> Buffers | None:
+            p = Pending(req.unique)
+            loop = self.aloop
+            if loop is None:
+                # no serving loop (emulator, replay): run it to completion here
+                if self._private_loop is None:
+                    import asyncio
+
+                    self._private_loop = asyncio.new_event_loop()
+                outer = self._tls.lookups
+                self._private_loop.run_until_complete(self._drive(req, fn, p))
+                out = p.outcome
+                assert out is not None
+                self._tls.lookups = outer
+                outer.extend(out[2])
+                bufs: Buffers | None = out[1]
+                return bufs
+            if isinstance(req.data, memoryview):
+                # the loop's read buffer is reused while the handler awaits
+                req = req._replace(data=bytes(req.data))
+            task = loop.create_task(self._drive(req, fn, p))
+            tasks = self._tasks
+            tasks.add(task)
+
+            def cancelled(task: Any) -> None:
+                tasks.discard(task)
+                if not p.done:  # cancelled before it started: the coroutine never ran
+                    p.finish(("bufs", self._error(req, errno.EINTR), []))
+
+            p.on_interrupt = lambda _p: task.cancel()
+            task.add_done_callback(cancelled)
+            raise p
+        return launch
+
+    def cancel_tasks(self) -> None:
+        """Cancel every async handler still running (the server is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+
+    async def _drive(self, req: Request, fn: Callable[[Request], Buffers | None],
+                     p: Pending) -> None:
+        """Run an async opcode: passes of its ``_op_*`` until one completes."""
+        import asyncio
+
+        done: list[tuple[Any, tuple[Any, ...]]] = []
+        lookups: list[int] = []
+        info = req.info
+        try:
+            while True:
+                lookups = []
+                self._tls.lookups = lookups
+                try:
+                    bufs = self._pass(fn, _Calls(self.ops, self.async_handlers, done), req)
+                    break
+                except _Suspend as s:
+                    result = await s.coro
+                    done.append((result, s.args))
+        except FUSEError as exc:
+            bufs = self._error(req, exc.errno)
+        except asyncio.CancelledError:
+            bufs = self._error(req, errno.EINTR)
+            lookups = []
+        except LocalProtocolError as exc:
+            log.error("%s %#x: %s", info.name, req.unique, exc)
+            bufs = self._error(req, exc.errno_hint)
+        except Exception as exc:
+            log.exception("handler %s raised; answering EIO", info.handler)
+            if self.on_error == "raise":
+                self.fatal = exc
+            bufs = self._error(req, errno.EIO)
+        p.finish(("bufs", bufs, lookups))
 
     @property
     def _lookups(self) -> list[int]:
@@ -318,6 +614,8 @@ class Dispatcher:
         if fn is None or (handler is not None and not self.implemented(handler)
                           and info.enosys_cached):
             raise FUSEError(errno.ENOSYS)
+        if self.async_handlers and self._is_async(info):
+            fn = self._launcher(fn)
         self._resolved[info.opcode] = fn
         return fn
 
@@ -347,7 +645,7 @@ class Dispatcher:
         ext = req.ext
         return RequestContext(req.uid, req.gid, req.pid, umask, req.unique,
                               ext.groups if ext is not None else (), req.unique > _RESEND_MASK,
-                              self._interrupted)
+                              self._interrupted, self.deferrable)
 
     def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):
@@ -402,8 +700,12 @@ class Dispatcher:
         return self._ok(req)
 
     def _op_interrupt(self, req: Request) -> Buffers | None:
-        # The connection already marked the target; a reply is optional.
+        # The connection already marked the target (or keeps the mark until the
+        # target arrives); a deferred target is told now.  A reply is optional.
         self.conn.forget_inflight(req.unique)
+        p = self.pending.get(req.arg.unique & _RESEND_MASK)
+        if p is not None:
+            p.interrupt()
         return None
 
     def _op_notify_reply(self, req: Request) -> None:
@@ -563,7 +865,11 @@ class Dispatcher:
         return self._ok(req, _WRITE_OUT.pack(n, 0))
 
     def _op_flush(self, req: Request) -> Buffers:
-        self.ops.flush(req.arg.fh)
+        a = req.arg
+        if self._flush_owner:
+            self.ops.flush(a.fh, a.lock_owner)
+        else:
+            self.ops.flush(a.fh)
         return self._ok(req)
 
     def _op_release(self, req: Request) -> Buffers:

@@ -23,6 +23,21 @@ lookups it carried are rolled back.
 Optional worker threads each get their own fd cloned with
 ``FUSE_DEV_IOC_CLONE``; a reply must go back through the fd that read its
 request, which the per-thread loop guarantees.
+
+Deferred replies (a handler raised ``ctx.defer()``, or an async handler is
+awaiting): each serving thread has a :class:`_Completions` queue with its
+own wake-up pipe.  Whoever finishes a deferred request, from any thread,
+appends it there and writes a byte to the pipe; the thread that read the
+request encodes the reply (:meth:`Dispatcher.complete`) and writes it to
+its fd.  The queue is looked at after each request and whenever the pipe
+wakes the thread, so a completion never waits behind a busy stream.
+
+If any handler is ``async def``, :meth:`Server.serve` runs
+:meth:`Server.serve_async` under ``asyncio.run``: the fd is registered with
+``add_reader``, each wake-up drains up to 64 requests (sync handlers answer
+inline, async ones become tasks) and the completion pipe is a second
+reader.  ``await server.serve_async()`` serves inside an application's own
+loop.  Without async handlers nothing here imports asyncio.
 """
 
 from __future__ import annotations
@@ -36,15 +51,18 @@ import selectors
 import signal
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from fusewire.connection import Config, Connection
+from fusewire.connection import Config, Connection, Request
 from fusewire.opcodes.flags import InitFlag, NotifyCode
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
-from fusewire.server.dispatch import Dispatcher, NodeTable, wanted_flags
+from fusewire.server.dispatch import Buffers, Dispatcher, NodeTable, wanted_flags
+from fusewire.structs.codec import CODECS
+from fusewire.types import Pending
 
 __all__ = ["Server"]
 
@@ -53,6 +71,42 @@ log = logging.getLogger(__name__)
 _FUSE_DEV_IOC_BACKING_OPEN = 0x4010E501
 _FUSE_DEV_IOC_BACKING_CLOSE = 0x4004E502
 _libc = ctypes.CDLL(None, use_errno=True)
+_IN_HDR = CODECS["in_header"].struct
+#: requests one wake-up of the async reader handles before it lets tasks run
+ASYNC_BATCH = 64
+
+
+class _Completions:
+    """Finished deferred requests of one serving thread, and the pipe that wakes it."""
+
+    __slots__ = ("queue", "wake_r", "wake_w")
+
+    def __init__(self, wake_r: int, wake_w: int) -> None:
+        self.queue: deque[Pending] = deque()
+        self.wake_r = wake_r
+        self.wake_w = wake_w
+
+    def submit(self, p: Pending) -> None:
+        """Queue ``p`` for its serving thread (any thread; signal-safe enough)."""
+        self.queue.append(p)
+        try:
+            os.write(self.wake_w, b"c")
+        except OSError:
+            pass  # full: a wake-up is pending anyway; closed: not serving
+
+    def drain_pipe(self) -> None:
+        """Swallow the wake-up bytes (the pipe is non-blocking)."""
+        try:
+            while len(os.read(self.wake_r, 4096)) == 4096:
+                pass
+        except OSError:
+            pass
+
+
+def _header_of(req: Request) -> memoryview:
+    """A fuse_in_header for ``req`` (what ``on_reply`` hooks read of a deferred one)."""
+    return memoryview(_IN_HDR.pack(40, req.opcode, req.unique, req.nodeid, req.uid, req.gid,
+                                   req.pid, 0, 0))
 
 
 class Server:
@@ -89,6 +143,8 @@ class Server:
         self.capture = capture
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: one completion queue (and wake-up pipe) per serving thread; [0] is the main one
+        self._completions = [_Completions(self._wake_r, self._wake_w)]
         self._threads: list[threading.Thread] = []
         self._extra_fds: list[int] = []
         self._retrieve_ids = itertools.count(1)
@@ -113,38 +169,133 @@ class Server:
         return self.fd
 
     def serve(self, *, install_signals: bool = True) -> None:
-        """Serve until unmount, :meth:`stop`, SIGINT or SIGTERM."""
+        """Serve until unmount, :meth:`stop`, SIGINT or SIGTERM.
+
+        With ``async def`` handlers this runs :meth:`serve_async` on a new
+        asyncio event loop; otherwise the plain loop below, without asyncio.
+        """
+        if self.dispatcher.async_handlers:
+            import asyncio
+
+            asyncio.run(self.serve_async(install_signals=install_signals))
+            return
         if self.fd is None:
             self.mount()
         assert self.fd is not None
-        old: dict[signal.Signals, Any] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, self._on_signal)
+        old = self._install_signals(install_signals)
         try:
             for i in range(self.workers):
                 wfd = _mount.clone_fd(self.fd)
                 os.set_blocking(wfd, False)
                 self._extra_fds.append(wfd)
-                t = threading.Thread(target=self._loop, args=(wfd,), name=f"fusewire-{i}",
-                                     daemon=True)
+                comp = _Completions(*os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
+                self._completions.append(comp)
+                t = threading.Thread(target=self._loop, args=(wfd, comp),
+                                     name=f"fusewire-{i}", daemon=True)
                 t.start()
                 self._threads.append(t)
-            self._loop(self.fd)
+            self._loop(self.fd, self._completions[0])
         finally:
+            self._finish_serving(old)
+
+    async def serve_async(self, *, install_signals: bool = True) -> None:
+        """Serve on the running asyncio loop until unmount, :meth:`stop` or a signal.
+
+        Sync handlers answer inline in the loop's thread; ``async def``
+        handlers run as tasks, so one that awaits never holds up the others.
+        ``workers`` is ignored here (a warning says so).
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self.fd is None:
+            self.mount()
+        fd = self.fd
+        assert fd is not None
+        if self.workers:
+            log.warning("workers=%d ignored: async handlers share the event loop",
+                        self.workers)
+        comp = self._completions[0]
+        dispatcher = self.dispatcher
+        dispatcher.aloop = loop
+        dispatcher.attach(comp.submit)
+        old = self._install_signals(install_signals)
+        finished = loop.create_future()
+        bufsize = max(8192, self.config.max_write + 4096)
+        buf = bytearray(bufsize)
+        view = memoryview(buf)
+
+        def end(exc: BaseException | None = None) -> None:
             self._stop.set()
-            self._wake()
-            for t in self._threads:
-                t.join(timeout=5)
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            try:
-                self.ops.destroy()
-            except Exception:
-                log.exception("destroy raised")
-            if self.dispatcher.fatal is not None:
-                raise RuntimeError("handler failed with on_error='raise'") \
-                    from self.dispatcher.fatal
+            if not finished.done():
+                if exc is None:
+                    finished.set_result(None)
+                else:
+                    finished.set_exception(exc)
+
+        def readable() -> None:
+            for _ in range(ASYNC_BATCH):
+                if self._stop.is_set():
+                    break
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EINTR:
+                        continue
+                    if exc.errno == errno.ENODEV:
+                        log.info("filesystem unmounted")
+                        self.unmounted = True
+                    elif exc.errno == errno.ECONNABORTED:
+                        log.warning("connection aborted")
+                    else:
+                        end(exc)
+                        return
+                    end()
+                    return
+                if self._one(fd, view[:n]):
+                    end()
+                    return
+            woken()
+
+        def woken() -> None:
+            comp.drain_pipe()
+            if (comp.queue and self._complete_all(fd, comp)) or self._stop.is_set():
+                end()
+
+        loop.add_reader(fd, readable)
+        loop.add_reader(comp.wake_r, woken)
+        try:
+            await finished
+        finally:
+            loop.remove_reader(fd)
+            loop.remove_reader(comp.wake_r)
+            dispatcher.cancel_tasks()
+            dispatcher.aloop = None
+            self._finish_serving(old)
+
+    def _install_signals(self, install: bool) -> dict[signal.Signals, Any]:
+        old: dict[signal.Signals, Any] = {}
+        if install and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    def _finish_serving(self, old: dict[signal.Signals, Any]) -> None:
+        self._stop.set()
+        self._wake()
+        for t in self._threads:
+            t.join(timeout=5)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        try:
+            self.ops.destroy()
+        except Exception:
+            log.exception("destroy raised")
+        if self.dispatcher.fatal is not None:
+            raise RuntimeError("handler failed with on_error='raise'") \
+                from self.dispatcher.fatal
 
     def stop(self) -> None:
         """Ask every loop to return (thread-safe, signal-safe)."""
@@ -172,11 +323,14 @@ class Server:
                 pass
         self._extra_fds.clear()
         self.fd = None
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        for comp in self._completions:
+            for fd in (comp.wake_r, comp.wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            comp.wake_r = comp.wake_w = -1
+        del self._completions[1:]
         self._wake_r = self._wake_w = -1
 
     def run(self) -> None:
@@ -192,15 +346,18 @@ class Server:
         self.stop()
 
     def _wake(self) -> None:
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
+        for comp in self._completions:
+            if comp.wake_w >= 0:
+                try:
+                    os.write(comp.wake_w, b"x")
+                except OSError:
+                    pass
 
     # -- the loop ---------------------------------------------------------------------
 
-    def _loop(self, fd: int) -> None:
+    def _loop(self, fd: int, comp: _Completions) -> None:
+        self.dispatcher.attach(comp.submit)
+        queue = comp.queue
         bufsize = max(8192, self.config.max_write + 4096)
         buf = bytearray(bufsize)
         view = memoryview(buf)
@@ -215,13 +372,16 @@ class Server:
         is_ready = ready.is_set()
         sel = selectors.DefaultSelector()
         sel.register(fd, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
+        sel.register(comp.wake_r, selectors.EVENT_READ)
         try:
             while not stop.is_set():
                 try:
                     n = readv(fd, [buf])
                 except BlockingIOError:
                     sel.select()
+                    comp.drain_pipe()
+                    if queue and self._complete_all(fd, comp):
+                        return
                     continue
                 except OSError as exc:
                     if exc.errno == errno.EINTR:
@@ -271,8 +431,65 @@ class Server:
                     stop.set()
                     self._wake()
                     return
+                if queue and self._complete_all(fd, comp):
+                    return
         finally:
             sel.close()
+
+    def _one(self, fd: int, msg: memoryview) -> bool:
+        """Handle one message read from ``fd`` (the async reader's path; the sync
+        loop has the same steps inline).  True: stop serving."""
+        if self.on_read is not None:
+            self.on_read(msg)
+        if self.capture is not None:
+            self.capture.request(msg)
+        bufs, lookups = self.dispatcher.dispatch(msg)
+        if bufs is None:
+            return False
+        if self._write(fd, bufs, lookups):
+            return True
+        if not self.ready.is_set() and self.conn.session is not None:
+            self.ready.set()
+        if self.on_reply is not None:
+            self.on_reply(msg)
+        return self.dispatcher.fatal is not None
+
+    def _write(self, fd: int, bufs: Buffers, lookups: list[int]) -> bool:
+        """Write one reply; True when the connection is gone (stop serving)."""
+        if self.capture is not None:
+            self.capture.reply(bufs)
+        try:
+            os.writev(fd, bufs)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                self.unmounted = True
+                self._stop.set()
+                self._wake()
+                return True
+            if exc.errno != errno.ENOENT:     # ENOENT: the kernel stopped waiting
+                log.error("reply write failed: %s", exc)
+            self.dispatcher.rollback(lookups)
+        return False
+
+    def _complete_all(self, fd: int, comp: _Completions) -> bool:
+        """Write the replies of this thread's finished deferred requests, in the
+        order they finished.  True: stop serving."""
+        queue = comp.queue
+        complete = self.dispatcher.complete
+        while queue:
+            p = queue.popleft()
+            bufs, lookups = complete(p)
+            if bufs is None:
+                continue
+            if self._write(fd, bufs, lookups):
+                return True
+            if self.on_reply is not None:
+                self.on_reply(_header_of(p.slot[0]))
+            if self.dispatcher.fatal is not None:
+                self._stop.set()
+                self._wake()
+                return True
+        return False
 
     # -- notifications (the Notifier protocol) ---------------------------------------------
 
