@@ -53,7 +53,7 @@ from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
-from fusewire.types import FUSEError
+from fusewire.types import FUSEError, Pending
 
 __all__ = ["Control", "CrashHook", "KeeperControl", "RecordingDispatcher", "RecoverableServer",
            "RecoveryJournal", "rebuild", "resend_supported", "run_owner", "take_over"]
@@ -209,6 +209,15 @@ class RecordingDispatcher(Dispatcher):
         if nodes.pending:
             rj.writer.append_raw(nodes.take_pending())
         return bufs, lookups
+
+    def _deferred_extra(self, req: Request) -> Any:
+        # a deferred request is journaled when it completes (completion order),
+        # by then the loop's buffer holds other messages: keep its bytes
+        return bytes(self.rjournal.raw)
+
+    def complete(self, p: Pending) -> tuple[Buffers | None, list[int]]:
+        self.rjournal.raw = p.slot[2]
+        return super().complete(p)
 
     def _intent(self, req: Request) -> tuple[Buffers | None, list[int]] | None:
         """Journal the intent of ``req``; for a re-sent one whose handler already ran,

@@ -1,0 +1,458 @@
+"""One blocked request never stops the others (real mounts).
+
+- memfs, plain and recoverable: while one process waits in F_SETLKW and
+  another in a blocking flock, stats, listings and create/write/read in the
+  same mount answer within a second; the waiters get their locks when the
+  holder unlocks; a waiter interrupted by a signal gets EINTR; a deadlock
+  is EDEADLK; a lock wait spanning a server crash waits again in the
+  successor;
+- POSIX locks go when their owner closes any descriptor of the file (dup,
+  a second open, a child that exits);
+- an async filesystem (examples/async_slow.py) serves stats and reads of
+  other files while one read awaits, and an interrupted read is EINTR at once.
+
+Waiters are known to wait when /proc/<pid>/stack shows them inside the FUSE
+request (polled with a deadline); children report through their stdout.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO_ROOT, server_env, start_server
+
+from fusewire.server.mount import dev_fuse_problem
+from fusewire.testing.procs import children, unmount_and_kill
+
+pytestmark = pytest.mark.fuse
+
+IS_ROOT = os.geteuid() == 0
+EXAMPLE = REPO_ROOT / "examples" / "async_slow.py"
+
+#: a child that takes a lock through libc (so that a signal's EINTR is seen,
+#: not retried by Python), prints the outcome and, unless told, exits
+LOCKER = r"""
+import ctypes, errno, fcntl, os, signal, struct, sys, time
+path, kind = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGUSR1, lambda *a: None)     # no SA_RESTART: EINTR comes back
+fd = os.open(path, os.O_RDWR)
+if kind == "flock":
+    res = libc.flock(fd, fcntl.LOCK_EX)
+else:
+    start = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    arg = ctypes.create_string_buffer(struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, start, 10, 0))
+    res = libc.fcntl(fd, fcntl.F_SETLKW, arg)
+err = ctypes.get_errno()
+print("ok" if res == 0 else errno.errorcode.get(err, str(err)), flush=True)
+if len(sys.argv) > 4:
+    sys.stdin.read()            # hold the lock until told
+"""
+
+
+def _flock_struct(type_: int, start: int, length: int) -> bytes:
+    return struct.pack("hhqqi4x", type_, os.SEEK_SET, start, length, 0)
+
+
+def _in_fuse_request(pid: int, what: str = "fuse_") -> bool:
+    try:
+        with open(f"/proc/{pid}/stack") as f:
+            stack = f.read()
+    except OSError:
+        return False
+    return "request_wait_answer" in stack and what in stack
+
+
+def wait_blocked(procs: list[subprocess.Popen[str]], what: str = "fuse_setlk",
+                 timeout: float = 30.0) -> None:
+    """Return once every child sleeps in a FUSE request of kind ``what``."""
+    deadline = time.monotonic() + timeout
+    while not all(_in_fuse_request(p.pid, what) for p in procs):
+        for p in procs:
+            assert p.poll() is None, f"child {p.args} exited: {p.communicate()}"
+        assert time.monotonic() < deadline, "the children never blocked in the mount"
+        time.sleep(0.01)
+
+
+def locker(path: Path, kind: str, start: int = 0, hold: bool = False
+           ) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", LOCKER, str(path), kind, str(start)]
+    if hold:
+        argv.append("hold")
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def other_owner_sees_lock(path: Path, start: int = 0) -> bool:
+    """Whether a fresh process (another lock owner) finds a write lock at ``start``."""
+    code = ("import fcntl, os, struct, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, "
+            "int(sys.argv[2]), 1, 0))\n"
+            "print(struct.unpack('hhqqi4x', got)[0] != fcntl.F_UNLCK)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(start)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    return out.strip() == "True"
+
+
+def timed(fn: Any, *args: Any) -> float:
+    t0 = time.monotonic()
+    fn(*args)
+    return time.monotonic() - t0
+
+
+def _reap(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError):
+            pass
+
+
+# -- mounts ------------------------------------------------------------------------------
+
+
+class Recoverable:
+    """A ``fusewire.recovery.keeper memfs`` mount; torn down by pid."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fusewire.recovery import commands
+
+        run = tmp_path / "run"
+        run.mkdir(mode=0o700)
+        monkeypatch.setenv("FUSEWIRE_RUN_DIR", str(run))
+        self.path = tmp_path / "mnt"
+        self.path.mkdir()
+        self.log = tmp_path / "keeper.log"
+        env = dict(server_env(), FUSEWIRE_RUN_DIR=str(run))
+        env.pop("FUSEWIRE_CRASH_AT", None)
+        with open(self.log, "ab") as log:
+            self.keeper = subprocess.Popen(
+                [sys.executable, "-m", "fusewire.recovery.keeper", "memfs", str(self.path)],
+                env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.pids = {self.keeper.pid}
+        st = commands.wait_ready(str(self.path), 20.0, keeper=self.keeper)
+        assert st is not None, self.log.read_text()
+        self.server_pid = int(st["server_pid"])
+
+    def crash_and_wait(self) -> None:
+        from fusewire.recovery import commands
+
+        self.pids |= children(self.keeper.pid)
+        os.kill(self.server_pid, signal.SIGKILL)
+        st = commands.wait_ready(str(self.path), 20.0, after_pid=self.server_pid)
+        assert st is not None, self.log.read_text()[-3000:]
+        self.server_pid = int(st["server_pid"])
+
+    def close(self) -> None:
+        self.pids |= children(self.keeper.pid)
+        unmount_and_kill(self.path, self.pids)
+        self.keeper.wait(timeout=10)
+
+
+@pytest.fixture(params=["plain", "recoverable"])
+def lock_mount(request: pytest.FixtureRequest, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Any]]:
+    if request.param == "plain":
+        srv = start_server(["memfs"], tmp_path / "memfs-mnt", tmp_path)
+        try:
+            yield srv.mountpoint, None
+        finally:
+            srv.close()
+        return
+    if not IS_ROOT:
+        pytest.skip("recoverable mounts need root")
+    problem = dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    m = Recoverable(tmp_path, monkeypatch)
+    try:
+        yield m.path, m
+    finally:
+        m.close()
+
+
+# -- blocking locks -------------------------------------------------------------------------
+
+
+def test_lock_waiters_do_not_stop_the_mount(lock_mount: tuple[Path, Any]) -> None:
+    mnt, _ = lock_mount
+    f = mnt / "locked"
+    f.write_bytes(b"x" * 100)
+    fd = os.open(f, os.O_RDWR)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [locker(f, "posix"), locker(f, "flock")]
+        wait_blocked(procs)
+        # the mount answers everything else, each call within a second
+        slowest = max(
+            timed(os.stat, f),
+            timed(os.listdir, mnt),
+            timed((mnt / "new").write_bytes, b"written while others wait"),
+            timed((mnt / "new").read_bytes),
+            timed(os.statvfs, mnt),
+            timed(os.mkdir, mnt / "d"),
+            timed(os.rename, mnt / "new", mnt / "d" / "moved"),
+        )
+        assert slowest < 1.0
+        assert (mnt / "d" / "moved").read_bytes() == b"written while others wait"
+        assert all(p.poll() is None for p in procs)
+        # the holder unlocks: both waiters get their locks
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 0, 10))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        outs = [p.communicate(timeout=30)[0].strip() for p in procs]
+        assert outs == ["ok", "ok"]
+    finally:
+        os.close(fd)
+        _reap(procs)
+
+
+def test_interrupted_waiter_gets_eintr(lock_mount: tuple[Path, Any]) -> None:
+    mnt, _ = lock_mount
+    f = mnt / "locked"
+    f.write_bytes(b"x" * 100)
+    fd = os.open(f, os.O_RDWR)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [locker(f, "posix"), locker(f, "flock")]
+        wait_blocked(procs)
+        for p in procs:
+            os.kill(p.pid, signal.SIGUSR1)
+        outs = [p.communicate(timeout=10)[0].strip() for p in procs]
+        assert outs == ["EINTR", "EINTR"]
+        # unharmed: the holder still holds, the lock is free after unlock
+        assert other_owner_sees_lock(f, 5)
+        os.close(fd)
+        fd = -1
+        assert not other_owner_sees_lock(f, 5)
+        assert os.listdir(mnt) == ["locked"]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _reap(procs)
+
+
+def test_deadlock_is_edeadlk(lock_mount: tuple[Path, Any]) -> None:
+    mnt, _ = lock_mount
+    f = mnt / "locked"
+    f.write_bytes(b"x" * 100)
+    fd = os.open(f, os.O_RDWR)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 20, 10))
+        # the child holds 0..9, then waits for our 20..29
+        code = ("import fcntl, os, struct, sys\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, "
+                "10, 0))\n"
+                "print('holding', flush=True)\n"
+                "fcntl.fcntl(fd, fcntl.F_SETLKW, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 20, "
+                "10, 0))\n"
+                "print('ok', flush=True)\n")
+        child = subprocess.Popen([sys.executable, "-c", code, str(f)], stdout=subprocess.PIPE,
+                                 text=True)
+        procs.append(child)
+        assert child.stdout is not None and child.stdout.readline() == "holding\n"
+        wait_blocked(procs)
+        with pytest.raises(OSError) as exc:
+            fcntl.fcntl(fd, fcntl.F_SETLKW, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        assert exc.value.errno == errno.EDEADLK
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 20, 10))
+        assert child.communicate(timeout=30)[0].strip() == "ok"
+    finally:
+        os.close(fd)
+        _reap(procs)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="recoverable mounts need root")
+def test_lock_wait_spans_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    m = Recoverable(tmp_path, monkeypatch)
+    procs: list[subprocess.Popen[str]] = []
+    fd = -1
+    try:
+        f = m.path / "locked"
+        f.write_bytes(b"x" * 100)
+        fd = os.open(f, os.O_RDWR)
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        procs = [locker(f, "posix")]
+        wait_blocked(procs)
+        m.crash_and_wait()
+        # the successor got the wait re-sent: it still waits, the mount serves
+        assert os.listdir(m.path) == ["locked"]
+        wait_blocked(procs)
+        assert procs[0].poll() is None
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 0, 10))
+        assert procs[0].communicate(timeout=30)[0].strip() == "ok"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _reap(procs)
+        m.close()
+
+
+# -- locks go with any close ------------------------------------------------------------------
+
+
+def test_posix_locks_go_with_any_close(memfs_mount: Path) -> None:
+    f = memfs_mount / "f"
+    f.write_bytes(b"x" * 100)
+    # dup: closing the copy drops the lock taken through the original
+    fd = os.open(f, os.O_RDWR)
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    assert other_owner_sees_lock(f)
+    os.close(os.dup(fd))
+    assert not other_owner_sees_lock(f)
+    # a second open of the same file: closing it drops the lock of the first
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    os.close(os.open(f, os.O_RDONLY))
+    assert not other_owner_sees_lock(f)
+    # "lock the region I just unlocked by closing a dup" works for another owner
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    os.close(os.dup(fd))
+    holder = locker(f, "posix", 0, hold=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+    finally:
+        _reap([holder])
+    os.close(fd)
+    # a child's locks go when it exits (its close), not some time after
+    code = ("import fcntl, os, struct, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, 10, 0))\n")
+    subprocess.run([sys.executable, "-c", code, str(f)], check=True, timeout=30)
+    assert not other_owner_sees_lock(f)
+    # fork: the child's own lock goes with the child, the parent's stays
+    fd = os.open(f, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 50, 10))
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert not other_owner_sees_lock(f, 0)
+        assert other_owner_sees_lock(f, 55)
+    finally:
+        os.close(fd)
+
+
+# -- async handlers ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def async_mount(tmp_path: Path) -> Iterator[tuple[Path, float]]:
+    problem = dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    mnt = tmp_path / "svc"
+    mnt.mkdir()
+    delay = 1.0
+    err = open(tmp_path / "async.stderr", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), str(mnt), "--delay", str(delay)],
+                            env=server_env(), stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        from conftest import is_fuse_mounted
+
+        deadline = time.monotonic() + 15
+        while not is_fuse_mounted(mnt):
+            assert proc.poll() is None, (tmp_path / "async.stderr").read_text()
+            assert time.monotonic() < deadline, "the async example did not mount"
+            time.sleep(0.02)
+        yield mnt, delay
+    finally:
+        unmount_and_kill(mnt, [proc.pid])
+        proc.wait(10)
+        err.close()
+
+
+READER = r"""
+import ctypes, errno, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGUSR1, lambda *a: None)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+buf = ctypes.create_string_buffer(4096)
+t0 = time.monotonic()
+n = libc.read(fd, buf, 4096)
+err = ctypes.get_errno()
+print(buf.raw[:n].decode() if n >= 0 else errno.errorcode[err], time.monotonic() - t0,
+      flush=True)
+"""
+
+
+def test_async_read_does_not_stop_other_requests(async_mount: tuple[Path, float]) -> None:
+    mnt, delay = async_mount
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(mnt / "slow")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wait_blocked([reader], "ksys_read")
+        t0 = time.monotonic()
+        for i in range(20):
+            os.stat(mnt / f"key{i:02d}")
+            assert (mnt / f"key{i:02d}").read_bytes() == f"value of key{i:02d}\n".encode()
+        assert sorted(os.listdir(mnt))[:2] == ["key00", "key01"]
+        elapsed = time.monotonic() - t0
+        assert elapsed < 0.6, f"20 stats and reads took {elapsed:.2f}s behind one slow read"
+        assert reader.poll() is None              # still awaiting its second
+        out, _ = reader.communicate(timeout=30)
+        text, took = out.rsplit(" ", 1)
+        assert text == "value of slow\n" and float(took) >= delay * 0.9
+    finally:
+        _reap([reader])
+
+
+def test_interrupted_async_read_is_eintr(tmp_path: Path) -> None:
+    problem = dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    mnt = tmp_path / "svc"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE), str(mnt), "--delay", "60"],
+                            env=server_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reader = None
+    try:
+        from conftest import is_fuse_mounted
+
+        deadline = time.monotonic() + 15
+        while not is_fuse_mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(mnt / "slow")],
+                                  stdout=subprocess.PIPE, text=True)
+        wait_blocked([reader], "ksys_read")
+        t0 = time.monotonic()
+        os.kill(reader.pid, signal.SIGUSR1)
+        out, _ = reader.communicate(timeout=10)
+        assert time.monotonic() - t0 < 2
+        assert out.split()[0] == "EINTR"
+        # the server is unharmed and the cancelled handler left nothing behind
+        assert (mnt / "key03").read_bytes() == b"value of key03\n"
+    finally:
+        if reader is not None:
+            _reap([reader])
+        unmount_and_kill(mnt, [proc.pid])
+        proc.wait(10)
+        assert proc.stderr is not None
+        log = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+    assert "Traceback" not in log, log
