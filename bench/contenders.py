@@ -271,6 +271,12 @@ CONTENDERS: tuple[Contender, ...] = (
               env=FUSEWIRE_ENV, prepare=prepare_fusewire),
     Contender("fusewire_memfs_recoverable", "memfs", "fusewire's memfs with --recoverable",
               _fusewire("--recoverable"), env=FUSEWIRE_ENV, prepare=prepare_fusewire),
+    Contender("fusewire_memfs_async", "memfs", "bench/peers/async_memfs.py: fusewire's memfs "
+              "with async def handlers (an asyncio task per request)",
+              lambda env, p: [str(env.project_python), "-m", "fusewire", "mount",
+                              "async_memfs:AsyncMemFS", str(p.mnt), "-f"],
+              env={"PYTHONPATH": f"{REPO_DIR}{os.pathsep}{PEERS_DIR}"},
+              prepare=prepare_fusewire),
     Contender("fusewire_pt", "passthrough", "fusewire's passthrough of SRC",
               _fusewire(passthrough=True), env=FUSEWIRE_ENV, prepare=prepare_fusewire),
     Contender("fusewire_pt_workers", "passthrough", "fusewire's passthrough of SRC with 2 "

@@ -162,11 +162,12 @@ class Recoverable:
         self.keeper.wait(timeout=10)
 
 
-@pytest.fixture(params=["plain", "recoverable"])
+@pytest.fixture(params=["plain", "workers", "recoverable"])
 def lock_mount(request: pytest.FixtureRequest, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Any]]:
-    if request.param == "plain":
-        srv = start_server(["memfs"], tmp_path / "memfs-mnt", tmp_path)
+    if request.param != "recoverable":
+        extra = ["--workers", "2"] if request.param == "workers" else []
+        srv = start_server(["memfs", *extra], tmp_path / "memfs-mnt", tmp_path)
         try:
             yield srv.mountpoint, None
         finally:
@@ -456,3 +457,80 @@ def test_interrupted_async_read_is_eintr(tmp_path: Path) -> None:
         log = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
     assert "Traceback" not in log, log
+
+
+# -- the async path without a mount, and inside the caller's event loop ------------------------
+
+
+def _service_fs(delay: float = 0.0) -> Any:
+    sys.path.insert(0, str(EXAMPLE.parent))
+    try:
+        import async_slow
+    finally:
+        sys.path.remove(str(EXAMPLE.parent))
+    keys = ["slow", *(f"key{i:02d}" for i in range(20))]
+    return async_slow.ServiceFS(async_slow.Service(keys, delay))
+
+
+def test_async_handlers_through_the_emulator() -> None:
+    """Without a serving loop (emulator, replay) async handlers run to completion inline;
+    readdir's token filled in an earlier pass reaches the reply."""
+    from fusewire.testing.emulator import KernelEmulator
+
+    emu = KernelEmulator(_service_fs())
+    assert emu.stat("/key05").size == len(b"value of key05\n")
+    assert sorted(emu.readdir("/"))[:2] == [b"key00", b"key01"]
+    h = emu.open("/key07")
+    assert emu.read(h, 100) == b"value of key07\n"
+    emu.close(h)
+    assert emu.dispatcher.async_handlers >= {"lookup", "getattr", "read", "readdir"}
+    assert not emu.dispatcher.pending
+
+
+def test_serve_async_joins_the_callers_loop(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from fusewire.server import Server
+
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    server = Server(_service_fs(), str(mnt), "fsname=svc")
+    ticks: list[int] = []
+
+    async def app() -> None:
+        async def ticker() -> None:          # the application's own work goes on
+            while True:
+                ticks.append(1)
+                await asyncio.sleep(0.01)
+
+        t = asyncio.create_task(ticker())
+        try:
+            await server.serve_async(install_signals=False)
+        finally:
+            t.cancel()
+
+    thread = threading.Thread(target=asyncio.run, args=(app(),), daemon=True)
+    server.mount()
+    thread.start()
+    try:
+        assert (mnt / "key03").read_bytes() == b"value of key03\n"
+        assert len(os.listdir(mnt)) == 21
+        assert ticks
+    finally:
+        server.close()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_sync_filesystems_never_import_asyncio() -> None:
+    code = ("import sys\n"
+            "from fusewire.examples.memfs import MemFS\n"
+            "from fusewire.server import Server\n"
+            "s = Server(MemFS(), '/nonexistent')\n"
+            "print(not s.dispatcher.async_handlers, 'asyncio' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=server_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False"], out.stderr
