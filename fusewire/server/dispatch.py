@@ -286,6 +286,26 @@ def _carry_over(old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
                         setattr(b, name, getattr(a, name))
 
 
+async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
+    """Run ``coro`` on from where one ``send(None)`` left it (it yielded ``yielded``):
+    what an asyncio Task does, inside the task that awaits this."""
+    import asyncio
+
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)          # a bare yield: run again soon
+            else:
+                yielded._asyncio_future_blocking = False
+                await yielded
+        except BaseException:  # the coroutine reads the outcome itself
+            pass
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+
 class _Calls:
     """``ops`` stand-in for one pass of an async opcode: earlier calls' results are
     returned again; a new call to an async handler suspends the pass."""
@@ -524,39 +544,66 @@ class Dispatcher:
 
     def _launcher(self, fn: Callable[[Request], Buffers | None]
                   ) -> Callable[[Request], Buffers | None]:
+        names = self.async_handlers
+
         def launch(req: Request) -> Buffers | None:
-            p = Pending(req.unique)
-            loop = self.aloop
-            if loop is None:
-                # no serving loop (emulator, replay): run it to completion here
-                if self._private_loop is None:
-                    import asyncio
-
-                    self._private_loop = asyncio.new_event_loop()
-                outer = self._tls.lookups
-                self._private_loop.run_until_complete(self._drive(req, fn, p))
-                out = p.outcome
-                assert out is not None
-                self._tls.lookups = outer
-                outer.extend(out[2])
-                bufs: Buffers | None = out[1]
-                return bufs
-            if isinstance(req.data, memoryview):
-                # the loop's read buffer is reused while the handler awaits
-                req = req._replace(data=bytes(req.data))
-            task = loop.create_task(self._drive(req, fn, p))
-            tasks = self._tasks
-            tasks.add(task)
-
-            def cancelled(task: Any) -> None:
-                tasks.discard(task)
-                if not p.done:  # cancelled before it started: the coroutine never ran
-                    p.finish(("bufs", self._error(req, errno.EINTR), []))
-
-            p.on_interrupt = lambda _p: task.cancel()
-            task.add_done_callback(cancelled)
-            raise p
+            # Eagerly, inline: passes of the _op_* until one completes, stepping each
+            # coroutine once; one that completes without suspending (a cache hit)
+            # costs no task at all.  The first that really waits goes on in a task.
+            done: list[tuple[Any, tuple[Any, ...]]] = []
+            lookups: list[int] = self._tls.lookups
+            while True:
+                lookups.clear()
+                try:
+                    return self._pass(fn, _Calls(self.ops, names, done), req)
+                except _Suspend as s:
+                    coro = s.coro
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        done.append((stop.value, s.args))
+                        continue
+                    return self._go_async(req, fn, done, (coro, yielded, s.args))
         return launch
+
+    def _go_async(self, req: Request, fn: Callable[[Request], Buffers | None],
+                  done: list[tuple[Any, tuple[Any, ...]]],
+                  started: tuple[Coroutine[Any, Any, Any], Any, tuple[Any, ...]]
+                  ) -> Buffers | None:
+        """Continue an async opcode whose handler is waiting, in a task (raises a Pending)."""
+        p = Pending(req.unique)
+        if isinstance(req.data, memoryview):
+            # the loop's read buffer is reused while the handler awaits
+            req = req._replace(data=bytes(req.data))
+        coro = self._drive(req, fn, p, done, started)
+        loop = self.aloop
+        if loop is None:
+            # no serving loop (emulator, replay): run it to completion here
+            if self._private_loop is None:
+                import asyncio
+
+                self._private_loop = asyncio.new_event_loop()
+            outer = self._tls.lookups
+            self._private_loop.run_until_complete(coro)
+            out = p.outcome
+            assert out is not None
+            self._tls.lookups = outer
+            outer.extend(out[2])
+            bufs: Buffers | None = out[1]
+            return bufs
+        task = loop.create_task(coro)
+        tasks = self._tasks
+        tasks.add(task)
+
+        def cancelled(task: Any) -> None:
+            tasks.discard(task)
+            if not p.done:  # cancelled before it started: the coroutine never ran
+                started[0].close()
+                p.finish(("bufs", self._error(req, errno.EINTR), []))
+
+        p.on_interrupt = lambda _p: task.cancel()
+        task.add_done_callback(cancelled)
+        raise p
 
     def cancel_tasks(self) -> None:
         """Cancel every async handler still running (the server is stopping)."""
@@ -565,14 +612,17 @@ class Dispatcher:
         self._tasks.clear()
 
     async def _drive(self, req: Request, fn: Callable[[Request], Buffers | None],
-                     p: Pending) -> None:
-        """Run an async opcode: passes of its ``_op_*`` until one completes."""
+                     p: Pending, done: list[tuple[Any, tuple[Any, ...]]],
+                     started: tuple[Coroutine[Any, Any, Any], Any, tuple[Any, ...]]) -> None:
+        """Finish a started handler coroutine, then passes of the ``_op_*`` until one
+        completes (awaiting each further async call)."""
         import asyncio
 
-        done: list[tuple[Any, tuple[Any, ...]]] = []
         lookups: list[int] = []
         info = req.info
         try:
+            coro, yielded, args = started
+            done.append((await _resume(coro, yielded), args))
             while True:
                 lookups = []
                 self._tls.lookups = lookups

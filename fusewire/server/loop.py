@@ -218,7 +218,27 @@ class Server:
         comp = self._completions[0]
         dispatcher = self.dispatcher
         dispatcher.aloop = loop
-        dispatcher.attach(comp.submit)
+        loop_thread = threading.get_ident()
+        scheduled = False
+
+        def submit(p: Pending) -> None:
+            # a task finishing on the loop's own thread needs no pipe: just a callback
+            nonlocal scheduled
+            if threading.get_ident() != loop_thread:
+                comp.submit(p)
+                return
+            comp.queue.append(p)
+            if not scheduled:
+                scheduled = True
+                loop.call_soon(flush)
+
+        def flush() -> None:
+            nonlocal scheduled
+            scheduled = False
+            if comp.queue and self._complete_all(fd, comp):
+                end()
+
+        dispatcher.attach(submit)
         old = self._install_signals(install_signals)
         finished = loop.create_future()
         bufsize = max(8192, self.config.max_write + 4096)
@@ -257,7 +277,8 @@ class Server:
                 if self._one(fd, view[:n]):
                     end()
                     return
-            woken()
+            if (comp.queue and self._complete_all(fd, comp)) or self._stop.is_set():
+                end()
 
         def woken() -> None:
             comp.drain_pipe()
