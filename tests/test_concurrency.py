@@ -534,3 +534,62 @@ def test_sync_filesystems_never_import_asyncio() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=server_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+# -- the lock table and Pending, without a mount ------------------------------------------------
+
+
+def _ctx(unique: int) -> Any:
+    from fusewire.types import RequestContext
+
+    return RequestContext(unique=unique, _deferrable=True)
+
+
+def test_lock_table_waiters_are_deferred_replies() -> None:
+    from fusewire.locks import OFFSET_MAX, LockTable
+    from fusewire.types import FUSEError, Lock, Pending
+
+    t = LockTable()
+    t.setlk(1, 0xA, Lock(0, 9, fcntl.F_WRLCK, 10), False, _ctx(2))
+    with pytest.raises(FUSEError) as again:
+        t.setlk(1, 0xB, Lock(5, 5, fcntl.F_RDLCK, 11), False, _ctx(4))
+    assert again.value.errno == errno.EAGAIN
+    with pytest.raises(Pending) as w1:
+        t.setlk(1, 0xB, Lock(5, 5, fcntl.F_RDLCK, 11), True, _ctx(6))
+    with pytest.raises(Pending) as w2:
+        t.setlk(1, 0xC, Lock(0, OFFSET_MAX, fcntl.F_WRLCK, 12), True, _ctx(10))
+    assert t.waiting(1) == 2 and not w1.value.done
+    # 0xA now waiting for 0xB (which waits for 0xA) would deadlock
+    t.setlk(1, 0xB, Lock(100, 100, fcntl.F_WRLCK, 11), False, _ctx(12))
+    with pytest.raises(FUSEError) as dead:
+        t.setlk(1, 0xA, Lock(100, 100, fcntl.F_WRLCK, 10), True, _ctx(14))
+    assert dead.value.errno == errno.EDEADLK
+    # an interrupt takes 0xC out of the queue with EINTR
+    w2.value.interrupt()
+    assert w2.value.outcome == (False, errno.EINTR) and t.waiting(1) == 1
+    # FLUSH of the holder (any close) grants the reader
+    got: list[Pending] = []
+    w1.value.bind(got.append)
+    t.unlock_owner(1, 0xA)
+    assert got == [w1.value] and w1.value.outcome == (True, None)
+    assert t.getlk(1, 0xD, Lock(5, 5, fcntl.F_WRLCK)).pid == 11
+    assert not w1.value.reply(None)                 # exactly once
+    assert t.waiting() == 0
+
+
+def test_lock_table_flock_waiters_and_release() -> None:
+    from fusewire.locks import LockTable
+    from fusewire.types import Pending
+
+    t = LockTable()
+    t.flock(1, 0xF1, fcntl.LOCK_SH, False, _ctx(2), fh=1)
+    t.flock(1, 0xF2, fcntl.LOCK_SH, False, _ctx(4), fh=2)
+    with pytest.raises(Pending) as w:
+        t.flock(1, 0xF3, fcntl.LOCK_EX, True, _ctx(6), fh=3)
+    t.flock(1, 0xF1, fcntl.LOCK_UN, False, _ctx(8), fh=1)
+    assert not w.value.done
+    t.release(1, 2)                                  # the last close of open file 2
+    assert w.value.outcome == (True, None)
+    assert t.flocks[1] == {0xF3: (fcntl.LOCK_EX, 3)}
+    t.forget(1)
+    assert not t.flocks and not t.posix
