@@ -232,12 +232,24 @@ def test_interrupted_waiter_gets_eintr(lock_mount: tuple[Path, Any]) -> None:
         fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
         fcntl.flock(fd, fcntl.LOCK_EX)
         procs = [locker(f, "posix"), locker(f, "flock")]
+        # and one killed by SIGINT while it waits, as a user's Ctrl-C does
+        code = ("import fcntl, os, signal, struct, sys\n"
+                "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "fcntl.fcntl(fd, fcntl.F_SETLKW, struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, 0, "
+                "10, 0))\n"
+                "print('granted to a process that was killed', flush=True)\n")
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(f)],
+                                      stdout=subprocess.PIPE, text=True))
         wait_blocked(procs)
-        for p in procs:
+        for p in procs[:2]:
             os.kill(p.pid, signal.SIGUSR1)
+        os.kill(procs[2].pid, signal.SIGINT)
         outs = [p.communicate(timeout=10)[0].strip() for p in procs]
-        assert outs == ["EINTR", "EINTR"]
-        # unharmed: the holder still holds, the lock is free after unlock
+        assert outs == ["EINTR", "EINTR", ""]
+        assert procs[2].returncode == -signal.SIGINT
+        # unharmed: the holder still holds, and once it closes the lock is free
+        # (the killed waiter left the queue instead of being granted the lock)
         assert other_owner_sees_lock(f, 5)
         os.close(fd)
         fd = -1
@@ -593,3 +605,40 @@ def test_lock_table_flock_waiters_and_release() -> None:
     assert t.flocks[1] == {0xF3: (fcntl.LOCK_EX, 3)}
     t.forget(1)
     assert not t.flocks and not t.posix
+
+
+def test_interrupt_leaves_nothing_behind(tmp_path: Path) -> None:
+    """An interrupted async read: EINTR at once, and the server keeps no task, no
+    pending entry, no in-flight or interrupt mark for it."""
+    from fusewire.server import Server
+    from fusewire.server.loop import serve_in_thread
+
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    server = Server(_service_fs(delay=60), str(mnt), "fsname=svc")
+    thread = serve_in_thread(server)
+    reader = None
+    try:
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(mnt / "slow")],
+                                  stdout=subprocess.PIPE, text=True)
+        wait_blocked([reader], "ksys_read")
+        d = server.dispatcher
+        assert len(d.pending) == 1 and len(d._tasks) == 1
+        os.kill(reader.pid, signal.SIGUSR1)
+        out, _ = reader.communicate(timeout=10)
+        assert out.split()[0] == "EINTR"
+        assert (mnt / "key01").read_bytes() == b"value of key01\n"   # a later request
+        # (key01's own task is forgotten by a callback just after its reply went out)
+        deadline = time.monotonic() + 10
+        while d._tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not d.pending and not d._tasks
+        assert not server.conn.inflight and not server.conn._interrupted
+    finally:
+        if reader is not None:
+            _reap([reader])
+        server.close()
+        thread.join(10)
+    assert not thread.is_alive()
