@@ -642,3 +642,45 @@ def test_interrupt_leaves_nothing_behind(tmp_path: Path) -> None:
         server.close()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_async_forget_and_sync_only_handlers() -> None:
+    import asyncio
+    import stat as st
+
+    from fusewire import EntryAttributes, Operations
+    from fusewire.server.dispatch import Dispatcher
+    from fusewire.testing.emulator import KernelEmulator
+
+    forgotten: list[tuple[int, int]] = []
+
+    class FS(Operations):
+        async def lookup(self, parent_inode: int, name: bytes,  # type: ignore[override]
+                         ctx: Any) -> EntryAttributes:
+            assert asyncio.current_task() is not None
+            async with asyncio.timeout(5):          # needs a current task
+                await asyncio.sleep(0.001)
+            return EntryAttributes(5, st_mode=st.S_IFREG | 0o644)
+
+        def getattr(self, inode: int, ctx: Any) -> EntryAttributes:
+            mode = st.S_IFDIR | 0o755 if inode == 1 else st.S_IFREG | 0o644
+            return EntryAttributes(inode, st_mode=mode)
+
+        async def forget(self, inode_list: Any) -> None:  # type: ignore[override]
+            await asyncio.sleep(0)
+            forgotten.extend(inode_list)
+
+    emu = KernelEmulator(FS())
+    assert emu.lookup("/a") == 5
+    assert emu.dispatcher.nodes.counts == {5: 1}
+    emu.forget(5, 1)
+    assert forgotten == [(5, 1)] and emu.dispatcher.nodes.counts == {}
+
+    class BadInit(Operations):
+        async def init(self) -> None:  # type: ignore[override]
+            pass
+
+    from fusewire.connection import Connection
+
+    with pytest.raises(TypeError, match=r"BadInit\.init must be a plain def"):
+        Dispatcher(BadInit(), Connection())

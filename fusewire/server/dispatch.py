@@ -215,6 +215,12 @@ def _takes_lock_owner(ops: Operations) -> bool:
 
 #: opcodes whose _op_* also calls ``flock`` besides the row's handler
 _CALLS_FLOCK = frozenset({Opcode.SETLK, Opcode.SETLKW, Opcode.RELEASE})
+#: handlers that may not be coroutines (called outside requests, or before any loop)
+_SYNC_ONLY = frozenset({"init", "destroy"})
+#: opcodes never run in passes: FORGET gives counts back before it calls the handler
+#: (an async ``forget`` is started as a task instead: there is no reply to wait for)
+_NOT_IN_PASSES = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INIT,
+                            Opcode.DESTROY, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
 
 
 def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
@@ -286,26 +292,6 @@ def _carry_over(old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
                         setattr(b, name, getattr(a, name))
 
 
-async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
-    """Run ``coro`` on from where one ``send(None)`` left it (it yielded ``yielded``):
-    what an asyncio Task does, inside the task that awaits this."""
-    import asyncio
-
-    while True:
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)          # a bare yield: run again soon
-            else:
-                yielded._asyncio_future_blocking = False
-                await yielded
-        except BaseException:  # the coroutine reads the outcome itself
-            pass
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-
-
 class _Calls:
     """``ops`` stand-in for one pass of an async opcode: earlier calls' results are
     returned again; a new call to an async handler suspends the pass."""
@@ -364,11 +350,16 @@ class Dispatcher:
         self.aloop: Any = None
         self._private_loop: Any = None
         self._tasks: set[Any] = set()
+        #: True while an async opcode's task hands over its finished reply
+        self.finishing_task = False
         #: handler names that are coroutine functions (async def)
         self.async_handlers = frozenset(
             name for name in dir(type(ops))
             if not name.startswith("_") and _overrides(ops, name)
             and inspect.iscoroutinefunction(getattr(type(ops), name)))
+        for name in sorted(self.async_handlers & _SYNC_ONLY):
+            raise TypeError(f"{type(ops).__name__}.{name} must be a plain def, not async def "
+                            "(it runs outside any request)")
         self._flush_owner = _takes_lock_owner(ops)
         self._handlers: dict[int, Callable[[Request], Buffers | None]] = {}
         self._implemented: dict[str, bool] = {}
@@ -540,42 +531,25 @@ class Dispatcher:
 
     def _is_async(self, info: OpInfo) -> bool:
         names = self.async_handlers
+        if info.opcode in _NOT_IN_PASSES:
+            return False
         return info.handler in names or ("flock" in names and info.opcode in _CALLS_FLOCK)
 
     def _launcher(self, fn: Callable[[Request], Buffers | None]
                   ) -> Callable[[Request], Buffers | None]:
-        names = self.async_handlers
-
         def launch(req: Request) -> Buffers | None:
-            # Eagerly, inline: passes of the _op_* until one completes, stepping each
-            # coroutine once; one that completes without suspending (a cache hit)
-            # costs no task at all.  The first that really waits goes on in a task.
-            done: list[tuple[Any, tuple[Any, ...]]] = []
-            lookups: list[int] = self._tls.lookups
-            while True:
-                lookups.clear()
-                try:
-                    return self._pass(fn, _Calls(self.ops, names, done), req)
-                except _Suspend as s:
-                    coro = s.coro
-                    try:
-                        yielded = coro.send(None)
-                    except StopIteration as stop:
-                        done.append((stop.value, s.args))
-                        continue
-                    return self._go_async(req, fn, done, (coro, yielded, s.args))
+            return self._go_async(req, fn)
         return launch
 
-    def _go_async(self, req: Request, fn: Callable[[Request], Buffers | None],
-                  done: list[tuple[Any, tuple[Any, ...]]],
-                  started: tuple[Coroutine[Any, Any, Any], Any, tuple[Any, ...]]
+    def _go_async(self, req: Request, fn: Callable[[Request], Buffers | None]
                   ) -> Buffers | None:
-        """Continue an async opcode whose handler is waiting, in a task (raises a Pending)."""
+        """Run an async opcode in a task (raises a Pending), or, without a serving
+        loop, to completion on a private loop (returns its reply)."""
         p = Pending(req.unique)
         if isinstance(req.data, memoryview):
             # the loop's read buffer is reused while the handler awaits
             req = req._replace(data=bytes(req.data))
-        coro = self._drive(req, fn, p, done, started)
+        coro = self._drive(req, fn, p)
         loop = self.aloop
         if loop is None:
             # no serving loop (emulator, replay): run it to completion here
@@ -593,16 +567,19 @@ class Dispatcher:
             return bufs
         task = loop.create_task(coro)
         tasks = self._tasks
-        tasks.add(task)
+        tasks.add(task)       # _drive forgets it when it ends
 
-        def cancelled(task: Any) -> None:
-            tasks.discard(task)
-            if not p.done:  # cancelled before it started: the coroutine never ran
-                started[0].close()
+        def after_cancel() -> None:
+            if task.done() and not p.done:
+                # cancelled before its first step: _drive never ran
+                tasks.discard(task)
                 p.finish(("bufs", self._error(req, errno.EINTR), []))
 
-        p.on_interrupt = lambda _p: task.cancel()
-        task.add_done_callback(cancelled)
+        def interrupt(_p: Pending) -> None:
+            task.cancel()
+            loop.call_soon(after_cancel)     # runs after the task's cancelled step
+
+        p.on_interrupt = interrupt
         raise p
 
     def cancel_tasks(self) -> None:
@@ -612,17 +589,15 @@ class Dispatcher:
         self._tasks.clear()
 
     async def _drive(self, req: Request, fn: Callable[[Request], Buffers | None],
-                     p: Pending, done: list[tuple[Any, tuple[Any, ...]]],
-                     started: tuple[Coroutine[Any, Any, Any], Any, tuple[Any, ...]]) -> None:
-        """Finish a started handler coroutine, then passes of the ``_op_*`` until one
-        completes (awaiting each further async call)."""
+                     p: Pending) -> None:
+        """Run passes of the ``_op_*`` until one completes, awaiting each async call
+        (in a task: handlers see a current task, timeouts and cancellation work)."""
         import asyncio
 
+        done: list[tuple[Any, tuple[Any, ...]]] = []
         lookups: list[int] = []
         info = req.info
         try:
-            coro, yielded, args = started
-            done.append((await _resume(coro, yielded), args))
             while True:
                 lookups = []
                 self._tls.lookups = lookups
@@ -645,7 +620,13 @@ class Dispatcher:
             if self.on_error == "raise":
                 self.fatal = exc
             bufs = self._error(req, errno.EIO)
-        p.finish(("bufs", bufs, lookups))
+        if self.aloop is not None:
+            self._tasks.discard(asyncio.current_task())
+        self.finishing_task = True      # the loop may write this reply right away
+        try:
+            p.finish(("bufs", bufs, lookups))
+        finally:
+            self.finishing_task = False
 
     @property
     def _lookups(self) -> list[int]:
@@ -793,10 +774,33 @@ class Dispatcher:
                 given.append((nodeid, taken))
         if given:
             try:
-                self.ops.forget(given)
+                forget: Callable[..., Any] = self.ops.forget
+                result = forget(given)
+                if "forget" in self.async_handlers:
+                    self._background(result)
             except Exception:
                 log.exception("forget raised")
         return None
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a coroutine nobody waits for (an async ``forget``); log what it raises."""
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("forget raised")
+
+        loop = self.aloop
+        if loop is None:
+            if self._private_loop is None:
+                import asyncio
+
+                self._private_loop = asyncio.new_event_loop()
+            self._private_loop.run_until_complete(run())
+            return
+        task = loop.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     _op_batch_forget = _op_forget
 

@@ -222,13 +222,18 @@ class Server:
         scheduled = False
 
         def submit(p: Pending) -> None:
-            # a task finishing on the loop's own thread needs no pipe: just a callback
+            # Finished on the loop's own thread: no pipe.  A task's own reply is
+            # written at once; one finished inside another request's handler (a
+            # lock granted by an unlock) waits until that handler's reply is out.
             nonlocal scheduled
             if threading.get_ident() != loop_thread:
                 comp.submit(p)
                 return
             comp.queue.append(p)
-            if not scheduled:
+            if dispatcher.finishing_task:
+                if self._complete_all(fd, comp):
+                    end()
+            elif not scheduled:
                 scheduled = True
                 loop.call_soon(flush)
 
