@@ -684,3 +684,46 @@ def test_async_forget_and_sync_only_handlers() -> None:
 
     with pytest.raises(TypeError, match=r"BadInit\.init must be a plain def"):
         Dispatcher(BadInit(), Connection())
+
+
+def test_async_filesystem_with_deferred_locks(tmp_path: Path) -> None:
+    """Deferred replies inside the async path: an async ``flock`` whose lock table
+    defers, and a sync ``setlk`` run in a pass (SETLK calls flock's opcode path)."""
+    from fusewire.examples.memfs import MemFS
+    from fusewire.server import Server
+    from fusewire.server.loop import serve_in_thread
+
+    class AsyncLockFS(MemFS):
+        async def flock(self, fh: int, owner: int, op: int,  # type: ignore[override]
+                        sleep: bool, ctx: Any) -> None:
+            MemFS.flock(self, fh, owner, op, sleep, ctx)
+
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    server = Server(AsyncLockFS(entry_timeout=0, attr_timeout=0), str(mnt), "fsname=alk")
+    thread = serve_in_thread(server)
+    procs: list[subprocess.Popen[str]] = []
+    fd = -1
+    try:
+        f = mnt / "locked"
+        f.write_bytes(b"x" * 100)
+        fd = os.open(f, os.O_RDWR)
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        procs = [locker(f, "posix"), locker(f, "flock"), locker(f, "flock")]
+        wait_blocked(procs)
+        assert timed(os.listdir, mnt) < 1.0
+        os.kill(procs[2].pid, signal.SIGUSR1)
+        assert procs[2].communicate(timeout=10)[0].strip() == "EINTR"
+        os.close(fd)
+        fd = -1
+        assert [p.communicate(timeout=30)[0].strip() for p in procs[:2]] == ["ok", "ok"]
+        assert not server.dispatcher.pending
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _reap(procs)
+        server.close()
+        thread.join(10)

@@ -287,9 +287,12 @@ def _carry_over(old: tuple[Any, ...], new: tuple[Any, ...]) -> None:
         if a is not b and type(a) is type(b):
             slots = getattr(type(a), "__slots__", None)
             if slots:
-                for name in slots:
-                    if hasattr(a, name):
-                        setattr(b, name, getattr(a, name))
+                try:
+                    for name in slots:
+                        if hasattr(a, name):
+                            setattr(b, name, getattr(a, name))
+                except AttributeError:
+                    pass                # immutable (a frozen Lock): nothing was filled
 
 
 class _Calls:
@@ -319,10 +322,42 @@ class _Calls:
                 return result
             if name in self._async:
                 raise _Suspend(method(*args), args)
-            result = method(*args)
+            try:
+                result = method(*args)
+            except Pending as p:        # a sync handler deferred: the task awaits it
+                raise _Suspend(_await_pending(p), args) from None
             self._done.append((result, args))
             return result
         return call
+
+
+async def _await_pending(p: Pending) -> Any:
+    """Wait, inside a task, for a Pending a handler raised; return its value or raise
+    its errno.  Cancelling the task interrupts the Pending."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    def wake(_p: Pending) -> None:
+        loop.call_soon_threadsafe(settle)
+
+    p.__traceback__ = None
+    p.bind(wake)
+    try:
+        await fut
+    except asyncio.CancelledError:
+        p.interrupt()
+        raise
+    outcome = p.outcome
+    assert outcome is not None
+    if not outcome[0]:
+        raise FUSEError(outcome[1])
+    return outcome[1]
 
 
 class Dispatcher:
@@ -605,7 +640,10 @@ class Dispatcher:
                     bufs = self._pass(fn, _Calls(self.ops, self.async_handlers, done), req)
                     break
                 except _Suspend as s:
-                    result = await s.coro
+                    try:
+                        result = await s.coro
+                    except Pending as inner:    # an async handler raised ctx.defer()
+                        result = await _await_pending(inner)
                     done.append((result, s.args))
         except FUSEError as exc:
             bufs = self._error(req, exc.errno)
