@@ -127,7 +127,8 @@ def _reap(procs: list[subprocess.Popen[str]]) -> None:
 class Recoverable:
     """A ``fusewire.recovery.keeper memfs`` mount; torn down by pid."""
 
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 crash: str | None = None) -> None:
         from fusewire.recovery import commands
 
         run = tmp_path / "run"
@@ -138,6 +139,8 @@ class Recoverable:
         self.log = tmp_path / "keeper.log"
         env = dict(server_env(), FUSEWIRE_RUN_DIR=str(run))
         env.pop("FUSEWIRE_CRASH_AT", None)
+        if crash:
+            env["FUSEWIRE_CRASH_AT"] = crash
         with open(self.log, "ab") as log:
             self.keeper = subprocess.Popen(
                 [sys.executable, "-m", "fusewire.recovery.keeper", "memfs", str(self.path)],
@@ -314,6 +317,45 @@ def test_lock_wait_spans_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert procs[0].poll() is None
         fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 0, 10))
         assert procs[0].communicate(timeout=30)[0].strip() == "ok"
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        _reap(procs)
+        m.close()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="recoverable mounts need root")
+def test_granted_wait_is_answered_once_across_a_crash(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server dies after journaling a waiter's grant, before writing it: the
+    successor answers the re-sent F_SETLKW from the journal and holds the lock."""
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    m = Recoverable(tmp_path, monkeypatch, crash="journal:SETLKW:1")
+    procs: list[subprocess.Popen[str]] = []
+    fd = -1
+    try:
+        f = m.path / "locked"
+        f.write_bytes(b"x" * 100)
+        fd = os.open(f, os.O_RDWR)
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+        procs = [locker(f, "posix", 0, hold=True)]
+        wait_blocked(procs)
+        m.pids |= children(m.keeper.pid)
+        old = m.server_pid
+        fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 0, 10))  # grant: crash
+        waiter = procs[0]
+        assert waiter.stdout is not None and waiter.stdout.readline().strip() == "ok"
+        from fusewire.recovery import commands
+
+        st = commands.wait_ready(str(m.path), 20.0, after_pid=old)
+        assert st is not None and int(st["server_pid"]) != old, m.log.read_text()[-3000:]
+        m.server_pid = int(st["server_pid"])
+        assert other_owner_sees_lock(f, 5)        # the successor knows the waiter holds it
+        assert waiter.stdin is not None
+        waiter.stdin.close()
+        waiter.wait(30)
+        assert not other_owner_sees_lock(f, 5)    # and it went with the waiter's close
     finally:
         if fd >= 0:
             os.close(fd)
