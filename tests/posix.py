@@ -752,6 +752,47 @@ def check_locks(root: Path) -> Any:
 
 
 @check
+def check_locks_go_with_any_close(root: Path) -> Any:
+    """POSIX: closing any descriptor of a file drops the process's record locks on it
+    (a dup, a second open, a child's exit), not only the last close."""
+    p = root / "f"
+    write_file(p, b"x" * 100)
+
+    def other_sees(start: int) -> Any:
+        def child() -> Any:
+            cfd = os.open(p, os.O_RDWR)
+            got = _FLOCK.unpack(fcntl.fcntl(cfd, fcntl.F_GETLK,
+                                            _flock_struct(fcntl.F_WRLCK, start, 1)))[0]
+            os.close(cfd)
+            return got != fcntl.F_UNLCK
+        return in_child(child)
+
+    fd = os.open(p, os.O_RDWR)
+    out: dict[str, Any] = {}
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    out["held"] = other_sees(5)
+    os.close(os.dup(fd))
+    out["after_dup_closed"] = other_sees(5)
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    os.close(os.open(p, os.O_RDONLY))
+    out["after_second_open_closed"] = other_sees(5)
+
+    def child_locks() -> Any:
+        cfd = os.open(p, os.O_RDWR)
+        fcntl.fcntl(cfd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 50, 10))
+        return "locked"
+
+    out["child"] = in_child(child_locks)
+    out["after_child_exit"] = other_sees(55)
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+    os.close(os.dup(fd))
+    out["relock_after_dup_close"] = in_child(lambda: attempt(lambda: fcntl.fcntl(
+        os.open(p, os.O_RDWR), fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10)) and "OK"))
+    os.close(fd)
+    return out
+
+
+@check
 def check_copy_file_range(root: Path) -> Any:
     src, dst = root / "src", root / "dst"
     payload = bytes(range(256)) * 1024  # 256 KiB
