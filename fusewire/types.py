@@ -296,7 +296,8 @@ _PENDING_LOCK = threading.Lock()
 
 class Pending(Exception):  # noqa: N818 (a marker raised to answer later, not an error)
     """A reply a handler gives later (a deferred reply).  Get one from
-    :meth:`RequestContext.defer` and ``raise`` it from a synchronous handler.
+    :meth:`RequestContext.defer` and ``raise`` it from the handler (a sync
+    one usually; raised from an ``async def`` handler, its task awaits it).
 
     The value later passed to :meth:`reply` is what the handler would have
     returned (``None`` for handlers that return nothing, bytes for ``read``,

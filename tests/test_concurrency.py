@@ -769,3 +769,66 @@ def test_async_filesystem_with_deferred_locks(tmp_path: Path) -> None:
         _reap(procs)
         server.close()
         thread.join(10)
+
+
+def test_sync_handler_answers_later_from_another_thread(tmp_path: Path) -> None:
+    """``raise ctx.defer()`` in a sync handler, ``reply()`` from a timer thread: the
+    single serving thread serves other requests meanwhile and writes the reply."""
+    import stat as st
+    import threading
+
+    from fusewire import EntryAttributes, FUSEError, Operations
+    from fusewire.server import Server
+    from fusewire.server.loop import serve_in_thread
+
+    class LaterFS(Operations):
+        """GETATTR of inode 2 by a waiting pid is answered 0.5 s later by a timer."""
+
+        def _attr(self, inode: int) -> EntryAttributes:
+            if inode == 1:
+                return EntryAttributes(1, st_mode=st.S_IFDIR | 0o755, st_nlink=2)
+            return EntryAttributes(inode, st_mode=st.S_IFREG | 0o444, st_size=5)
+
+        def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> EntryAttributes:
+            if name in (b"later", b"now"):
+                return self._attr(2 if name == b"later" else 3)
+            raise FUSEError(errno.ENOENT)
+
+        def getattr(self, inode: int, ctx: Any) -> EntryAttributes:
+            if inode == 2 and ctx.can_defer and ctx.pid in waiting_pids:
+                pending = ctx.defer()
+                threading.Timer(0.5, pending.reply, args=(self._attr(2),)).start()
+                deferred.set()
+                raise pending
+            return self._attr(inode)
+
+    if dev_fuse_problem() is not None:
+        pytest.skip(dev_fuse_problem() or "")
+    waiting_pids: set[int] = set()
+    deferred = threading.Event()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    server = Server(LaterFS(), str(mnt), "fsname=later")
+    thread = serve_in_thread(server)
+    child = None
+    try:
+        code = ("import os, sys, time\n"
+                "sys.stdin.readline()\n"
+                "t = time.monotonic(); st = os.stat(sys.argv[1])\n"
+                "print(st.st_size, time.monotonic() - t, flush=True)\n")
+        child = subprocess.Popen([sys.executable, "-c", code, str(mnt / "later")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        waiting_pids.add(child.pid)
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert deferred.wait(30)
+        assert timed(os.stat, mnt / "now") < 0.4        # served while the stat waits
+        size, took = child.communicate(timeout=30)[0].split()
+        assert size == "5" and float(took) >= 0.3
+        assert not server.dispatcher.pending
+    finally:
+        if child is not None:
+            _reap([child])
+        server.close()
+        thread.join(10)
