@@ -17,12 +17,13 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "EntryAttributes",
     "FUSEError",
     "FileInfo",
+    "DeferrableContext",
     "Lock",
     "Pending",
     "RequestContext",
@@ -256,7 +257,8 @@ class RequestContext:
     groups: tuple[int, ...] = ()
     resent: bool = False
     _interrupted: Callable[[int], bool] | None = field(default=None, repr=False)
-    _deferrable: bool = field(default=False, repr=False)
+    #: a class attribute, not a field (no cost per request): see DeferrableContext
+    _deferrable: ClassVar[bool] = False
 
     @property
     def interrupted(self) -> bool:
@@ -289,6 +291,14 @@ class RequestContext:
         Only valid when :attr:`can_defer` is true.
         """
         return Pending(self.unique, on_interrupt)
+
+
+class DeferrableContext(RequestContext):
+    """The :class:`RequestContext` of a request served by a loop that takes
+    deferred replies (:attr:`RequestContext.can_defer` is true)."""
+
+    __slots__ = ()
+    _deferrable = True
 
 
 _PENDING_LOCK = threading.Lock()

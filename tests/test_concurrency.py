@@ -594,9 +594,9 @@ def test_sync_filesystems_never_import_asyncio() -> None:
 
 
 def _ctx(unique: int) -> Any:
-    from fusewire.types import RequestContext
+    from fusewire.types import DeferrableContext
 
-    return RequestContext(unique=unique, _deferrable=True)
+    return DeferrableContext(unique=unique)
 
 
 def test_lock_table_waiters_are_deferred_replies() -> None:

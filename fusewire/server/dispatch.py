@@ -77,6 +77,7 @@ from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (
+    DeferrableContext,
     EntryAttributes,
     FileInfo,
     FUSEError,
@@ -379,8 +380,8 @@ class Dispatcher:
         self.observer: Callable[[Request], None] | None = None
         #: deferred requests (a Pending raised, or an async handler running), by key
         self.pending: dict[int, Pending] = {}
-        #: True while a serving loop takes deferred replies (set by the Server)
-        self.deferrable = False
+        #: the context class handlers get: DeferrableContext once a loop attached
+        self._context: type[RequestContext] = RequestContext
         #: the event loop async handlers run on (set by the Server)
         self.aloop: Any = None
         self._private_loop: Any = None
@@ -487,12 +488,17 @@ class Dispatcher:
 
     # -- deferred replies ---------------------------------------------------------
 
+    @property
+    def deferrable(self) -> bool:
+        """Whether a serving loop takes deferred replies (:meth:`attach` was called)."""
+        return self._context is DeferrableContext
+
     def attach(self, submit: Callable[[Pending], None]) -> None:
         """Make this thread's deferred requests complete through ``submit``
         (called from any thread with the finished Pending; it must hand it to
         the thread that read the request, which then calls :meth:`complete`)."""
         self._tls.submit = submit
-        self.deferrable = True
+        self._context = DeferrableContext
 
     def _defer(self, req: Request, p: Pending,
                fn: Callable[[Request], Buffers | None] | None) -> Buffers | None:
@@ -712,9 +718,9 @@ class Dispatcher:
 
     def _ctx(self, req: Request, umask: int = 0) -> RequestContext:
         ext = req.ext
-        return RequestContext(req.uid, req.gid, req.pid, umask, req.unique,
-                              ext.groups if ext is not None else (), req.unique > _RESEND_MASK,
-                              self._interrupted, self.deferrable)
+        return self._context(req.uid, req.gid, req.pid, umask, req.unique,
+                             ext.groups if ext is not None else (), req.unique > _RESEND_MASK,
+                             self._interrupted)
 
     def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):
