@@ -792,6 +792,58 @@ def check_locks_go_with_any_close(root: Path) -> Any:
     return out
 
 
+def _wait_in_setlk(pid: int, timeout: float = 20.0) -> bool:
+    """Whether ``pid`` comes to sleep inside fcntl(F_SETLKW) (local or FUSE) in time."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stack") as f:
+                if "fcntl_setlk" in f.read():
+                    return True
+        except OSError:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+@check
+def check_lock_waits(root: Path) -> Any:
+    """F_SETLKW: a waiter sleeps until the holder unlocks; a wait that would close a
+    cycle is EDEADLK at once (Linux's rule for local files)."""
+    p = root / "f"
+    write_file(p, b"x" * 100)
+    fd = os.open(p, os.O_RDWR)
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 20, 10))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        try:
+            cfd = os.open(p, os.O_RDWR)
+            fcntl.fcntl(cfd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 10))
+            os.write(w, b"h")
+            got = attempt(fcntl.fcntl, cfd, fcntl.F_SETLKW,
+                          _flock_struct(fcntl.F_WRLCK, 20, 10))
+            os.write(w, b"OK" if isinstance(got, bytes) else str(got).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    out: dict[str, Any] = {"holding": os.read(r, 1) == b"h"}
+    out["waiting"] = _wait_in_setlk(pid)
+    out["deadlock"] = attempt(fcntl.fcntl, fd, fcntl.F_SETLKW,
+                              _flock_struct(fcntl.F_WRLCK, 0, 10))
+    fcntl.fcntl(fd, fcntl.F_SETLK, _flock_struct(fcntl.F_UNLCK, 20, 10))
+    out["waiter"] = os.read(r, 16).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    out["free_after_child_exit"] = attempt(lambda: fcntl.fcntl(
+        fd, fcntl.F_SETLK, _flock_struct(fcntl.F_WRLCK, 0, 30)) and "OK")
+    os.close(fd)
+    return out
+
+
 @check
 def check_copy_file_range(root: Path) -> Any:
     src, dst = root / "src", root / "dst"
