@@ -404,10 +404,11 @@ class Server:
                 try:
                     n = readv(fd, [buf])
                 except BlockingIOError:
-                    sel.select()
-                    comp.drain_pipe()
-                    if queue and self._complete_all(fd, comp):
-                        return
+                    for key, _ in sel.select():
+                        if key.fd != fd:        # the wake-up pipe (not on the hot path)
+                            comp.drain_pipe()
+                            if queue and self._complete_all(fd, comp):
+                                return
                     continue
                 except OSError as exc:
                     if exc.errno == errno.EINTR:
