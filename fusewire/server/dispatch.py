@@ -52,6 +52,7 @@ import inspect
 import logging
 import os
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -216,6 +217,15 @@ def _takes_lock_owner(ops: Operations) -> bool:
 
 #: opcodes whose _op_* also calls ``flock`` besides the row's handler
 _CALLS_FLOCK = frozenset({Opcode.SETLK, Opcode.SETLKW, Opcode.RELEASE})
+def _eager_task() -> Any:
+    """asyncio.Task where it can start eagerly (Python 3.12+), else None."""
+    if sys.version_info < (3, 12):
+        return None
+    import asyncio
+
+    return asyncio.Task
+
+
 #: handlers that may not be coroutines (called outside requests, or before any loop)
 _SYNC_ONLY = frozenset({"init", "destroy"})
 #: opcodes never run in passes: FORGET gives counts back before it calls the handler
@@ -386,6 +396,7 @@ class Dispatcher:
         self.aloop: Any = None
         self._private_loop: Any = None
         self._tasks: set[Any] = set()
+        self._eager: Any = None       # asyncio.Task on 3.12+ (eager start), else False
         #: True while an async opcode's task hands over its finished reply
         self.finishing_task = False
         #: handler names that are coroutine functions (async def)
@@ -606,8 +617,25 @@ class Dispatcher:
             outer.extend(out[2])
             bufs: Buffers | None = out[1]
             return bufs
-        task = loop.create_task(coro)
         tasks = self._tasks
+        eager = self._eager
+        if eager is None:
+            eager = self._eager = _eager_task() or False
+        if eager:
+            # Python 3.12+: the task's first step runs now, as a task; a handler
+            # that completes without waiting (a cache hit) is answered inline
+            outer = self._tls.lookups
+            task = eager(coro, loop=loop, eager_start=True)
+            if task.done():
+                out = p.outcome
+                assert out is not None
+                self._tls.lookups = outer
+                outer.extend(out[2])
+                done_bufs: Buffers | None = out[1]
+                return done_bufs
+            self._tls.lookups = outer
+        else:
+            task = loop.create_task(coro)
         tasks.add(task)       # _drive forgets it when it ends
 
         def after_cancel() -> None:

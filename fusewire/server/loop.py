@@ -290,13 +290,17 @@ class Server:
             if (comp.queue and self._complete_all(fd, comp)) or self._stop.is_set():
                 end()
 
+        wake_r = comp.wake_r          # close() from another thread may reset comp's
         loop.add_reader(fd, readable)
-        loop.add_reader(comp.wake_r, woken)
+        loop.add_reader(wake_r, woken)
         try:
             await finished
         finally:
-            loop.remove_reader(fd)
-            loop.remove_reader(comp.wake_r)
+            for reader in (fd, wake_r):
+                try:
+                    loop.remove_reader(reader)
+                except (ValueError, OSError):
+                    pass
             dispatcher.cancel_tasks()
             dispatcher.aloop = None
             self._finish_serving(old)
