@@ -79,7 +79,7 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.operations import Operations
-from fusewire.server.readdir import ReaddirToken
+from fusewire.readdir import ReaddirToken
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FUSEError
 from fusewire.types import timeout_parts as _ts

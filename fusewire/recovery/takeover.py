@@ -493,7 +493,7 @@ class RecoverableServer(Server):
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:
-    from fusewire.cli import build_ops
+    from fusewire.examples import build_ops
     from fusewire.server import mount as _mount
 
     fs = str(meta["fs"])

@@ -47,8 +47,8 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
+from fusewire.readdir import ReaddirToken
 from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
-from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (

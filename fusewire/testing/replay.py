@@ -315,7 +315,7 @@ def assert_replay_matches(capture_path: str | os.PathLike[str],
 def ops_factory_from_spec(spec: str, extra: Mapping[str, str] | None = None
                           ) -> Callable[[], Operations]:
     """``memfs`` or ``MODULE:CLASS`` (with ``-o`` style extras) as a factory."""
-    from fusewire.cli import build_ops
+    from fusewire.examples import build_ops
 
     def factory() -> Operations:
         return build_ops(spec, None, dict(extra or {}))
