@@ -341,7 +341,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
     elif trailing is Trailing.DATA:
         data = memoryview(buf)[off:end]
         want = getattr(arg, "size", None)
-        if opcode in (Opcode.WRITE, Opcode.SETXATTR) and want != len(data):
+        if row.sized_data and want != len(data):
             raise _bad(f"{row.name}: {len(data)} data bytes, size says {want}", errno.EINVAL,
                        unique, opcode, row)
     elif trailing is Trailing.FORGETS or trailing is Trailing.MAPPINGS:

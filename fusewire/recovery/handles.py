@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fusewire.connection import Session
+from fusewire.opcodes import table as _table
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
     DRAFT_FUSE_LOOKUP_HANDLE_V3,
@@ -129,12 +130,10 @@ _EXT_HDR = struct.Struct("<II")  # fuse_ext_header: size, type
 
 #: Requests whose header nodeid is a directory the kernel may name by handle
 #: as well (v2: an in-arg; v3: a FUSE_EXT_HANDLE extension).
-PARENT_HANDLE_OPS: tuple[int, ...] = (
-    Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-    Opcode.TMPFILE,
-)
-_CREATE_TYPE = frozenset({Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-                          Opcode.CREATE, Opcode.TMPFILE, DRAFT_FUSE_MKOBJ_HANDLE_V3})
+#: (the table's parent_handle rows)
+PARENT_HANDLE_OPS: frozenset[int] = _table.PARENT_HANDLE_OPS
+_CREATE_TYPE = _table.ops_where("create_type") | _table.ops_where("create_type",
+                                                                  _table.DRAFT_OPS["v3"])
 
 
 class HandleWireError(ValueError):
@@ -428,8 +427,8 @@ def reply_carries_handle(session: Session, opcode: int) -> bool:
             or opcode in (profile.lookup_opcode, profile.revalidate_opcode, profile.mkobj_opcode))
 
 
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
+_ENTRY_REPLIES = frozenset(op for op, row in _table.OPS.items()
+                           if row.reply in (_table.Reply.ENTRY, _table.Reply.ENTRY_OPEN))
 
 
 def _entry_part(body: bytes, pos: int, profile: Profile, slot: int,

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import Request
 from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.table import OPS as _TABLE
+from fusewire.opcodes.table import Reply, ops_where
 from fusewire.types import FUSEError
 
 if TYPE_CHECKING:
@@ -47,9 +49,10 @@ _WRITE_OUT = struct.Struct("<II")
 _REOPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 #: requests that get an intent
-OPS = frozenset({Opcode.MKDIR, Opcode.MKNOD, Opcode.SYMLINK, Opcode.LINK, Opcode.CREATE,
-                 Opcode.UNLINK, Opcode.RMDIR, Opcode.RENAME, Opcode.RENAME2, Opcode.WRITE})
-_ENTRY_OPS = (Opcode.MKDIR, Opcode.MKNOD, Opcode.SYMLINK, Opcode.LINK)
+#: (the namespace-changing rows of the opcode table, plus appending writes)
+OPS = ops_where("namespace") | {Opcode.WRITE}
+#: create-type requests answered with an entry only (CREATE also opens)
+_ENTRY_OPS = frozenset(op for op in ops_where("create_type") if _TABLE[op].reply is Reply.ENTRY)
 
 
 def _signed(v: int) -> int:

@@ -48,6 +48,7 @@ from typing import Any
 from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
@@ -64,10 +65,9 @@ log = logging.getLogger("fusewire.recovery")
 COMPACT_BYTES = int(os.environ.get("FUSEWIRE_COMPACT_BYTES", str(64 << 20)))
 COMPACT_RECORDS = int(os.environ.get("FUSEWIRE_COMPACT_RECORDS", "200000"))
 
-_OPENS = (Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE)
-_RELEASES = (Opcode.RELEASE, Opcode.RELEASEDIR)
-_NO_REPLY = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT,
-                       Opcode.NOTIFY_REPLY})
+_OPENS = ops_where("opens")
+_RELEASES = ops_where("releases")
+_NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
 _IN_HDR = struct.Struct("<IIQ")
 _OUT_HDR = struct.Struct("<IiQ")
 _IN_HDR_SIZE = 40
@@ -160,7 +160,7 @@ class RecoveryJournal:
         opened = released = None
         if ok and op in _OPENS:
             fh = struct.unpack_from("<Q", bufs[-1])[0]
-            node = lookups[0] if op in (Opcode.CREATE, Opcode.TMPFILE) and lookups \
+            node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
                 else req.nodeid
             flags = getattr(req.arg, "flags", 0)
             if op == Opcode.OPENDIR:

@@ -304,8 +304,7 @@ class KernelEmulator:
             raise KernelRuleError(f"{row.name} does not exist at 7.{self.minor}")
         if self.session.lookup_handle is not None and row is not None:
             data, ext = self._with_handle(opcode, row.trailing, nodeid, data, ext, handle)
-        background = opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.RELEASE,
-                                Opcode.RELEASEDIR, Opcode.INTERRUPT)
+        background = row is not None and row.background
         p = Pending(opcode, self.next_unique(), nodeid, arg, tuple(names), data, ext,
                     0 if background else (self.uid if uid is None else uid),
                     0 if background else (self.gid if gid is None else gid),

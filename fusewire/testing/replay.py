@@ -256,7 +256,8 @@ def replay(capture_path: str | os.PathLike[str], ops_factory: Callable[[], Opera
             report.skipped.append((rec.unique, f"OPCODE_{rec.opcode}", f"malformed: {exc}"))
             continue
         name = req.info.name
-        if req.opcode in (Opcode.INTERRUPT, Opcode.NOTIFY_REPLY, Opcode.INIT):
+        # INIT, and what the library handles without a reply (INTERRUPT, NOTIFY_REPLY)
+        if req.opcode == Opcode.INIT or (req.info.handler is None and not req.info.needs_reply):
             report.skipped.append((req.unique, name, "not replayable"))
             continue
         recorded = replies.get(rec.unique)

@@ -153,7 +153,7 @@ def request_specs(draw: st.DrawFn, opcode: int | None = None,
     data: Any = b""
     if row.trailing is Trailing.DATA:
         data = draw(st.binary(max_size=64))
-        if opcode in (Opcode.WRITE, Opcode.SETXATTR):
+        if row.sized_data:
             arg = arg._replace(size=len(data))
     elif row.trailing in (Trailing.FORGETS, Trailing.MAPPINGS):
         data = tuple(draw(st.lists(st.tuples(_U64, _U64), max_size=4)))

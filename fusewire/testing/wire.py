@@ -25,7 +25,14 @@ from fusewire.opcodes.flags import (
     NotifyCode,
     Opcode,
 )
-from fusewire.opcodes.table import NOTIFICATIONS, OpInfo, Reply, Trailing, ops_for_profile
+from fusewire.opcodes.table import (
+    NOTIFICATIONS,
+    OpInfo,
+    Reply,
+    Trailing,
+    ops_for_profile,
+    ops_where,
+)
 from fusewire.structs.codec import CODECS
 from fusewire.structs.layout import decode_sized, encode_sized, sizes_for
 
@@ -174,7 +181,7 @@ def encode_request(session: SessionLike, opcode: int, unique: int, nodeid: int, 
         codec = CODECS[row.request]
         if arg is None:
             arg = codec.zero()
-            if hasattr(arg, "size") and opcode in (Opcode.WRITE, Opcode.SETXATTR):
+            if hasattr(arg, "size") and row.sized_data:
                 arg = arg._replace(size=len(tail))
         parts.append(encode_sized(codec, arg, sizes[row.request]))
     for name in names:
@@ -280,8 +287,7 @@ def decode_dirents(body: bytes, plus: bool) -> list[Any]:
     return out
 
 
-_CREATE_TYPE = frozenset({Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-                          Opcode.CREATE, Opcode.TMPFILE})
+_CREATE_TYPE = ops_where("create_type")
 
 
 def decode_reply(session: SessionLike, request_opcode: int, request_arg: Any,
