@@ -177,3 +177,42 @@ def test_the_redeclaration_check_sees_a_set() -> None:
     node = tree.body[0].value  # type: ignore[attr-defined]
     assert {e.attr for e in node.elts} == _names("releases")
     assert _opcode_literals(), "the scanner finds the two-opcode comparisons that remain"
+
+
+# --- the protocol reference is generated from the table --------------------------------
+
+
+def test_protocol_reference_is_current() -> None:
+    from pathlib import Path
+
+    from fusewire.opcodes.reference import render
+
+    path = Path(__file__).parent.parent / "docs" / "protocol-reference.md"
+    assert path.read_text() == render(), (
+        "docs/protocol-reference.md is stale: python -m fusewire.opcodes.reference "
+        "> docs/protocol-reference.md")
+
+
+def test_protocol_reference_shows_every_field_and_row() -> None:
+    import dataclasses
+
+    from fusewire.opcodes import OpInfo
+    from fusewire.opcodes.reference import SET_COLUMNS, SHOWN_FIELDS, render
+
+    assert {f.name for f in dataclasses.fields(OpInfo)} == SHOWN_FIELDS
+    assert set(SET_FIELDS) - {"enosys_cached", "idempotent"} == set(SET_COLUMNS)
+    text = render()
+    for row in OPS.values():
+        assert f"| {row.name} | {row.opcode} |" in text
+
+
+def test_protocol_reference_check_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fusewire.opcodes.reference import main, render
+
+    good = tmp_path / "ref.md"
+    good.write_text(render())
+    assert main(["--check", str(good)]) == 0
+    good.write_text(render().replace("LOOKUP", "LOOKOUT", 1))
+    assert main(["--check", str(good)]) == 1
+    err = capsys.readouterr().err
+    assert "stale" in err and err.count("\n") == 1

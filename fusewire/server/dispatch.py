@@ -830,10 +830,3 @@ class Dispatcher:
         return self._ok(req, entry_bytes(attr)[:session.sizes["entry_out"]]
                         + handles.element_for(inode))
 
-
-def describe_table() -> list[OpInfo]:
-    """Rows the dispatcher serves (used by docs and tests)."""
-    from fusewire.opcodes.table import OPS
-
-    return [row for row in OPS.values() if row.handler is not None]
-
