@@ -257,3 +257,73 @@ def test_cli_turns_a_bad_spec_into_one_line() -> None:
         build_ops("nosuchfs", None, {})
     assert str(e.value).startswith("fusewire: unknown filesystem 'nosuchfs'")
     assert "\n" not in str(e.value)
+
+
+# --- struct formats come from the schemas ---------------------------------------------
+
+#: Files outside fusewire/structs that may still spell a struct format, how many
+#: times at most, and why.  Adding a literal format anywhere else (or one more
+#: here) fails: take it from fusewire.structs.codec.CODECS (``.struct``, or
+#: ``.head(n)`` for the leading fields) instead.
+LITERAL_FORMATS: dict[str, tuple[int, str]] = {
+    "fusewire/server/dispatch.py": (8, "reply bodies packed inline; they move onto the rows' "
+                                       "reply codecs with the dispatcher rewrite (issue 14)"),
+    "fusewire/server/loop.py": (9, "notification payloads and the backing-map ioctl; they "
+                                    "move into the sans-IO encoder (issue 14)"),
+    "fusewire/server/mount.py": (3, "native C ints of SCM_RIGHTS and FUSE_DEV_IOC_CLONE's "
+                                    "argument: the host's ABI, not the FUSE wire"),
+    "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
+    "fusewire/recovery/journal.py": (8, "the journal's own on-disk records (docs/recovery.md)"),
+    "fusewire/testing/capture.py": (4, "the capture file's own format (docs/capture-format.md)"),
+    "fusewire/testing/emulator.py": (1, "length prefix of its own subprocess pipe"),
+    "fusewire/examples/memfs.py": (2, "memfs's own file-handle bytes (inode, generation)"),
+    "fusewire/examples/passthrough.py": (7, "struct file_handle and statx of the host's "
+                                            "syscalls, not the FUSE wire"),
+    "fusewire/connection.py": (1, "supp_groups' gid array: its length is in the message"),
+    "fusewire/testing/dump.py": (1, "notify_prune's nodeid array: length in the message"),
+    "fusewire/testing/wire.py": (1, "notify_prune's nodeid array: length in the message"),
+    "fusewire/testing/strategies.py": (1, "notify_prune's nodeid array: length in the message"),
+}
+
+_STRUCT_CALLS = {"Struct", "pack", "pack_into", "unpack", "unpack_from", "iter_unpack",
+                 "calcsize"}
+
+
+def _literal_formats() -> dict[str, list[int]]:
+    """Lines that call struct.* with a literal (or f-string) format, by file.
+
+    Formats computed from the codecs (``_OUT_HDR.format + ...``) do not count.
+    """
+    found: dict[str, list[int]] = {}
+    for module, path in MODULES.items():
+        rel = path.relative_to(PKG.parent).as_posix()
+        if module.startswith("fusewire.structs"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in _STRUCT_CALLS
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "struct"
+                    and node.args
+                    and isinstance(node.args[0], (ast.Constant, ast.JoinedStr))):
+                found.setdefault(rel, []).append(node.lineno)
+    return found
+
+
+def test_struct_formats_come_from_the_schemas() -> None:
+    bad = []
+    for rel, lines in sorted(_literal_formats().items()):
+        allowed, _why = LITERAL_FORMATS.get(rel, (0, ""))
+        if len(lines) > allowed:
+            bad.append(f"{rel}: {len(lines)} literal struct formats (allowed {allowed}) "
+                       f"at lines {lines}")
+    assert not bad, ("use fusewire.structs.codec.CODECS instead of a literal format:\n"
+                     + "\n".join(bad))
+
+
+def test_the_out_header_is_declared_once() -> None:
+    # fuse_out_header used to be re-declared in 7 files: now only the schema has it.
+    for path in MODULES.values():
+        if "structs" in path.parts:
+            continue
+        text = path.read_text()
+        assert '"<IiQ"' not in text and '"<LlQ"' not in text, path

@@ -62,7 +62,6 @@ import hashlib
 import hmac
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -124,9 +123,9 @@ _ENTRY_OUT = CODECS["entry_out"]
 _ENTRY2_OUT = CODECS["entry2_out"]
 _OPEN_OUT = CODECS["open_out"]
 _DIRENT = CODECS["dirent"].struct
-_V2_HDR = struct.Struct("<II")   # fuse_file_handle (v1/v2): size, type
-_V3_HDR = struct.Struct("<H")    # fuse_file_handle (v3): size
-_EXT_HDR = struct.Struct("<II")  # fuse_ext_header: size, type
+_V2_HDR = CODECS["file_handle_v2"].struct   # fuse_file_handle (v1/v2): size, type
+_V3_HDR = CODECS["file_handle_v3"].struct   # fuse_file_handle (v3): size
+_EXT_HDR = CODECS["ext_header"].struct      # fuse_ext_header: size, type
 
 #: Requests whose header nodeid is a directory the kernel may name by handle
 #: as well (v2: an in-arg; v3: a FUSE_EXT_HANDLE extension).

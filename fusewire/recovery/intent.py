@@ -30,13 +30,13 @@ locking the source tree.
 from __future__ import annotations
 
 import os
-import struct
 from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import Request
 from fusewire.opcodes.flags import Opcode
 from fusewire.opcodes.table import OPS as _TABLE
 from fusewire.opcodes.table import Reply, ops_where
+from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["OPS", "answer_done", "changed", "probe"]
 
 _ABSENT = (-1, -1)
-_WRITE_OUT = struct.Struct("<II")
+_WRITE_OUT = CODECS["write_out"].struct
 _REOPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 #: requests that get an intent

@@ -26,7 +26,6 @@ Use :func:`assert_replay_matches` for one-line regression tests.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +52,7 @@ __all__ = [
 
 _NODEID_FIELDS = ("newdir", "oldnodeid", "nodeid_out")
 _FH_FIELDS = ("fh", "fh_in", "fh_out")
-_U64 = struct.Struct("<Q")
+_U64 = CODECS["forget_one"].head(1)  # forget_one.nodeid; also in_header.nodeid at 16
 
 
 @dataclass(frozen=True)
