@@ -327,3 +327,18 @@ def test_the_out_header_is_declared_once() -> None:
             continue
         text = path.read_text()
         assert '"<IiQ"' not in text and '"<LlQ"' not in text, path
+
+
+def test_mount_helpers_import_without_construct() -> None:
+    # fusewire.server.mount runs in helpers that may not see construct (another
+    # user's interpreter): it, the package, the CLI's entry and the spec
+    # builder must import with the standard library alone.
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['construct'] = None\n"
+            "import fusewire, fusewire.server.mount, fusewire.cli, fusewire.examples\n"
+            "assert 'fusewire.structs.codec' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
