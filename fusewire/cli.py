@@ -33,12 +33,12 @@ PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
     """:func:`fusewire.examples.build_ops`, with a bad spec reported as one line (SystemExit)."""
-    from fusewire.examples import SpecError
+    from fusewire.errors import UsageError
     from fusewire.examples import build_ops as _build
 
     try:
         return _build(kind, source, extra)
-    except SpecError as e:
+    except UsageError as e:
         raise SystemExit(f"fusewire: {e}") from None
 
 

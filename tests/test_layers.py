@@ -236,7 +236,8 @@ def test_handler_types_are_exported_from_fusewire(name: str) -> None:
 
 
 def test_build_ops_raises_ordinary_exceptions(tmp_path: Path) -> None:
-    from fusewire.examples import SpecError, build_ops
+    from fusewire.errors import UsageError
+    from fusewire.examples import build_ops
     from fusewire.examples.memfs import MemFS
 
     extra = {"entry_timeout": "2.5", "fsname": "x"}
@@ -248,10 +249,10 @@ def test_build_ops_raises_ordinary_exceptions(tmp_path: Path) -> None:
         ("passthrough", None, {}, "SOURCE"),
         ("no_such_module_xyz:Fs", None, {}, "cannot import"),
         ("fusewire.examples.memfs:NoSuchClass", None, {}, "has no"),
-        ("fusewire.examples:SpecError", None, {}, "not an Operations"),
+        ("fusewire.errors:UsageError", None, {}, "not an Operations"),
         ("memfs", None, {"attr_timeout": "soon"}, "not a number"),
     ]:
-        with pytest.raises(SpecError, match=words):
+        with pytest.raises(UsageError, match=words):
             build_ops(kind, source, dict(opts))
     assert isinstance(build_ops("passthrough", str(tmp_path), {}), fusewire.Operations)
 

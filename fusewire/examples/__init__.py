@@ -5,8 +5,8 @@
 ``MODULE:CLASS``) and ``-o`` style extras into an :class:`~fusewire.Operations`
 instance.  It is the one place that knows the spec syntax: the CLI, the
 recovery successor and capture replay all call it.  It raises
-:class:`SpecError` (a :class:`ValueError`) for a bad spec; callers decide how
-to report it (the CLI prints one line).
+:class:`~fusewire.errors.UsageError` (a :class:`ValueError`) for a bad spec;
+callers decide how to report it (the CLI prints one line).
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, MutableMapping
 
+from fusewire.errors import UsageError
 from fusewire.operations import Operations
 
-__all__ = ["EXAMPLES", "SpecError", "build_ops"]
+__all__ = ["EXAMPLES", "build_ops"]
 
 #: Spec names of the bundled examples.
 EXAMPLES = ("memfs", "passthrough")
-
-
-class SpecError(ValueError):
-    """A filesystem spec or one of its options cannot be turned into a filesystem."""
 
 
 def _float(extra: MutableMapping[str, str], key: str, default: float) -> float:
@@ -33,7 +30,7 @@ def _float(extra: MutableMapping[str, str], key: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise SpecError(f"-o {key}={value}: not a number of seconds") from None
+        raise UsageError(f"-o {key}={value}: not a number of seconds") from None
 
 
 def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) -> Operations:
@@ -45,7 +42,7 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
     understands from ``extra`` (entry_timeout, attr_timeout,
     negative_timeout in seconds; kernel_passthrough) and leaves the rest.
 
-    Raises :class:`SpecError` for an unknown kind, a missing source, a
+    Raises :class:`UsageError` for an unknown kind, a missing source, a
     module or class that cannot be loaded, a factory that returns something
     else than an ``Operations``, or a malformed timeout.
     """
@@ -60,7 +57,7 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
         from fusewire.examples.passthrough import Passthrough
 
         if source is None:
-            raise SpecError("passthrough needs a SOURCE directory")
+            raise UsageError("passthrough needs a SOURCE directory")
         kp = "kernel_passthrough" in extra
         extra.pop("kernel_passthrough", None)
         return Passthrough(source, entry_timeout=entry, attr_timeout=attr,
@@ -70,13 +67,13 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise SpecError(f"{kind}: cannot import {module_name!r}: {e}") from e
+            raise UsageError(f"{kind}: cannot import {module_name!r}: {e}") from e
         try:
             factory: Callable[[], object] = getattr(module, cls)
         except AttributeError:
-            raise SpecError(f"{kind}: module {module_name!r} has no {cls!r}") from None
+            raise UsageError(f"{kind}: module {module_name!r} has no {cls!r}") from None
         ops = factory()
         if not isinstance(ops, Operations):
-            raise SpecError(f"{kind} is not an Operations subclass")
+            raise UsageError(f"{kind} is not an Operations subclass")
         return ops
-    raise SpecError(f"unknown filesystem {kind!r} (memfs, passthrough or MODULE:CLASS)")
+    raise UsageError(f"unknown filesystem {kind!r} (memfs, passthrough or MODULE:CLASS)")
