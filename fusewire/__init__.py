@@ -28,11 +28,12 @@ __all__ = [
     "Lock",
     "Notifier",
     "Operations",
-    "ReaddirToken",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
 ]
+
+__all__ += ["ReaddirToken"]
 
 
 def __getattr__(name: str) -> Any:
