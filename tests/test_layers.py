@@ -349,3 +349,32 @@ def test_mount_helpers_import_without_construct() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_type_a_handler_receives_or_returns_is_exported() -> None:
+    # A filesystem author imports everything from ``fusewire``: each fusewire
+    # class named in an Operations method's signature lives in the core layer
+    # and is in fusewire.__all__.
+    import inspect
+    import typing
+
+    import fusewire.operations as ops_module
+
+    found: set[type] = set()
+
+    def walk(hint: object) -> None:
+        if isinstance(hint, type) and hint.__module__.startswith("fusewire"):
+            found.add(hint)
+        for arg in typing.get_args(hint):
+            walk(arg)
+
+    namespace = {**vars(ops_module), "ReaddirToken": fusewire.ReaddirToken}
+    for name, fn in inspect.getmembers(fusewire.Operations, inspect.isfunction):
+        if not name.startswith("_"):
+            for hint in typing.get_type_hints(fn, globalns=namespace).values():
+                walk(hint)
+    assert fusewire.ReaddirToken in found
+    for cls in found:
+        assert layer_of(cls.__module__) == CORE, cls
+        assert cls.__name__ in fusewire.__all__, f"fusewire does not export {cls.__name__}"
+        assert getattr(fusewire, cls.__name__) is cls
