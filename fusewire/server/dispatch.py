@@ -73,8 +73,8 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
+from fusewire.readdir import ReaddirToken
 from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
-from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (
@@ -228,11 +228,6 @@ def _eager_task() -> Any:
 
 #: handlers that may not be coroutines (called outside requests, or before any loop)
 _SYNC_ONLY = frozenset({"init", "destroy"})
-#: opcodes never run in passes: FORGET gives counts back before it calls the handler
-#: (an async ``forget`` is started as a task instead: there is no reply to wait for)
-_NOT_IN_PASSES = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INIT,
-                            Opcode.DESTROY, Opcode.INTERRUPT, Opcode.NOTIFY_REPLY})
-
 
 def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
     """Trim the INIT flags we ask for to what ``ops`` implements."""
@@ -583,7 +578,9 @@ class Dispatcher:
 
     def _is_async(self, info: OpInfo) -> bool:
         names = self.async_handlers
-        if info.opcode in _NOT_IN_PASSES:
+        if info.no_reply:
+            # FORGET gives counts back before it calls the handler: never run in
+            # passes (an async ``forget`` is started as a background task instead)
             return False
         return info.handler in names or ("flock" in names and info.opcode in _CALLS_FLOCK)
 
@@ -1261,11 +1258,4 @@ class Dispatcher:
         assert session is not None
         return self._ok(req, entry_bytes(attr)[:session.sizes["entry_out"]]
                         + handles.element_for(inode))
-
-
-def describe_table() -> list[OpInfo]:
-    """Rows the dispatcher serves (used by docs and tests)."""
-    from fusewire.opcodes.table import OPS
-
-    return [row for row in OPS.values() if row.handler is not None]
 
