@@ -143,6 +143,9 @@ class Server:
         self.capture = capture
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        #: wakes serve_async's loop through its own self-pipe: close() may close
+        #: our pipes before the loop reads the wake-up byte
+        self._stop_hook: Callable[[], None] | None = None
         #: one completion queue (and wake-up pipe) per serving thread; [0] is the main one
         self._completions = [_Completions(self._wake_r, self._wake_w)]
         self._threads: list[threading.Thread] = []
@@ -290,12 +293,23 @@ class Server:
             if (comp.queue and self._complete_all(fd, comp)) or self._stop.is_set():
                 end()
 
+        def stopped() -> None:
+            if self._stop.is_set():
+                end()
+
         wake_r = comp.wake_r          # close() from another thread may reset comp's
         loop.add_reader(fd, readable)
         loop.add_reader(wake_r, woken)
+        def stop_hook() -> None:
+            loop.call_soon_threadsafe(stopped)
+
+        self._stop_hook = stop_hook
+        if self._stop.is_set():
+            end()
         try:
             await finished
         finally:
+            self._stop_hook = None
             for reader in (fd, wake_r):
                 try:
                     loop.remove_reader(reader)
@@ -331,6 +345,12 @@ class Server:
         """Ask every loop to return (thread-safe, signal-safe)."""
         self._stop.set()
         self._wake()
+        hook = self._stop_hook
+        if hook is not None:
+            try:
+                hook()
+            except RuntimeError:
+                pass  # the event loop is already closed
 
     def close(self, *, unmount: bool = True) -> None:
         """Unmount (if we mounted) and close our fds."""
