@@ -263,3 +263,38 @@ def test_resend_decided_by_the_negotiated_minor() -> None:
     old = _req(2, 26, struct.pack("<IIII", 7, 38, 0, 0))    # a 7.38 kernel
     assert not resend_supported(jn.JournalState(init_in=old), Config())
     assert resend_supported(jn.JournalState(), Config())     # nothing known: try RESEND
+
+
+def test_follower_sees_a_new_journal_under_a_reused_fd_number() -> None:
+    # The keeper closes the old journal after taking the compacted one, so the
+    # descriptor numbers alternate: after two compactions the number is the same.
+    fd, w = _journal_with(3)
+    f = jn.JournalFollower(fd)
+    assert f.update(fd).records == 4
+    new = jn.new_memfd()
+    os.pwrite(new, jn.encode_snapshot(None, {}, None, {7: 1, 8: 2}, {}), 0)
+    w.close()
+    os.dup2(new, fd)                    # same number, another file
+    os.close(new)
+    st = f.update(fd)
+    assert st.nodes == {7: 1, 8: 2} and st.records == _fold(fd)[3]
+    os.close(fd)
+
+
+def test_compaction_accounting_survives_a_new_writer() -> None:
+    # the log since the snapshot counts for a successor, whoever appended it
+    fd = jn.new_memfd()
+    body = jn.encode_snapshot({"minor": 45}, {}, b"fs", {1: 1}, {})
+    os.pwrite(fd, body, 0)
+    w = jn.JournalWriter(fd, len(body))
+    for i in range(10):
+        w.append(jn.RecordType.REQ, jn.encode_req(i, _req(2 * i + 2), _reply(2 * i + 2),
+                                                  None, None))
+    state = jn.load(jn.read_all(fd))
+    assert state.log_start == len(body) and state.since_snapshot == 10
+    w2 = jn.JournalWriter(fd, state.valid_len)
+    w2.inherit(state)
+    w2.append(jn.RecordType.ADD, struct.pack("<Q", 5))
+    assert w2.log_records == 11
+    assert w2.log_bytes == w2.offset - len(body)
+    os.close(fd)

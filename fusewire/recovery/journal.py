@@ -122,7 +122,10 @@ class JournalState:
     snapshot_end: int = 0
     valid_len: int = len(MAGIC)
     records: int = 0
+    #: records after the last snapshot, whoever wrote them (compaction accounting)
     since_snapshot: int = 0
+    #: where the log after the last snapshot starts (its size: the snapshot's bytes)
+    log_start: int = len(MAGIC)
     #: nodeids whose count changed after the last NODES snapshot
     touched: set[int] = field(default_factory=set)
     #: nodeid -> stable handle (``handle_of``), for nodes with a count ("handles" mode)
@@ -195,8 +198,10 @@ class JournalState:
             self.intents.clear()
             self.since_snapshot = 0
         elif rtype == RecordType.HANDLES:
+            # only snapshots write HANDLES, as their last record
             self.handles = {fh: (node, flags) for fh, node, flags
                             in _HANDLE.iter_unpack(payload)}
+            self.since_snapshot = 0
         elif rtype == RecordType.NODE_KEYS:
             self.keys.update(decode_keys(payload))
         elif rtype == RecordType.INTENT:
@@ -219,6 +224,8 @@ def load(data: bytes | memoryview) -> JournalState:
         state.valid_len = end
         if rtype == RecordType.FS_SNAPSHOT:
             state.snapshot_end = end
+        if state.since_snapshot == 0:
+            state.log_start = end
     return state
 
 
@@ -231,14 +238,23 @@ class JournalFollower:
         self.light = light
         self.state = JournalState(light=light)
         self.offset = 0
+        self.ino = os.fstat(fd).st_ino
 
     def update(self, fd: int | None = None) -> JournalState:
-        """The state now; a different ``fd`` (a compacted journal) starts over."""
-        if fd is not None and fd != self.fd:
+        """The state now; another file (a compacted journal) starts over.
+
+        The file is told apart by its inode, not its descriptor number: a
+        keeper that closes the old journal after receiving the new one gets
+        the same numbers back every other compaction.
+        """
+        if fd is not None:
             self.fd = fd
+        info = os.fstat(self.fd)
+        if info.st_ino != self.ino:
+            self.ino = info.st_ino
             self.state = JournalState(light=self.light)
             self.offset = 0
-        size = os.fstat(self.fd).st_size
+        size = info.st_size
         if size < self.offset:          # cannot happen with our writers: start over
             self.state = JournalState(light=self.light)
             self.offset = 0
@@ -257,6 +273,8 @@ class JournalFollower:
             if rtype == RecordType.FS_SNAPSHOT:
                 st.snapshot_end = start + end
                 st.fs_snapshot = None       # do not pin the buffer
+            if st.since_snapshot == 0:
+                st.log_start = start + end
         self.offset = max(st.valid_len, len(MAGIC)) if st.valid_len else 0
         return st
 
@@ -307,6 +325,11 @@ class JournalWriter:
         self.start = offset
         self.offset = offset
         self.records = 0
+        #: where the log after the last snapshot starts, and how many records that log
+        #: had before this writer: compaction counts what every server appended since
+        #: the snapshot, not only this one (else servers that die often never compact)
+        self.log_start = offset
+        self.prior_records = 0
         self._map: mmap.mmap | None = None
         self._cap = 0
         self._grow(offset)
@@ -336,8 +359,23 @@ class JournalWriter:
 
     @property
     def appended(self) -> int:
-        """Bytes this writer appended (what a compaction would fold away)."""
+        """Bytes this writer appended."""
         return self.offset - self.start
+
+    def inherit(self, state: JournalState) -> None:
+        """Count the log ``state`` folded (written by earlier servers) as this one's."""
+        self.log_start = max(len(MAGIC), min(state.log_start, self.offset))
+        self.prior_records = state.since_snapshot
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of log since the last snapshot (what a compaction would fold away)."""
+        return self.offset - self.log_start
+
+    @property
+    def log_records(self) -> int:
+        """Records since the last snapshot, by this writer and those before it."""
+        return self.prior_records + self.records
 
     def close(self) -> None:
         """Unmap (the fd stays open: it belongs to the caller)."""

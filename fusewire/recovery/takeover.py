@@ -482,13 +482,16 @@ class RecoverableServer(Server):
                 self.progressed = True
                 self.control.progress()
         w = self.rj.writer
-        # Bytes appended since the snapshot, not the file size: a snapshot of a
+        # Bytes of log since the snapshot, not the file size: a snapshot of a
         # big filesystem is itself bigger than the threshold (compacting again
         # after every reply would never end).  And at least the snapshot's own
         # size: a compaction writes the whole filesystem, so its cost stays a
         # constant factor of what was appended (64, 128, 256 MiB... for a file
-        # being written, not one dump per 64 MiB of data).
-        if w.appended > max(COMPACT_BYTES, w.start) or w.records > COMPACT_RECORDS:
+        # being written, not one dump per 64 MiB of data).  The log counts what
+        # every server since the snapshot appended (``JournalWriter.inherit``):
+        # a successor's replay is bounded by these thresholds however often
+        # servers die.
+        if w.log_bytes > max(COMPACT_BYTES, w.log_start) or w.log_records > COMPACT_RECORDS:
             self.compact()
 
 
@@ -589,6 +592,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     if conn is not None:
         conn.config = server.config
     writer = jn.JournalWriter(journal_fd, state.valid_len)
+    writer.inherit(state)
     nodes.writer = writer
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
     rj.probing = mode == "handles" and callable(getattr(anyops, "entry_identity", None))
@@ -599,6 +603,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"]}).encode())
         if mode == "replay":
             writer.append(jn.RecordType.FS_SNAPSHOT, anyops.dump_state())
+        writer.log_start, writer.records = writer.offset, 0
     server.mount()
     if threading_main():
         signal.signal(signal.SIGUSR2, server.request_handover)
