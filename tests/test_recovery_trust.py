@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_recovery import FS, Mount, _workload, mounts
+from test_recovery import FS, REPO, Mount, _workload, mounts
+
+from fusewire.recovery import wire
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root"),
@@ -129,3 +131,63 @@ def test_status_exact_after_any_number_of_compactions(start: Any,
         seen.add(st["compactions"])
         assert st["nodes"] == i, (i, st)
     assert len(seen) >= 4
+
+
+# ---------------------------------------------------------------------------
+# (2) `fusewire upgrade` serves the code on disk now
+
+VERSIONED = '''
+from fusewire.examples.memfs import MemFS
+
+VERSION = b"{version}"
+
+
+class FS(MemFS):
+    """memfs that tells its code version in an xattr of every inode."""
+
+    def getxattr(self, inode, name, ctx):
+        if name == b"user.fwversion":
+            return VERSION
+        return super().getxattr(inode, name, ctx)
+'''
+
+
+def _wait_spare(m: Mount, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st = m.status()
+    while not st.get("spare_ready") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        st = m.status()
+    assert st.get("spare_ready"), (st, m.log.read_text()[-3000:])
+    return st
+
+
+def test_upgrade_and_crash_serve_the_code_on_disk(start: Any, tmp_path: Path) -> None:
+    mod = tmp_path / "code"
+    mod.mkdir()
+    src = mod / "versionedfs.py"
+    src.write_text(VERSIONED.format(version="v1"))
+    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{mod}"}
+    m = start(fs="versionedfs:FS", env_extra=env)
+    (m.path / "kept").write_text("state survives every version")
+
+    def version() -> bytes:
+        return os.getxattr(m.path, "user.fwversion")
+
+    assert version() == b"v1"
+    codes = {m.status()["code_version"]}
+    for n in (2, 3, 4):
+        _wait_spare(m)          # the spare imported the old code before the edit
+        src.write_text(VERSIONED.format(version=f"v{n}"))
+        old = m.status()["server_pid"]
+        if n < 4:
+            assert wire.request(wire.socket_path(str(m.path)), {"op": "upgrade"})["ok"]
+        else:
+            os.kill(old, signal.SIGKILL)        # a crash also restarts into the new code
+        st = m.wait_new_server(old)
+        assert version() == f"v{n}".encode()
+        assert st["code_version"] not in codes
+        assert st["replayed_code_version"] in codes     # the journal came from other code
+        codes.add(st["code_version"])
+        assert (m.path / "kept").read_text() == "state survives every version"
+    assert "replays a journal written by code" in m.log.read_text()

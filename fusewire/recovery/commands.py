@@ -94,8 +94,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
                 "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
-                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid"):
-        if key == "source" and st.get(key) is None:
+                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid",
+                "code_version", "replayed_code_version"):
+        if key in ("source", "replayed_code_version") and st.get(key) is None:
             continue
         if key == "state_reason" and not st.get(key):
             continue

@@ -47,6 +47,8 @@ class _Client:
     role: str = "new"       # new | waiting | owner
     since: float = 0.0
     progressed: bool = False    # answered a request that was not re-sent
+    preloaded: bool = False     # a queued spare that has loaded the journal offered
+    code: str | None = None     # the code version it loaded
 
 
 class Keeper:
@@ -166,6 +168,7 @@ class Keeper:
 
     def _offer(self, c: _Client) -> None:
         """Let a queued spare pre-load the current journal (read only, no /dev/fuse)."""
+        c.preloaded = False
         try:
             wire.send_msg(c.sock, {"ok": True, "queued": True, "meta": self._meta()},
                           [self.journal_fd])
@@ -307,6 +310,11 @@ class Keeper:
             self.ready = True
             self.owner_info = dict(msg)
             self._ensure_spare()
+        elif op == "preloaded":         # never answered: the spare waits for its grant
+            if c in self.waiting:
+                c.preloaded = True
+                c.code = msg.get("code")
+            reply = None
         elif op == "progress" and c is self.owner:
             c.progressed = True
             self.fast_failures = 0
@@ -367,6 +375,9 @@ class Keeper:
             "fast_failures": self.fast_failures, "max_fast_restarts": self.max_fast_restarts,
             "upgrades": self.upgrades, "compactions": self.compactions,
             "spare_pid": self.spare_proc.pid if self.spare_proc else None,
+            "spare_ready": any(w.preloaded for w in self.waiting),
+            "code_version": self.owner_info.get("code"),
+            "replayed_code_version": self.owner_info.get("journal_code"),
             "journal_bytes": st.valid_len, "journal_records": st.records,
             "nodes": len(st.nodes), "handles": len(st.handles), "node_keys": len(st.keys),
             "protocol": (f"{st.session.get('major')}.{st.session.get('minor')}"

@@ -51,6 +51,7 @@ from fusewire.opcodes.flags import Opcode
 from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
+from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.types import FUSEError
@@ -395,6 +396,9 @@ class RecoverableServer(Server):
         self.crash = rj.crash
         self.handing_over = False
         self.reported = False
+        #: code version of this server, and of the journal it replayed if different
+        self.code: str | None = None
+        self.journal_code: str | None = None
         self.progressed = False
         # the base loop calls these around each request: on_read only for the
         # test crash points (None keeps the hot path free of the call); on_reply
@@ -413,7 +417,8 @@ class RecoverableServer(Server):
         self.reported = True
         ms = (time.monotonic() - self.t0) * 1000
         self.control.ready({"pid": os.getpid(), "recovery": self.mode,
-                            "takeover_ms": round(ms, 2)})
+                            "takeover_ms": round(ms, 2), "code": self.code,
+                            "journal_code": self.journal_code})
 
     def compact(self) -> None:
         """Write a snapshot into a new memfd and swap it in (keeper or fd store)."""
@@ -422,7 +427,7 @@ class RecoverableServer(Server):
         anyops: Any = self.ops
         blob = anyops.dump_state() if self.mode == "replay" else None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
-        body = jn.encode_snapshot(session, {"fs": self.meta.get("fs")}, blob,
+        body = jn.encode_snapshot(session, {"fs": self.meta.get("fs"), "code": self.code}, blob,
                                   rj.nodes.snapshot(), rj.handles, keys)
         fd = jn.new_memfd()
         os.pwrite(fd, body, 0)
@@ -551,7 +556,8 @@ def restore_handles(ops: Operations, state: jn.JournalState) -> None:
 
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
               first: bool, graceful: bool, t0: float, crash: CrashHook,
-              preloaded: tuple[Operations, tuple[int, int], int] | None = None) -> int:
+              preloaded: tuple[Operations, tuple[int, int], int] | None = None,
+              code: str | None = None) -> int:
     """Rebuild from the journal, take the connection over, serve until unmount or handover."""
     state = jn.load(jn.read_all(journal_fd))
     graceful = graceful or state.graceful
@@ -569,6 +575,11 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     mode = recovery_mode(ops)
     config = _config(meta)
     crashed = not first and not graceful
+    if code is None:
+        code = code_version(type(ops).__module__)
+    journal_code = state.meta.get("code")
+    if journal_code is not None and journal_code != code:
+        log.warning("code %s replays a journal written by code %s", code, journal_code)
     if crashed and mode == "upgrade-only":
         log.error("%s cannot recover from a crash (no handle_of/dump_state): state is lost",
                   meta["fs"])
@@ -600,10 +611,14 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     rj.track_inflight = not resend and state.session is not None
     server.setup_recovery(rj, control, meta, mode, t0)
     if state.records == 0:
-        writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"]}).encode())
+        writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"], "code": code}).encode())
         if mode == "replay":
             writer.append(jn.RecordType.FS_SNAPSHOT, anyops.dump_state())
         writer.log_start, writer.records = writer.offset, 0
+    elif journal_code != code:
+        writer.append(jn.RecordType.META, json.dumps({"code": code}).encode())
+    server.code = code
+    server.journal_code = journal_code if journal_code != code else None
     server.mount()
     if threading_main():
         signal.signal(signal.SIGUSR2, server.request_handover)
@@ -639,6 +654,8 @@ def run_owner(sock_path: str) -> int:
     control = wire.connect(sock_path, None)
     wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
     preloaded: tuple[Operations, tuple[int, int], int] | None = None
+    files: dict[str, tuple[int, int, int]] = {}
+    code: str | None = None
     while True:
         grant, fds = wire.recv_msg(control)      # a spare blocks here until needed
         if grant is not None and grant.get("queued") and fds:
@@ -651,9 +668,27 @@ def run_owner(sock_path: str) -> int:
             finally:
                 for fd in fds:
                     os.close(fd)
+            # what this process imported: the first stat of each file counts (a later
+            # offer, e.g. after the compaction of a handover, imports nothing again)
+            for path, st in loaded_files().items():
+                files.setdefault(path, st)
+            if code is None:
+                code = code_version(type(preloaded[0]).__module__)
+            try:        # no reply comes: the next message is still the grant
+                wire.send_msg(control, {"op": "preloaded", "code": code})
+            except OSError:
+                pass
             continue
         break
     t0 = time.monotonic()
+    if grant is not None and grant.get("ok") and preloaded is not None:
+        stale = changed_files(files)
+        if stale:
+            # the code on disk is not what this spare imported: serve the new code
+            log.warning("%d file(s) changed since this spare loaded them (%s): "
+                        "re-executing into the code on disk", len(stale), stale[0])
+            drop_bytecode(stale)
+            _reexec(sock_path, control, fds, grant, t0)
     if grant is None or not grant.get("ok"):
         for fd in fds:
             os.close(fd)
@@ -666,7 +701,36 @@ def run_owner(sock_path: str) -> int:
     fuse_fd, journal_fd = fds
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
-                     t0=t0, crash=crash, preloaded=preloaded)
+                     t0=t0, crash=crash, preloaded=preloaded, code=code)
+
+
+def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[str, Any],
+            t0: float) -> None:
+    """Replace this process by a fresh interpreter that takes over with ``fds``.
+
+    The pid, the control connection (the keeper's owner) and the granted fds
+    stay; only the imported code is new.
+    """
+    keep = [control.fileno(), *fds]
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    argv = [sys.executable, "-m", "fusewire.recovery.successor", "--socket", sock_path,
+            "--granted", json.dumps(grant), "--fds", ",".join(map(str, keep)),
+            "--t0", repr(t0)]
+    os.execv(sys.executable, argv)
+
+
+def _run_granted(args: argparse.Namespace) -> int:
+    """The second half of :func:`_reexec`: take over with the fds it passed."""
+    cfd, fuse_fd, journal_fd = (int(x) for x in args.fds.split(","))
+    for fd in (cfd, fuse_fd, journal_fd):
+        os.set_inheritable(fd, False)
+    control = socket.socket(fileno=cfd)
+    grant = json.loads(args.granted)
+    _crash_file_check()
+    return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
+                     first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
+                     t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")))
 
 
 def _preload(meta: dict[str, Any],
@@ -704,7 +768,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m fusewire.recovery.successor --socket PATH``."""
     p = argparse.ArgumentParser(prog="fusewire-successor")
     p.add_argument("--socket", required=True)
+    p.add_argument("--granted", help=argparse.SUPPRESS)
+    p.add_argument("--fds", help=argparse.SUPPRESS)
+    p.add_argument("--t0", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s server[{os.getpid()}] %(levelname)s %(message)s")
+    if args.granted:
+        return _run_granted(args)
     return run_owner(args.socket)
