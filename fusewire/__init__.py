@@ -1,6 +1,7 @@
 """fusewire: the Linux FUSE wire protocol in pure Python, with crash recovery."""
 
 from fusewire.operations import Notifier, Operations
+from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -20,10 +21,14 @@ __all__ = [
     "EntryAttributes",
     "FUSEError",
     "FileInfo",
+    "HandleRecovery",
     "Lock",
     "Notifier",
     "Operations",
+    "RecoveryMode",
+    "ReplayRecovery",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
+    "now_ns",
 ]

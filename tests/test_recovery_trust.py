@@ -7,9 +7,12 @@ All on real mounts, with the keeper/server fixture of test_recovery.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,9 @@ from typing import Any
 import pytest
 from test_recovery import FS, REPO, Mount, _workload, mounts
 
-from fusewire.recovery import wire
+from fusewire.recovery import commands, wire
+from fusewire.testing.procs import children as _children
+from fusewire.testing.procs import unmount_and_kill
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root"),
@@ -191,3 +196,247 @@ def test_upgrade_and_crash_serve_the_code_on_disk(start: Any, tmp_path: Path) ->
         codes.add(st["code_version"])
         assert (m.path / "kept").read_text() == "state survives every version"
     assert "replays a journal written by code" in m.log.read_text()
+
+
+# ---------------------------------------------------------------------------
+# (3) a filesystem that declares nothing: old handles never reach new objects
+
+TINY = '''
+import errno, stat
+from fusewire import EntryAttributes, FileInfo, FUSEError, Operations
+
+
+class Tiny(Operations):
+    """Files in the root only; inode numbers from 2 and fh = inode, like the tutorial."""
+
+    def __init__(self):
+        self.names = {}
+        self.data = {}
+        self.next = 2
+
+    def _attr(self, ino):
+        if ino == 1:
+            return EntryAttributes(1, entry_timeout=60, attr_timeout=60,
+                                   st_mode=stat.S_IFDIR | 0o755, st_nlink=2)
+        if ino not in self.data:
+            raise FUSEError(errno.ENOENT)
+        return EntryAttributes(ino, entry_timeout=60, attr_timeout=60,
+                               st_mode=stat.S_IFREG | 0o644, st_size=len(self.data[ino]))
+
+    def lookup(self, parent_inode, name, ctx):
+        if parent_inode != 1 or name not in self.names:
+            raise FUSEError(errno.ENOENT)
+        return self._attr(self.names[name])
+
+    def getattr(self, inode, ctx):
+        return self._attr(inode)
+
+    def setattr(self, inode, attr, fields, fh, ctx):
+        if fields.update_size:
+            del self.data[inode][attr.st_size:]
+        return self._attr(inode)
+
+    def create(self, parent_inode, name, mode, flags, ctx):
+        ino = self.next
+        self.next += 1
+        self.names[name] = ino
+        self.data[ino] = bytearray()
+        return FileInfo(fh=ino), self._attr(ino)
+
+    def open(self, inode, flags, ctx):
+        self._attr(inode)
+        return FileInfo(fh=inode)
+
+    def read(self, fh, off, size):
+        return bytes(self.data[fh][off:off + size])
+
+    def write(self, fh, off, buf):
+        self.data[fh][off:off + len(buf)] = buf
+        return len(buf)
+
+    def opendir(self, inode, ctx):
+        return 1
+
+    def readdir(self, fh, start_id, token):
+        entries = [(b".", 1), (b"..", 1)] + sorted(self.names.items())
+        for i, (name, ino) in enumerate(entries[start_id:], start_id + 1):
+            if not token.add(name, self._attr(ino), i):
+                break
+'''
+
+
+def _tiny(start: Any, tmp_path: Path) -> Mount:
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    (code / "tinyfs.py").write_text(TINY)
+    return start(fs="tinyfs:Tiny", env_extra={"PYTHONPATH": f"{REPO}{os.pathsep}{code}"})
+
+
+@pytest.mark.parametrize("how", ["upgrade", "crash"])
+def test_undeclared_fs_never_serves_another_files_data(start: Any, tmp_path: Path,
+                                                       how: str) -> None:
+    m = _tiny(start, tmp_path)
+    st = m.status()
+    assert st["recovery"] == "upgrade-only"
+    assert "declares no recovery contract" in st["recovery_why"]
+    one = m.path / "one"
+    one.write_bytes(b"AAA-one\n")
+    fd = os.open(one, os.O_RDWR)
+    dfd = os.open(m.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert os.pread(fd, 100, 0) == b"AAA-one\n"
+        old = st["server_pid"]
+        for _ in range(2):          # two takeovers: numbers never come back either
+            if how == "upgrade":
+                assert wire.request(wire.socket_path(str(m.path)), {"op": "upgrade"})["ok"]
+            else:
+                os.kill(old, signal.SIGKILL)
+            old = m.wait_new_server(old)["server_pid"]
+            # the new server is empty: its first file gets the inode number "one" had
+            (m.path / "two").write_bytes(b"BBB-two\n")
+            assert (m.path / "two").read_bytes() == b"BBB-two\n"
+            # drop the old file's cached pages so that the read reaches the server
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            with pytest.raises(OSError) as exc:
+                got = os.pread(fd, 100, 0)      # the old fd fails, never BBB
+                print("old fd read", got)
+            assert exc.value.errno in (errno.EBADF, errno.ESTALE, errno.EIO)
+            with pytest.raises(OSError):
+                os.pwrite(fd, b"XXX", 0)        # and writes reach nothing
+            assert (m.path / "two").read_bytes() == b"BBB-two\n"
+            with pytest.raises(FileNotFoundError):
+                one.read_bytes()                # the old name is gone, not "two"
+            assert os.fstat(dfd).st_ino == 1 and sorted(os.listdir(m.path)) == ["two"]
+    finally:
+        os.close(fd)
+        os.close(dfd)
+
+
+def test_mount_recoverable_says_which_mode_and_why(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("FUSEWIRE_RUN_DIR", str(run))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "tinyfs.py").write_text(TINY)
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{code}")
+    pids: set[int] = set()
+    lines = {}
+    try:
+        for fs in ("memfs", "tinyfs:Tiny"):
+            mnt = tmp_path / fs.replace(":", "_")
+            mnt.mkdir()
+            r = subprocess.run([sys.executable, "-m", "fusewire", "mount", fs, str(mnt),
+                                "--recoverable"], env=env, timeout=60, capture_output=True,
+                               text=True)
+            st = commands.status(str(mnt))
+            pids |= {st["keeper_pid"]} | _children(st["keeper_pid"])
+            assert r.returncode == 0, r.stderr
+            lines[fs] = r.stderr
+    finally:
+        for fs in ("memfs", "tinyfs:Tiny"):
+            unmount_and_kill(tmp_path / fs.replace(":", "_"), pids)
+    assert "recovery mode replay: MemFS declares fusewire.ReplayRecovery" in lines["memfs"]
+    assert "warning" not in lines["memfs"]
+    assert "warning: recovery mode upgrade-only: Tiny declares no recovery contract" \
+        in lines["tinyfs:Tiny"]
+
+
+# ---------------------------------------------------------------------------
+# (4) the declared recovery contract
+
+
+def _is_fs_object(node: Any) -> bool:
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id in ("ops", "anyops", "inner")
+    if isinstance(node, ast.Attribute):
+        return node.attr in ("ops", "_inner")
+    if isinstance(node, ast.Subscript):
+        return _is_fs_object(node.value) or getattr(node.value, "id", None) == "preloaded"
+    return False
+
+
+def test_recovery_touches_no_private_name_of_a_filesystem() -> None:
+    # recovery calls only what fusewire.ReplayRecovery / HandleRecovery / Operations
+    # declare: no getattr probing, no private attribute of the filesystem object
+    import ast
+
+    import fusewire
+    from fusewire.examples.memfs import MemFS
+    from fusewire.examples.passthrough import Passthrough
+
+    fs_names = {n for cls in (MemFS, Passthrough) for n in vars(cls) if n.startswith("_")}
+    fs_names |= {"nlookup", "_now", "_maybe_free", "_inodes", "_next_ino"}
+    fs_names -= {"__init__", "__doc__", "__module__", "__qualname__", "__annotations__",
+                 "__firstlineno__", "__static_attributes__", "__dict__", "__weakref__",
+                 "__slots__", "__parameters__", "__orig_bases__"}
+    root = Path(fusewire.__file__).parent / "recovery"
+    bad = []
+    for path in sorted(root.glob("*.py")):
+        if path.name == "handles.py":       # the draft LOOKUP_HANDLE codec (issue 17)
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            # anything.attr where anything is a filesystem object (ops, self.ops, ...)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") and _is_fs_object(node.value):
+                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Attribute) and node.attr in fs_names \
+                    and node.attr not in ("_entry", "_handle"):   # dispatcher's, keeper's
+                bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Constant) and node.value in fs_names:
+                bad.append(f"{path.name}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                    "getattr", "hasattr") and len(node.args) > 1 \
+                    and _is_fs_object(node.args[0]) and isinstance(node.args[1], ast.Constant):
+                bad.append(f"{path.name}:{node.lineno} getattr probing")
+    assert not bad, bad
+    modes = {fusewire.recovery_api.recovery_mode(MemFS())[0]}
+    assert modes == {"replay"}
+    assert issubclass(MemFS, fusewire.ReplayRecovery)
+    assert issubclass(Passthrough, fusewire.HandleRecovery)
+
+
+def test_undeclared_dump_state_is_named_in_the_reason() -> None:
+    from fusewire import Operations, recovery_api
+
+    class Half(Operations):
+        def dump_state(self) -> bytes:
+            return b""
+
+        def load_state(self, data: bytes) -> None:
+            pass
+
+    mode, why = recovery_api.recovery_mode(Half())
+    assert mode == "upgrade-only"
+    assert "dump_state but does not inherit fusewire.ReplayRecovery" in why
+
+
+def test_replay_reproduces_timestamps_exactly(start: Any) -> None:
+    # the handler's clock is the library's, pinned to the time its REQ record keeps:
+    # a successor's re-execution gives every timestamp to the nanosecond
+    m = start(options=["attr_timeout=0", "entry_timeout=0"])    # every stat asks the server
+    (m.path / "d").mkdir()
+    for i in range(5):
+        (m.path / "d" / f"f{i}").write_bytes(b"x" * i)
+    os.utime(m.path / "d" / "f1", ns=(1, 2))
+    (m.path / "d" / "f2").rename(m.path / "d" / "g2")
+    names = ["d", "d/f0", "d/f1", "d/g2", "d/f3", "d/f4"]
+
+    def stamps() -> list[tuple[int, int, int, int, int]]:
+        out = []
+        for n in names:
+            st = os.stat(m.path / n)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_nlink))
+        return out
+
+    before = stamps()
+    assert m.status()["compactions"] == 0       # the successor re-executes all of it
+    for _ in range(2):
+        old = m.status()["server_pid"]
+        os.kill(old, signal.SIGKILL)
+        m.wait_new_server(old)
+        assert stamps() == before

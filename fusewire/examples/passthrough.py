@@ -57,10 +57,11 @@ import resource
 import stat
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from fusewire.operations import Operations
+from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -196,8 +197,11 @@ def _entry_kind(entry: os.DirEntry[str]) -> int:
     return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
 
 
-class Passthrough(Operations):
-    """Mirror the directory ``source`` (see the module docstring)."""
+class Passthrough(HandleRecovery, Operations):
+    """Mirror the directory ``source`` (see the module docstring).
+
+    Recoverable by stable handles (:class:`fusewire.HandleRecovery`).
+    """
 
     def __init__(self, source: str, *, entry_timeout: float = 0.0,
                  attr_timeout: float = 0.0, kernel_passthrough: bool = False) -> None:
@@ -898,7 +902,7 @@ class Passthrough(Operations):
             return None
         return st.st_dev, st.st_ino
 
-    def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
+    def import_nodes(self, nodes: Mapping[int, tuple[bytes, int]]) -> list[int]:
         """Make the node table ``nodeid -> (handle, lookup count)``; return what is lost.
 
         Nodes already known keep their descriptor and take the given count;

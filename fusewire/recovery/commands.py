@@ -92,7 +92,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
-                "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
+                "server_pid", "ready", "protocol", "recovery", "recovery_why", "restart",
+                "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
                 "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid",
                 "code_version", "replayed_code_version"):
@@ -183,7 +184,12 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
         sys.stderr.write(f"fusewire: the recoverable mount did not become ready "
                          f"(log: {logpath})\n")
         return 1
-    if st.get("recovery") == "upgrade-only":
-        sys.stderr.write(f"fusewire: warning: {args.fs} implements neither dump_state nor "
-                         "handle_of: graceful upgrade works, crash recovery does NOT\n")
+    sys.stderr.write(recovery_line(st))
     return 0
+
+
+def recovery_line(st: dict[str, Any]) -> str:
+    """The line ``mount --recoverable`` prints: which recovery mode the class gets, and why."""
+    mode, why = st.get("recovery"), st.get("recovery_why")
+    warn = "warning: " if mode == "upgrade-only" else ""
+    return f"fusewire: {warn}recovery mode {mode}: {why}\n"

@@ -383,6 +383,7 @@ class Keeper:
             "protocol": (f"{st.session.get('major')}.{st.session.get('minor')}"
                          if st.session else None),
             "recovery": self.owner_info.get("recovery"),
+            "recovery_why": self.owner_info.get("recovery_why"),
             "takeover_ms": self.owner_info.get("takeover_ms"),
         }
 

@@ -52,6 +52,9 @@ from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
+from fusewire.recovery.isolate import isolate
+from fusewire.recovery_api import HandleRecovery, ReplayRecovery, pin_clock
+from fusewire.recovery_api import recovery_mode as declared_mode
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.types import FUSEError
@@ -136,6 +139,8 @@ class RecoveryJournal:
         self.track_inflight = False
         #: the last message :meth:`note_read` saw (the loop passes one object per message)
         self.noted: object = None
+        #: the time the request being handled runs at (pinned for the handler)
+        self.t = 0
 
     def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
         """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
@@ -172,7 +177,7 @@ class RecoveryJournal:
             released = req.arg.fh
             self.handles.pop(released, None)
         raw = self.raw if self.keep_body else self.raw[:_IN_HDR_SIZE]
-        payload = jn.encode_req(time.time_ns(), bytes(raw), reply, opened, released)
+        payload = jn.encode_req(self.t, bytes(raw), reply, opened, released)
         self.writer.append_raw(self.nodes.take_pending()
                                + jn.encode_record(jn.RecordType.REQ, payload))
         self.crash.check("journal", op)
@@ -189,7 +194,14 @@ class RecordingDispatcher(Dispatcher):
         rj.raw = buf
         if rj.track_inflight and rj.noted is not buf:
             rj.note_read(buf, False)
-        return super().dispatch(buf)
+        # the handler's clock (fusewire.now_ns) reads the time its REQ record keeps,
+        # so a successor's re-execution produces the very same timestamps
+        rj.t = t = time.time_ns()
+        pin_clock(t)
+        try:
+            return super().dispatch(buf)
+        finally:
+            pin_clock(None)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         rj = self.rjournal
@@ -245,76 +257,42 @@ class RecordingDispatcher(Dispatcher):
 
 
 def recovery_mode(ops: Operations) -> str:
-    """'replay' (state rebuilt from the journal), 'handles' (state outside the process,
-    node table restored), or 'upgrade-only' (no crash recovery)."""
-    if callable(getattr(ops, "dump_state", None)) and callable(getattr(ops, "load_state",
-                                                                       None)):
-        return "replay"
-    if getattr(type(ops), "handle_of", None) is not getattr(Operations, "handle_of", None):
-        return "handles"
-    return "upgrade-only"
+    """'replay', 'handles' or 'upgrade-only': what ``ops`` declares
+    (:func:`fusewire.recovery_api.recovery_mode`)."""
+    return declared_mode(ops)[0]
 
 
-def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False,
-            fixed_below: int = 0) -> None:
-    """Bring ``ops`` to the state the journal describes (replay mode)."""
-    anyops: Any = ops
+def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False) -> None:
+    """Bring a :class:`~fusewire.ReplayRecovery` filesystem to the state the journal
+    describes: load the snapshot, re-execute the log with the clock pinned to each
+    request's recorded time, then hand it the kernel's lookup counts."""
+    assert isinstance(ops, ReplayRecovery)
     if state.fs_snapshot is not None and not snapshot_loaded:
-        anyops.load_state(state.fs_snapshot)
-    if state.requests and state.session is not None:
-        conn = Connection.restore({"session": state.session})
-        scratch = Dispatcher(ops, conn)
-        module = sys.modules.get(type(ops).__module__)
-        clock: Callable[[], int] | None = getattr(module, "_now", None)
-        has_free = hasattr(anyops, "_maybe_free")
-        if has_free:
-            anyops._maybe_free = lambda node: None
-        try:
-            for t, raw, reply in state.requests:
-                if jn.reply_error(reply) != 0:
-                    continue  # a failed request changed nothing
-                if clock is not None:
-                    vars(module)["_now"] = lambda t=t: t
-                scratch.dispatch(raw)
-        finally:
-            if clock is not None:
-                vars(module)["_now"] = clock
-            if has_free:
-                del anyops._maybe_free
-    inodes = getattr(anyops, "_inodes", None)
-    if isinstance(inodes, dict) and hasattr(anyops, "_maybe_free"):
-        # MemFS counts lookups itself: make it agree with the journaled table,
-        # then free what an unlink left only to lookups the kernel gave back.
-        # A warm spare already did this for the snapshot (fix_lookups); then only
-        # the nodes touched since and the ones the replay created need it.
-        nodes = state.nodes
-        if snapshot_loaded and fixed_below:
-            for ino in state.touched:
-                node = inodes.get(ino)
-                if node is not None:
-                    node.nlookup = nodes.get(ino, 0)
-            for ino, node in inodes.items():
-                if ino >= fixed_below:
-                    node.nlookup = nodes.get(ino, 0)
-        else:
-            for ino, node in inodes.items():
-                node.nlookup = nodes.get(ino, 0)
-        for node in [n for n in inodes.values() if n.nlink == 0]:
-            anyops._maybe_free(node)
+        ops.load_state(bytes(state.fs_snapshot))
+    ops.replay_started()
+    try:
+        if state.requests and state.session is not None:
+            conn = Connection.restore({"session": state.session})
+            scratch = Dispatcher(ops, conn)
+            try:
+                for t, raw, reply in state.requests:
+                    if jn.reply_error(reply) != 0:
+                        continue  # a failed request changed nothing
+                    pin_clock(t)
+                    scratch.dispatch(raw)
+            finally:
+                pin_clock(None)
+    finally:
+        # a warm spare already gave the snapshot's counts (fix_lookups): only the
+        # nodes whose count changed since can differ (new nodes are among them)
+        ops.replay_finished(state.nodes, state.touched if snapshot_loaded else None)
 
 
-def fix_lookups(ops: Operations, nodes: dict[int, int]) -> int:
-    """Set MemFS lookup counts from a node table (a spare, ahead of takeover).
-
-    Returns the first inode number not covered (0 if not applicable).
-    """
-    anyops: Any = ops
-    inodes = getattr(anyops, "_inodes", None)
-    if not isinstance(inodes, dict):
-        return 0
-    for ino, node in inodes.items():
-        node.nlookup = nodes.get(ino, 0)
-    return int(getattr(anyops, "_next_ino", 0))
+def fix_lookups(ops: Operations, nodes: dict[int, int]) -> None:
+    """A spare, ahead of takeover: the snapshot's lookup counts."""
+    if isinstance(ops, ReplayRecovery):
+        ops.replay_started()
+        ops.replay_finished(nodes)
 
 
 class Control:
@@ -399,6 +377,7 @@ class RecoverableServer(Server):
         #: code version of this server, and of the journal it replayed if different
         self.code: str | None = None
         self.journal_code: str | None = None
+        self.mode_why = ""
         self.progressed = False
         # the base loop calls these around each request: on_read only for the
         # test crash points (None keeps the hot path free of the call); on_reply
@@ -417,6 +396,7 @@ class RecoverableServer(Server):
         self.reported = True
         ms = (time.monotonic() - self.t0) * 1000
         self.control.ready({"pid": os.getpid(), "recovery": self.mode,
+                            "recovery_why": self.mode_why,
                             "takeover_ms": round(ms, 2), "code": self.code,
                             "journal_code": self.journal_code})
 
@@ -424,8 +404,7 @@ class RecoverableServer(Server):
         """Write a snapshot into a new memfd and swap it in (keeper or fd store)."""
         rj = self.rj
         session = self.conn.session.to_dict() if self.conn.session is not None else None
-        anyops: Any = self.ops
-        blob = anyops.dump_state() if self.mode == "replay" else None
+        blob = self.ops.dump_state() if isinstance(self.ops, ReplayRecovery) else None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
         body = jn.encode_snapshot(session, {"fs": self.meta.get("fs"), "code": self.code}, blob,
                                   rj.nodes.snapshot(), rj.handles, keys)
@@ -532,26 +511,22 @@ def resend_supported(state: jn.JournalState, config: Config) -> bool:
 
 def restore_handles(ops: Operations, state: jn.JournalState) -> None:
     """Handles mode: revive every node the kernel holds and reopen every open handle."""
-    anyops: Any = ops
-    importer = getattr(anyops, "import_nodes", None)
-    if callable(importer):
-        table = {n: (state.keys[n], c) for n, c in state.nodes.items() if n in state.keys}
-        lost = importer(table)
-        missing = [n for n in state.nodes if n not in state.keys]
-        if lost or missing:
-            log.warning("%d node(s) could not be restored (ESTALE from now on)",
-                        len(lost) + len(missing))
-    reopen = getattr(anyops, "reopen_handle", None)
-    if callable(reopen):
-        failed = 0
-        for fh, (node, flags) in state.handles.items():
-            try:
-                reopen(fh, node, flags)
-            except (OSError, FUSEError) as exc:
-                failed += 1
-                log.warning("handle %d (node %d) could not be reopened: %s", fh, node, exc)
-        if failed:
-            log.warning("%d of %d open handle(s) lost", failed, len(state.handles))
+    assert isinstance(ops, HandleRecovery)
+    table = {n: (state.keys[n], c) for n, c in state.nodes.items() if n in state.keys}
+    lost = ops.import_nodes(table)
+    missing = [n for n in state.nodes if n not in state.keys]
+    if lost or missing:
+        log.warning("%d node(s) could not be restored (ESTALE from now on)",
+                    len(lost) + len(missing))
+    failed = 0
+    for fh, (node, flags) in state.handles.items():
+        try:
+            ops.reopen_handle(fh, node, flags)
+        except (OSError, FUSEError, NotImplementedError) as exc:
+            failed += 1
+            log.warning("handle %d (node %d) could not be reopened: %s", fh, node, exc)
+    if failed:
+        log.warning("%d of %d open handle(s) lost", failed, len(state.handles))
 
 
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
@@ -562,12 +537,10 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     state = jn.load(jn.read_all(journal_fd))
     graceful = graceful or state.graceful
     ident = (os.fstat(journal_fd).st_ino, state.snapshot_end)
-    fixed_below = 0
     warm = False
     if preloaded is not None and preloaded[1] == ident:
         ops, options = preloaded[0], list(meta.get("options") or [])
         warm = True
-        fixed_below = preloaded[2]
     elif preloaded is not None and recovery_mode(preloaded[0]) == "handles":
         ops, options = preloaded[0], list(meta.get("options") or [])  # nodes re-synced below
     else:
@@ -581,20 +554,24 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     if journal_code is not None and journal_code != code:
         log.warning("code %s replays a journal written by code %s", code, journal_code)
     if crashed and mode == "upgrade-only":
-        log.error("%s cannot recover from a crash (no handle_of/dump_state): state is lost",
+        log.error("%s cannot recover from a crash (no recovery contract): state is lost",
                   meta["fs"])
-    anyops: Any = ops
-    if mode == "replay":
-        rebuild(ops, state, snapshot_loaded=warm, fixed_below=fixed_below)
-    elif mode == "handles":
-        prepare = getattr(anyops, "prepare_recovery", None)
-        if callable(prepare):
-            prepare()
+    server_why = declared_mode(ops)[1]
+    isolated = mode == "upgrade-only" and not first
+    if isolated:
+        # a fresh filesystem object: nothing the kernel holds from before may reach it
+        ops = isolate(ops, max(state.nodes, default=1) + 1, max(state.handles, default=0) + 1)
+    if isinstance(ops, ReplayRecovery):
+        rebuild(ops, state, snapshot_loaded=warm)
+    elif isinstance(ops, HandleRecovery):
+        ops.prepare_recovery()
         restore_handles(ops, state)
+    # upgrade-only keeps the old counts too: they are the nodeids a later successor
+    # must not hand out again
     nodes = jn.JournaledNodeTable(
-        state.nodes if mode != "upgrade-only" or not crashed else None,
+        state.nodes,
         dict(state.keys) if mode == "handles" else None,
-        anyops.handle_of if mode == "handles" else None)
+        ops.handle_of if mode == "handles" else None)
     conn = None
     if state.session is not None:
         conn = Connection.restore({"session": state.session})
@@ -606,18 +583,20 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     writer.inherit(state)
     nodes.writer = writer
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
-    rj.probing = mode == "handles" and callable(getattr(anyops, "entry_identity", None))
+    rj.probing = (isinstance(ops, HandleRecovery)
+                  and type(ops).entry_identity is not HandleRecovery.entry_identity)
     resend = resend_supported(state, config)
     rj.track_inflight = not resend and state.session is not None
     server.setup_recovery(rj, control, meta, mode, t0)
     if state.records == 0:
         writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"], "code": code}).encode())
-        if mode == "replay":
-            writer.append(jn.RecordType.FS_SNAPSHOT, anyops.dump_state())
+        if isinstance(ops, ReplayRecovery):
+            writer.append(jn.RecordType.FS_SNAPSHOT, ops.dump_state())
         writer.log_start, writer.records = writer.offset, 0
     elif journal_code != code:
         writer.append(jn.RecordType.META, json.dumps({"code": code}).encode())
     server.code = code
+    server.mode_why = server_why
     server.journal_code = journal_code if journal_code != code else None
     server.mount()
     if threading_main():
@@ -626,7 +605,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         server.notify_resend()
     else:
         server.answer_orphans(state)
-    if crashed and server.conn.session is not None:
+    if (crashed or isolated) and server.conn.session is not None:
         try:
             server.notify_inc_epoch()
         except LocalProtocolError:
@@ -738,17 +717,15 @@ def _preload(meta: dict[str, Any],
     """Build the filesystem and load the journal's snapshot ahead of a takeover."""
     ops, _ = _build_ops(meta)
     state = jn.load(jn.read_all(journal_fd))
-    fixed = 0
-    mode = recovery_mode(ops)
-    anyops: Any = ops
-    if state.fs_snapshot is not None and mode == "replay":
-        anyops.load_state(state.fs_snapshot)
-        fixed = fix_lookups(ops, state.nodes)
-    elif mode == "handles" and callable(getattr(anyops, "import_nodes", None)):
+    if isinstance(ops, ReplayRecovery):
+        if state.fs_snapshot is not None:
+            ops.load_state(bytes(state.fs_snapshot))
+        fix_lookups(ops, state.nodes)
+    elif isinstance(ops, HandleRecovery):
         # reopen the nodes now; the takeover only reopens the ones added since
-        anyops.import_nodes({n: (state.keys[n], c) for n, c in state.nodes.items()
-                             if n in state.keys})
-    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), fixed
+        ops.import_nodes({n: (state.keys[n], c) for n, c in state.nodes.items()
+                          if n in state.keys})
+    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), 0
 
 
 def threading_main() -> bool:
