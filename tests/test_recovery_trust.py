@@ -8,6 +8,7 @@ All on real mounts, with the keeper/server fixture of test_recovery.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import statistics
@@ -440,3 +441,172 @@ def test_replay_reproduces_timestamps_exactly(start: Any) -> None:
         os.kill(old, signal.SIGKILL)
         m.wait_new_server(old)
         assert stamps() == before
+
+
+def _wait_state(m: Mount, state: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st = m.status()
+    while st["state"] != state and time.monotonic() < deadline:
+        time.sleep(0.02)
+        st = m.status()
+    assert st["state"] == state, (st, m.log.read_text()[-3000:])
+    return st
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+@pytest.mark.parametrize("spare", [True, False], ids=["spare", "no-spare"])
+def test_restart_limit_holds_with_and_without_the_spare(start: Any, tmp_path: Path,
+                                                        spare: bool) -> None:
+    # servers that die right after reporting ready (a poison request re-sent at
+    # every takeover): back-off, then the limit; nothing starts after `stopped`
+    poison = tmp_path / "poison"
+    args = ["--max-fast-restarts", "3"] + ([] if spare else ["--no-spare"])
+    m = start(keeper_args=args, env_extra={"FUSEWIRE_CRASH_FILE": str(poison)})
+    (m.path / "f").write_text("kept")
+    if spare:
+        _wait_spare(m)
+    poison.write_text("ready")
+    t0 = time.monotonic()
+    os.kill(m.status()["server_pid"], signal.SIGKILL)
+    st = _wait_state(m, "stopped")
+    elapsed = time.monotonic() - t0
+    assert st["fast_failures"] == 4 and "restart limit reached" in st["state_reason"]
+    assert elapsed >= 0.2 + 0.4 + 0.8 - 0.1, elapsed        # the back-off was applied
+    restarts = st["restarts"]
+    # nothing more becomes ready or dies: watch the keeper for a while
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        st = m.status()
+        assert st["state"] == "stopped" and st["server_pid"] is None, st
+        assert st["restarts"] == restarts
+        time.sleep(0.05)
+    poison.unlink()
+    r = subprocess.run([sys.executable, "-m", "fusewire", "takeover", str(m.path)],
+                       env=_env(), timeout=60)
+    assert r.returncode == 0
+    assert (m.path / "f").read_text() == "kept"
+
+
+CALL = r"""
+import json, os, sys, time
+t0 = time.monotonic()
+try:
+    os.stat(sys.argv[1])
+    err = 0
+except OSError as exc:
+    err = exc.errno
+print(json.dumps({"errno": err, "seconds": time.monotonic() - t0}))
+"""
+
+
+def _call(path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", CALL, str(path)], stdout=subprocess.PIPE)
+
+
+def test_stopped_mount_fails_waiting_calls_after_the_grace_period(start: Any) -> None:
+    m = start(keeper_args=["--restart", "manual", "--stopped-grace", "1"])
+    (m.path / "f").write_text("kept")
+    os.kill(m.status()["server_pid"], signal.SIGKILL)
+    _wait_state(m, "stopped")
+    calls = [_call(m.path / "f"), _call(m.path / "other")]
+    for c in calls:                     # they waited, then failed: nothing hangs
+        out, _ = c.communicate(timeout=30)
+        got = json.loads(out)
+        assert got["errno"] == errno.ENOTCONN, got
+    st = m.status()
+    assert st["failing_calls"] and st["failed_calls"] >= 2
+    assert "ENOTCONN" in st["state_reason"]
+    with pytest.raises(OSError) as exc:
+        os.statvfs(m.path)              # df on the machine returns at once
+    assert exc.value.errno == errno.ENOTCONN
+    r = subprocess.run([sys.executable, "-m", "fusewire", "takeover", str(m.path)],
+                       env=_env(), timeout=60)
+    assert r.returncode == 0
+    assert (m.path / "f").read_text() == "kept"        # state intact
+    assert not m.status()["failing_calls"]
+
+
+@pytest.mark.parametrize("state", ["serving", "stopped", "failing", "restarting"])
+def test_fusewire_umount_works_in_every_state(start: Any, tmp_path: Path, state: str) -> None:
+    args = ["--restart", "manual", "--stopped-grace", "1"]
+    crash = tmp_path / "crash"
+    if state == "restarting":       # servers that die at once, retried with back-off
+        args = ["--max-fast-restarts", "1000"]
+    m = start(keeper_args=args, env_extra={"FUSEWIRE_CRASH_FILE": str(crash)})
+    (m.path / "f").write_text("x")
+    pids = {m.keeper.pid} | _children(m.keeper.pid)
+    if state == "restarting":
+        crash.write_text("grant")
+        os.kill(m.status()["server_pid"], signal.SIGKILL)
+        _wait_state(m, "restarting")
+    elif state != "serving":
+        os.kill(m.status()["server_pid"], signal.SIGKILL)
+        _wait_state(m, "stopped")
+    if state == "failing":
+        _wait_state(m, "stopped")
+        deadline = time.monotonic() + 10
+        while not m.status()["failing_calls"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    waiting = _call(m.path / "f")       # a call that waits for a server
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "fusewire", "umount", str(m.path)],
+                       env=_env(), timeout=30, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m.keeper.wait(timeout=10)           # the keeper saw the connection go and left
+    assert time.monotonic() - t0 < 10
+    out, _ = waiting.communicate(timeout=10)
+    if state != "serving":
+        assert json.loads(out)["errno"] != 0
+    assert not os.path.ismount(m.path)
+    pids |= _children(m.keeper.pid)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_on_foreground_recoverable_mount_unmounts_cleanly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int) -> None:
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    monkeypatch.setenv("FUSEWIRE_RUN_DIR", str(run))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fg = subprocess.Popen([sys.executable, "-m", "fusewire", "mount", "memfs", str(mnt), "-f",
+                           "--recoverable"], env=_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True)
+    pids = {fg.pid}
+    try:
+        st = commands.wait_ready(str(mnt), 30.0)
+        assert st is not None
+        (mnt / "f").write_text("x")
+        deadline = time.monotonic() + 20
+        while commands.status(str(mnt)).get("spare_pid") is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pids |= _children(fg.pid)
+        assert len(pids) >= 3                   # keeper, server, spare
+        fg.send_signal(sig)                     # Ctrl-C reaches the keeper (its group)
+        _, err = fg.communicate(timeout=20)
+        assert fg.returncode == 0, err
+        assert b"Traceback" not in err
+        assert not os.path.ismount(mnt)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if _alive(p)], "orphans left"
+    finally:
+        unmount_and_kill(mnt, pids | _children(fg.pid))
+        fg.wait(timeout=10)

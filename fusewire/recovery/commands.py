@@ -119,6 +119,19 @@ def _ask_keeper(mountpoint: str, *ops: str) -> list[dict[str, Any]] | None:
     return replies
 
 
+def umount_via_keeper(mountpoint: str, lazy: bool = False) -> int | None:
+    """``fusewire umount`` of a recoverable mount: the keeper unmounts (it fails the calls
+    that wait for a server first, so a stopped mount unmounts too).  None: no keeper."""
+    try:
+        reply = wire.request(wire.socket_path(mountpoint), {"op": "umount", "lazy": lazy}, 15.0)
+    except OSError:
+        return None
+    if not reply.get("ok"):
+        sys.stderr.write(f"fusewire: cannot unmount {mountpoint}: {reply.get('error')}\n")
+        return 1
+    return 0
+
+
 def _cmd_upgrade(args: argparse.Namespace) -> int:
     replies = _ask_keeper(args.mountpoint, "status", "upgrade")
     if replies is None:

@@ -14,12 +14,14 @@ after ``max_fast_restarts`` the keeper stops restarting (manual mode).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import select
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -37,6 +39,13 @@ log = logging.getLogger("fusewire.keeper")
 #: an owner that dies sooner than this after taking over, without having answered a
 #: single request that was not re-sent, counts as a fast failure (a crash loop)
 FAST_DEATH = 2.0
+#: a mount left without a server (``stopped``) this long gets its waiting calls failed
+STOPPED_GRACE = 10.0
+_NO_REPLY = frozenset({2, 36, 42})         # FORGET, INTERRUPT, BATCH_FORGET
+_IN_HDR = struct.Struct("<IIQ")
+_OUT_HDR = struct.Struct("<IiQ")
+#: larger than any request (max_write is at most 1 MiB (256 pages) + headers)
+_READ_SIZE = (1 << 20) + (64 << 10)
 
 
 @dataclass
@@ -56,7 +65,7 @@ class Keeper:
 
     def __init__(self, mountpoint: str, fs: str, source: str | None, options: list[str],
                  restart: str = "auto", max_fast_restarts: int = 20,
-                 spare: bool = True) -> None:
+                 spare: bool = True, stopped_grace: float = STOPPED_GRACE) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
         self.fs = fs
         self.source = source
@@ -89,6 +98,15 @@ class Keeper:
         self.owner_info: dict[str, Any] = {}
         self.died_at = 0.0
         self.quit = False
+        #: set by SIGINT/SIGTERM: unmount and stop the servers on the way out
+        self.signalled = False
+        self.stopped_grace = stopped_grace
+        #: when the mount was left without a server that will come by itself
+        self.stopped_since: float | None = None
+        #: a clone of the /dev/fuse fd (O_NONBLOCK) on which the keeper answers every
+        #: request with ENOTCONN while stopped past the grace period
+        self.fail_fd = -1
+        self.failed_calls = 0
 
     # -- setup ----------------------------------------------------------------------
 
@@ -131,7 +149,9 @@ class Keeper:
         if self.ever_owned or spare:
             env.pop("FUSEWIRE_CRASH_AT", None)  # test hook: only the first server crashes
         cmd = [sys.executable, "-m", "fusewire.recovery.successor", "--socket", self.path]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        # own session: a terminal's Ctrl-C reaches the keeper only, which stops them
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)
         self.children.append(proc)
         log.info("started %s server pid %d", "spare" if spare else "a", proc.pid)
         return proc
@@ -176,6 +196,7 @@ class Keeper:
             self._drop(c)
 
     def _grant(self, c: _Client) -> None:
+        self._stop_failing()
         meta = self._meta()
         first = not self.ever_owned
         graceful = self.handover
@@ -291,7 +312,8 @@ class Keeper:
         if op == "attach":
             if self.unmounted:
                 reply = {"ok": False, "error": "unmounted"}
-            elif self.owner is None and self.grant_at is None and not self.waiting:
+            elif (self.owner is None and self.grant_at is None and not self.waiting
+                  and self.state()[0] != "stopped"):
                 self._grant(c)
                 reply = None
             else:
@@ -324,6 +346,8 @@ class Keeper:
             self.unmounted = True
         elif op == "status":
             reply = self.status()
+        elif op == "umount":
+            reply = self._umount(bool(msg.get("lazy")))
         elif op == "upgrade":
             if self.owner is None:
                 reply = {"ok": False, "error": "no server is running"}
@@ -333,6 +357,7 @@ class Keeper:
             if self.owner is None:
                 self.fast_failures = 0
                 self.gave_up = False
+                self.stopped_since = None
                 self.grant_at = time.monotonic()
                 self._tick_grant()
             else:
@@ -353,11 +378,14 @@ class Keeper:
             return "unmounted", ""
         if self.owner is not None:
             return ("serving", "") if self.ready else ("starting", "taking over")
+        failing = (f"; calls fail with ENOTCONN since {self.stopped_grace:g} s"
+                   if self.fail_fd >= 0 else "")
         if self.gave_up:
             return "stopped", (f"restart limit reached: {self.fast_failures} servers died "
-                               f"within {FAST_DEATH:g} s in a row; run `fusewire takeover`")
-        if self.restart != "auto" and self.grant_at is None:
-            return "stopped", "restart=manual: run `fusewire takeover`"
+                               f"within {FAST_DEATH:g} s in a row; run `fusewire takeover`"
+                               + failing)
+        if self.restart != "auto" and self.grant_at is None and self.pending_spawn is None:
+            return "stopped", "restart=manual: run `fusewire takeover`" + failing
         wait = (self.grant_at or 0.0) - time.monotonic()
         if self.grant_at is not None and wait > 0:
             return "restarting", f"back-off, next server in {wait:.2f} s"
@@ -376,6 +404,7 @@ class Keeper:
             "upgrades": self.upgrades, "compactions": self.compactions,
             "spare_pid": self.spare_proc.pid if self.spare_proc else None,
             "spare_ready": any(w.preloaded for w in self.waiting),
+            "failing_calls": self.fail_fd >= 0, "failed_calls": self.failed_calls,
             "code_version": self.owner_info.get("code"),
             "replayed_code_version": self.owner_info.get("journal_code"),
             "journal_bytes": st.valid_len, "journal_records": st.records,
@@ -396,7 +425,8 @@ class Keeper:
 
     def run(self) -> int:
         self.setup()
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "quit", True))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.pending_spawn = self._spawn(spare=False)
         try:
@@ -404,10 +434,13 @@ class Keeper:
                 for key, _ in self.sel.select(0.2):
                     if key.data is None:
                         self._accept()
+                    elif key.data == "fuse":
+                        self._fail_calls()
                     else:
                         self._handle(key.data)
                 self._reap()
                 self._tick_grant()
+                self._check_stopped()
                 if self.owner is not None and self.ready:
                     self._ensure_spare()
                 if self._connection_dead():
@@ -418,7 +451,116 @@ class Keeper:
             self.shutdown()
         return 0
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.info("signal %d: unmounting %s and stopping its servers", signum, self.mountpoint)
+        self.signalled = True
+        self.quit = True
+
+    # -- a mount nobody serves --------------------------------------------------------------
+
+    def _check_stopped(self) -> None:
+        """Past the grace period in ``stopped``, fail the calls that wait (see module doc)."""
+        if self.state()[0] != "stopped":
+            self.stopped_since = None
+            self._stop_failing()
+            return
+        now = time.monotonic()
+        if self.stopped_since is None:
+            self.stopped_since = now
+        if self.fail_fd < 0 and now - self.stopped_since >= self.stopped_grace:
+            if self._start_failing():
+                log.warning("no server for %g s: failing calls on %s with ENOTCONN until "
+                            "`fusewire takeover`", self.stopped_grace, self.mountpoint)
+            else:
+                self.stopped_since = float("inf")
+
+    def _start_failing(self) -> bool:
+        if self.fail_fd >= 0:
+            return True
+        try:
+            fd = _mount.clone_fd(self.fuse_fd)
+        except OSError as exc:
+            log.error("cannot fail the waiting calls: %s", exc)
+            return False
+        os.set_blocking(fd, False)
+        self.fail_fd = fd
+        self.sel.register(fd, selectors.EVENT_READ, "fuse")
+        self._fail_calls()
+        return True
+
+    def _umount(self, lazy: bool) -> dict[str, Any]:
+        """``fusewire umount``: works in every state, within seconds.
+
+        Without a server, the calls waiting on the mount would keep it busy:
+        they are failed first (ENOTCONN), then the unmount is retried.
+        """
+        deadline = time.monotonic() + 3.0
+        while True:
+            if self.owner is None:
+                self._start_failing()
+                self._fail_calls()
+            try:
+                _mount.unmount(self.mountpoint, lazy=lazy)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and self.owner is None \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)        # the failed callers are leaving
+                    continue
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True}
+
+    def _fail_calls(self) -> None:
+        """Answer every request queued on the connection with ENOTCONN."""
+        fd = self.fail_fd
+        for _ in range(256):
+            try:
+                msg = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:       # interrupted before we read it
+                    continue
+                if exc.errno == errno.ENODEV:       # unmounted
+                    self._stop_failing()
+                    return
+                raise
+            if len(msg) < _IN_HDR.size:
+                continue
+            _, opcode, unique = _IN_HDR.unpack_from(msg)
+            if opcode in _NO_REPLY:
+                continue
+            self.failed_calls += 1
+            try:
+                os.write(fd, _OUT_HDR.pack(_OUT_HDR.size, -errno.ENOTCONN, unique))
+            except OSError:
+                pass                                # the caller went away (ENOENT)
+
+    def _stop_failing(self) -> None:
+        if self.fail_fd < 0:
+            return
+        self.sel.unregister(self.fail_fd)
+        os.close(self.fail_fd)
+        self.fail_fd = -1
+
     def shutdown(self) -> None:
+        self._stop_failing()
+        if self.signalled and not self.unmounted:
+            # SIGINT/SIGTERM: the mount goes with the keeper; its servers see ENODEV
+            try:
+                _mount.unmount(self.mountpoint, lazy=True)
+            except OSError as exc:
+                log.warning("unmounting %s: %s", self.mountpoint, exc)
+        if self.signalled:
+            for p in self.children:
+                if p.poll() is None:
+                    p.terminate()
+            deadline = time.monotonic() + 5.0
+            for p in self.children:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
         if self.spare_proc is not None and self.spare_proc.poll() is None:
             self.spare_proc.terminate()
         for c in list(self.clients.values()):
@@ -446,6 +588,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--restart", choices=("auto", "manual"), default="auto")
     p.add_argument("--max-fast-restarts", type=int, default=20)
     p.add_argument("--no-spare", action="store_true", help="do not keep a warm spare server")
+    p.add_argument("--stopped-grace", type=float, default=STOPPED_GRACE, metavar="SECONDS",
+                   help="with no server for this long, fail waiting calls with ENOTCONN "
+                   f"(default {STOPPED_GRACE:g})")
     return p
 
 
@@ -457,7 +602,8 @@ def run_keeper(args: argparse.Namespace) -> int:
     else:
         source, mountpoint = None, args.paths[0]
     k = Keeper(mountpoint, args.fs, source, args.options, args.restart,
-               args.max_fast_restarts, spare=not args.no_spare)
+               args.max_fast_restarts, spare=not args.no_spare,
+               stopped_grace=args.stopped_grace)
     return k.run()
 
 

@@ -110,11 +110,19 @@ class CrashHook:
             os._exit(137)
 
 
-def _crash_file_check() -> None:
+def _crash_file_check(when: str = "grant") -> None:
     """Test hook: while ``$FUSEWIRE_CRASH_FILE`` exists, a server dies as soon as it owns
-    the mount (a server that cannot start; the keeper's restart limit is tested with it)."""
+    the mount (a server that cannot start; the keeper's restart limit is tested with it),
+    or, if the file says ``ready``, right after it reported ready (a poison request)."""
     path = os.environ.get("FUSEWIRE_CRASH_FILE")
-    if path and os.path.exists(path):
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            what = f.read().strip() or "grant"
+    except OSError:
+        return
+    if what == when:
         os._exit(137)
 
 
@@ -612,6 +620,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
             pass        # 7.44 needed: cached names stay as they are
     if server.conn.session is not None:
         server.report_ready()
+        _crash_file_check("ready")
     try:
         server.serve()
     finally:
