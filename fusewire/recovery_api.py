@@ -54,23 +54,43 @@ class RecoveryMode:
 
 
 _pinned: int | None = None
+#: a recoverable server runs: the first now_ns() of a request pins the time for the rest
+#: of it (the server clears the pin before each request and journals the pinned time)
+_sticky = False
 
 
 def now_ns() -> int:
     """The time for a handler, in nanoseconds since the epoch.
 
     ``time.time_ns()``, except while a recoverable server runs a request:
-    then the time recorded for that request, the same when it runs live and
-    when a successor re-executes it.  Replay-mode filesystems must take every
-    timestamp from here.
+    then one time for the whole request, recorded with it, the same when it
+    runs live and when a successor re-executes it.  Replay-mode filesystems
+    must take every timestamp from here.
     """
-    return _pinned if _pinned is not None else time.time_ns()
+    global _pinned
+    t = _pinned
+    if t is None:
+        t = time.time_ns()
+        if _sticky:
+            _pinned = t
+    return t
 
 
 def pin_clock(t: int | None) -> None:
-    """Library side: make :func:`now_ns` return ``t`` (None: the real clock again)."""
+    """Library side: make :func:`now_ns` return ``t`` (None: unpinned again)."""
     global _pinned
     _pinned = t
+
+
+def pinned_time() -> int | None:
+    """Library side: the time the current request was pinned at, if any."""
+    return _pinned
+
+
+def sticky_clock(on: bool) -> None:
+    """Library side: pin the time at the first :func:`now_ns` of each request."""
+    global _sticky
+    _sticky = on
 
 
 class ReplayRecovery:

@@ -298,3 +298,19 @@ def test_compaction_accounting_survives_a_new_writer() -> None:
     assert w2.log_records == 11
     assert w2.log_bytes == w2.offset - len(body)
     os.close(fd)
+
+
+def test_append_parts_writes_the_same_record_as_encode() -> None:
+    fd = jn.new_memfd()
+    w = jn.JournalWriter(fd)
+    prefix = jn.encode_record(jn.RecordType.ADD, struct.pack("<Q", 9))
+    head = jn.req_head(5, 41, (3, 9, 2), None)
+    raw = memoryview(_req(4, 16, b"y"))
+    w.append_parts(prefix, jn.RecordType.REQ, (head, raw, _reply(4)))
+    data = jn.read_all(fd)
+    want = jn.MAGIC + prefix + jn.encode_record(
+        jn.RecordType.REQ, jn.encode_req(5, bytes(raw), _reply(4), (3, 9, 2), None))
+    assert data[:len(want)] == want
+    st = jn.load(data)
+    assert st.nodes == {9: 1} and st.handles == {3: (9, 2)} and st.requests[0][0] == 5
+    os.close(fd)

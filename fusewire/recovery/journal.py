@@ -76,9 +76,13 @@ class RecordType:
     HANDOVER = 13      # empty: the owner stopped gracefully after this point
 
 
+#: crc32 of each one-byte record type: the start of every record's checksum
+_TYPE_CRC = [zlib.crc32(bytes((t,))) for t in range(256)]
+
+
 def encode_record(rtype: int, payload: bytes) -> bytes:
     """One record, ready to append."""
-    crc = zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
+    crc = zlib.crc32(payload, _TYPE_CRC[rtype])
     return _HDR.pack(len(payload), rtype) + payload + _CRC.pack(crc)
 
 
@@ -346,6 +350,32 @@ class JournalWriter:
         """Append one record; durable (in the memfd) when this returns."""
         self.append_raw(encode_record(rtype, payload))
 
+    def append_parts(self, prefix: bytes, rtype: int,
+                     parts: tuple[bytes | bytearray | memoryview, ...]) -> None:
+        """Append ``prefix`` (encoded records, may be empty) and one record whose payload
+        is the concatenation of ``parts``, copying each part once into the mapping
+        (a WRITE's data is not concatenated first)."""
+        size = sum(len(p) for p in parts)
+        off = self.offset
+        end = off + len(prefix) + _HDR.size + size + _CRC.size
+        if end > self._cap:
+            self._grow(end)
+        m = self._map
+        assert m is not None
+        pos = off + len(prefix)
+        m[off:pos] = prefix
+        m[pos:pos + _HDR.size] = _HDR.pack(size, rtype)
+        pos += _HDR.size
+        crc = _TYPE_CRC[rtype]
+        for p in parts:
+            n = len(p)
+            m[pos:pos + n] = p
+            crc = zlib.crc32(p, crc)
+            pos += n
+        m[pos:end] = _CRC.pack(crc)
+        self.offset = end
+        self.records += 1
+
     def append_raw(self, blob: bytes) -> None:
         """Append already-encoded records with one copy into the mapping."""
         off = self.offset
@@ -387,10 +417,15 @@ class JournalWriter:
 def encode_req(time_ns: int, raw: bytes, reply: bytes, opened: tuple[int, int, int] | None,
                released: int | None) -> bytes:
     """The payload of a REQ record."""
+    return req_head(time_ns, len(raw), opened, released) + raw + reply
+
+
+def req_head(time_ns: int, raw_len: int, opened: tuple[int, int, int] | None,
+             released: int | None) -> bytes:
+    """The fixed part of a REQ payload (the request and reply bytes follow)."""
     ofh, onode, oflags = opened if opened is not None else (0, 0, 0)
-    head = _REQ.pack(time_ns, ofh, onode, oflags & 0xFFFFFFFF, released or 0,
-                     opened is not None, released is not None, len(raw))
-    return head + raw + reply
+    return _REQ.pack(time_ns, ofh, onode, oflags & 0xFFFFFFFF, released or 0,
+                     opened is not None, released is not None, raw_len)
 
 
 def encode_nodes(counts: dict[int, int]) -> bytes:

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from fusewire import recovery_api as _clock
 from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import Opcode
@@ -53,7 +54,13 @@ from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
 from fusewire.recovery.isolate import isolate
-from fusewire.recovery_api import HandleRecovery, ReplayRecovery, pin_clock
+from fusewire.recovery_api import (
+    HandleRecovery,
+    ReplayRecovery,
+    pin_clock,
+    pinned_time,
+    sticky_clock,
+)
 from fusewire.recovery_api import recovery_mode as declared_mode
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
@@ -147,8 +154,6 @@ class RecoveryJournal:
         self.track_inflight = False
         #: the last message :meth:`note_read` saw (the loop passes one object per message)
         self.noted: object = None
-        #: the time the request being handled runs at (pinned for the handler)
-        self.t = 0
 
     def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
         """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
@@ -185,9 +190,12 @@ class RecoveryJournal:
             released = req.arg.fh
             self.handles.pop(released, None)
         raw = self.raw if self.keep_body else self.raw[:_IN_HDR_SIZE]
-        payload = jn.encode_req(self.t, bytes(raw), reply, opened, released)
-        self.writer.append_raw(self.nodes.take_pending()
-                               + jn.encode_record(jn.RecordType.REQ, payload))
+        t = pinned_time()
+        if t is None:
+            t = time.time_ns()
+        # one copy of the request (a WRITE's data) into the journal, no concatenation
+        self.writer.append_parts(self.nodes.take_pending(), jn.RecordType.REQ,
+                                 (jn.req_head(t, len(raw), opened, released), raw, reply))
         self.crash.check("journal", op)
 
 
@@ -202,33 +210,38 @@ class RecordingDispatcher(Dispatcher):
         rj.raw = buf
         if rj.track_inflight and rj.noted is not buf:
             rj.note_read(buf, False)
-        # the handler's clock (fusewire.now_ns) reads the time its REQ record keeps,
-        # so a successor's re-execution produces the very same timestamps
-        rj.t = t = time.time_ns()
-        pin_clock(t)
-        try:
-            return super().dispatch(buf)
-        finally:
-            pin_clock(None)
+        # the handler's clock (fusewire.now_ns) pins itself at its first reading; the
+        # REQ record keeps that time, so a re-execution produces the same timestamps
+        _clock._pinned = None
+        return Dispatcher.dispatch(self, buf)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         rj = self.rjournal
-        was_init = self.conn.session is None
-        if was_init and req.opcode == Opcode.INIT and rj.noted is not rj.raw:
-            rj.note_read(rj.raw, True)
+        if self.conn.session is None:
+            return self._handle_init(req)
         if rj.probing and req.opcode in intent.OPS and not (
                 req.unique >> 63 and req.key in rj.replies):
             done = self._intent(req)
             if done is not None:
                 return done
-        bufs, lookups = super().handle(req)
-        session = self.conn.session
-        if was_init and session is not None:
-            rj.writer.append(jn.RecordType.SESSION, json.dumps(session.to_dict()).encode())
-            rj.track_inflight = session.minor < _RESEND_MINOR
+        bufs, lookups = Dispatcher.handle(self, req)
         nodes = rj.nodes
         if nodes.pending:
             rj.writer.append_raw(nodes.take_pending())
+        return bufs, lookups
+
+    def _handle_init(self, req: Request) -> tuple[Buffers | None, list[int]]:
+        """Before the session exists: journal the INIT as read, then the session."""
+        rj = self.rjournal
+        if req.opcode == Opcode.INIT and rj.noted is not rj.raw:
+            rj.note_read(rj.raw, True)
+        bufs, lookups = Dispatcher.handle(self, req)
+        session = self.conn.session
+        if session is not None:
+            rj.writer.append(jn.RecordType.SESSION, json.dumps(session.to_dict()).encode())
+            rj.track_inflight = session.minor < _RESEND_MINOR
+        if rj.nodes.pending:
+            rj.writer.append_raw(rj.nodes.take_pending())
         return bufs, lookups
 
     def _intent(self, req: Request) -> tuple[Buffers | None, list[int]] | None:
@@ -392,6 +405,8 @@ class RecoverableServer(Server):
         # for ready, progress and compaction
         self.on_read = self._on_read if self.crash.active else None
         self.on_reply = self._on_reply
+        self.compact_at = 0
+        self.compact_records = 0
 
     def request_handover(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.handing_over = True
@@ -474,6 +489,8 @@ class RecoverableServer(Server):
                 self.progressed = True
                 self.control.progress()
         w = self.rj.writer
+        if w.offset < self.compact_at and w.records < self.compact_records:
+            return
         # Bytes of log since the snapshot, not the file size: a snapshot of a
         # big filesystem is itself bigger than the threshold (compacting again
         # after every reply would never end).  And at least the snapshot's own
@@ -485,6 +502,13 @@ class RecoverableServer(Server):
         # servers die.
         if w.log_bytes > max(COMPACT_BYTES, w.log_start) or w.log_records > COMPACT_RECORDS:
             self.compact()
+        self.set_thresholds()
+
+    def set_thresholds(self) -> None:
+        """Precompute the writer offset and record count that call for a compaction."""
+        w = self.rj.writer
+        self.compact_at = w.log_start + max(COMPACT_BYTES, w.log_start) + 1
+        self.compact_records = COMPACT_RECORDS - w.prior_records + 1
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:
@@ -596,6 +620,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     resend = resend_supported(state, config)
     rj.track_inflight = not resend and state.session is not None
     server.setup_recovery(rj, control, meta, mode, t0)
+    sticky_clock(True)
     if state.records == 0:
         writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"], "code": code}).encode())
         if isinstance(ops, ReplayRecovery):
