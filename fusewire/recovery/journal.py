@@ -220,9 +220,10 @@ class JournalState:
             self.init_in = bytes(payload)
 
 
-def load(data: bytes | memoryview) -> JournalState:
-    """Fold a whole journal (a torn or corrupt tail is ignored)."""
-    state = JournalState()
+def load(data: bytes | memoryview, *, light: bool = False) -> JournalState:
+    """Fold a whole journal (a torn or corrupt tail is ignored); ``light``: without
+    the request log and recorded replies (enough for a snapshot and the node table)."""
+    state = JournalState(light=light)
     for rtype, payload, end in iter_records(data):
         state.apply(rtype, payload)
         state.valid_len = end
@@ -281,6 +282,23 @@ class JournalFollower:
                 st.log_start = start + end
         self.offset = max(st.valid_len, len(MAGIC)) if st.valid_len else 0
         return st
+
+
+def load_snapshot(fd: int) -> tuple[JournalState, bytes | None]:
+    """The light state of a journal fd and its filesystem snapshot, read through a
+    mapping: no copy of the log (a warm spare's pre-load)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return JournalState(light=True), None
+    with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        view = memoryview(m)
+        try:
+            state = load(view, light=True)
+            blob = bytes(state.fs_snapshot) if state.fs_snapshot is not None else None
+            state.fs_snapshot = None
+        finally:
+            view.release()
+    return state, blob
 
 
 def read_all(fd: int) -> bytes:

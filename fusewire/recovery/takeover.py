@@ -750,10 +750,11 @@ def _preload(meta: dict[str, Any],
              journal_fd: int) -> tuple[Operations, tuple[int, int], int]:
     """Build the filesystem and load the journal's snapshot ahead of a takeover."""
     ops, _ = _build_ops(meta)
-    state = jn.load(jn.read_all(journal_fd))
+    state, blob = jn.load_snapshot(journal_fd)       # no copy of the request log
     if isinstance(ops, ReplayRecovery):
-        if state.fs_snapshot is not None:
-            ops.load_state(bytes(state.fs_snapshot))
+        if blob is not None:
+            ops.load_state(blob)
+        del blob
         fix_lookups(ops, state.nodes)
     elif isinstance(ops, HandleRecovery):
         # reopen the nodes now; the takeover only reopens the ones added since
