@@ -1379,7 +1379,8 @@ class MemFS(ReplayRecovery, Operations):
         with self._lock:
             inodes = []
             for n in self._inodes.values():
-                chunks = None if n.chunks is None else {i: bytes(c) for i, c in n.chunks.items()}
+                # the bytearrays themselves: pickled at once, under the lock (no copy)
+                chunks = None if n.chunks is None else dict(n.chunks)
                 dirstate = None
                 if n.dir is not None:
                     dirstate = (n.dir.parent, n.dir.next_cookie,

@@ -492,16 +492,26 @@ def encode_snapshot(session: dict[str, Any] | None, meta: dict[str, Any],
                     handles: dict[int, tuple[int, int]],
                     keys: dict[int, bytes] | None = None) -> bytes:
     """MAGIC + a complete snapshot: the body of a compacted journal."""
+    return b"".join(snapshot_parts(session, meta, fs_blob, nodes, handles, keys))
+
+
+def snapshot_parts(session: dict[str, Any] | None, meta: dict[str, Any],
+                   fs_blob: bytes | None, nodes: dict[int, int],
+                   handles: dict[int, tuple[int, int]],
+                   keys: dict[int, bytes] | None = None) -> list[bytes]:
+    """:func:`encode_snapshot` as a list of buffers to write in turn: the filesystem
+    blob is one of them, not copied into a record first."""
     parts = [MAGIC, encode_record(RecordType.META, json.dumps(meta).encode())]
     if session is not None:
         parts.append(encode_record(RecordType.SESSION, json.dumps(session).encode()))
     if fs_blob is not None:
-        parts.append(encode_record(RecordType.FS_SNAPSHOT, fs_blob))
+        crc = zlib.crc32(fs_blob, _TYPE_CRC[RecordType.FS_SNAPSHOT])
+        parts += [_HDR.pack(len(fs_blob), RecordType.FS_SNAPSHOT), fs_blob, _CRC.pack(crc)]
     parts.append(encode_record(RecordType.NODES, encode_nodes(nodes)))
     if keys:
         parts.append(encode_record(RecordType.NODE_KEYS, encode_keys(keys.items())))
     parts.append(encode_record(RecordType.HANDLES, encode_handles(handles)))
-    return b"".join(parts)
+    return parts
 
 
 class JournaledNodeTable(NodeTable):

@@ -429,14 +429,22 @@ class RecoverableServer(Server):
         session = self.conn.session.to_dict() if self.conn.session is not None else None
         blob = self.ops.dump_state() if isinstance(self.ops, ReplayRecovery) else None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
-        body = jn.encode_snapshot(session, {"fs": self.meta.get("fs"), "code": self.code}, blob,
-                                  rj.nodes.snapshot(), rj.handles, keys)
+        parts = jn.snapshot_parts(session, {"fs": self.meta.get("fs"), "code": self.code},
+                                  blob, rj.nodes.snapshot(), rj.handles, keys)
+        del blob
         fd = jn.new_memfd()
-        os.pwrite(fd, body, 0)
+        size = 0
+        for part in parts:          # no joined copy of the (possibly big) snapshot
+            view = memoryview(part)
+            while view:
+                n = os.pwrite(fd, view, size)
+                size += n
+                view = view[n:]
+        del parts
         self.control.swap_journal(fd)
         old = rj.writer.fd
         rj.writer.close()
-        rj.writer = jn.JournalWriter(fd, len(body))
+        rj.writer = jn.JournalWriter(fd, size)
         rj.nodes.writer = rj.writer
         rj.replies.clear()
         rj.intents.clear()
