@@ -142,6 +142,12 @@ class HandleRecovery:
         """Make ``fh`` (open on ``inode`` with open(2) ``flags``) usable again, or raise."""
         raise NotImplementedError
 
+    def import_backing(self, handles: Mapping[int, tuple[int, int]]) -> None:
+        """Kernel passthrough: ``fh -> (inode, backing id)`` of the reopened handles whose
+        open the previous server backed.  Reuse each id for new opens of that inode
+        (the kernel refuses a different backing file for an inode with open files) and
+        close it when its last handle is released."""
+
     def entry_identity(self, parent_inode: int, name: bytes) -> tuple[int, int] | None:
         """Identity (e.g. ``(st_dev, st_ino)``) of ``name`` in ``parent_inode``, or None if
         absent; counts no lookup.  Lets a re-sent mutation tell whether it already ran."""

@@ -314,3 +314,21 @@ def test_append_parts_writes_the_same_record_as_encode() -> None:
     st = jn.load(data)
     assert st.nodes == {9: 1} and st.handles == {3: (9, 2)} and st.requests[0][0] == 5
     os.close(fd)
+
+
+def test_backing_ids_follow_opens_releases_and_snapshots() -> None:
+    fd = jn.new_memfd()
+    w = jn.JournalWriter(fd)
+    open_out = struct.pack("<QIi", 700, 1 << 7, 3)         # FOPEN_PASSTHROUGH, id 3
+    w.append(jn.RecordType.REQ, jn.encode_req(1, _req(2, 14), _reply(2, 0, open_out),
+                                              (700, 5, 2), None))
+    plain = struct.pack("<QIi", 701, 0, 0)
+    w.append(jn.RecordType.REQ, jn.encode_req(2, _req(4, 14), _reply(4, 0, plain),
+                                              (701, 6, 0), None))
+    st = jn.load(jn.read_all(fd))
+    assert st.backing == {700: 3}
+    snap = jn.encode_snapshot(None, {}, None, {5: 1}, st.handles, None, st.backing)
+    assert jn.load(snap).backing == {700: 3} and jn.load(snap).since_snapshot == 0
+    w.append(jn.RecordType.REQ, jn.encode_req(3, _req(6, 18), _reply(6), None, 700))
+    assert jn.load(jn.read_all(fd)).backing == {}
+    os.close(fd)

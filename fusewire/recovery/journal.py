@@ -55,6 +55,9 @@ _HANDLE = struct.Struct("<QQI")
 _KEY = struct.Struct("<QH")
 _INTENT = struct.Struct("<QI")
 _INFLIGHT = struct.Struct("<QI")
+_BACKING = struct.Struct("<QI")
+_OPEN_TAIL = struct.Struct("<Ii")     # open_out's open_flags, backing_id (its last 8 bytes)
+_FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
 
 
@@ -74,6 +77,7 @@ class RecordType:
     INFLIGHT = 11      # u64 unique, u32 opcode: read, not yet answered (kernels < 7.40)
     INIT_IN = 12       # the raw INIT request, written when it is read
     HANDOVER = 13      # empty: the owner stopped gracefully after this point
+    BACKING = 14       # snapshot of kernel passthrough backing ids: (u64 fh, u32 id)...
 
 
 #: crc32 of each one-byte record type: the start of every record's checksum
@@ -142,6 +146,8 @@ class JournalState:
     init_in: bytes | None = None
     #: the last record is HANDOVER: the previous owner stopped gracefully
     graceful: bool = False
+    #: fh -> kernel passthrough backing id of open files (what a successor reuses)
+    backing: dict[int, int] = field(default_factory=dict)
     #: keep only what status needs (no request log, no recorded replies)
     light: bool = False
 
@@ -161,8 +167,12 @@ class JournalState:
                 self.requests.append((t, req, reply))
             if has_open:
                 self.handles[ofh] = (onode, oflags)
+                bid = open_backing(payload[_REQ.size + rlen:])
+                if bid:
+                    self.backing[ofh] = bid
             if has_rel:
                 self.handles.pop(rfh, None)
+                self.backing.pop(rfh, None)
         elif rtype == RecordType.ADD:
             nodes = self.nodes
             added = array("Q", bytes(payload))
@@ -192,9 +202,12 @@ class JournalState:
             self.replies.clear()
             self.intents.clear()
             self.since_snapshot = 0
+        elif rtype == RecordType.BACKING:
+            self.backing = dict(_BACKING.iter_unpack(payload))
         elif rtype == RecordType.NODES:
             a = array("Q", bytes(payload))
             self.nodes = dict(zip(a[0::2], a[1::2], strict=True))
+            self.backing = {}
             self.touched = set()
             self.keys = {}
             self.requests.clear()
@@ -446,6 +459,14 @@ def req_head(time_ns: int, raw_len: int, opened: tuple[int, int, int] | None,
                      opened is not None, released is not None, raw_len)
 
 
+def open_backing(reply: bytes | memoryview) -> int:
+    """The kernel passthrough backing id an OPEN/CREATE reply hands out (0: none)."""
+    if len(reply) < 32:                     # out header + open_out at least
+        return 0
+    flags, bid = _OPEN_TAIL.unpack_from(reply, len(reply) - _OPEN_TAIL.size)
+    return int(bid) if flags & _FOPEN_PASSTHROUGH and bid > 0 else 0
+
+
 def encode_nodes(counts: dict[int, int]) -> bytes:
     """NODES payload."""
     a = array("Q")
@@ -490,15 +511,17 @@ def encode_inflight(unique: int, opcode: int) -> bytes:
 def encode_snapshot(session: dict[str, Any] | None, meta: dict[str, Any],
                     fs_blob: bytes | None, nodes: dict[int, int],
                     handles: dict[int, tuple[int, int]],
-                    keys: dict[int, bytes] | None = None) -> bytes:
+                    keys: dict[int, bytes] | None = None,
+                    backing: dict[int, int] | None = None) -> bytes:
     """MAGIC + a complete snapshot: the body of a compacted journal."""
-    return b"".join(snapshot_parts(session, meta, fs_blob, nodes, handles, keys))
+    return b"".join(snapshot_parts(session, meta, fs_blob, nodes, handles, keys, backing))
 
 
 def snapshot_parts(session: dict[str, Any] | None, meta: dict[str, Any],
                    fs_blob: bytes | None, nodes: dict[int, int],
                    handles: dict[int, tuple[int, int]],
-                   keys: dict[int, bytes] | None = None) -> list[bytes]:
+                   keys: dict[int, bytes] | None = None,
+                   backing: dict[int, int] | None = None) -> list[bytes]:
     """:func:`encode_snapshot` as a list of buffers to write in turn: the filesystem
     blob is one of them, not copied into a record first."""
     parts = [MAGIC, encode_record(RecordType.META, json.dumps(meta).encode())]
@@ -510,6 +533,9 @@ def snapshot_parts(session: dict[str, Any] | None, meta: dict[str, Any],
     parts.append(encode_record(RecordType.NODES, encode_nodes(nodes)))
     if keys:
         parts.append(encode_record(RecordType.NODE_KEYS, encode_keys(keys.items())))
+    if backing:
+        parts.append(encode_record(RecordType.BACKING, b"".join(
+            _BACKING.pack(fh, bid) for fh, bid in backing.items())))
     parts.append(encode_record(RecordType.HANDLES, encode_handles(handles)))
     return parts
 

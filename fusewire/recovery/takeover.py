@@ -48,7 +48,7 @@ from typing import Any
 from fusewire import recovery_api as _clock
 from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
-from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
@@ -142,6 +142,8 @@ class RecoveryJournal:
         self.nodes = nodes
         self.replies = state.replies
         self.handles = dict(state.handles)
+        #: fh -> kernel passthrough backing id (see HandleRecovery.import_backing)
+        self.backing = dict(state.backing)
         #: intents of requests that may have run but have no recorded reply
         self.intents = {k: v for k, v in state.intents.items() if k not in state.replies}
         self.crash = crash
@@ -186,9 +188,13 @@ class RecoveryJournal:
                 flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
             opened = (fh, node, flags)
             self.handles[fh] = (node, flags)
+            bid = jn.open_backing(reply)
+            if bid:
+                self.backing[fh] = bid
         elif op in _RELEASES:
             released = req.arg.fh
             self.handles.pop(released, None)
+            self.backing.pop(released, None)
         raw = self.raw if self.keep_body else self.raw[:_IN_HDR_SIZE]
         t = pinned_time()
         if t is None:
@@ -430,7 +436,7 @@ class RecoverableServer(Server):
         blob = self.ops.dump_state() if isinstance(self.ops, ReplayRecovery) else None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
         parts = jn.snapshot_parts(session, {"fs": self.meta.get("fs"), "code": self.code},
-                                  blob, rj.nodes.snapshot(), rj.handles, keys)
+                                  blob, rj.nodes.snapshot(), rj.handles, keys, rj.backing)
         del blob
         fd = jn.new_memfd()
         size = 0
@@ -569,6 +575,27 @@ def restore_handles(ops: Operations, state: jn.JournalState) -> None:
         log.warning("%d of %d open handle(s) lost", failed, len(state.handles))
 
 
+def close_unused_backing(server: Server, used: set[int]) -> None:
+    """Close the kernel backing ids a dead server registered that no open file uses.
+
+    An id whose OPEN reply was journaled is in ``used``; any other one was never
+    handed to the kernel's files (the reply is journaled before it is written), so
+    closing it frees the backing file.  Ids are small and allocated in turn: the
+    range up to the highest known one, and a margin above it, is probed.
+    """
+    closed = 0
+    for bid in range(1, max(used, default=0) + 65):
+        if bid in used:
+            continue
+        try:
+            server.backing_close(bid)
+            closed += 1
+        except OSError:
+            pass                    # ENOENT: not registered
+    if closed:
+        log.info("closed %d kernel backing id(s) nobody uses", closed)
+
+
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
               first: bool, graceful: bool, t0: float, crash: CrashHook,
               preloaded: tuple[Operations, tuple[int, int], int] | None = None,
@@ -606,6 +633,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     elif isinstance(ops, HandleRecovery):
         ops.prepare_recovery()
         restore_handles(ops, state)
+        ops.import_backing({fh: (state.handles[fh][0], bid)
+                            for fh, bid in state.backing.items() if fh in state.handles})
     # upgrade-only keeps the old counts too: they are the nodeids a later successor
     # must not hand out again
     nodes = jn.JournaledNodeTable(
@@ -640,6 +669,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     server.mode_why = server_why
     server.journal_code = journal_code if journal_code != code else None
     server.mount()
+    if not first and InitFlag.PASSTHROUGH in server.session_flags:
+        close_unused_backing(server, set(state.backing.values()))
     if threading_main():
         signal.signal(signal.SIGUSR2, server.request_handover)
     if resend:
