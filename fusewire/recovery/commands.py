@@ -96,7 +96,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
                 "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid",
-                "code_version", "replayed_code_version"):
+                "code_version", "replayed_code_version", "failed_calls"):
         if key in ("source", "replayed_code_version") and st.get(key) is None:
             continue
         if key == "state_reason" and not st.get(key):
