@@ -196,7 +196,12 @@ def test_upgrade_and_crash_serve_the_code_on_disk(start: Any, tmp_path: Path) ->
         assert st["replayed_code_version"] in codes     # the journal came from other code
         codes.add(st["code_version"])
         assert (m.path / "kept").read_text() == "state survives every version"
-    assert "replays a journal written by code" in m.log.read_text()
+    log = m.log.read_text()
+    assert "replays a journal written by code" in log
+    # upgrades: the spare re-loaded the new code before the hand-over (warm); the
+    # crash: at the grant
+    assert log.count("re-executing into the code on disk before the upgrade") == 2, log
+    assert log.count("re-executing into the code on disk\n") == 1, log
 
 
 # ---------------------------------------------------------------------------

@@ -41,6 +41,8 @@ log = logging.getLogger("fusewire.keeper")
 FAST_DEATH = 2.0
 #: a mount left without a server (``stopped``) this long gets its waiting calls failed
 STOPPED_GRACE = 10.0
+#: the longest an upgrade waits for the spare to re-load changed code
+UPGRADE_WAIT = 30.0
 _NO_REPLY = frozenset({2, 36, 42})         # FORGET, INTERRUPT, BATCH_FORGET
 _IN_HDR = struct.Struct("<IIQ")
 _OUT_HDR = struct.Struct("<IiQ")
@@ -107,6 +109,8 @@ class Keeper:
         #: request with ENOTCONN while stopped past the grace period
         self.fail_fd = -1
         self.failed_calls = 0
+        #: an upgrade waits (until then) for the spare to check its code
+        self.upgrade_at: float | None = None
 
     # -- setup ----------------------------------------------------------------------
 
@@ -336,6 +340,8 @@ class Keeper:
             if c in self.waiting:
                 c.preloaded = True
                 c.code = msg.get("code")
+                if self.upgrade_at is not None:
+                    self._signal_upgrade()
             reply = None
         elif op == "progress" and c is self.owner:
             c.progressed = True
@@ -352,7 +358,15 @@ class Keeper:
             if self.owner is None:
                 reply = {"ok": False, "error": "no server is running"}
             else:
-                os.kill(self.owner.pid, signal.SIGUSR2)
+                self._upgrade()
+        elif op == "fresh":             # the spare checked its code: nothing changed
+            reply = None
+            if self.upgrade_at is not None:
+                self._signal_upgrade()
+        elif op == "reoffer":           # a spare re-executed into new code (no reply)
+            reply = None
+            if c in self.waiting:
+                self._offer(c)
         elif op == "restart":
             if self.owner is None:
                 self.fast_failures = 0
@@ -441,6 +455,10 @@ class Keeper:
                 self._reap()
                 self._tick_grant()
                 self._check_stopped()
+                if self.upgrade_at is not None and (time.monotonic() > self.upgrade_at
+                                                    or self.owner is None
+                                                    or not self.waiting):
+                    self._signal_upgrade()
                 if self.owner is not None and self.ready:
                     self._ensure_spare()
                 if self._connection_dead():
@@ -450,6 +468,23 @@ class Keeper:
         finally:
             self.shutdown()
         return 0
+
+    def _upgrade(self) -> None:
+        """Hand over to the spare, once it runs the code on disk (it checks first)."""
+        spare = next((w for w in self.waiting if w.preloaded), None)
+        if spare is None:
+            self._signal_upgrade()
+            return
+        self.upgrade_at = time.monotonic() + UPGRADE_WAIT
+        try:
+            wire.send_msg(spare.sock, {"op": "check"})
+        except OSError:
+            self._signal_upgrade()
+
+    def _signal_upgrade(self) -> None:
+        self.upgrade_at = None
+        if self.owner is not None:
+            os.kill(self.owner.pid, signal.SIGUSR2)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         log.info("signal %d: unmounting %s and stopping its servers", signum, self.mountpoint)

@@ -700,11 +700,20 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     return 0
 
 
-def run_owner(sock_path: str) -> int:
-    """Attach to the keeper at ``sock_path``, take over, serve until unmount or handover."""
+def run_owner(sock_path: str, control_fd: int | None = None) -> int:
+    """Attach to the keeper at ``sock_path``, take over, serve until unmount or handover.
+
+    ``control_fd``: an attached control connection (a queued spare that re-executed
+    itself into new code asks for the journal again instead of attaching).
+    """
     crash = CrashHook(os.environ.get("FUSEWIRE_CRASH_AT"))
-    control = wire.connect(sock_path, None)
-    wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
+    if control_fd is None:
+        control = wire.connect(sock_path, None)
+        wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
+    else:
+        os.set_inheritable(control_fd, False)
+        control = socket.socket(fileno=control_fd)
+        wire.send_msg(control, {"op": "reoffer"})
     preloaded: tuple[Operations, tuple[int, int], int] | None = None
     files: dict[str, tuple[int, int, int]] = {}
     code: str | None = None
@@ -728,6 +737,23 @@ def run_owner(sock_path: str) -> int:
                 code = code_version(type(preloaded[0]).__module__)
             try:        # no reply comes: the next message is still the grant
                 wire.send_msg(control, {"op": "preloaded", "code": code})
+            except OSError:
+                pass
+            continue
+        if grant is not None and grant.get("op") == "check" and not fds:
+            # an upgrade is coming: serve it with the code on disk, warm
+            stale = changed_files(files)
+            if stale:
+                log.warning("%d file(s) changed since this spare loaded them (%s): "
+                            "re-executing into the code on disk before the upgrade",
+                            len(stale), stale[0])
+                drop_bytecode(stale)
+                os.set_inheritable(control.fileno(), True)
+                os.execv(sys.executable, [sys.executable, "-m", "fusewire.recovery.successor",
+                                          "--socket", sock_path, "--queued",
+                                          str(control.fileno())])
+            try:
+                wire.send_msg(control, {"op": "fresh"})
             except OSError:
                 pass
             continue
@@ -822,9 +848,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--granted", help=argparse.SUPPRESS)
     p.add_argument("--fds", help=argparse.SUPPRESS)
     p.add_argument("--t0", help=argparse.SUPPRESS)
+    p.add_argument("--queued", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s server[{os.getpid()}] %(levelname)s %(message)s")
     if args.granted:
         return _run_granted(args)
-    return run_owner(args.socket)
+    return run_owner(args.socket, args.queued)
