@@ -1447,7 +1447,9 @@ class MemFS(ReplayRecovery, Operations):
             elif target is not None:
                 n.data = target
             if chunks is not None:
-                n.data = {i: bytearray(c) for i, c in chunks.items()}
+                # chunks are pickled bytearrays: take them as they are (no copy)
+                n.data = {i: c if isinstance(c, bytearray) else bytearray(c)
+                          for i, c in chunks.items()}
                 used += sum(len(c) for c in chunks.values())
             if dirstate is not None:
                 parent, next_cookie, entries = dirstate
