@@ -724,9 +724,11 @@ def run_owner(sock_path: str, control_fd: int | None = None) -> int:
             if preloaded is not None:
                 preloaded[0].destroy()      # passthrough: close the nodes it reopened
             preloaded = None
+            _idle(True)         # never take CPU from the serving process to pre-load
             try:
                 preloaded = _preload(grant["meta"], fds[0])
             finally:
+                _idle(False)
                 for fd in fds:
                     os.close(fd)
             # what this process imported: the first stat of each file counts (a later
@@ -826,6 +828,15 @@ def _preload(meta: dict[str, Any],
         ops.import_nodes({n: (state.keys[n], c) for n, c in state.nodes.items()
                           if n in state.keys})
     return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), 0
+
+
+def _idle(on: bool) -> None:
+    """Run this process under SCHED_IDLE (on) or SCHED_OTHER again (off), if allowed."""
+    try:
+        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def threading_main() -> bool:
