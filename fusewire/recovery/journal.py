@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusewire.server.dispatch import NodeTable
+from fusewire.structs.codec import CODECS
 
 __all__ = [
     "MAGIC",
@@ -47,16 +48,18 @@ MAGIC = b"FWJRNL01"
 GROW_BYTES = 1 << 20
 _HDR = struct.Struct("<IB")
 _CRC = struct.Struct("<I")
-_OUT_HDR = struct.Struct("<IiQ")
+_OUT_HDR = CODECS["out_header"].struct
+_IN_HEAD = CODECS["in_header"].head(3)  # len, opcode, unique
 #: REQ header: time_ns, open fh, open nodeid, open flags, release fh, has_open, has_release,
 #: request length (the reply follows the request bytes)
 _REQ = struct.Struct("<qQQIQBBI")
 _HANDLE = struct.Struct("<QQI")
 _KEY = struct.Struct("<QH")
-_INTENT = struct.Struct("<QI")
-_INFLIGHT = struct.Struct("<QI")
-_BACKING = struct.Struct("<QI")
-_OPEN_TAIL = struct.Struct("<Ii")     # open_out's open_flags, backing_id (its last 8 bytes)
+_U64_U32 = struct.Struct("<QI")
+_INTENT = _U64_U32                  # key, opcode
+_INFLIGHT = _U64_U32                # unique, opcode
+_BACKING = _U64_U32                 # fh, kernel backing id
+_OPEN_OUT = CODECS["open_out"].struct
 _FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
 
@@ -162,7 +165,7 @@ class JournalState:
                 body = payload[_REQ.size:]
                 req = bytes(body[:rlen])
                 reply = bytes(body[rlen:])
-                key = struct.unpack_from("<Q", req, 8)[0] & _RESEND_MASK
+                key = _IN_HEAD.unpack_from(req)[2] & _RESEND_MASK
                 self.replies[key] = reply
                 self.requests.append((t, req, reply))
             if has_open:
@@ -461,9 +464,9 @@ def req_head(time_ns: int, raw_len: int, opened: tuple[int, int, int] | None,
 
 def open_backing(reply: bytes | memoryview) -> int:
     """The kernel passthrough backing id an OPEN/CREATE reply hands out (0: none)."""
-    if len(reply) < 32:                     # out header + open_out at least
+    if len(reply) < _OUT_HDR.size + _OPEN_OUT.size:
         return 0
-    flags, bid = _OPEN_TAIL.unpack_from(reply, len(reply) - _OPEN_TAIL.size)
+    _, flags, bid = _OPEN_OUT.unpack_from(reply, len(reply) - _OPEN_OUT.size)
     return int(bid) if flags & _FOPEN_PASSTHROUGH and bid > 0 else 0
 
 

@@ -21,16 +21,17 @@ import select
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from fusewire.opcodes.table import OPS
 from fusewire.recovery import journal as jn
 from fusewire.recovery import wire
 from fusewire.server import mount as _mount
+from fusewire.structs.codec import CODECS
 
 __all__ = ["Keeper", "main"]
 
@@ -43,9 +44,9 @@ FAST_DEATH = 2.0
 STOPPED_GRACE = 10.0
 #: the longest an upgrade waits for the spare to re-load changed code
 UPGRADE_WAIT = 30.0
-_NO_REPLY = frozenset({2, 36, 42})         # FORGET, INTERRUPT, BATCH_FORGET
-_IN_HDR = struct.Struct("<IIQ")
-_OUT_HDR = struct.Struct("<IiQ")
+_NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
+_IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
+_OUT_HDR = CODECS["out_header"].struct
 #: larger than any request (max_write is at most 1 MiB (256 pages) + headers)
 _READ_SIZE = (1 << 20) + (64 << 10)
 
