@@ -408,7 +408,7 @@ class JournalWriter:
             pos += n
         m[pos:end] = _CRC.pack(crc)
         self.offset = end
-        self.records += 1
+        self.records += 1 + (_count(prefix) if prefix else 0)
 
     def append_raw(self, blob: bytes) -> None:
         """Append already-encoded records with one copy into the mapping."""
@@ -419,7 +419,7 @@ class JournalWriter:
         assert self._map is not None
         self._map[off:end] = blob
         self.offset = end
-        self.records += 1
+        self.records += _count(blob)
 
     @property
     def appended(self) -> int:
@@ -446,6 +446,16 @@ class JournalWriter:
         if self._map is not None:
             self._map.close()
             self._map = None
+
+
+def _count(blob: bytes) -> int:
+    """How many encoded records ``blob`` holds (the compaction trigger counts records)."""
+    n = pos = 0
+    size = len(blob)
+    while pos + _HDR.size <= size:
+        pos += _HDR.size + _HDR.unpack_from(blob, pos)[0] + _CRC.size
+        n += 1
+    return n
 
 
 def encode_req(time_ns: int, raw: bytes, reply: bytes, opened: tuple[int, int, int] | None,
@@ -563,6 +573,8 @@ class JournaledNodeTable(NodeTable):
             self.counts = counts        # taken over, not copied
         self.writer: JournalWriter | None = None
         self.pending: list[int] = []
+        #: (nodeid, count) pairs forgotten and not journaled yet
+        self.forgotten = array("Q")
         self.keys: dict[int, bytes] = keys if keys is not None else {}
         self.key_of = key_of
 
@@ -600,11 +612,17 @@ class JournaledNodeTable(NodeTable):
     def forget(self, nodeid: int, nlookup: int) -> int:
         taken = super().forget(nodeid, nlookup)
         if taken:
-            if self.writer is not None:
-                self.writer.append(RecordType.FORGET, struct.pack("<QQ", nodeid, taken))
+            # buffered: one FORGET record per request (a BATCH_FORGET names many nodes)
+            self.forgotten.extend((nodeid, taken))
             if nodeid not in self.counts:
                 self.keys.pop(nodeid, None)
         return taken
+
+    def flush_forgets(self) -> None:
+        """Journal the forgets buffered since the last call as one FORGET record."""
+        if self.forgotten and self.writer is not None:
+            self.writer.append(RecordType.FORGET, self.forgotten.tobytes())
+        del self.forgotten[:]
 
     def key_snapshot(self) -> dict[int, bytes]:
         """Keys of the nodes in the table."""

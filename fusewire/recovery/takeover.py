@@ -158,6 +158,8 @@ class RecoveryJournal:
         self.track_inflight = False
         #: the last message :meth:`note_read` saw (the loop passes one object per message)
         self.noted: object = None
+        #: called after a request that has no reply (the server's compaction check)
+        self.no_reply: Callable[[], None] | None = None
 
     def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
         """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
@@ -236,7 +238,15 @@ class RecordingDispatcher(Dispatcher):
         nodes = rj.nodes
         if nodes.pending:
             rj.writer.append_raw(nodes.take_pending())
+        if nodes.forgotten:
+            nodes.flush_forgets()
+        if bufs is None and rj.no_reply is not None:
+            rj.no_reply()           # no reply, no on_reply: check compaction here
         return bufs, lookups
+
+    def rollback(self, lookups: list[int]) -> None:
+        super().rollback(lookups)
+        self.rjournal.nodes.flush_forgets()
 
     def _handle_init(self, req: Request) -> tuple[Buffers | None, list[int]]:
         """Before the session exists: journal the INIT as read, then the session."""
@@ -413,6 +423,7 @@ class RecoverableServer(Server):
         # for ready, progress and compaction
         self.on_read = self._on_read if self.crash.active else None
         self.on_reply = self._on_reply
+        rj.no_reply = self.maybe_compact
         self.compact_at = 0
         self.compact_records = 0
 
@@ -504,6 +515,11 @@ class RecoverableServer(Server):
             if self.reported and not _IN_HDR.unpack_from(msg)[2] >> 63:
                 self.progressed = True
                 self.control.progress()
+        self.maybe_compact()
+
+    def maybe_compact(self) -> None:
+        """Compact if the log since the snapshot passed a threshold (a request boundary:
+        after a reply was written, or after a request that has none, like FORGET)."""
         w = self.rj.writer
         if w.offset < self.compact_at and w.records < self.compact_records:
             return
