@@ -1,6 +1,7 @@
 """fusewire: the Linux FUSE wire protocol in pure Python, with crash recovery."""
 
 from fusewire.operations import Notifier, Operations
+from fusewire.pathops import PathAdapter, PathOperations
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -23,6 +24,8 @@ __all__ = [
     "Lock",
     "Notifier",
     "Operations",
+    "PathAdapter",
+    "PathOperations",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",

@@ -1,0 +1,1093 @@
+"""A path-based API on top of :class:`fusewire.Operations`.
+
+Subclass :class:`PathOperations` and implement methods that take *paths*
+(``getattr("/a/b")``, ``read("/a/b", size, offset, fh)``), the way fusepy
+and libfuse's high-level API work.  Wrap an instance in :class:`PathAdapter`
+to serve it::
+
+    from fusewire import PathAdapter
+    from fusewire.server import Server
+    Server(PathAdapter(MyFS()), "/mnt/x").run()
+
+The adapter does the inode-level chores a path filesystem should not have
+to know about:
+
+- **Inode table.**  Every name the kernel looks up gets a nodeid.  A node
+  remembers its parent's nodeid and its name, not a path string, so a path
+  is computed when a request arrives: after renaming a directory, its
+  children are reached under the new name at once (stale paths below a
+  renamed directory are a classic bug of path layers that cache strings).
+- **Lookup counts.**  Lookups the kernel holds are counted per node and
+  given back with FORGET; a node leaves the table when the kernel forgets it
+  and nothing has it open.
+- **Open handles.**  The ``fh`` the kernel sees is the adapter's; it maps to
+  the node and the ``fh`` the filesystem's ``open`` returned, so
+  ``read(path, size, off, fh)`` gets the file's *current* path.
+- **Open-unlink.**  Unlinking (or renaming over) a file that is still open
+  renames it to a hidden name (``.fuse_hidden…``) instead, and removes it
+  when the last handle is released, so it stays readable and writable through
+  its descriptors (libfuse's default; ``hard_remove = True`` unlinks at
+  once).  Hidden names never appear in listings or lookups.
+- **Hard links.**  With ``use_ino = True`` the ``st_ino`` of ``getattr``
+  identifies the object: two names of one object share one nodeid (stat
+  shows equal inode numbers, the page cache is shared).  Without it, every
+  name is its own node, as in libfuse without ``use_ino``.
+- **Errors.**  ``OSError`` (what ``os`` functions raise) and
+  :class:`fusewire.FUSEError` both become the caller's errno.
+
+Paths are ``str``, absolute (``"/"`` is the root), decoded from the
+kernel's bytes with :func:`os.fsdecode` (UTF-8 with ``surrogateescape``), so
+every name round-trips: ``os.fsencode(path)`` gives the original bytes back,
+and ``os`` functions accept such strings directly.
+
+Crash recovery (``fusewire mount --recoverable``): the adapter implements
+the "handles" recovery hooks (``handle_of``, ``import_nodes``,
+``reopen_handle``): a node's handle is its path, and open files are reopened
+by path with their original flags.  See docs/recovery.md for the limits
+(a node's journaled handle is the path it had when first looked up).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fusewire.operations import Operations
+from fusewire.types import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+)
+
+if TYPE_CHECKING:
+    from fusewire.server.readdir import ReaddirToken
+
+__all__ = ["PathAdapter", "PathOperations", "current_context"]
+
+_ROOT = 1
+_HIDDEN_PREFIX = b".fuse_hidden"
+#: d_ino of a listed name the kernel has not looked up (libfuse uses the same value)
+_UNKNOWN_INO = 0xFFFFFFFF
+_HANDLE_MAGIC = b"FWP1"
+_T = TypeVar("_T")
+
+#: what ``getattr`` may return
+Attributes = EntryAttributes | os.stat_result
+#: what ``readdir`` may yield: a name, or (name, attributes or None)
+DirEntry = str | tuple[str, "Attributes | None"]
+
+_local = threading.local()
+_NO_CONTEXT = RequestContext()
+
+
+def current_context() -> RequestContext:
+    """The :class:`~fusewire.RequestContext` of the request being handled on this thread.
+
+    Requests that carry no caller (read, write, flush, release...) leave the
+    context of the last request that did; outside a request it is all zeros.
+    """
+    ctx: RequestContext = getattr(_local, "ctx", _NO_CONTEXT)
+    return ctx
+
+
+def _enosys() -> FUSEError:
+    return FUSEError(errno.ENOSYS)
+
+
+class PathOperations:
+    """Base class of path-based filesystems; override what you support.
+
+    Every method has a default that fails with ENOSYS (the caller sees
+    "Function not implemented"), except ``open``/``opendir`` (succeed with
+    fh 0), ``release``/``releasedir``/``flush`` (do nothing) and ``statfs``
+    (zeros).  Raise ``OSError(errno, ...)`` or ``FUSEError(errno)`` to fail.
+
+    Class attributes:
+
+    ``use_ino``
+        ``getattr``'s ``st_ino`` identifies objects (hard links share a node).
+    ``hard_remove``
+        Unlink open files at once instead of hiding them until released.
+    ``entry_timeout``, ``attr_timeout``, ``negative_timeout``
+        How long (seconds) the kernel may cache names, attributes and
+        absent names.  Defaults: 1, 1, 0.
+    """
+
+    use_ino: bool = False
+    hard_remove: bool = False
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
+    negative_timeout: float = 0.0
+
+    @property
+    def context(self) -> RequestContext:
+        """Who is asking (see :func:`current_context`)."""
+        return current_context()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def init(self) -> None:
+        """Called once the mount is initialised, before the first request."""
+
+    def destroy(self) -> None:
+        """Called when the server stops."""
+
+    # -- attributes --------------------------------------------------------------
+
+    def getattr(self, path: str, fh: int | None = None) -> Attributes:
+        """Attributes of ``path`` (``st_ino`` matters only with ``use_ino``).
+
+        Return an :class:`os.stat_result` (``os.lstat(...)``) or an
+        :class:`~fusewire.EntryAttributes`.  ``fh`` is the open file's handle
+        for fstat-like calls, else None.
+        """
+        raise _enosys()
+
+    def chmod(self, path: str, mode: int, fh: int | None = None) -> None:
+        """Change permission bits (``mode`` may include the file type bits)."""
+        raise _enosys()
+
+    def chown(self, path: str, uid: int, gid: int, fh: int | None = None) -> None:
+        """Change owner and/or group; -1 leaves one unchanged."""
+        raise _enosys()
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        """Set the file size."""
+        raise _enosys()
+
+    def utimens(self, path: str, atime_ns: int | None, mtime_ns: int | None,
+                fh: int | None = None) -> None:
+        """Set access and/or modification time (ns since the epoch; None: unchanged)."""
+        raise _enosys()
+
+    def readlink(self, path: str) -> str:
+        """Target of symlink ``path``."""
+        raise _enosys()
+
+    def access(self, path: str, mode: int) -> None:
+        """Raise EACCES unless the caller may access ``path`` with ``mode`` (R_OK...)."""
+        raise _enosys()
+
+    # -- names ---------------------------------------------------------------------
+
+    def mknod(self, path: str, mode: int, rdev: int) -> None:
+        """Create a file, fifo, socket or device node (``mode`` has the type bits)."""
+        raise _enosys()
+
+    def mkdir(self, path: str, mode: int) -> None:
+        """Create a directory."""
+        raise _enosys()
+
+    def unlink(self, path: str) -> None:
+        """Remove a non-directory."""
+        raise _enosys()
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory."""
+        raise _enosys()
+
+    def symlink(self, path: str, target: str) -> None:
+        """Create symlink ``path`` pointing to ``target``."""
+        raise _enosys()
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """Rename ``old`` to ``new``; ``flags``: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2)."""
+        raise _enosys()
+
+    def link(self, target: str, path: str) -> None:
+        """Create hard link ``path`` to the existing ``target``."""
+        raise _enosys()
+
+    # -- files -----------------------------------------------------------------------
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        """Create and open a regular file; return a handle (any int).
+
+        ENOSYS makes the kernel use ``mknod`` then ``open`` instead.
+        """
+        raise _enosys()
+
+    def open(self, path: str, flags: int) -> int:
+        """Open ``path`` with open(2) ``flags``; return a handle (any int)."""
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; fewer means end of file."""
+        raise _enosys()
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        """Write ``data`` at ``offset``; return the count written."""
+        raise _enosys()
+
+    def flush(self, path: str, fh: int) -> None:
+        """Called on each close(2) of a descriptor of the file."""
+
+    def release(self, path: str, fh: int) -> None:
+        """The last descriptor of ``fh`` is closed."""
+
+    def fsync(self, path: str, datasync: bool, fh: int) -> None:
+        """Flush the file to stable storage."""
+        raise _enosys()
+
+    def fallocate(self, path: str, mode: int, offset: int, length: int, fh: int) -> None:
+        """Preallocate or punch holes (FALLOC_FL_* ``mode``)."""
+        raise _enosys()
+
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA (3) / SEEK_HOLE (4): the resulting offset, or raise ENXIO."""
+        raise _enosys()
+
+    # -- directories -------------------------------------------------------------------
+
+    def opendir(self, path: str) -> int:
+        """Open a directory; return a handle (any int)."""
+        return 0
+
+    def readdir(self, path: str, fh: int) -> Iterable[DirEntry]:
+        """The names in directory ``path``.
+
+        Yield names (str), or ``(name, attributes)`` pairs to save a
+        ``getattr`` per entry when the kernel asks for attributes
+        (READDIRPLUS).  "." and ".." are added when missing.
+        """
+        raise _enosys()
+
+    def releasedir(self, path: str, fh: int) -> None:
+        """The directory handle is closed."""
+
+    def fsyncdir(self, path: str, datasync: bool, fh: int) -> None:
+        """Flush the directory to stable storage."""
+        raise _enosys()
+
+    # -- filesystem, xattrs -----------------------------------------------------------------
+
+    def statfs(self, path: str) -> StatvfsData | os.statvfs_result:
+        """Filesystem statistics (``os.statvfs(...)`` will do)."""
+        return StatvfsData()
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
+        """Set extended attribute ``name`` (XATTR_CREATE / XATTR_REPLACE ``flags``)."""
+        raise _enosys()
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        """Value of extended attribute ``name``; raise ENODATA if absent."""
+        raise _enosys()
+
+    def listxattr(self, path: str) -> Sequence[str]:
+        """Names of the extended attributes of ``path``."""
+        raise _enosys()
+
+    def removexattr(self, path: str, name: str) -> None:
+        """Remove extended attribute ``name``; raise ENODATA if absent."""
+        raise _enosys()
+
+
+def _overrides(obj: object, name: str, base: type) -> bool:
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
+
+
+class _Node:
+    __slots__ = ("hidden", "ident", "last", "links", "nlookup", "nodeid", "opens",
+                 "stale_path")
+
+    def __init__(self, nodeid: int) -> None:
+        self.nodeid = nodeid
+        #: (parent nodeid, name) of each name this node is known under
+        self.links: list[tuple[int, bytes]] = []
+        #: the subset of links that are hidden open-unlinked names
+        self.hidden: list[tuple[int, bytes]] = []
+        self.nlookup = 0
+        self.opens = 0
+        #: the user's st_ino (use_ino), or None
+        self.ident: int | None = None
+        #: the last path of a node that lost all its names
+        self.stale_path = b"/"
+        #: the last attributes answered (fstat of a removed, still open directory)
+        self.last: EntryAttributes | None = None
+
+
+class _DirHandle:
+    __slots__ = ("entries", "nodeid", "user_fh")
+
+    def __init__(self, nodeid: int, user_fh: int) -> None:
+        self.nodeid = nodeid
+        self.user_fh = user_fh
+        self.entries: list[tuple[bytes, Attributes | None]] | None = None
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + name if parent == b"/" else parent + b"/" + name
+
+
+class PathAdapter(Operations):
+    """Serve a :class:`PathOperations` filesystem through the inode API.
+
+    ``PathAdapter(fs)`` is an ordinary :class:`~fusewire.Operations`, so it
+    goes wherever one does (``Server``, the emulator, ``fusewire mount
+    MODULE:CLASS`` when CLASS is a PathOperations subclass).
+    """
+
+    def __init__(self, fs: PathOperations) -> None:
+        self.fs = fs
+        self._lock = threading.RLock()
+        root = _Node(_ROOT)
+        root.nlookup = 1
+        self._nodes: dict[int, _Node] = {_ROOT: root}
+        self._children: dict[tuple[int, bytes], int] = {}
+        self._by_ident: dict[int, int] = {}
+        self._next_node = 2
+        #: adapter fh -> (nodeid, user's fh)
+        self._files: dict[int, tuple[int, int]] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._hidden_seq = 0
+        #: (parent, name) of the hidden names of open-unlinked files
+        self._hidden: set[tuple[int, bytes]] = set()
+        # methods the filesystem lacks stay unimplemented here, so the kernel
+        # stops asking (and falls back where it can: CREATE -> MKNOD + OPEN)
+        for name in ("create", "lseek", "fsync", "fsyncdir", "fallocate", "access", "setxattr",
+                     "getxattr", "listxattr", "removexattr", "link", "symlink", "readlink",
+                     "mknod"):
+            if not _overrides(fs, name, PathOperations):
+                setattr(self, name, getattr(Operations, name).__get__(self))
+        if not _overrides(fs, "create", PathOperations):
+            self.tmpfile = Operations.tmpfile.__get__(self)  # type: ignore[method-assign]
+        if not (_overrides(fs, "flush", PathOperations)):
+            self.flush = Operations.flush.__get__(self)  # type: ignore[method-assign]
+
+    # -- the table ----------------------------------------------------------------------
+
+    def _path(self, nodeid: int) -> bytes:
+        """The current path of ``nodeid`` (bytes), computed from parent links."""
+        parts: list[bytes] = []
+        nodes = self._nodes
+        n = nodeid
+        seen = 0
+        while n != _ROOT:
+            node = nodes.get(n)
+            if node is None:
+                raise FUSEError(errno.ESTALE)
+            if not node.links:
+                parts.append(node.stale_path.lstrip(b"/"))
+                break
+            n, name = node.links[0]
+            parts.append(name)
+            seen += 1
+            if seen > 4096:
+                raise FUSEError(errno.ELOOP)
+        if not parts:
+            return b"/"
+        return b"/" + b"/".join(reversed(parts))
+
+    def _spath(self, nodeid: int) -> str:
+        return os.fsdecode(self._path(nodeid))
+
+    def _child_path(self, parent: int, name: bytes) -> str:
+        return os.fsdecode(_join(self._path(parent), name))
+
+    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        try:
+            return fn(*args)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO)
+
+    def _ctx(self, ctx: RequestContext) -> None:
+        _local.ctx = ctx
+
+    def _attr(self, raw: Any, nodeid: int, hidden_links: int = 0) -> EntryAttributes:
+        fs = self.fs
+        if isinstance(raw, EntryAttributes):
+            a = raw.copy()
+            a.st_ino = nodeid
+            a.entry_timeout = fs.entry_timeout
+            a.attr_timeout = fs.attr_timeout
+        elif isinstance(raw, os.stat_result):
+            a = EntryAttributes.from_stat(raw, st_ino=nodeid, entry_timeout=fs.entry_timeout,
+                                          attr_timeout=fs.attr_timeout)
+        else:
+            a = self.convert_attributes(raw, nodeid)
+        if hidden_links:
+            a.st_nlink = max(0, a.st_nlink - hidden_links)
+        return a
+
+    def convert_attributes(self, raw: Any, nodeid: int) -> EntryAttributes:
+        """Turn another kind of ``getattr`` result into attributes (compat layers override)."""
+        raise TypeError(f"getattr returned {type(raw).__name__}, not os.stat_result or "
+                        "EntryAttributes")
+
+    @staticmethod
+    def _ident(raw: Any) -> int | None:
+        ino = getattr(raw, "st_ino", None)
+        if ino is None and isinstance(raw, Mapping):
+            ino = raw.get("st_ino")
+        return int(ino) if ino else None
+
+    def _link_node(self, parent: int, name: bytes, raw: Any) -> _Node:
+        """The node for ``name`` in ``parent`` (created if new); does not count a lookup."""
+        key = (parent, name)
+        nodes = self._nodes
+        with self._lock:
+            ident = self._ident(raw) if self.fs.use_ino else None
+            current = self._children.get(key)
+            if current is not None:
+                node = nodes[current]
+                if ident is None or node.ident == ident:
+                    return node
+                self._unlink_entry(parent, name)      # replaced behind our back
+            node_id = self._by_ident.get(ident) if ident is not None else None
+            if node_id is not None and node_id in nodes:
+                node = nodes[node_id]
+            else:
+                node = _Node(self._next_node)
+                self._next_node += 1
+                node.ident = ident
+                nodes[node.nodeid] = node
+                if ident is not None:
+                    self._by_ident[ident] = node.nodeid
+            node.links.append(key)
+            self._children[key] = node.nodeid
+            return node
+
+    def _unlink_entry(self, parent: int, name: bytes) -> _Node | None:
+        """Forget the name ``(parent, name)``; return the node it named."""
+        with self._lock:
+            nodeid = self._children.pop((parent, name), None)
+            if nodeid is None:
+                return None
+            node = self._nodes.get(nodeid)
+            if node is None:
+                return None
+            key = (parent, name)
+            if key in node.links:
+                if len(node.links) == 1:
+                    node.stale_path = self._path(nodeid)
+                node.links.remove(key)
+            self._maybe_drop(node)
+            return node
+
+    def _maybe_drop(self, node: _Node) -> None:
+        if node.nodeid == _ROOT or node.nlookup > 0 or node.opens > 0:
+            return
+        self._nodes.pop(node.nodeid, None)
+        for key in node.links:
+            if self._children.get(key) == node.nodeid:
+                del self._children[key]
+        node.links.clear()
+        if node.ident is not None and self._by_ident.get(node.ident) == node.nodeid:
+            del self._by_ident[node.ident]
+
+    def _entry(self, parent: int, name: bytes, path: str) -> EntryAttributes:
+        """getattr + a counted lookup of ``name`` in ``parent``."""
+        raw = self._call(self.fs.getattr, path, None)
+        node = self._link_node(parent, name, raw)
+        with self._lock:
+            node.nlookup += 1
+        a = self._attr(raw, node.nodeid, len(node.hidden))
+        node.last = a
+        return a
+
+    @staticmethod
+    def _check_name(name: bytes) -> None:
+        if name.startswith(_HIDDEN_PREFIX):
+            raise FUSEError(errno.ENOENT)
+
+    # -- Operations ------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Calls the filesystem's ``init``."""
+        self.fs.init()
+
+    def destroy(self) -> None:
+        """Calls the filesystem's ``destroy``."""
+        self.fs.destroy()
+
+    def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        """getattr of the child path; counts one lookup of its node."""
+        self._ctx(ctx)
+        if (parent_inode, name) in self._hidden:
+            raise FUSEError(errno.ENOENT)
+        path = self._child_path(parent_inode, name)
+        try:
+            return self._entry(parent_inode, name, path)
+        except FUSEError as exc:
+            if exc.errno == errno.ENOENT:
+                self._unlink_entry(parent_inode, name)
+                if self.fs.negative_timeout > 0:
+                    return EntryAttributes(0, entry_timeout=self.fs.negative_timeout)
+            raise
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Give back lookups; drop nodes nobody holds."""
+        with self._lock:
+            for nodeid, n in inode_list:
+                node = self._nodes.get(nodeid)
+                if node is None or nodeid == _ROOT:
+                    continue
+                node.nlookup = max(0, node.nlookup - n)
+                self._maybe_drop(node)
+
+    def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+        """getattr of the node's current path."""
+        self._ctx(ctx)
+        node = self._nodes.get(inode)
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        fh = None
+        if node.opens and not node.links:
+            fh = self._any_fh(inode)
+        try:
+            raw = self._call(self.fs.getattr, self._spath(inode), fh)
+        except FUSEError as exc:
+            if exc.errno != errno.ENOENT or node.links or node.last is None:
+                raise
+            gone = node.last.copy()       # removed while open: as fstat on a local disk
+            gone.st_nlink = 0
+            return gone
+        a = self._attr(raw, inode, len(node.hidden))
+        node.last = a
+        return a
+
+    def _any_fh(self, inode: int) -> int | None:
+        for nodeid, user_fh in self._files.values():
+            if nodeid == inode:
+                return user_fh
+        return None
+
+    def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+                fh: int | None, ctx: RequestContext) -> EntryAttributes:
+        """chmod / chown / truncate / utimens, then getattr."""
+        self._ctx(ctx)
+        fs = self.fs
+        path = self._spath(inode)
+        ufh = self._files[fh][1] if fh is not None and fh in self._files else None
+        if fields.update_mode:
+            self._call(fs.chmod, path, attr.st_mode, ufh)
+        if fields.update_uid or fields.update_gid:
+            self._call(fs.chown, path, attr.st_uid if fields.update_uid else -1,
+                       attr.st_gid if fields.update_gid else -1, ufh)
+        if fields.update_size:
+            self._call(fs.truncate, path, attr.st_size, ufh)
+        if fields.update_atime or fields.update_mtime:
+            self._call(fs.utimens, path,
+                       attr.st_atime_ns if fields.update_atime else None,
+                       attr.st_mtime_ns if fields.update_mtime else None, ufh)
+        node = self._nodes.get(inode)
+        raw = self._call(fs.getattr, path, ufh)
+        return self._attr(raw, inode, len(node.hidden) if node is not None else 0)
+
+    def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+        """The symlink's target, encoded with os.fsencode."""
+        self._ctx(ctx)
+        return os.fsencode(self._call(self.fs.readlink, self._spath(inode)))
+
+    def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+        """The filesystem's ``access`` (raise to refuse)."""
+        self._ctx(ctx)
+        self._call(self.fs.access, self._spath(inode), mode)
+        return True
+
+    # -- names --------------------------------------------------------------------------
+
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """mknod then getattr."""
+        self._ctx(ctx)
+        self._check_name(name)
+        path = self._child_path(parent_inode, name)
+        self._call(self.fs.mknod, path, mode & ~ctx.umask, rdev)
+        return self._entry(parent_inode, name, path)
+
+    def mkdir(self, parent_inode: int, name: bytes, mode: int,
+              ctx: RequestContext) -> EntryAttributes:
+        """mkdir then getattr."""
+        self._ctx(ctx)
+        self._check_name(name)
+        path = self._child_path(parent_inode, name)
+        self._call(self.fs.mkdir, path, mode & ~ctx.umask & 0o7777)
+        return self._entry(parent_inode, name, path)
+
+    def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                ctx: RequestContext) -> EntryAttributes:
+        """symlink then getattr."""
+        self._ctx(ctx)
+        self._check_name(name)
+        path = self._child_path(parent_inode, name)
+        self._call(self.fs.symlink, path, os.fsdecode(target))
+        return self._entry(parent_inode, name, path)
+
+    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+             ctx: RequestContext) -> EntryAttributes:
+        """link then getattr."""
+        self._ctx(ctx)
+        self._check_name(new_name)
+        path = self._child_path(new_parent_inode, new_name)
+        self._call(self.fs.link, self._spath(inode), path)
+        if not self.fs.use_ino:
+            return self._entry(new_parent_inode, new_name, path)
+        raw = self._call(self.fs.getattr, path, None)
+        with self._lock:
+            node = self._nodes[inode]
+            key = (new_parent_inode, new_name)
+            if key not in node.links:
+                node.links.append(key)
+            self._children[key] = inode
+            node.nlookup += 1
+            if node.ident is None:
+                node.ident = self._ident(raw)
+                if node.ident is not None:
+                    self._by_ident[node.ident] = inode
+        return self._attr(raw, inode, len(node.hidden))
+
+    def _hide(self, parent: int, name: bytes, node: _Node) -> bool:
+        """Rename an open node's last visible name to a hidden one; True if done."""
+        if self.fs.hard_remove or node.opens == 0 or len(node.links) - len(node.hidden) > 1:
+            return False
+        with self._lock:
+            self._hidden_seq += 1
+            hidden = b"%s%08x%08x" % (_HIDDEN_PREFIX, node.nodeid & 0xFFFFFFFF,
+                                      self._hidden_seq)
+        parent_path = self._path(parent)
+        self._call(self.fs.rename, os.fsdecode(_join(parent_path, name)),
+                   os.fsdecode(_join(parent_path, hidden)), 0)
+        with self._lock:
+            key = (parent, name)
+            self._children.pop(key, None)
+            if key in node.links:
+                node.links.remove(key)
+            hkey = (parent, hidden)
+            node.links.append(hkey)
+            node.hidden.append(hkey)
+            self._children[hkey] = node.nodeid
+            self._hidden.add(hkey)
+        return True
+
+    def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """unlink, or hide the name while the file is open."""
+        self._ctx(ctx)
+        self._check_name(name)
+        nodeid = self._children.get((parent_inode, name))
+        node = self._nodes.get(nodeid) if nodeid is not None else None
+        if node is not None and self._hide(parent_inode, name, node):
+            return
+        self._call(self.fs.unlink, self._child_path(parent_inode, name))
+        self._unlink_entry(parent_inode, name)
+
+    def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+        """rmdir."""
+        self._ctx(ctx)
+        self._check_name(name)
+        self._call(self.fs.rmdir, self._child_path(parent_inode, name))
+        self._unlink_entry(parent_inode, name)
+
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+               name_new: bytes, flags: int, ctx: RequestContext) -> None:
+        """rename; the table follows (children of a renamed directory included)."""
+        self._ctx(ctx)
+        self._check_name(name_old)
+        self._check_name(name_new)
+        old = self._child_path(parent_inode_old, name_old)
+        new = self._child_path(parent_inode_new, name_new)
+        src_key, dst_key = (parent_inode_old, name_old), (parent_inode_new, name_new)
+        exchange = bool(flags & 2)
+        if not exchange and not flags & 1 and dst_key != src_key:
+            victim_id = self._children.get(dst_key)
+            victim = self._nodes.get(victim_id) if victim_id is not None else None
+            if victim is not None and victim.opens:
+                # keep an open file that the rename replaces alive under a hidden name
+                try:
+                    self._call(self.fs.getattr, old, None)
+                except FUSEError:
+                    pass
+                else:
+                    self._hide(parent_inode_new, name_new, victim)
+        self._call(self.fs.rename, old, new, flags)
+        if src_key == dst_key:
+            return
+        with self._lock:
+            src = self._children.pop(src_key, None)
+            dst = self._children.pop(dst_key, None)
+            for nodeid, frm, to in ((src, src_key, dst_key), (dst, dst_key, src_key)):
+                if nodeid is None:
+                    continue
+                node = self._nodes.get(nodeid)
+                if node is None:
+                    continue
+                if frm in node.links:
+                    i = node.links.index(frm)
+                    if nodeid == src or exchange:
+                        node.links[i] = to
+                    else:      # the replaced target lost its name
+                        if len(node.links) == 1:
+                            node.stale_path = os.fsencode(new)
+                        del node.links[i]
+                        self._maybe_drop(node)
+            if src is not None:
+                self._children[dst_key] = src
+            if exchange and dst is not None:
+                self._children[src_key] = dst
+
+    # -- files ----------------------------------------------------------------------------
+
+    def _new_fh(self, nodeid: int, user_fh: int) -> int:
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._files[fh] = (nodeid, user_fh)
+            self._nodes[nodeid].opens += 1
+        return fh
+
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+               ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """create then getattr."""
+        self._ctx(ctx)
+        self._check_name(name)
+        path = self._child_path(parent_inode, name)
+        user_fh = self._call(self.fs.create, path, mode & ~ctx.umask, flags)
+        attr = self._entry(parent_inode, name, path)
+        return FileInfo(fh=self._new_fh(attr.st_ino, int(user_fh or 0))), attr
+
+    def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+        """open by path; the kernel gets the adapter's handle."""
+        self._ctx(ctx)
+        if inode not in self._nodes:
+            raise FUSEError(errno.ESTALE)
+        user_fh = self._call(self.fs.open, self._spath(inode), flags)
+        return self.file_info(self._new_fh(inode, int(user_fh or 0)), flags)
+
+    def file_info(self, fh: int, flags: int) -> FileInfo:
+        """The FileInfo for a new handle (compat layers set caching flags here)."""
+        return FileInfo(fh=fh)
+
+    def _file(self, fh: int) -> tuple[str, int]:
+        try:
+            nodeid, user_fh = self._files[fh]
+        except KeyError:
+            raise FUSEError(errno.EBADF)
+        return self._spath(nodeid), user_fh
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        """read(path, size, offset, fh)."""
+        path, user_fh = self._file(fh)
+        return self._call(self.fs.read, path, size, off, user_fh)
+
+    def write(self, fh: int, off: int, buf: memoryview) -> int:
+        """write(path, data, offset, fh)."""
+        path, user_fh = self._file(fh)
+        return int(self._call(self.fs.write, path, bytes(buf), off, user_fh))
+
+    def flush(self, fh: int) -> None:
+        """flush(path, fh)."""
+        path, user_fh = self._file(fh)
+        self._call(self.fs.flush, path, user_fh)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        """fsync(path, datasync, fh)."""
+        path, user_fh = self._file(fh)
+        self._call(self.fs.fsync, path, datasync, user_fh)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int,
+                  ctx: RequestContext) -> None:
+        """fallocate(path, mode, offset, length, fh)."""
+        self._ctx(ctx)
+        path, user_fh = self._file(fh)
+        self._call(self.fs.fallocate, path, mode, offset, length, user_fh)
+
+    def lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
+        """lseek(path, offset, whence, fh) for SEEK_DATA / SEEK_HOLE."""
+        self._ctx(ctx)
+        path, user_fh = self._file(fh)
+        return int(self._call(self.fs.lseek, path, offset, whence, user_fh))
+
+    def tmpfile(self, parent_inode: int, mode: int, flags: int,
+                ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        """O_TMPFILE: ``create`` under a hidden name, removed at release unless linked."""
+        self._ctx(ctx)
+        with self._lock:
+            self._hidden_seq += 1
+            name = b"%s%08x%08x" % (_HIDDEN_PREFIX, 0, self._hidden_seq)
+        path = self._child_path(parent_inode, name)
+        user_fh = self._call(self.fs.create, path, mode & ~ctx.umask,
+                             flags & ~os.O_TMPFILE | os.O_CREAT | os.O_EXCL)
+        key = (parent_inode, name)
+        with self._lock:
+            self._hidden.add(key)
+        try:
+            attr = self._entry(parent_inode, name, path)
+        except FUSEError:
+            self._hidden.discard(key)
+            raise
+        node = self._nodes[attr.st_ino]
+        with self._lock:
+            node.hidden.append(key)
+        attr.st_nlink = max(0, attr.st_nlink - 1)
+        return FileInfo(fh=self._new_fh(attr.st_ino, int(user_fh or 0))), attr
+
+    def release(self, fh: int) -> None:
+        """release(path, fh); a hidden (unlinked while open) file is removed now."""
+        entry = self._files.pop(fh, None)
+        if entry is None:
+            return
+        nodeid, user_fh = entry
+        try:
+            self._call(self.fs.release, self._spath(nodeid), user_fh)
+        finally:
+            with self._lock:
+                node = self._nodes.get(nodeid)
+                if node is not None:
+                    node.opens -= 1
+            if node is not None and node.opens == 0:
+                self._remove_hidden(node)
+                with self._lock:
+                    self._maybe_drop(node)
+
+    def _remove_hidden(self, node: _Node) -> None:
+        for key in list(node.hidden):
+            parent, name = key
+            try:
+                self._call(self.fs.unlink, os.fsdecode(_join(self._path(parent), name)))
+            except FUSEError:
+                pass
+            with self._lock:
+                node.hidden.remove(key)
+                self._hidden.discard(key)
+                if key in node.links:
+                    if len(node.links) == 1:
+                        node.stale_path = self._path(node.nodeid)
+                    node.links.remove(key)
+                if self._children.get(key) == node.nodeid:
+                    del self._children[key]
+
+    # -- directories ------------------------------------------------------------------------
+
+    def opendir(self, inode: int, ctx: RequestContext) -> int:
+        """opendir by path."""
+        self._ctx(ctx)
+        if inode not in self._nodes:
+            raise FUSEError(errno.ESTALE)
+        user_fh = self._call(self.fs.opendir, self._spath(inode))
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = _DirHandle(inode, int(user_fh or 0))
+            self._nodes[inode].opens += 1
+        return fh
+
+    def _list(self, d: _DirHandle) -> list[tuple[bytes, Attributes | None]]:
+        path = self._spath(d.nodeid)
+        out: list[tuple[bytes, Attributes | None]] = []
+        names = set()
+        for item in self._call(lambda: list(self.fs.readdir(path, d.user_fh))):
+            name, attr = self.split_entry(item)
+            bname = os.fsencode(name)
+            if (d.nodeid, bname) in self._hidden:
+                continue
+            names.add(bname)
+            out.append((bname, attr))
+        head: list[tuple[bytes, Attributes | None]] = [
+            (n, None) for n in (b".", b"..") if n not in names]
+        return head + out
+
+    def split_entry(self, item: Any) -> tuple[str, Any]:
+        """``readdir`` item -> (name, attributes or None); compat layers override."""
+        if isinstance(item, tuple):
+            return item[0], item[1]
+        return item, None
+
+    def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        """List a snapshot of the directory taken at offset 0 (stable cookies)."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        if d.entries is None or start_id == 0:
+            d.entries = self._list(d)
+        entries = d.entries
+        plus = token.plus
+        dirpath = self._path(d.nodeid)
+        for i in range(start_id, len(entries)):
+            name, raw = entries[i]
+            if name in (b".", b".."):
+                ino = d.nodeid if name == b"." else self._parent_of(d.nodeid)
+                if not token.add(name, EntryAttributes(ino, st_mode=stat.S_IFDIR), i + 1):
+                    return
+                continue
+            if not plus:
+                with self._lock:
+                    known = self._children.get((d.nodeid, name))
+                mode = int(getattr(raw, "st_mode", 0) or 0)
+                if not token.add_name(name, known or _UNKNOWN_INO, mode, i + 1):
+                    return
+                continue
+            path = os.fsdecode(_join(dirpath, name))
+            try:
+                if raw is None:
+                    raw = self._call(self.fs.getattr, path, None)
+            except FUSEError:
+                continue            # vanished since the listing
+            node = self._link_node(d.nodeid, name, raw)
+            a = self._attr(raw, node.nodeid, len(node.hidden))
+            if not token.add(name, a, i + 1):
+                with self._lock:
+                    self._maybe_drop(node)
+                return
+            with self._lock:
+                node.nlookup += 1
+
+    def _parent_of(self, nodeid: int) -> int:
+        node = self._nodes.get(nodeid)
+        return node.links[0][0] if node is not None and node.links else _ROOT
+
+    def releasedir(self, fh: int) -> None:
+        """releasedir(path, fh)."""
+        d = self._dirs.pop(fh, None)
+        if d is None:
+            return
+        try:
+            self._call(self.fs.releasedir, self._spath(d.nodeid), d.user_fh)
+        finally:
+            with self._lock:
+                node = self._nodes.get(d.nodeid)
+                if node is not None:
+                    node.opens -= 1
+                    self._maybe_drop(node)
+
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        """fsyncdir(path, datasync, fh)."""
+        d = self._dirs.get(fh)
+        if d is None:
+            raise FUSEError(errno.EBADF)
+        self._call(self.fs.fsyncdir, self._spath(d.nodeid), datasync, d.user_fh)
+
+    # -- filesystem, xattrs ---------------------------------------------------------------
+
+    def statfs(self, ctx: RequestContext) -> StatvfsData:
+        """statfs("/")."""
+        self._ctx(ctx)
+        s = self._call(self.fs.statfs, "/")
+        if isinstance(s, StatvfsData):
+            return s
+        if isinstance(s, os.statvfs_result):
+            return StatvfsData(s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail,
+                               s.f_files, s.f_ffree, s.f_favail, s.f_namemax)
+        return self.convert_statfs(s)
+
+    def convert_statfs(self, raw: Any) -> StatvfsData:
+        """Turn another kind of ``statfs`` result into StatvfsData (compat layers override)."""
+        raise TypeError(f"statfs returned {type(raw).__name__}")
+
+    def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
+                 ctx: RequestContext) -> None:
+        """setxattr(path, name, value, flags)."""
+        self._ctx(ctx)
+        self._call(self.fs.setxattr, self._spath(inode), os.fsdecode(name), bytes(value),
+                   flags)
+
+    def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+        """getxattr(path, name)."""
+        self._ctx(ctx)
+        return bytes(self._call(self.fs.getxattr, self._spath(inode), os.fsdecode(name)))
+
+    def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
+        """listxattr(path), names encoded with os.fsencode."""
+        self._ctx(ctx)
+        return [os.fsencode(n) for n in self._call(self.fs.listxattr, self._spath(inode))]
+
+    def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+        """removexattr(path, name)."""
+        self._ctx(ctx)
+        self._call(self.fs.removexattr, self._spath(inode), os.fsdecode(name))
+
+    # -- crash recovery ("handles" mode) ------------------------------------------------------
+
+    def handle_of(self, inode: int) -> bytes | None:
+        """The node's path (its stable handle), with its nodeid."""
+        with self._lock:
+            if inode not in self._nodes:
+                return None
+            return _HANDLE_MAGIC + struct.pack("<Q", inode) + self._path(inode)
+
+    def inode_for_handle(self, handle: bytes) -> int:
+        """The nodeid of a :meth:`handle_of` handle whose path still names it."""
+        if not handle.startswith(_HANDLE_MAGIC) or len(handle) < 12:
+            raise FUSEError(errno.ESTALE)
+        nodeid = struct.unpack_from("<Q", handle, 4)[0]
+        if nodeid in self._nodes and self._path(nodeid) == handle[12:]:
+            return int(nodeid)
+        raise FUSEError(errno.ESTALE)
+
+    def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
+        """Rebuild the table from ``nodeid -> (handle, lookup count)``; return what is lost."""
+        lost: list[int] = []
+        parsed = []
+        for nodeid, (handle, count) in nodes.items():
+            if not handle.startswith(_HANDLE_MAGIC) or nodeid == _ROOT:
+                if nodeid != _ROOT:
+                    lost.append(nodeid)
+                continue
+            parsed.append((handle[12:], nodeid, count))
+        parsed.sort(key=lambda t: t[0].count(b"/"))
+        with self._lock:
+            by_path = {b"/": _ROOT}
+            for path, nodeid, count in parsed:
+                parent_path, _, name = path.rpartition(b"/")
+                parent_path = parent_path or b"/"
+                parent = by_path.get(parent_path)
+                if parent is None:
+                    parent = self._import_path(parent_path, by_path)
+                node = self._nodes.get(nodeid) or _Node(nodeid)
+                node.nlookup = count
+                key = (parent, name)
+                if key not in node.links:
+                    node.links.append(key)
+                if name.startswith(_HIDDEN_PREFIX):
+                    node.hidden.append(key)
+                    self._hidden.add(key)
+                self._nodes[nodeid] = node
+                self._children[key] = nodeid
+                by_path[path] = nodeid
+                self._next_node = max(self._next_node, nodeid + 1)
+        return lost
+
+    def _import_path(self, path: bytes, by_path: dict[bytes, int]) -> int:
+        """A node for a directory the kernel holds no count of (a parent of one it does)."""
+        parent_path, _, name = path.rpartition(b"/")
+        parent_path = parent_path or b"/"
+        parent = by_path.get(parent_path)
+        if parent is None:
+            parent = self._import_path(parent_path, by_path)
+        node = _Node(self._next_node)
+        self._next_node += 1
+        node.links.append((parent, name))
+        node.nlookup = 1     # kept: it is only a path component
+        self._nodes[node.nodeid] = node
+        self._children[(parent, name)] = node.nodeid
+        by_path[path] = node.nodeid
+        return node.nodeid
+
+    def reopen_handle(self, fh: int, inode: int, flags: int) -> None:
+        """Make a previous process's handle ``fh`` valid here: open the path again."""
+        if inode not in self._nodes:
+            raise FUSEError(errno.ESTALE)
+        path = self._spath(inode)
+        st = self._call(self.fs.getattr, path, None)
+        if stat.S_ISDIR(getattr(st, "st_mode", 0)) or flags & os.O_DIRECTORY:
+            user_fh = self._call(self.fs.opendir, path)
+            with self._lock:
+                self._dirs[fh] = _DirHandle(inode, int(user_fh or 0))
+        else:
+            user_fh = self._call(self.fs.open, path,
+                                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
+            with self._lock:
+                self._files[fh] = (inode, int(user_fh or 0))
+        with self._lock:
+            self._nodes[inode].opens += 1
+            self._next_fh = max(self._next_fh, fh + 1)
