@@ -683,11 +683,39 @@ class PathAdapter(Operations):
         self._unlink_entry(parent_inode, name)
 
     def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
-        """rmdir."""
+        """rmdir; hidden open-unlinked files inside move to the root first."""
         self._ctx(ctx)
         self._check_name(name)
-        self._call(self.fs.rmdir, self._child_path(parent_inode, name))
+        path = self._child_path(parent_inode, name)
+        try:
+            self._call(self.fs.rmdir, path)
+        except FUSEError as exc:
+            dirid = self._children.get((parent_inode, name))
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or dirid is None or \
+                    not self._evict_hidden(dirid):
+                raise
+            self._call(self.fs.rmdir, path)
         self._unlink_entry(parent_inode, name)
+
+    def _evict_hidden(self, dirid: int) -> bool:
+        """Move the hidden names in directory ``dirid`` to the root; True if any moved."""
+        keys = [k for k in self._hidden if k[0] == dirid]
+        for key in keys:
+            nodeid = self._children.get(key)
+            node = self._nodes.get(nodeid) if nodeid is not None else None
+            if node is None:
+                return False
+            new = (_ROOT, key[1])
+            self._call(self.fs.rename, os.fsdecode(_join(self._path(dirid), key[1])),
+                       os.fsdecode(_join(b"/", key[1])), 0)
+            with self._lock:
+                self._hidden.discard(key)
+                self._hidden.add(new)
+                node.links[node.links.index(key)] = new
+                node.hidden[node.hidden.index(key)] = new
+                del self._children[key]
+                self._children[new] = node.nodeid
+        return bool(keys)
 
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
