@@ -782,7 +782,7 @@ class PathAdapter(Operations):
         path = self._child_path(parent_inode, name)
         user_fh = self._call(self.fs.create, path, mode & ~ctx.umask, flags)
         attr = self._entry(parent_inode, name, path)
-        return FileInfo(fh=self._new_fh(attr.st_ino, int(user_fh or 0))), attr
+        return self.file_info(self._new_fh(attr.st_ino, int(user_fh or 0)), flags), attr
 
     def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         """open by path; the kernel gets the adapter's handle."""
