@@ -52,6 +52,7 @@ __all__ = [
     "FUSE",
     "FuseOSError",
     "LoggingMixIn",
+    "MountError",
     "Operations",
     "ReadDirResult",
     "fuse_config",
@@ -82,6 +83,10 @@ _OWN_OPTIONS = {"foreground", "nothreads", "debug", "raw_fi", "encoding", "use_i
                 "sync_read"}
 
 _servers: list[Any] = []
+
+
+class MountError(RuntimeError):
+    """``FUSE(...)`` could not mount (a RuntimeError, as fusepy raises); the reason was printed."""
 
 
 class FuseOSError(OSError):
@@ -701,14 +706,14 @@ class FUSE:
             server = Server(_Adapter(bridge), mountpoint, options, debug=debug, fsname=fsname)
         except ValueError as exc:
             sys.stderr.write(f"fuse: {exc}\n")
-            raise RuntimeError(1) from None
+            raise MountError(1) from None
         self.server = server
         try:
             server.mount()
         except OSError as exc:
             sys.stderr.write(f"fuse: cannot mount {mountpoint}: {exc.strerror or exc}\n")
             server.close()
-            raise RuntimeError(1) from None
+            raise MountError(1) from None
         if not foreground:
             self._daemonize(server)
         _servers.append(server)
@@ -771,7 +776,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     # as "python SCRIPT" would: __builtins__ is the module, not its dict (fusepy's
     # memory.py tests hasattr(__builtins__, "bytes"))
-    runpy.run_path(script, init_globals={"__builtins__": builtins}, run_name="__main__")
+    try:
+        runpy.run_path(script, init_globals={"__builtins__": builtins}, run_name="__main__")
+    except MountError:
+        return 1            # the reason is already on stderr, in one line
     return 0
 
 
