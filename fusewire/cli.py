@@ -187,10 +187,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _version() -> str:
+    from fusewire import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree, with plugin subcommands."""
     parser = argparse.ArgumentParser(prog="fusewire", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("--version", action="version", version=f"fusewire {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_mount(sub)
     for name in PLUGINS:
