@@ -159,9 +159,8 @@ class Mirror(PathOperations):
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "-o"]
     options = [argv[i + 1] for i, a in enumerate(argv) if a == "-o" and i + 1 < len(argv)]
-    paths = [a for a in args if a not in options]
+    paths = [a for i, a in enumerate(argv) if a != "-o" and (i == 0 or argv[i - 1] != "-o")]
     if len(paths) != 2:
         sys.stderr.write("usage: python mirror.py SOURCE MOUNTPOINT [-o OPTIONS]\n")
         return 2

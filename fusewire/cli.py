@@ -60,8 +60,12 @@ def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operation
                            kernel_passthrough=kp)
     if ":" in kind:
         module, _, cls = kind.partition(":")
-        factory: Callable[[], Operations] = getattr(importlib.import_module(module), cls)
+        factory: Callable[[], Any] = getattr(importlib.import_module(module), cls)
         ops = factory()
+        from fusewire.pathops import PathAdapter, PathOperations
+
+        if isinstance(ops, PathOperations):
+            ops = PathAdapter(ops)          # a path-based filesystem
         if not isinstance(ops, Operations):
             raise SystemExit(f"{kind} is not an Operations subclass")
         return ops

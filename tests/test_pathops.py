@@ -232,3 +232,12 @@ def test_rename_over_open_file(mirrored: Any) -> None:
         assert (mnt / "old").read_bytes() == b"new contents"
         assert sorted(os.listdir(mnt)) == ["old"]
     assert _eventually(lambda: sorted(os.listdir(src)) == ["old"])
+
+
+@pytest.mark.fuse
+def test_cli_mounts_a_path_filesystem(fuse_server_factory: Any, tmp_path: Path) -> None:
+    srv = fuse_server_factory(["pathfs_cli:Greeting"], tmp_path / "mnt",
+                              pythonpath=[str(Path(__file__).with_name("compat_fs"))])
+    mnt = srv.mountpoint
+    assert os.listdir(mnt) == ["greeting"]
+    assert (mnt / "greeting").read_bytes() == b"greetings from a path filesystem\n"
