@@ -60,8 +60,8 @@ def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operation
                            kernel_passthrough=kp)
     if ":" in kind:
         module, _, cls = kind.partition(":")
-        factory: Callable[[], Any] = getattr(importlib.import_module(module), cls)
-        ops = factory()
+        factory: Callable[..., Any] = getattr(importlib.import_module(module), cls)
+        ops = factory() if source is None else factory(source)
         from fusewire.pathops import PathAdapter, PathOperations
 
         if isinstance(ops, PathOperations):
@@ -75,7 +75,7 @@ def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operation
 def _add_mount(sub: Any) -> None:
     p = sub.add_parser("mount", help="mount a filesystem",
                        description="Mount memfs, passthrough, or MODULE:CLASS.")
-    p.add_argument("fs", help="memfs, passthrough, or MODULE:CLASS")
+    p.add_argument("fs", help="memfs, passthrough, or MODULE:CLASS (CLASS(SOURCE) with a SOURCE)")
     p.add_argument("paths", nargs="+", help="[SOURCE] MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[], help="mount options")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
@@ -96,6 +96,8 @@ def _add_mount(sub: Any) -> None:
 
 
 def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
+    if ":" in args.fs and len(args.paths) == 2:      # MODULE:CLASS SOURCE MOUNTPOINT
+        return os.path.abspath(args.paths[0]), args.paths[1]
     if args.fs == "passthrough":
         if len(args.paths) != 2:
             raise SystemExit("usage: fusewire mount passthrough SOURCE MOUNTPOINT")

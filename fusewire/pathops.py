@@ -76,7 +76,9 @@ _ROOT = 1
 _HIDDEN_PREFIX = b".fuse_hidden"
 #: d_ino of a listed name the kernel has not looked up (libfuse uses the same value)
 _UNKNOWN_INO = 0xFFFFFFFF
-_HANDLE_MAGIC = b"FWP1"
+_HANDLE_MAGIC = b"FWP2"
+#: handle_of: magic, nodeid, parent nodeid; the name follows
+_HANDLE = struct.Struct("<4sQQ")
 _T = TypeVar("_T")
 
 #: what ``getattr`` may return
@@ -351,6 +353,9 @@ class PathAdapter(Operations):
         self._hidden_seq = 0
         #: (parent, name) of the hidden names of open-unlinked files
         self._hidden: set[tuple[int, bytes]] = set()
+        #: set by the recovery layer ("handles" mode): called with the nodeids
+        #: whose :meth:`handle_of` changed (a rename), before the reply is sent
+        self.key_changed: Callable[[Sequence[int]], None] | None = None
         # methods the filesystem lacks stay unimplemented here, so the kernel
         # stops asking (and falls back where it can: CREATE -> MKNOD + OPEN)
         for name in ("create", "lseek", "fsync", "fsyncdir", "fallocate", "access", "setxattr",
@@ -469,9 +474,12 @@ class PathAdapter(Operations):
                 return None
             key = (parent, name)
             if key in node.links:
+                first = node.links[0] == key
                 if len(node.links) == 1:
                     node.stale_path = self._path(nodeid)
                 node.links.remove(key)
+                if first and node.links:
+                    self._rekey(node)
             self._maybe_drop(node)
             return node
 
@@ -665,10 +673,11 @@ class PathAdapter(Operations):
             if key in node.links:
                 node.links.remove(key)
             hkey = (parent, hidden)
-            node.links.append(hkey)
+            node.links.insert(0, hkey)
             node.hidden.append(hkey)
             self._children[hkey] = node.nodeid
             self._hidden.add(hkey)
+            self._rekey(node)
         return True
 
     def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
@@ -715,6 +724,7 @@ class PathAdapter(Operations):
                 node.hidden[node.hidden.index(key)] = new
                 del self._children[key]
                 self._children[new] = node.nodeid
+                self._rekey(node)
         return bool(keys)
 
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -763,6 +773,7 @@ class PathAdapter(Operations):
                 self._children[dst_key] = src
             if exchange and dst is not None:
                 self._children[src_key] = dst
+            self._rekey(*(self._nodes.get(n) for n in (src, dst) if n is not None))
 
     # -- files ----------------------------------------------------------------------------
 
@@ -889,9 +900,12 @@ class PathAdapter(Operations):
                 node.hidden.remove(key)
                 self._hidden.discard(key)
                 if key in node.links:
+                    first = node.links[0] == key
                     if len(node.links) == 1:
                         node.stale_path = self._path(node.nodeid)
                     node.links.remove(key)
+                    if first and node.links:
+                        self._rekey(node)
                 if self._children.get(key) == node.nodeid:
                     del self._children[key]
 
@@ -1037,69 +1051,100 @@ class PathAdapter(Operations):
     # -- crash recovery ("handles" mode) ------------------------------------------------------
 
     def handle_of(self, inode: int) -> bytes | None:
-        """The node's path (its stable handle), with its nodeid."""
+        """The node's first name as (parent nodeid, name): a handle a rename changes
+        only for the renamed node itself (its children keep theirs)."""
         with self._lock:
-            if inode not in self._nodes:
+            node = self._nodes.get(inode)
+            if node is None or not node.links:
                 return None
-            return _HANDLE_MAGIC + struct.pack("<Q", inode) + self._path(inode)
+            parent, name = node.links[0]
+            return _HANDLE.pack(_HANDLE_MAGIC, inode, parent) + name
 
     def inode_for_handle(self, handle: bytes) -> int:
-        """The nodeid of a :meth:`handle_of` handle whose path still names it."""
-        if not handle.startswith(_HANDLE_MAGIC) or len(handle) < 12:
+        """The nodeid of a :meth:`handle_of` handle that still names it."""
+        if len(handle) <= _HANDLE.size or not handle.startswith(_HANDLE_MAGIC):
             raise FUSEError(errno.ESTALE)
-        nodeid = struct.unpack_from("<Q", handle, 4)[0]
-        if nodeid in self._nodes and self._path(nodeid) == handle[12:]:
+        _, nodeid, parent = _HANDLE.unpack_from(handle)
+        if self._children.get((parent, handle[_HANDLE.size:])) == nodeid:
             return int(nodeid)
         raise FUSEError(errno.ESTALE)
 
+    def _rekey(self, *nodes: _Node | None) -> None:
+        """Tell the recovery journal that these nodes' first names changed."""
+        hook = self.key_changed
+        if hook is not None:
+            ids = [n.nodeid for n in nodes if n is not None and n.nodeid != _ROOT]
+            if ids:
+                hook(ids)
+
+    def entry_identity(self, parent_inode: int, name: bytes) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of ``name`` in the directory, None if absent (no lookup).
+
+        The recovery journal probes this around namespace changes so that a
+        request re-sent after a crash is not executed twice.  Without
+        ``use_ino`` only presence counts ((0, 0)).
+        """
+        try:
+            raw = self._call(self.fs.getattr, self._child_path(parent_inode, name), None)
+        except FUSEError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        if not self.fs.use_ino:
+            return 0, 0
+        return int(getattr(raw, "st_dev", 0) or 0), int(getattr(raw, "st_ino", 0) or 0)
+
     def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
-        """Rebuild the table from ``nodeid -> (handle, lookup count)``; return what is lost."""
+        """Make the table ``nodeid -> (handle, lookup count)``; return the nodeids lost.
+
+        Authoritative: what was in the table before (a warm spare's earlier
+        import) is replaced.  A node whose parent is not in ``nodes`` is lost
+        (the kernel holds every parent of a node it holds, so that only
+        happens to nodes recorded without a handle).
+        """
+        parsed: dict[int, tuple[int, bytes, int]] = {}
         lost: list[int] = []
-        parsed = []
         for nodeid, (handle, count) in nodes.items():
-            if not handle.startswith(_HANDLE_MAGIC) or nodeid == _ROOT:
-                if nodeid != _ROOT:
-                    lost.append(nodeid)
+            if nodeid == _ROOT:
                 continue
-            parsed.append((handle[12:], nodeid, count))
-        parsed.sort(key=lambda t: t[0].count(b"/"))
+            if len(handle) <= _HANDLE.size or not handle.startswith(_HANDLE_MAGIC):
+                lost.append(nodeid)
+                continue
+            _, _, parent = _HANDLE.unpack_from(handle)
+            parsed[nodeid] = (int(parent), handle[_HANDLE.size:], count)
         with self._lock:
-            by_path = {b"/": _ROOT}
-            for path, nodeid, count in parsed:
-                parent_path, _, name = path.rpartition(b"/")
-                parent_path = parent_path or b"/"
-                parent = by_path.get(parent_path)
-                if parent is None:
-                    parent = self._import_path(parent_path, by_path)
-                node = self._nodes.get(nodeid) or _Node(nodeid)
+            root = self._nodes[_ROOT]
+            self._nodes = {_ROOT: root}
+            self._children.clear()
+            self._by_ident.clear()
+            self._hidden.clear()
+            for nodeid in parsed:
+                self._nodes[nodeid] = _Node(nodeid)
+                self._next_node = max(self._next_node, nodeid + 1)
+            for nodeid, (parent, name, count) in parsed.items():
+                node = self._nodes[nodeid]
+                if parent not in self._nodes:
+                    del self._nodes[nodeid]
+                    lost.append(nodeid)
+                    continue
                 node.nlookup = count
                 key = (parent, name)
-                if key not in node.links:
-                    node.links.append(key)
+                node.links.append(key)
+                self._children[key] = nodeid
                 if name.startswith(_HIDDEN_PREFIX):
                     node.hidden.append(key)
                     self._hidden.add(key)
-                self._nodes[nodeid] = node
-                self._children[key] = nodeid
-                by_path[path] = nodeid
-                self._next_node = max(self._next_node, nodeid + 1)
+            # a node whose parent was dropped above has no path either
+            changed = True
+            while changed:
+                changed = False
+                for nodeid, node in list(self._nodes.items()):
+                    if nodeid != _ROOT and node.links and node.links[0][0] not in self._nodes:
+                        del self._nodes[nodeid]
+                        self._children.pop(node.links[0], None)
+                        lost.append(nodeid)
+                        changed = True
         return lost
-
-    def _import_path(self, path: bytes, by_path: dict[bytes, int]) -> int:
-        """A node for a directory the kernel holds no count of (a parent of one it does)."""
-        parent_path, _, name = path.rpartition(b"/")
-        parent_path = parent_path or b"/"
-        parent = by_path.get(parent_path)
-        if parent is None:
-            parent = self._import_path(parent_path, by_path)
-        node = _Node(self._next_node)
-        self._next_node += 1
-        node.links.append((parent, name))
-        node.nlookup = 1     # kept: it is only a path component
-        self._nodes[node.nodeid] = node
-        self._children[(parent, name)] = node.nodeid
-        by_path[path] = node.nodeid
-        return node.nodeid
 
     def reopen_handle(self, fh: int, inode: int, flags: int) -> None:
         """Make a previous process's handle ``fh`` valid here: open the path again."""

@@ -467,6 +467,25 @@ class JournaledNodeTable(NodeTable):
                 found.append((n, key))
         return encode_record(RecordType.NODE_KEYS, encode_keys(found)) if found else b""
 
+    def rekey(self, nodeids: Iterable[int]) -> None:
+        """Journal the current handles of nodes whose handle changed (a path
+        filesystem's rename), at once, before the reply that reveals it."""
+        if self.key_of is None:
+            return
+        found = []
+        for n in nodeids:
+            if n not in self.counts and n not in self.pending:
+                continue
+            try:
+                key = self.key_of(n)
+            except Exception:
+                key = None
+            if key and self.keys.get(n) != key:
+                self.keys[n] = key
+                found.append((n, key))
+        if found and self.writer is not None:
+            self.writer.append(RecordType.NODE_KEYS, encode_keys(found))
+
     def forget(self, nodeid: int, nlookup: int) -> int:
         taken = super().forget(nodeid, nlookup)
         if taken:

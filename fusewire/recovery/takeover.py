@@ -590,6 +590,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         conn.config = server.config
     writer = jn.JournalWriter(journal_fd, state.valid_len)
     nodes.writer = writer
+    if mode == "handles" and hasattr(anyops, "key_changed"):
+        anyops.key_changed = nodes.rekey     # handles that change (path filesystems)
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
     rj.probing = mode == "handles" and callable(getattr(anyops, "entry_identity", None))
     resend = resend_supported(state, config)
