@@ -19,6 +19,7 @@ MODULES = [
     "fusewire.pathops",
     "fusewire.compat",
     "fusewire.compat.fusepy",
+    "fusewire.compat.pyfuse3",
     "fusewire.server",
     "fusewire.server.loop",
     "fusewire.server.mount",
