@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,5 +91,24 @@ def test_mirror(tmp_path: Path, tmpfs_factory: Any) -> None:
         assert (src / "c/b/f").read_text() == "new\n" and (src / "g").read_text() == "new\n"
         _run("rm", "-r", "c", cwd=mnt)
         assert sorted(os.listdir(src)) == ["existing", "g"]
+    finally:
+        srv.close()
+
+
+def test_slow_async(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    srv = start_script([str(EXAMPLES / "slow_async.py"), str(mnt), "0.2"], mnt, tmp_path)
+    try:
+        assert sorted(_run("ls", cwd=mnt).split()) == ["alpha", "beta", "gamma", "ticks"]
+        t0 = time.monotonic()
+        first = (mnt / "alpha").read_text()
+        assert time.monotonic() - t0 >= 0.2               # one fetch from the slow source
+        assert first.startswith("alpha: fetched at ")
+        assert (mnt / "alpha").read_text() == first       # within the TTL: from memory
+        ticks = int((mnt / "ticks").read_text())
+        assert ticks > 0                                  # the loop's other task ran
+        with pytest.raises(OSError) as info:
+            (mnt / "beta").write_text("x")
+        assert info.value.errno == errno.EROFS
     finally:
         srv.close()
