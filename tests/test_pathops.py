@@ -7,14 +7,18 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import conftest
 import pytest
+import test_differential as differential
+from hypothesis import HealthCheck, given, settings
 from script_mount import start_script
 
 from fusewire import EntryAttributes, FUSEError, PathAdapter, PathOperations
@@ -241,3 +245,28 @@ def test_cli_mounts_a_path_filesystem(fuse_server_factory: Any, tmp_path: Path) 
     mnt = srv.mountpoint
     assert os.listdir(mnt) == ["greeting"]
     assert (mnt / "greeting").read_bytes() == b"greetings from a path filesystem\n"
+
+
+_DIFF_SETTINGS = dict(max_examples=int(os.environ.get("FUSEWIRE_DIFF_EXAMPLES", "50")),
+                      deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@settings(**_DIFF_SETTINGS)  # type: ignore[arg-type]
+@given(ops=differential.OPS)
+def test_path_layer_matches_host(ops: list[tuple[Any, ...]]) -> None:
+    """Random namespace operations through the emulator (which caches dentries, so
+    a stale path below a renamed directory shows) on the mirror, and on a directory."""
+    old = os.umask(0o022)
+    root = tempfile.mkdtemp(prefix="fusewire-pathdiff-")
+    src = tempfile.mkdtemp(prefix="fusewire-pathsrc-")
+    try:
+        e = KernelEmulator(PathAdapter(mirror.Mirror(src)), umask=0o022)
+        for op in ops:
+            host, emu = differential._host(root, op), differential._emu(e, op)
+            if op[0] == "write" and host[0] == "err" and emu[0] == "err":
+                continue
+            assert host == emu, (op, host, emu)
+    finally:
+        os.umask(old)
+        shutil.rmtree(root)
+        shutil.rmtree(src)
