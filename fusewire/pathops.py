@@ -40,21 +40,27 @@ kernel's bytes with :func:`os.fsdecode` (UTF-8 with ``surrogateescape``), so
 every name round-trips: ``os.fsencode(path)`` gives the original bytes back,
 and ``os`` functions accept such strings directly.
 
+Methods may be ``async def`` (``readdir`` may be an async generator): the
+adapter's request methods then are coroutines too, for a server that runs
+coroutine handlers.
+
 Crash recovery (``fusewire mount --recoverable``): the adapter implements
 the "handles" recovery hooks (``handle_of``, ``import_nodes``,
 ``reopen_handle``): a node's handle is its path, and open files are reopened
 by path with their original flags.  See docs/recovery.md for the limits
-(a node's journaled handle is the path it had when first looked up).
+(a node's handle is its parent's nodeid and its name; a rename journals
+the renamed node's new handle before the reply).
 """
 
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusewire.operations import Operations
@@ -356,17 +362,7 @@ class PathAdapter(Operations):
         #: set by the recovery layer ("handles" mode): called with the nodeids
         #: whose :meth:`handle_of` changed (a rename), before the reply is sent
         self.key_changed: Callable[[Sequence[int]], None] | None = None
-        # methods the filesystem lacks stay unimplemented here, so the kernel
-        # stops asking (and falls back where it can: CREATE -> MKNOD + OPEN)
-        for name in ("create", "lseek", "fsync", "fsyncdir", "fallocate", "access", "setxattr",
-                     "getxattr", "listxattr", "removexattr", "link", "symlink", "readlink",
-                     "mknod"):
-            if not _overrides(fs, name, PathOperations):
-                setattr(self, name, getattr(Operations, name).__get__(self))
-        if not _overrides(fs, "create", PathOperations):
-            self.tmpfile = Operations.tmpfile.__get__(self)  # type: ignore[method-assign]
-        if not (_overrides(fs, "flush", PathOperations)):
-            self.flush = Operations.flush.__get__(self)  # type: ignore[method-assign]
+        self.__class__ = _derived(type(self), fs)
 
     # -- the table ----------------------------------------------------------------------
 
@@ -398,9 +394,30 @@ class PathAdapter(Operations):
     def _child_path(self, parent: int, name: bytes) -> str:
         return os.fsdecode(_join(self._path(parent), name))
 
-    def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`_acall` outside a request (recovery hooks): the method must not suspend."""
+        return _drive(self._acall(fn, *args))
+
+    async def _acall(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a filesystem method (awaiting it if it is ``async def``); OSError -> errno."""
         try:
-            return fn(*args)
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO)
+
+    async def _items(self, path: str, fh: int) -> list[Any]:
+        """The filesystem's ``readdir``, which may return an iterable, an async
+        iterable, or a coroutine of a list."""
+        result = await self._acall(self.fs.readdir, path, fh)
+        try:
+            if hasattr(result, "__aiter__"):
+                return [item async for item in result]
+            return list(result)
         except FUSEError:
             raise
         except OSError as exc:
@@ -494,9 +511,9 @@ class PathAdapter(Operations):
         if node.ident is not None and self._by_ident.get(node.ident) == node.nodeid:
             del self._by_ident[node.ident]
 
-    def _entry(self, parent: int, name: bytes, path: str) -> EntryAttributes:
+    async def _entry(self, parent: int, name: bytes, path: str) -> EntryAttributes:
         """getattr + a counted lookup of ``name`` in ``parent``."""
-        raw = self._call(self.fs.getattr, path, None)
+        raw = await self._acall(self.fs.getattr, path, None)
         node = self._link_node(parent, name, raw)
         with self._lock:
             node.nlookup += 1
@@ -519,14 +536,15 @@ class PathAdapter(Operations):
         """Calls the filesystem's ``destroy``."""
         self.fs.destroy()
 
-    def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+    async def _a_lookup(self, parent_inode: int, name: bytes,
+                        ctx: RequestContext) -> EntryAttributes:
         """getattr of the child path; counts one lookup of its node."""
         self._ctx(ctx)
         if (parent_inode, name) in self._hidden:
             raise FUSEError(errno.ENOENT)
         path = self._child_path(parent_inode, name)
         try:
-            return self._entry(parent_inode, name, path)
+            return await self._entry(parent_inode, name, path)
         except FUSEError as exc:
             if exc.errno == errno.ENOENT:
                 self._unlink_entry(parent_inode, name)
@@ -544,7 +562,7 @@ class PathAdapter(Operations):
                 node.nlookup = max(0, node.nlookup - n)
                 self._maybe_drop(node)
 
-    def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
+    async def _a_getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
         """getattr of the node's current path."""
         self._ctx(ctx)
         node = self._nodes.get(inode)
@@ -554,7 +572,7 @@ class PathAdapter(Operations):
         if node.opens and not node.links:
             fh = self._any_fh(inode)
         try:
-            raw = self._call(self.fs.getattr, self._spath(inode), fh)
+            raw = await self._acall(self.fs.getattr, self._spath(inode), fh)
         except FUSEError as exc:
             if exc.errno != errno.ENOENT or node.links or node.last is None:
                 raise
@@ -571,7 +589,7 @@ class PathAdapter(Operations):
                 return user_fh
         return None
 
-    def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
+    async def _a_setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
                 fh: int | None, ctx: RequestContext) -> EntryAttributes:
         """chmod / chown / truncate / utimens, then getattr."""
         self._ctx(ctx)
@@ -579,70 +597,70 @@ class PathAdapter(Operations):
         path = self._spath(inode)
         ufh = self._files[fh][1] if fh is not None and fh in self._files else None
         if fields.update_mode:
-            self._call(fs.chmod, path, attr.st_mode, ufh)
+            await self._acall(fs.chmod, path, attr.st_mode, ufh)
         if fields.update_uid or fields.update_gid:
-            self._call(fs.chown, path, attr.st_uid if fields.update_uid else -1,
+            await self._acall(fs.chown, path, attr.st_uid if fields.update_uid else -1,
                        attr.st_gid if fields.update_gid else -1, ufh)
         if fields.update_size:
-            self._call(fs.truncate, path, attr.st_size, ufh)
+            await self._acall(fs.truncate, path, attr.st_size, ufh)
         if fields.update_atime or fields.update_mtime:
-            self._call(fs.utimens, path,
+            await self._acall(fs.utimens, path,
                        attr.st_atime_ns if fields.update_atime else None,
                        attr.st_mtime_ns if fields.update_mtime else None, ufh)
         node = self._nodes.get(inode)
-        raw = self._call(fs.getattr, path, ufh)
+        raw = await self._acall(fs.getattr, path, ufh)
         return self._attr(raw, inode, len(node.hidden) if node is not None else 0)
 
-    def readlink(self, inode: int, ctx: RequestContext) -> bytes:
+    async def _a_readlink(self, inode: int, ctx: RequestContext) -> bytes:
         """The symlink's target, encoded with os.fsencode."""
         self._ctx(ctx)
-        return os.fsencode(self._call(self.fs.readlink, self._spath(inode)))
+        return os.fsencode(await self._acall(self.fs.readlink, self._spath(inode)))
 
-    def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
+    async def _a_access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
         """The filesystem's ``access`` (raise to refuse)."""
         self._ctx(ctx)
-        self._call(self.fs.access, self._spath(inode), mode)
+        await self._acall(self.fs.access, self._spath(inode), mode)
         return True
 
     # -- names --------------------------------------------------------------------------
 
-    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+    async def _a_mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
               ctx: RequestContext) -> EntryAttributes:
         """mknod then getattr."""
         self._ctx(ctx)
         self._check_name(name)
         path = self._child_path(parent_inode, name)
-        self._call(self.fs.mknod, path, mode & ~ctx.umask, rdev)
-        return self._entry(parent_inode, name, path)
+        await self._acall(self.fs.mknod, path, mode & ~ctx.umask, rdev)
+        return await self._entry(parent_inode, name, path)
 
-    def mkdir(self, parent_inode: int, name: bytes, mode: int,
+    async def _a_mkdir(self, parent_inode: int, name: bytes, mode: int,
               ctx: RequestContext) -> EntryAttributes:
         """mkdir then getattr."""
         self._ctx(ctx)
         self._check_name(name)
         path = self._child_path(parent_inode, name)
-        self._call(self.fs.mkdir, path, mode & ~ctx.umask & 0o7777)
-        return self._entry(parent_inode, name, path)
+        await self._acall(self.fs.mkdir, path, mode & ~ctx.umask & 0o7777)
+        return await self._entry(parent_inode, name, path)
 
-    def symlink(self, parent_inode: int, name: bytes, target: bytes,
+    async def _a_symlink(self, parent_inode: int, name: bytes, target: bytes,
                 ctx: RequestContext) -> EntryAttributes:
         """symlink then getattr."""
         self._ctx(ctx)
         self._check_name(name)
         path = self._child_path(parent_inode, name)
-        self._call(self.fs.symlink, path, os.fsdecode(target))
-        return self._entry(parent_inode, name, path)
+        await self._acall(self.fs.symlink, path, os.fsdecode(target))
+        return await self._entry(parent_inode, name, path)
 
-    def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+    async def _a_link(self, inode: int, new_parent_inode: int, new_name: bytes,
              ctx: RequestContext) -> EntryAttributes:
         """link then getattr."""
         self._ctx(ctx)
         self._check_name(new_name)
         path = self._child_path(new_parent_inode, new_name)
-        self._call(self.fs.link, self._spath(inode), path)
+        await self._acall(self.fs.link, self._spath(inode), path)
         if not self.fs.use_ino:
-            return self._entry(new_parent_inode, new_name, path)
-        raw = self._call(self.fs.getattr, path, None)
+            return await self._entry(new_parent_inode, new_name, path)
+        raw = await self._acall(self.fs.getattr, path, None)
         with self._lock:
             node = self._nodes[inode]
             key = (new_parent_inode, new_name)
@@ -656,7 +674,7 @@ class PathAdapter(Operations):
                     self._by_ident[node.ident] = inode
         return self._attr(raw, inode, len(node.hidden))
 
-    def _hide(self, parent: int, name: bytes, node: _Node) -> bool:
+    async def _hide(self, parent: int, name: bytes, node: _Node) -> bool:
         """Rename an open node's last visible name to a hidden one; True if done."""
         if self.fs.hard_remove or node.opens == 0 or len(node.links) - len(node.hidden) > 1:
             return False
@@ -665,7 +683,7 @@ class PathAdapter(Operations):
             hidden = b"%s%08x%08x" % (_HIDDEN_PREFIX, node.nodeid & 0xFFFFFFFF,
                                       self._hidden_seq)
         parent_path = self._path(parent)
-        self._call(self.fs.rename, os.fsdecode(_join(parent_path, name)),
+        await self._acall(self.fs.rename, os.fsdecode(_join(parent_path, name)),
                    os.fsdecode(_join(parent_path, hidden)), 0)
         with self._lock:
             key = (parent, name)
@@ -680,33 +698,33 @@ class PathAdapter(Operations):
             self._rekey(node)
         return True
 
-    def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+    async def _a_unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """unlink, or hide the name while the file is open."""
         self._ctx(ctx)
         self._check_name(name)
         nodeid = self._children.get((parent_inode, name))
         node = self._nodes.get(nodeid) if nodeid is not None else None
-        if node is not None and self._hide(parent_inode, name, node):
+        if node is not None and await self._hide(parent_inode, name, node):
             return
-        self._call(self.fs.unlink, self._child_path(parent_inode, name))
+        await self._acall(self.fs.unlink, self._child_path(parent_inode, name))
         self._unlink_entry(parent_inode, name)
 
-    def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
+    async def _a_rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """rmdir; hidden open-unlinked files inside move to the root first."""
         self._ctx(ctx)
         self._check_name(name)
         path = self._child_path(parent_inode, name)
         try:
-            self._call(self.fs.rmdir, path)
+            await self._acall(self.fs.rmdir, path)
         except FUSEError as exc:
             dirid = self._children.get((parent_inode, name))
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or dirid is None or \
-                    not self._evict_hidden(dirid):
+                    not await self._evict_hidden(dirid):
                 raise
-            self._call(self.fs.rmdir, path)
+            await self._acall(self.fs.rmdir, path)
         self._unlink_entry(parent_inode, name)
 
-    def _evict_hidden(self, dirid: int) -> bool:
+    async def _evict_hidden(self, dirid: int) -> bool:
         """Move the hidden names in directory ``dirid`` to the root; True if any moved."""
         keys = [k for k in self._hidden if k[0] == dirid]
         for key in keys:
@@ -715,7 +733,7 @@ class PathAdapter(Operations):
             if node is None:
                 return False
             new = (_ROOT, key[1])
-            self._call(self.fs.rename, os.fsdecode(_join(self._path(dirid), key[1])),
+            await self._acall(self.fs.rename, os.fsdecode(_join(self._path(dirid), key[1])),
                        os.fsdecode(_join(b"/", key[1])), 0)
             with self._lock:
                 self._hidden.discard(key)
@@ -727,7 +745,7 @@ class PathAdapter(Operations):
                 self._rekey(node)
         return bool(keys)
 
-    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+    async def _a_rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
         """rename; the table follows (children of a renamed directory included)."""
         self._ctx(ctx)
@@ -743,12 +761,12 @@ class PathAdapter(Operations):
             if victim is not None and victim.opens:
                 # keep an open file that the rename replaces alive under a hidden name
                 try:
-                    self._call(self.fs.getattr, old, None)
+                    await self._acall(self.fs.getattr, old, None)
                 except FUSEError:
                     pass
                 else:
-                    self._hide(parent_inode_new, name_new, victim)
-        self._call(self.fs.rename, old, new, flags)
+                    await self._hide(parent_inode_new, name_new, victim)
+        await self._acall(self.fs.rename, old, new, flags)
         if src_key == dst_key:
             return
         with self._lock:
@@ -785,22 +803,22 @@ class PathAdapter(Operations):
             self._nodes[nodeid].opens += 1
         return fh
 
-    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+    async def _a_create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         """create then getattr."""
         self._ctx(ctx)
         self._check_name(name)
         path = self._child_path(parent_inode, name)
-        user_fh = self._call(self.fs.create, path, mode & ~ctx.umask, flags)
-        attr = self._entry(parent_inode, name, path)
+        user_fh = await self._acall(self.fs.create, path, mode & ~ctx.umask, flags)
+        attr = await self._entry(parent_inode, name, path)
         return self.file_info(self._new_fh(attr.st_ino, int(user_fh or 0)), flags), attr
 
-    def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
+    async def _a_open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         """open by path; the kernel gets the adapter's handle."""
         self._ctx(ctx)
         if inode not in self._nodes:
             raise FUSEError(errno.ESTALE)
-        user_fh = self._call(self.fs.open, self._spath(inode), flags)
+        user_fh = await self._acall(self.fs.open, self._spath(inode), flags)
         return self.file_info(self._new_fh(inode, int(user_fh or 0)), flags)
 
     def file_info(self, fh: int, flags: int) -> FileInfo:
@@ -814,40 +832,41 @@ class PathAdapter(Operations):
             raise FUSEError(errno.EBADF)
         return self._spath(nodeid), user_fh
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    async def _a_read(self, fh: int, off: int, size: int) -> bytes:
         """read(path, size, offset, fh)."""
         path, user_fh = self._file(fh)
-        return self._call(self.fs.read, path, size, off, user_fh)
+        data: bytes = await self._acall(self.fs.read, path, size, off, user_fh)
+        return data
 
-    def write(self, fh: int, off: int, buf: memoryview) -> int:
+    async def _a_write(self, fh: int, off: int, buf: memoryview) -> int:
         """write(path, data, offset, fh)."""
         path, user_fh = self._file(fh)
-        return int(self._call(self.fs.write, path, bytes(buf), off, user_fh))
+        return int(await self._acall(self.fs.write, path, bytes(buf), off, user_fh))
 
-    def flush(self, fh: int) -> None:
+    async def _a_flush(self, fh: int) -> None:
         """flush(path, fh)."""
         path, user_fh = self._file(fh)
-        self._call(self.fs.flush, path, user_fh)
+        await self._acall(self.fs.flush, path, user_fh)
 
-    def fsync(self, fh: int, datasync: bool) -> None:
+    async def _a_fsync(self, fh: int, datasync: bool) -> None:
         """fsync(path, datasync, fh)."""
         path, user_fh = self._file(fh)
-        self._call(self.fs.fsync, path, datasync, user_fh)
+        await self._acall(self.fs.fsync, path, datasync, user_fh)
 
-    def fallocate(self, fh: int, mode: int, offset: int, length: int,
+    async def _a_fallocate(self, fh: int, mode: int, offset: int, length: int,
                   ctx: RequestContext) -> None:
         """fallocate(path, mode, offset, length, fh)."""
         self._ctx(ctx)
         path, user_fh = self._file(fh)
-        self._call(self.fs.fallocate, path, mode, offset, length, user_fh)
+        await self._acall(self.fs.fallocate, path, mode, offset, length, user_fh)
 
-    def lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
+    async def _a_lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
         """lseek(path, offset, whence, fh) for SEEK_DATA / SEEK_HOLE."""
         self._ctx(ctx)
         path, user_fh = self._file(fh)
-        return int(self._call(self.fs.lseek, path, offset, whence, user_fh))
+        return int(await self._acall(self.fs.lseek, path, offset, whence, user_fh))
 
-    def tmpfile(self, parent_inode: int, mode: int, flags: int,
+    async def _a_tmpfile(self, parent_inode: int, mode: int, flags: int,
                 ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         """O_TMPFILE: ``create`` under a hidden name, removed at release unless linked."""
         self._ctx(ctx)
@@ -855,13 +874,13 @@ class PathAdapter(Operations):
             self._hidden_seq += 1
             name = b"%s%08x%08x" % (_HIDDEN_PREFIX, 0, self._hidden_seq)
         path = self._child_path(parent_inode, name)
-        user_fh = self._call(self.fs.create, path, mode & ~ctx.umask,
+        user_fh = await self._acall(self.fs.create, path, mode & ~ctx.umask,
                              flags & ~os.O_TMPFILE | os.O_CREAT | os.O_EXCL)
         key = (parent_inode, name)
         with self._lock:
             self._hidden.add(key)
         try:
-            attr = self._entry(parent_inode, name, path)
+            attr = await self._entry(parent_inode, name, path)
         except FUSEError:
             self._hidden.discard(key)
             raise
@@ -871,29 +890,29 @@ class PathAdapter(Operations):
         attr.st_nlink = max(0, attr.st_nlink - 1)
         return FileInfo(fh=self._new_fh(attr.st_ino, int(user_fh or 0))), attr
 
-    def release(self, fh: int) -> None:
+    async def _a_release(self, fh: int) -> None:
         """release(path, fh); a hidden (unlinked while open) file is removed now."""
         entry = self._files.pop(fh, None)
         if entry is None:
             return
         nodeid, user_fh = entry
         try:
-            self._call(self.fs.release, self._spath(nodeid), user_fh)
+            await self._acall(self.fs.release, self._spath(nodeid), user_fh)
         finally:
             with self._lock:
                 node = self._nodes.get(nodeid)
                 if node is not None:
                     node.opens -= 1
             if node is not None and node.opens == 0:
-                self._remove_hidden(node)
+                await self._remove_hidden(node)
                 with self._lock:
                     self._maybe_drop(node)
 
-    def _remove_hidden(self, node: _Node) -> None:
+    async def _remove_hidden(self, node: _Node) -> None:
         for key in list(node.hidden):
             parent, name = key
             try:
-                self._call(self.fs.unlink, os.fsdecode(_join(self._path(parent), name)))
+                await self._acall(self.fs.unlink, os.fsdecode(_join(self._path(parent), name)))
             except FUSEError:
                 pass
             with self._lock:
@@ -911,12 +930,12 @@ class PathAdapter(Operations):
 
     # -- directories ------------------------------------------------------------------------
 
-    def opendir(self, inode: int, ctx: RequestContext) -> int:
+    async def _a_opendir(self, inode: int, ctx: RequestContext) -> int:
         """opendir by path."""
         self._ctx(ctx)
         if inode not in self._nodes:
             raise FUSEError(errno.ESTALE)
-        user_fh = self._call(self.fs.opendir, self._spath(inode))
+        user_fh = await self._acall(self.fs.opendir, self._spath(inode))
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
@@ -924,11 +943,11 @@ class PathAdapter(Operations):
             self._nodes[inode].opens += 1
         return fh
 
-    def _list(self, d: _DirHandle) -> list[tuple[bytes, Attributes | None]]:
+    async def _list(self, d: _DirHandle) -> list[tuple[bytes, Attributes | None]]:
         path = self._spath(d.nodeid)
         out: list[tuple[bytes, Attributes | None]] = []
         names = set()
-        for item in self._call(lambda: list(self.fs.readdir(path, d.user_fh))):
+        for item in await self._items(path, d.user_fh):
             name, attr = self.split_entry(item)
             bname = os.fsencode(name)
             if (d.nodeid, bname) in self._hidden:
@@ -945,13 +964,13 @@ class PathAdapter(Operations):
             return item[0], item[1]
         return item, None
 
-    def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+    async def _a_readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
         """List a snapshot of the directory taken at offset 0 (stable cookies)."""
         d = self._dirs.get(fh)
         if d is None:
             raise FUSEError(errno.EBADF)
         if d.entries is None or start_id == 0:
-            d.entries = self._list(d)
+            d.entries = await self._list(d)
         entries = d.entries
         plus = token.plus
         dirpath = self._path(d.nodeid)
@@ -972,7 +991,7 @@ class PathAdapter(Operations):
             path = os.fsdecode(_join(dirpath, name))
             try:
                 if raw is None:
-                    raw = self._call(self.fs.getattr, path, None)
+                    raw = await self._acall(self.fs.getattr, path, None)
             except FUSEError:
                 continue            # vanished since the listing
             node = self._link_node(d.nodeid, name, raw)
@@ -988,13 +1007,13 @@ class PathAdapter(Operations):
         node = self._nodes.get(nodeid)
         return node.links[0][0] if node is not None and node.links else _ROOT
 
-    def releasedir(self, fh: int) -> None:
+    async def _a_releasedir(self, fh: int) -> None:
         """releasedir(path, fh)."""
         d = self._dirs.pop(fh, None)
         if d is None:
             return
         try:
-            self._call(self.fs.releasedir, self._spath(d.nodeid), d.user_fh)
+            await self._acall(self.fs.releasedir, self._spath(d.nodeid), d.user_fh)
         finally:
             with self._lock:
                 node = self._nodes.get(d.nodeid)
@@ -1002,19 +1021,19 @@ class PathAdapter(Operations):
                     node.opens -= 1
                     self._maybe_drop(node)
 
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
+    async def _a_fsyncdir(self, fh: int, datasync: bool) -> None:
         """fsyncdir(path, datasync, fh)."""
         d = self._dirs.get(fh)
         if d is None:
             raise FUSEError(errno.EBADF)
-        self._call(self.fs.fsyncdir, self._spath(d.nodeid), datasync, d.user_fh)
+        await self._acall(self.fs.fsyncdir, self._spath(d.nodeid), datasync, d.user_fh)
 
     # -- filesystem, xattrs ---------------------------------------------------------------
 
-    def statfs(self, ctx: RequestContext) -> StatvfsData:
+    async def _a_statfs(self, ctx: RequestContext) -> StatvfsData:
         """statfs("/")."""
         self._ctx(ctx)
-        s = self._call(self.fs.statfs, "/")
+        s = await self._acall(self.fs.statfs, "/")
         if isinstance(s, StatvfsData):
             return s
         if isinstance(s, os.statvfs_result):
@@ -1026,27 +1045,27 @@ class PathAdapter(Operations):
         """Turn another kind of ``statfs`` result into StatvfsData (compat layers override)."""
         raise TypeError(f"statfs returned {type(raw).__name__}")
 
-    def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
+    async def _a_setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
                  ctx: RequestContext) -> None:
         """setxattr(path, name, value, flags)."""
         self._ctx(ctx)
-        self._call(self.fs.setxattr, self._spath(inode), os.fsdecode(name), bytes(value),
+        await self._acall(self.fs.setxattr, self._spath(inode), os.fsdecode(name), bytes(value),
                    flags)
 
-    def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
+    async def _a_getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
         """getxattr(path, name)."""
         self._ctx(ctx)
-        return bytes(self._call(self.fs.getxattr, self._spath(inode), os.fsdecode(name)))
+        return bytes(await self._acall(self.fs.getxattr, self._spath(inode), os.fsdecode(name)))
 
-    def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
+    async def _a_listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
         """listxattr(path), names encoded with os.fsencode."""
         self._ctx(ctx)
-        return [os.fsencode(n) for n in self._call(self.fs.listxattr, self._spath(inode))]
+        return [os.fsencode(n) for n in await self._acall(self.fs.listxattr, self._spath(inode))]
 
-    def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
+    async def _a_removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
         """removexattr(path, name)."""
         self._ctx(ctx)
-        self._call(self.fs.removexattr, self._spath(inode), os.fsdecode(name))
+        await self._acall(self.fs.removexattr, self._spath(inode), os.fsdecode(name))
 
     # -- crash recovery ("handles" mode) ------------------------------------------------------
 
@@ -1164,3 +1183,94 @@ class PathAdapter(Operations):
         with self._lock:
             self._nodes[inode].opens += 1
             self._next_fh = max(self._next_fh, fh + 1)
+
+
+# -- the request methods: one async implementation, a sync or an async face ---------------
+
+#: Operations methods the adapter serves (each implemented by ``_a_<name>``)
+_REQUESTS = ("lookup", "getattr", "setattr", "readlink", "access", "mknod", "mkdir",
+             "symlink", "link", "unlink", "rmdir", "rename", "create", "open", "read",
+             "write", "flush", "fsync", "fallocate", "lseek", "tmpfile", "release",
+             "opendir", "readdir", "releasedir", "fsyncdir", "statfs", "setxattr",
+             "getxattr", "listxattr", "removexattr")
+#: adapter method -> the PathOperations method without which it is not implemented
+_NEEDS = {"create": "create", "tmpfile": "create", "lseek": "lseek", "fsync": "fsync",
+          "fsyncdir": "fsyncdir", "fallocate": "fallocate", "access": "access",
+          "setxattr": "setxattr", "getxattr": "getxattr", "listxattr": "listxattr",
+          "removexattr": "removexattr", "link": "link", "symlink": "symlink",
+          "readlink": "readlink", "mknod": "mknod", "flush": "flush"}
+
+
+def _drive(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine that never suspends (every filesystem method it calls is sync)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        result: _T = stop.value
+        return result
+    coro.close()
+    raise RuntimeError("a path filesystem method suspended in a sync server")
+
+
+def _sync_face(name: str) -> Callable[..., Any]:
+    impl = getattr(PathAdapter, "_a_" + name)
+
+    def method(self: PathAdapter, *args: Any) -> Any:
+        return _drive(impl(self, *args))
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = impl.__doc__
+    return method
+
+
+def _async_face(name: str) -> Callable[..., Any]:
+    impl = getattr(PathAdapter, "_a_" + name)
+
+    async def method(self: PathAdapter, *args: Any) -> Any:
+        return await impl(self, *args)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = impl.__doc__
+    return method
+
+
+for _name in _REQUESTS:
+    setattr(PathAdapter, _name, _sync_face(_name))
+del _name
+
+_DERIVED: dict[tuple[type, frozenset[str], bool], type] = {}
+
+
+def _is_async(fs: PathOperations) -> bool:
+    """Whether any of the filesystem's methods is ``async def`` (or an async generator)."""
+    for name in dir(type(fs)):
+        if name.startswith("_") or name in ("init", "destroy"):
+            continue
+        fn = getattr(type(fs), name, None)
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            return True
+    return False
+
+
+def _derived(cls: type[PathAdapter], fs: PathOperations) -> type[PathAdapter]:
+    """``cls`` with the methods ``fs`` lacks left unimplemented (the kernel stops asking),
+    and async faces when ``fs`` has ``async def`` methods (for a server that runs
+    coroutine handlers)."""
+    missing = frozenset(mine for mine, theirs in _NEEDS.items()
+                        if not _overrides(fs, theirs, PathOperations))
+    asynchronous = _is_async(fs)
+    if not missing and not asynchronous:
+        return cls
+    key = (cls, missing, asynchronous)
+    derived = _DERIVED.get(key)
+    if derived is None:
+        body: dict[str, Any] = {name: getattr(Operations, name) for name in missing}
+        if asynchronous:
+            for name in _REQUESTS:
+                if name not in missing:
+                    body[name] = _async_face(name)
+        derived = type(cls.__name__, (cls,), body)
+        derived.__module__ = cls.__module__
+        derived.__doc__ = cls.__doc__
+        _DERIVED[key] = derived
+    return derived

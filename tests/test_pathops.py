@@ -270,3 +270,52 @@ def test_path_layer_matches_host(ops: list[tuple[Any, ...]]) -> None:
         os.umask(old)
         shutil.rmtree(root)
         shutil.rmtree(src)
+
+
+def test_async_path_filesystem_gets_async_faces() -> None:
+    """``async def`` methods make the adapter's request methods coroutines (for a server
+    that runs coroutine handlers); what the filesystem lacks stays unimplemented."""
+    import asyncio
+    import inspect
+
+    from fusewire import Operations, RequestContext
+
+    class Slow(PathOperations):
+        async def getattr(self, path: str, fh: int | None = None) -> EntryAttributes:
+            await asyncio.sleep(0)
+            if path in ("/", "/d"):
+                return EntryAttributes(st_mode=0o40755, st_nlink=2)
+            if path == "/f":
+                return EntryAttributes(st_mode=0o100644, st_size=5)
+            raise FUSEError(errno.ENOENT)
+
+        async def readdir(self, path: str, fh: int) -> Any:
+            for name in ("d", "f"):
+                await asyncio.sleep(0)
+                yield name
+
+        async def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            await asyncio.sleep(0)
+            return b"hello"[offset:offset + size]
+
+    adapter = PathAdapter(Slow())
+    cls = type(adapter)
+    assert inspect.iscoroutinefunction(cls.lookup) and inspect.iscoroutinefunction(cls.read)
+    assert cls.create is Operations.create and cls.getxattr is Operations.getxattr
+    assert isinstance(adapter, PathAdapter)
+    ctx = RequestContext()
+
+    async def scenario() -> tuple[int, bytes, list[bytes]]:
+        attr = await adapter.lookup(1, b"f", ctx)
+        fh = (await adapter.open(attr.st_ino, os.O_RDONLY, ctx)).fh
+        data = await adapter.read(fh, 1, 3)
+        dfh = await adapter.opendir(1, ctx)
+        d = adapter._dirs[dfh]
+        names = [n for n, _ in await adapter._list(d)]
+        return attr.st_size, data, names
+
+    assert asyncio.run(scenario()) == (5, b"ell", [b".", b"..", b"d", b"f"])
+
+    sync = PathAdapter(DictFS())
+    assert not inspect.iscoroutinefunction(type(sync).lookup)
+    assert type(sync).getxattr is Operations.getxattr       # DictFS has no xattrs
