@@ -46,10 +46,12 @@ coroutine handlers.
 
 Crash recovery (``fusewire mount --recoverable``): the adapter implements
 the "handles" recovery hooks (``handle_of``, ``import_nodes``,
-``reopen_handle``): a node's handle is its path, and open files are reopened
-by path with their original flags.  See docs/recovery.md for the limits
-(a node's handle is its parent's nodeid and its name; a rename journals
-the renamed node's new handle before the reply).
+``reopen_handle``, ``entry_identity``): a node's handle is its parent's
+nodeid and its name (a rename journals the renamed node's new handle, through
+``key_changed``, before the reply), and open files are reopened by path with
+their original flags.  A filesystem whose state lives outside the process
+(a mirror of a directory, a remote store) needs no hook of its own; the
+recovery hooks call its methods synchronously, so they must not suspend.
 """
 
 from __future__ import annotations
