@@ -1222,6 +1222,9 @@ def _sync_face(name: str) -> Callable[..., Any]:
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = impl.__doc__
+    # the implementation's parameters, not *args: servers inspect some handlers'
+    # signatures (whether flush takes a lock owner)
+    method.__signature__ = inspect.signature(impl)  # type: ignore[attr-defined]
     return method
 
 
@@ -1233,6 +1236,9 @@ def _async_face(name: str) -> Callable[..., Any]:
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = impl.__doc__
+    # the implementation's parameters, not *args: servers inspect some handlers'
+    # signatures (whether flush takes a lock owner)
+    method.__signature__ = inspect.signature(impl)  # type: ignore[attr-defined]
     return method
 
 
