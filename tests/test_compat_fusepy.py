@@ -139,6 +139,8 @@ def test_tree_with_ordinary_tools(tmp_path: Path) -> None:
         assert os.stat(mnt / "z/g2").st_nlink == 2
         os.chmod(mnt / "z/g", 0o600)
         assert stat.S_IMODE(os.stat(mnt / "z/g").st_mode) == 0o600
+        assert _run("stat", "-c", "%s %a %h %F", "z/g", cwd=mnt).split() == [
+            "6", "600", "2", "regular", "file"]
         os.utime(mnt / "z/g", (1_000_000_000, 1_000_000_000.25))
         assert os.stat(mnt / "z/g").st_mtime == 1_000_000_000.25
         with open(mnt / "z/g", "r+b") as f:
