@@ -700,6 +700,19 @@ class PathAdapter(Operations):
             self._rekey(node)
         return True
 
+    async def _unhide(self, node: _Node, parent: int, name: bytes) -> None:
+        """Undo :meth:`_hide` (the rename it made room for failed)."""
+        hkey = node.hidden[-1]
+        await self._acall(self.fs.rename, os.fsdecode(_join(self._path(hkey[0]), hkey[1])),
+                          os.fsdecode(_join(self._path(parent), name)), 0)
+        with self._lock:
+            node.hidden.remove(hkey)
+            self._hidden.discard(hkey)
+            node.links[node.links.index(hkey)] = (parent, name)
+            self._children.pop(hkey, None)
+            self._children[(parent, name)] = node.nodeid
+            self._rekey(node)
+
     async def _a_unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """unlink, or hide the name while the file is open."""
         self._ctx(ctx)
@@ -748,7 +761,7 @@ class PathAdapter(Operations):
         return bool(keys)
 
     async def _a_rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-               name_new: bytes, flags: int, ctx: RequestContext) -> None:
+                        name_new: bytes, flags: int, ctx: RequestContext) -> None:
         """rename; the table follows (children of a renamed directory included)."""
         self._ctx(ctx)
         self._check_name(name_old)
@@ -757,6 +770,7 @@ class PathAdapter(Operations):
         new = self._child_path(parent_inode_new, name_new)
         src_key, dst_key = (parent_inode_old, name_old), (parent_inode_new, name_new)
         exchange = bool(flags & 2)
+        hidden: _Node | None = None
         if not exchange and not flags & 1 and dst_key != src_key:
             victim_id = self._children.get(dst_key)
             victim = self._nodes.get(victim_id) if victim_id is not None else None
@@ -767,8 +781,14 @@ class PathAdapter(Operations):
                 except FUSEError:
                     pass
                 else:
-                    await self._hide(parent_inode_new, name_new, victim)
-        await self._acall(self.fs.rename, old, new, flags)
+                    if await self._hide(parent_inode_new, name_new, victim):
+                        hidden = victim
+        try:
+            await self._acall(self.fs.rename, old, new, flags)
+        except FUSEError:
+            if hidden is not None:      # the rename failed: the target gets its name back
+                await self._unhide(hidden, parent_inode_new, name_new)
+            raise
         if src_key == dst_key:
             return
         with self._lock:

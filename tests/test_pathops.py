@@ -319,3 +319,24 @@ def test_async_path_filesystem_gets_async_faces() -> None:
     sync = PathAdapter(DictFS())
     assert not inspect.iscoroutinefunction(type(sync).lookup)
     assert type(sync).getxattr is Operations.getxattr       # DictFS has no xattrs
+
+
+def test_failed_rename_over_open_file_keeps_the_target() -> None:
+    class Refusing(DictFS):
+        def rename(self, old: str, new: str, flags: int = 0) -> None:
+            if old == "/src":
+                raise PermissionError(errno.EPERM, old)
+            super().rename(old, new, flags)
+
+    fs = Refusing()
+    e = KernelEmulator(PathAdapter(fs))
+    e.close(e.create("/src"))
+    h = e.create("/dst")
+    e.write(h, b"kept")
+    with pytest.raises(OSError) as info:
+        e.rename("/src", "/dst")
+    assert info.value.errno == errno.EPERM
+    assert sorted(fs.files) == ["/dst", "/src"]        # not left under a hidden name
+    assert e.read(h, 10, 0) == b"kept"
+    e.close(h)
+    assert sorted(fs.files) == ["/dst", "/src"]
