@@ -685,8 +685,11 @@ class PathAdapter(Operations):
             hidden = b"%s%08x%08x" % (_HIDDEN_PREFIX, node.nodeid & 0xFFFFFFFF,
                                       self._hidden_seq)
         parent_path = self._path(parent)
-        await self._acall(self.fs.rename, os.fsdecode(_join(parent_path, name)),
-                   os.fsdecode(_join(parent_path, hidden)), 0)
+        try:
+            await self._acall(self.fs.rename, os.fsdecode(_join(parent_path, name)),
+                              os.fsdecode(_join(parent_path, hidden)), 0)
+        except FUSEError:
+            return False        # no rename (ENOSYS, EROFS...): unlink it as asked
         with self._lock:
             key = (parent, name)
             self._children.pop(key, None)

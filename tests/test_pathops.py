@@ -340,3 +340,15 @@ def test_failed_rename_over_open_file_keeps_the_target() -> None:
     assert e.read(h, 10, 0) == b"kept"
     e.close(h)
     assert sorted(fs.files) == ["/dst", "/src"]
+
+
+def test_open_unlink_without_rename_unlinks() -> None:
+    class NoRename(DictFS):
+        rename = PathOperations.rename              # not implemented
+
+    fs = NoRename()
+    e = KernelEmulator(PathAdapter(fs))
+    h = e.create("/f")
+    e.unlink("/f")                                  # cannot hide it: a plain unlink
+    assert fs.files == {}
+    e.close(h)
