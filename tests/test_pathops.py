@@ -352,3 +352,36 @@ def test_open_unlink_without_rename_unlinks() -> None:
     e.unlink("/f")                                  # cannot hide it: a plain unlink
     assert fs.files == {}
     e.close(h)
+
+
+@pytest.mark.fuse
+def test_async_path_filesystem_on_a_mount(tmp_path: Path) -> None:
+    """With a server that runs coroutine handlers, other requests are answered while
+    an ``async def`` read awaits."""
+    import threading
+
+    import fusewire.types
+
+    if not hasattr(fusewire.types, "Pending"):
+        pytest.skip("this server does not run async handlers yet (the serving core, issue 11)")
+    mnt = tmp_path / "mnt"
+    srv = start_script([str(Path(__file__).with_name("compat_fs") / "async_path.py"), str(mnt)],
+                       mnt, tmp_path)
+    try:
+        done: dict[str, Any] = {}
+        t0 = time.monotonic()
+
+        def slow() -> None:
+            done["slow"] = (mnt / "slow").read_text()
+            done["t_slow"] = time.monotonic() - t0
+
+        reader = threading.Thread(target=slow)
+        reader.start()
+        assert sorted(os.listdir(mnt)) == ["fast", "slow"]
+        assert (mnt / "fast").read_text() == "data\n"
+        t_fast = time.monotonic() - t0
+        reader.join(30)
+        assert done["slow"] == "data\n"
+        assert t_fast < 1.5 <= done["t_slow"]
+    finally:
+        srv.close()

@@ -318,8 +318,8 @@ class _Bridge(_InodeOperations):
     def write(self, fh: int, off: int, buf: memoryview) -> int:
         return self.run(self.pyops.write, fh, off, bytes(buf))
 
-    def flush(self, fh: int) -> None:
-        self.run(self.pyops.flush, fh)
+    def flush(self, fh: int, lock_owner: int = 0) -> None:
+        self.run(self.pyops.flush, fh)          # pyfuse3's flush takes no lock owner
 
     def release(self, fh: int) -> None:
         self.run(self.pyops.release, fh)
