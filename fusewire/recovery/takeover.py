@@ -49,6 +49,7 @@ from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import Opcode
 from fusewire.operations import Operations
+from fusewire.pathops import PathAdapter
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Buffers, Dispatcher
@@ -590,8 +591,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         conn.config = server.config
     writer = jn.JournalWriter(journal_fd, state.valid_len)
     nodes.writer = writer
-    if mode == "handles" and hasattr(anyops, "key_changed"):
-        anyops.key_changed = nodes.rekey     # handles that change (path filesystems)
+    if mode == "handles" and isinstance(ops, PathAdapter):
+        ops.key_changed = nodes.rekey        # a rename changes a path node's handle
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
     rj.probing = mode == "handles" and callable(getattr(anyops, "entry_identity", None))
     resend = resend_supported(state, config)
