@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
 import stat
 import struct
@@ -94,6 +95,7 @@ Attributes = EntryAttributes | os.stat_result
 #: what ``readdir`` may yield: a name, or (name, attributes or None)
 DirEntry = str | tuple[str, "Attributes | None"]
 
+log = logging.getLogger(__name__)
 _local = threading.local()
 _NO_CONTEXT = RequestContext()
 
@@ -362,8 +364,9 @@ class PathAdapter(Operations):
         #: (parent, name) of the hidden names of open-unlinked files
         self._hidden: set[tuple[int, bytes]] = set()
         #: set by the recovery layer ("handles" mode): called with the nodeids
-        #: whose :meth:`handle_of` changed (a rename), before the reply is sent
-        self.key_changed: Callable[[Sequence[int]], None] | None = None
+        #: whose :meth:`handle_of` changed or is about to (a rename), and
+        #: optionally the handles to journal for them (else it asks handle_of)
+        self.key_changed: Callable[..., None] | None = None
         self.__class__ = _derived(type(self), fs)
 
     # -- the table ----------------------------------------------------------------------
@@ -469,8 +472,8 @@ class PathAdapter(Operations):
                     return node
                 self._unlink_entry(parent, name)      # replaced behind our back
             node_id = self._by_ident.get(ident) if ident is not None else None
-            if node_id is not None and node_id in nodes:
-                node = nodes[node_id]
+            if node_id is not None and node_id in nodes and nodes[node_id].links:
+                node = nodes[node_id]           # another name of a live object: a hard link
             else:
                 node = _Node(self._next_node)
                 self._next_node += 1
@@ -685,10 +688,16 @@ class PathAdapter(Operations):
             hidden = b"%s%08x%08x" % (_HIDDEN_PREFIX, node.nodeid & 0xFFFFFFFF,
                                       self._hidden_seq)
         parent_path = self._path(parent)
+        ahead: dict[int, bytes] = {}
+        if self.key_changed is not None and node.links and node.links[0] == (parent, name):
+            ahead[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, parent) + hidden
+            self._rekey_to(ahead)       # before the source changes (see _a_rename)
         try:
             await self._acall(self.fs.rename, os.fsdecode(_join(parent_path, name)),
                               os.fsdecode(_join(parent_path, hidden)), 0)
         except FUSEError:
+            if ahead:
+                self._rekey(node)
             return False        # no rename (ENOSYS, EROFS...): unlink it as asked
         with self._lock:
             key = (parent, name)
@@ -724,7 +733,19 @@ class PathAdapter(Operations):
         node = self._nodes.get(nodeid) if nodeid is not None else None
         if node is not None and await self._hide(parent_inode, name, node):
             return
-        await self._acall(self.fs.unlink, self._child_path(parent_inode, name))
+        ahead: dict[int, bytes] = {}
+        if node is not None and self.key_changed is not None and len(node.links) > 1 \
+                and node.links[0] == (parent_inode, name):
+            # another name becomes the node's handle: journal it before the unlink
+            nxt = node.links[1]
+            ahead[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, nxt[0]) + nxt[1]
+            self._rekey_to(ahead)
+        try:
+            await self._acall(self.fs.unlink, self._child_path(parent_inode, name))
+        except FUSEError:
+            if ahead:
+                self._rekey(node)
+            raise
         self._unlink_entry(parent_inode, name)
 
     async def _a_rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
@@ -786,15 +807,27 @@ class PathAdapter(Operations):
                 else:
                     if await self._hide(parent_inode_new, name_new, victim):
                         hidden = victim
+        # The recovery journal learns the new handles before the source changes:
+        # a crash between the two then finds the node under its new name, and
+        # the re-sent RENAME (probes unchanged) renames on disk to match.
+        ahead = self._handles_after_rename(src_key, dst_key, exchange)
+        if ahead:
+            self._rekey_to(ahead)
         try:
             await self._acall(self.fs.rename, old, new, flags)
         except FUSEError:
+            if ahead:
+                self._rekey(*(self._nodes.get(n) for n in ahead))
             if hidden is not None:      # the rename failed: the target gets its name back
                 await self._unhide(hidden, parent_inode_new, name_new)
             raise
         if src_key == dst_key:
             return
         with self._lock:
+            if src_key not in self._children:
+                # a RENAME re-sent after a crash whose journal already had the new
+                # handles (see above): the table shows the rename already
+                return
             src = self._children.pop(src_key, None)
             dst = self._children.pop(dst_key, None)
             for nodeid, frm, to in ((src, src_key, dst_key), (dst, dst_key, src_key)):
@@ -1113,6 +1146,27 @@ class PathAdapter(Operations):
             return int(nodeid)
         raise FUSEError(errno.ESTALE)
 
+    def _handles_after_rename(self, src_key: tuple[int, bytes], dst_key: tuple[int, bytes],
+                              exchange: bool) -> dict[int, bytes]:
+        """The handles the nodes named by ``src_key`` (and ``dst_key`` for an
+        exchange) will have once the rename is done; only those that change."""
+        if self.key_changed is None or src_key == dst_key:
+            return {}
+        out: dict[int, bytes] = {}
+        moves = [(src_key, dst_key)] + ([(dst_key, src_key)] if exchange else [])
+        for frm, to in moves:
+            nodeid = self._children.get(frm)
+            node = self._nodes.get(nodeid) if nodeid is not None else None
+            if node is not None and node.links and node.links[0] == frm:
+                out[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, to[0]) + to[1]
+        return out
+
+    def _rekey_to(self, handles: dict[int, bytes]) -> None:
+        """Journal these handles for these nodes now (recovery's ``key_changed`` hook)."""
+        hook = self.key_changed
+        if hook is not None:
+            hook(list(handles), handles)
+
     def _rekey(self, *nodes: _Node | None) -> None:
         """Tell the recovery journal that these nodes' first names changed."""
         hook = self.key_changed
@@ -1195,7 +1249,11 @@ class PathAdapter(Operations):
         if inode not in self._nodes:
             raise FUSEError(errno.ESTALE)
         path = self._spath(inode)
-        st = self._call(self.fs.getattr, path, None)
+        try:
+            st = self._call(self.fs.getattr, path, None)
+        except FUSEError as exc:
+            log.warning("handle %d: %s cannot be reopened: %s", fh, path, exc)
+            raise
         if stat.S_ISDIR(getattr(st, "st_mode", 0)) or flags & os.O_DIRECTORY:
             user_fh = self._call(self.fs.opendir, path)
             with self._lock:
