@@ -385,3 +385,25 @@ def test_async_path_filesystem_on_a_mount(tmp_path: Path) -> None:
         assert t_fast < 1.5 <= done["t_slow"]
     finally:
         srv.close()
+
+
+def test_reused_inode_number_is_a_new_node() -> None:
+    """use_ino: a new file that gets the st_ino of a deleted one the kernel still
+    holds is a different object (a new nodeid), not a hard link of the dead one."""
+    class Reusing(DictFS):
+        use_ino = True
+
+        def getattr(self, path: str, fh: int | None = None) -> EntryAttributes:
+            a = super().getattr(path, fh)
+            a.st_ino = 100 if path != "/" else 1      # every file gets inode 100
+            return a
+
+    adapter = PathAdapter(Reusing())
+    e = KernelEmulator(adapter)
+    e.close(e.create("/a"))
+    old = e.lookup("/a")                            # the kernel keeps holding it
+    e.unlink("/a")
+    e.close(e.create("/b"))
+    new = e.lookup("/b")
+    assert new != old
+    assert adapter._spath(new) == "/b"
