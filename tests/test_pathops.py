@@ -392,6 +392,7 @@ def test_reused_inode_number_is_a_new_node() -> None:
     holds is a different object (a new nodeid), not a hard link of the dead one."""
     class Reusing(DictFS):
         use_ino = True
+        hard_remove = True                            # unlinked at once, though open
 
         def getattr(self, path: str, fh: int | None = None) -> EntryAttributes:
             a = super().getattr(path, fh)
@@ -400,10 +401,11 @@ def test_reused_inode_number_is_a_new_node() -> None:
 
     adapter = PathAdapter(Reusing())
     e = KernelEmulator(adapter)
-    e.close(e.create("/a"))
-    old = e.lookup("/a")                            # the kernel keeps holding it
+    h = e.create("/a")                              # open: the node stays in the table
+    old = e.lookup("/a")
     e.unlink("/a")
     e.close(e.create("/b"))
     new = e.lookup("/b")
     assert new != old
     assert adapter._spath(new) == "/b"
+    e.close(h)
