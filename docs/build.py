@@ -23,7 +23,7 @@ MODULES = [
     "fusewire.server",
     "fusewire.server.loop",
     "fusewire.server.mount",
-    "fusewire.server.readdir",
+    "fusewire.readdir",
     "fusewire.connection",
     "fusewire.errors",
     "fusewire.opcodes",

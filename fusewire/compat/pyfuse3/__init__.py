@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from fusewire.operations import Operations as _InodeOperations
-from fusewire.server.readdir import ReaddirToken
+from fusewire.readdir import ReaddirToken
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
