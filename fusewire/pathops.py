@@ -1192,7 +1192,7 @@ class PathAdapter(Operations):
             return 0, 0
         return int(getattr(raw, "st_dev", 0) or 0), int(getattr(raw, "st_ino", 0) or 0)
 
-    def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
+    def import_nodes(self, nodes: Mapping[int, tuple[bytes, int]]) -> list[int]:
         """Make the table ``nodeid -> (handle, lookup count)``; return the nodeids lost.
 
         Authoritative: what was in the table before (a warm spare's earlier
