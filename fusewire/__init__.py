@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Notifier, Operations
 from fusewire.pathops import PathAdapter, PathOperations
+from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -26,14 +27,18 @@ __all__ = [
     "EntryAttributes",
     "FUSEError",
     "FileInfo",
+    "HandleRecovery",
     "Lock",
     "Notifier",
     "Operations",
     "PathAdapter",
     "PathOperations",
+    "RecoveryMode",
+    "ReplayRecovery",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
+    "now_ns",
 ]
 
 __all__ += ["ReaddirToken"]

@@ -153,6 +153,11 @@ def _daemonize(body: Callable[[int], int]) -> int:
 
 
 def _cmd_umount(args: argparse.Namespace) -> int:
+    from fusewire.recovery.commands import umount_via_keeper
+
+    done = umount_via_keeper(args.mountpoint, args.lazy)     # a recoverable mount
+    if done is not None:
+        return done
     _mount.unmount(args.mountpoint, lazy=args.lazy)
     return 0
 

@@ -67,6 +67,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusewire.operations import Operations
+from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -339,7 +340,7 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent + name if parent == b"/" else parent + b"/" + name
 
 
-class PathAdapter(Operations):
+class PathAdapter(Operations, HandleRecovery):
     """Serve a :class:`PathOperations` filesystem through the inode API.
 
     ``PathAdapter(fs)`` is an ordinary :class:`~fusewire.Operations`, so it
