@@ -250,6 +250,9 @@ class Server:
                     capture.reply(bufs)
                 try:
                     writev(fd, bufs)
+                except (TypeError, ValueError) as exc:
+                    # a reply part the dispatcher let through: never fatal
+                    self._bad_reply(fd, bufs, lookups, exc)
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         # The kernel stopped waiting (interrupt or abort).
@@ -273,6 +276,18 @@ class Server:
                     return
         finally:
             sel.close()
+
+    def _bad_reply(self, fd: int, bufs: list[Any], lookups: list[int],
+                   exc: Exception) -> None:
+        """A reply writev could not send: answer its request with EIO instead."""
+        self.dispatcher.rollback(lookups)
+        try:
+            _, _, unique = struct.unpack_from("<IiQ", bufs[0])
+            log.error("reply to unique=%#x could not be written (%s); answering EIO",
+                      unique, exc)
+            os.write(fd, struct.pack("<IiQ", 16, -errno.EIO, unique))
+        except Exception as again:
+            log.error("unwritable reply dropped: %s (%s)", exc, again)
 
     # -- notifications (the Notifier protocol) ---------------------------------------------
 
