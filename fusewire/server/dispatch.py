@@ -244,8 +244,10 @@ class Dispatcher:
         self.on_error = on_error
         self.nodes = nodes or NodeTable()
         self.journal = journal
-        #: set when a handler raised and on_error == "raise"
+        #: set when a handler raised and on_error == "raise", or init() raised
         self.fatal: BaseException | None = None
+        #: what the filesystem's init() raised (the mount is unusable then)
+        self.init_error: BaseException | None = None
         self.initialized = conn.session is not None
         #: called with each decoded Request (capture, tests); None for speed
         self.observer: Callable[[Request], None] | None = None
@@ -446,7 +448,13 @@ class Dispatcher:
         if self.conn.session is not None and not self.initialized:
             self.initialized = True
             self._install_draft()
-            self.ops.init()
+            try:
+                self.ops.init()
+            except Exception as exc:
+                # INIT is answered with an error, which leaves the connection
+                # unusable: stop serving (the server raises from ``fatal``)
+                self.init_error = self.fatal = exc
+                raise
         return bufs
 
     def _op_destroy(self, req: Request) -> Buffers:

@@ -143,8 +143,10 @@ class Server:
             except Exception:
                 log.exception("destroy raised")
             if self.dispatcher.fatal is not None:
-                raise RuntimeError("handler failed with on_error='raise'") \
-                    from self.dispatcher.fatal
+                failed = self.dispatcher.init_error
+                what = (f"init() failed: {type(failed).__name__}: {failed}"
+                        if failed is not None else "handler failed with on_error='raise'")
+                raise RuntimeError(what) from self.dispatcher.fatal
 
     def stop(self) -> None:
         """Ask every loop to return (thread-safe, signal-safe)."""
@@ -265,7 +267,8 @@ class Server:
                     else:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
-                if not is_ready and self.conn.session is not None:
+                if (not is_ready and self.conn.session is not None
+                        and self.dispatcher.fatal is None):
                     ready.set()
                     is_ready = True
                 if on_reply is not None:
