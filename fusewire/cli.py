@@ -280,7 +280,8 @@ def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
     except OSError as exc:
         if capture is not None:
             capture.close()
-        raise UsageError(f"cannot mount {mountpoint}: {exc.strerror or exc}") from None
+        why = " ".join(str(exc.strerror or exc).split())
+        raise UsageError(f"cannot mount {mountpoint}: {why}") from None
     if report is not None:
         timeout = args.ready_timeout
 
