@@ -194,14 +194,17 @@ def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def _check_mountpoint(mountpoint: str) -> None:
     """A mountpoint must be an existing directory (a file would give a broken mount)."""
+    if _mount.is_mounted(mountpoint):
+        return  # a FUSE mount (stacking, or a keeper waiting): a stat could block on it
     try:
         st = os.stat(mountpoint)
     except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNREFUSED, errno.ECONNABORTED):
+            raise UsageError(f"mountpoint {mountpoint}: {os.strerror(exc.errno or 0)} (a dead "
+                             f"mount? `fusewire umount {mountpoint}` removes it)") from None
         raise UsageError(f"mountpoint {mountpoint}: {os.strerror(exc.errno or 0)}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"mountpoint {mountpoint} is not a directory")
-    if _mount.is_mounted(mountpoint):
-        raise UsageError(f"mountpoint {mountpoint} already has a FUSE filesystem mounted")
 
 
 def _fs_arg_options(args: argparse.Namespace) -> list[str]:
@@ -320,6 +323,7 @@ def _daemonize(body: Callable[[_Report], int], mountpoint: str) -> int:
     prints it, waits for the child to end, and makes sure nothing is left
     mounted.
     """
+    was_mounted = _mount.is_mounted(mountpoint)  # stacking: never unmount what was there
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -336,7 +340,7 @@ def _daemonize(body: Callable[[_Report], int], mountpoint: str) -> int:
             return 0
         why = status[1:].decode(errors="replace").strip()
         _reap(pid)
-        if _mount.is_mounted(mountpoint):
+        if not was_mounted and _mount.is_mounted(mountpoint):
             try:
                 _mount.unmount(mountpoint, lazy=True)
             except OSError:

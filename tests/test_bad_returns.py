@@ -427,3 +427,45 @@ def test_every_opcode_survives_every_wrong_value() -> None:
             unique += 1
             served += 1
     assert served > 100
+
+
+def test_loop_answers_eio_for_a_reply_writev_refuses() -> None:
+    """Last line of defence: a reply part writev cannot send becomes EIO, the loop goes on."""
+    import socket
+    import threading
+
+    from fusewire.examples.memfs import MemFS
+    from fusewire.server.loop import Server
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv = Server(MemFS(), "/nonexistent", fd=theirs.fileno())
+    real = srv.dispatcher.dispatch
+    calls: list[int] = []
+
+    def dispatch(buf: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            unique = struct.unpack_from("<Q", bytes(buf), 8)[0]
+            return [struct.pack("<IiQ", 20, 0, unique), "text"], []  # writev: TypeError
+        return real(buf)
+
+    srv.dispatcher.dispatch = dispatch  # type: ignore[method-assign]
+    os.set_blocking(theirs.fileno(), False)
+    t = threading.Thread(target=srv.serve, kwargs={"install_signals": False}, daemon=True)
+    t.start()
+    try:
+        from fusewire.testing.wire import KERNEL_FLAGS, encode_init
+
+        ours.settimeout(10)
+        ours.send(struct.pack("<IIQQIIIHH", 40, 15, 7, 1, 0, 0, 0, 0, 0))  # a READ-like header
+        length, error, unique = struct.unpack("<IiQ", ours.recv(4096))
+        assert (length, error, unique) == (16, -errno.EIO, 7)
+        ours.send(encode_init(45, KERNEL_FLAGS, unique=8))    # the loop still serves
+        length, error, unique = struct.unpack_from("<IiQ", ours.recv(4096))
+        assert (error, unique) == (0, 8)
+    finally:
+        srv.stop()
+        t.join(5)
+        ours.close()
+        theirs.close()
+    assert not t.is_alive()
