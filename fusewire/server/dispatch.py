@@ -613,7 +613,8 @@ class Dispatcher:
     def _op_read(self, req: Request) -> Buffers:
         a = req.arg
         data = self.ops.read(a.fh, a.offset, a.size)
-        if type(data) is not bytes:
+        kind = type(data)
+        if kind is not bytes and kind is not bytearray:
             data = _data(data, "read")
         if len(data) > a.size:
             raise LocalProtocolError(f"read returned {len(data)} bytes for size {a.size}")
