@@ -1,9 +1,11 @@
 """Every mistake a person can make with the ``fusewire`` command gets one line.
 
-Each test runs ``python -m fusewire ...`` as a person would and checks: the
-exit status is not 0, stderr is exactly one line naming the cause, with no
-"Traceback", and afterwards nothing is mounted on the test's mountpoint and
-no process serving it is left running.  Tests that need a mount to go wrong
+Each test runs ``python -m fusewire ...`` as a person would (mistakes refused
+before anything is mounted run ``fusewire.cli.main`` in this process, which
+is the same code without an interpreter start) and checks: the exit status
+is not 0, stderr is exactly one line naming the cause, with no "Traceback",
+and afterwards nothing is mounted on the test's mountpoint and no process
+serving it is left running.  Tests that need a mount to go wrong
 use small filesystems written to a temporary module (a constructor that
 raises, an ``init()`` that raises or takes too long).
 """
@@ -73,6 +75,26 @@ class CLI:
         return subprocess.run([sys.executable, "-m", "fusewire", *args], env=self.env,
                               cwd="/", capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
+
+    def check(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``fusewire.cli.main(args)`` in this process (for mistakes refused before mounting)."""
+        import contextlib
+        import io
+
+        from fusewire.cli import main
+
+        err, out = io.StringIO(), io.StringIO()
+        sys.path.insert(0, str(self.base / "mod"))
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                try:
+                    code = main(list(args))
+                except SystemExit as exc:  # argparse
+                    code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            sys.path.remove(str(self.base / "mod"))
+        return subprocess.CompletedProcess(["fusewire", *args], code, out.getvalue(),
+                                           err.getvalue())
 
     def pids(self) -> list[int]:
         """Processes whose command line names our (unique) mountpoint."""
@@ -146,7 +168,7 @@ def _needs_fuse() -> None:
 
 
 def test_missing_mountpoint(cli: CLI) -> None:
-    one_line_failure(cli.run("mount", "memfs", str(cli.base / "nope")),
+    one_line_failure(cli.check("mount", "memfs", str(cli.base / "nope")),
                      "mountpoint", "nope", "No such file or directory")
     cli.assert_clean()
 
@@ -154,7 +176,7 @@ def test_missing_mountpoint(cli: CLI) -> None:
 def test_mountpoint_is_a_regular_file(cli: CLI) -> None:
     f = cli.base / "file"
     f.write_text("x")
-    one_line_failure(cli.run("mount", "memfs", str(f)), "not a directory")
+    one_line_failure(cli.check("mount", "memfs", str(f)), "not a directory")
     assert mount_fstype(f) is None
     cli.assert_clean()
 
@@ -166,12 +188,12 @@ def test_mountpoint_is_a_regular_file(cli: CLI) -> None:
     ("fd=3", "'fd' is set by mount()"),
 ])
 def test_bad_option_values(cli: CLI, option: str, needle: str) -> None:
-    one_line_failure(cli.run("mount", "memfs", str(cli.mnt), "-o", option), needle)
+    one_line_failure(cli.check("mount", "memfs", str(cli.mnt), "-o", option), needle)
     cli.assert_clean()
 
 
 def test_unknown_option_refused_with_the_valid_ones(cli: CLI) -> None:
-    line = one_line_failure(cli.run("mount", "memfs", str(cli.mnt), "-o", "allow_othr"),
+    line = one_line_failure(cli.check("mount", "memfs", str(cli.mnt), "-o", "allow_othr"),
                             "unknown mount option allow_othr")
     valid = line.partition("(valid: ")[2]
     for name in ("allow_other", "default_permissions", "max_read", "attr_timeout",
@@ -183,46 +205,46 @@ def test_unknown_option_refused_with_the_valid_ones(cli: CLI) -> None:
 def test_option_of_another_filesystem_refused(cli: CLI) -> None:
     src = cli.base / "src"
     src.mkdir()
-    one_line_failure(cli.run("mount", "passthrough", str(src), str(cli.mnt), "-o",
+    one_line_failure(cli.check("mount", "passthrough", str(src), str(cli.mnt), "-o",
                              "negative_timeout=1"), "unknown mount option negative_timeout")
     cli.assert_clean()
 
 
 def test_passthrough_missing_source(cli: CLI) -> None:
-    one_line_failure(cli.run("mount", "passthrough", str(cli.base / "nosrc"), str(cli.mnt)),
+    one_line_failure(cli.check("mount", "passthrough", str(cli.base / "nosrc"), str(cli.mnt)),
                      "passthrough source", "nosrc", "no such directory")
     cli.assert_clean()
 
 
 def test_debug_with_recoverable_is_refused(cli: CLI) -> None:
-    one_line_failure(cli.run("mount", "memfs", str(cli.mnt), "-d", "--recoverable"),
+    one_line_failure(cli.check("mount", "memfs", str(cli.mnt), "-d", "--recoverable"),
                      "-d does not work with --recoverable")
     cli.assert_clean()
 
 
 def test_fs_arg_needs_key_value_and_a_module_class(cli: CLI) -> None:
-    one_line_failure(cli.run("mount", "memfs", str(cli.mnt), "--fs-arg", "a=b"),
+    one_line_failure(cli.check("mount", "memfs", str(cli.mnt), "--fs-arg", "a=b"),
                      "--fs-arg is for MODULE:CLASS")
-    one_line_failure(cli.run("mount", "fusewire_broken:Greeter", str(cli.mnt),
+    one_line_failure(cli.check("mount", "fusewire_broken:Greeter", str(cli.mnt),
                              "--fs-arg", "novalue"), "expected KEY=VALUE")
     cli.assert_clean()
 
 
 def test_module_class_mistakes(cli: CLI) -> None:
-    one_line_failure(cli.run("mount", "no_such_module:X", str(cli.mnt)),
+    one_line_failure(cli.check("mount", "no_such_module:X", str(cli.mnt)),
                      "cannot import no_such_module")
-    one_line_failure(cli.run("mount", "fusewire_broken:Nope", str(cli.mnt)),
+    one_line_failure(cli.check("mount", "fusewire_broken:Nope", str(cli.mnt)),
                      "fusewire_broken has no Nope")
-    one_line_failure(cli.run("mount", "fusewire_broken:Greeter", str(cli.mnt)),
+    one_line_failure(cli.check("mount", "fusewire_broken:Greeter", str(cli.mnt)),
                      "missing 1 required positional argument: 'greeting'", "--fs-arg")
-    one_line_failure(cli.run("mount", "fusewire_broken:Greeter", str(cli.mnt),
+    one_line_failure(cli.check("mount", "fusewire_broken:Greeter", str(cli.mnt),
                              "--fs-arg", "greeting=hi", "--fs-arg", "colour=red"),
                      "unexpected keyword argument 'colour'")
     cli.assert_clean()
 
 
 def test_replay_passthrough_needs_a_source(cli: CLI) -> None:
-    one_line_failure(cli.run("replay", str(cli.base / "capture"), "--ops", "passthrough"),
+    one_line_failure(cli.check("replay", str(cli.base / "capture"), "--ops", "passthrough"),
                      "--ops passthrough needs --source DIR")
 
 
@@ -231,14 +253,14 @@ def test_replay_passthrough_needs_a_source(cli: CLI) -> None:
 
 
 def test_umount_of_a_directory_that_is_not_mounted(cli: CLI) -> None:
-    one_line_failure(cli.run("umount", str(cli.mnt)), str(cli.mnt), "not a mountpoint")
-    one_line_failure(cli.run("umount", str(cli.base / "nope")), "no such directory")
+    one_line_failure(cli.check("umount", str(cli.mnt)), str(cli.mnt), "not a mountpoint")
+    one_line_failure(cli.check("umount", str(cli.base / "nope")), "no such directory")
 
 
 def test_umount_refuses_a_filesystem_that_is_not_fuse(cli: CLI, tmpfs_dir: Path) -> None:
     if mount_fstype(tmpfs_dir) != "tmpfs":
         pytest.skip("needs a tmpfs mount of our own (root)")
-    one_line_failure(cli.run("umount", str(tmpfs_dir)), "is a tmpfs mount, not FUSE")
+    one_line_failure(cli.check("umount", str(tmpfs_dir)), "is a tmpfs mount, not FUSE")
     assert mount_fstype(tmpfs_dir) == "tmpfs", "fusewire umount unmounted a tmpfs"
 
 
