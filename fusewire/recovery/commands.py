@@ -188,9 +188,9 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
                                   start_new_session=True, close_fds=True)
     # the first server dying before it is ready is a broken filesystem (constructor or
     # init() raising): stop there instead of restarting it over and over
-    st = wait_ready(mountpoint, getattr(args, "ready_timeout", 30.0), keeper=keeper,
-                    give_up=lambda s: bool(s.get("fast_failures") or s.get("restarts")))
     timeout = getattr(args, "ready_timeout", 30.0)
+    st = wait_ready(mountpoint, timeout, keeper=keeper,
+                    give_up=lambda s: bool(s.get("fast_failures") or s.get("restarts")))
     broken = _probe(mountpoint) if st is not None else None
     if st is None or broken:
         why = (_last_error(logpath, logstart) or broken

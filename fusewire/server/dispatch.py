@@ -226,7 +226,7 @@ def _data(value: Any, handler: str) -> bytes | bytearray | memoryview:
     if isinstance(value, (bytes, bytearray)):
         return value
     if isinstance(value, memoryview):
-        if value.itemsize == 1 and value.ndim == 1:
+        if value.itemsize == 1 and value.ndim == 1 and value.c_contiguous:
             return value
         return value.tobytes()
     raise TypeError(f"{handler}() must return bytes, not {type(value).__name__}")
@@ -330,10 +330,13 @@ class Dispatcher:
         except Exception as exc:
             lookups.clear()
             if _raised_here(exc):
-                # Building the reply from the handler's value failed: a wrong type.
+                # Building the reply from the handler's value failed: a wrong type
+                # (or the handler's signature does not fit the call).
                 kind = type(exc)
-                log.error("%s returned an unusable value (%s: %s); answering EIO",
-                          self._which(req), kind.__name__ if kind.__module__ == "builtins"
+                what = ("could not be called" if isinstance(exc, TypeError)
+                        and "argument" in str(exc) else "returned an unusable value")
+                log.error("%s %s (%s: %s); answering EIO", self._which(req), what,
+                          kind.__name__ if kind.__module__ == "builtins"
                           else f"{kind.__module__}.{kind.__name__}", exc)
             else:
                 log.exception("%s raised; answering EIO", self._which(req))
