@@ -400,13 +400,14 @@ def mount_fstype(path: str) -> str | None:
 
 
 def _cmd_umount(args: argparse.Namespace) -> int:
-    fstype = mount_fstype(args.mountpoint)
-    if fstype is None:
+    if not _mount.is_mounted(args.mountpoint):   # reads mountinfo: never blocks on a mount
+        fstype = mount_fstype(args.mountpoint)
+        if fstype is not None:
+            raise UsageError(f"{args.mountpoint} is a {fstype} mount, not FUSE: "
+                             "not unmounting it")
         if not os.path.exists(args.mountpoint):
             raise UsageError(f"{args.mountpoint}: no such directory")
         raise UsageError(f"{args.mountpoint} is not a mountpoint")
-    if fstype.split(".", 1)[0] not in ("fuse", "fuseblk"):
-        raise UsageError(f"{args.mountpoint} is a {fstype} mount, not FUSE: not unmounting it")
     try:
         _mount.unmount(args.mountpoint, lazy=args.lazy)
     except OSError as exc:
