@@ -72,7 +72,6 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from fusewire.cli import build_ops
     from fusewire.server import mount as _mount
     from fusewire.testing.capture import CaptureError
     from fusewire.testing.replay import ops_factory_from_spec, replay
@@ -85,8 +84,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     source = os.path.abspath(args.source) if args.source else None
     try:
         extra = dict(_mount.parse_options(args.options).extra) if args.options else {}
-        build_ops(args.ops, source, dict(extra))  # a mistake shows here, in one line
-        report = replay(args.file, ops_factory_from_spec(args.ops, extra, source))
+        factory = ops_factory_from_spec(args.ops, extra, source)
+        factory()  # a mistake (module, class, source, options) shows here, in one line
+        report = replay(args.file, factory)
     except (OSError, CaptureError, ValueError) as exc:  # ValueError: UsageError too
         return _fail("replay", exc)
     print(report.summary())
