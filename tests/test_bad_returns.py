@@ -426,7 +426,7 @@ def test_every_opcode_survives_every_wrong_value() -> None:
             assert struct.unpack_from("<IiQ", bytes(bufs[0]))[1] == 0
             unique += 1
             served += 1
-    assert served > 100
+    assert served > 100, served
 
 
 def test_loop_answers_eio_for_a_reply_writev_refuses() -> None:
