@@ -27,113 +27,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fusewire.errors import UsageError
+from fusewire.examples import FS_ARG_PREFIX, FS_OPTIONS
+from fusewire.examples import build_ops as _build_ops
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
 
-__all__ = ["UsageError", "build_ops", "check_options", "fs_args", "main", "mount_fstype"]
+__all__ = ["UsageError", "build_ops", "check_options", "main", "mount_fstype"]
 
 log = logging.getLogger("fusewire")
 
 #: CLI modules that add subcommands: each has ``register(subparsers)``.
 PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
-#: ``-o`` options the example filesystems take (consumed by :func:`build_ops`)
-FS_OPTIONS = {
-    "memfs": ("entry_timeout", "attr_timeout", "negative_timeout"),
-    "passthrough": ("entry_timeout", "attr_timeout", "kernel_passthrough"),
-}
 #: ``-o`` options that the server and recovery read from ``MountOptions.extra``
 LIBRARY_OPTIONS = ("allow_root", "max_minor")
-#: ``-o fsarg.KEY=VALUE`` (what ``--fs-arg KEY=VALUE`` becomes): a keyword argument
-#: of a ``MODULE:CLASS`` filesystem's constructor
-FS_ARG_PREFIX = "fsarg."
-
-
-def _float(extra: dict[str, str], key: str, default: float) -> float:
-    value = extra.pop(key, None)
-    if not value:
-        return default
-    try:
-        got = float(value)
-    except ValueError:
-        raise UsageError(f"mount option {key!r} needs a number of seconds, not {value!r}")\
-            from None
-    if not got >= 0 or got == float("inf"):
-        raise UsageError(f"mount option {key!r} needs a number of seconds >= 0, not {value!r}")
-    return got
-
-
-def fs_args(extra: dict[str, str]) -> dict[str, str]:
-    """Consume the ``fsarg.KEY=VALUE`` entries of ``extra``: {KEY: VALUE}."""
-    got = {}
-    for key in [k for k in extra if k.startswith(FS_ARG_PREFIX)]:
-        name = key[len(FS_ARG_PREFIX):]
-        if not name.isidentifier():
-            raise UsageError(f"--fs-arg {name!r}: KEY must be a Python identifier")
-        got[name] = extra.pop(key)
-    return got
 
 
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
-    """Instantiate an example filesystem from CLI arguments and -o extras.
-
-    Consumes the options it understands from ``extra`` (entry_timeout,
-    attr_timeout, negative_timeout, kernel_passthrough; ``fsarg.KEY=VALUE``
-    entries become keyword arguments of a ``MODULE:CLASS`` constructor).
-    Raises :class:`UsageError` for a mistake a person can fix.
-    """
-    if kind == "memfs":
-        from fusewire.examples.memfs import MemFS
-
-        entry = _float(extra, "entry_timeout", 1.0)
-        attr = _float(extra, "attr_timeout", 1.0)
-        negative = _float(extra, "negative_timeout", 0.0)
-        return MemFS(entry_timeout=entry, attr_timeout=attr, negative_timeout=negative)
-    if kind == "passthrough":
-        from fusewire.examples.passthrough import Passthrough
-
-        entry = _float(extra, "entry_timeout", 1.0)
-        attr = _float(extra, "attr_timeout", 1.0)
-        if source is None:
-            raise UsageError("passthrough needs a SOURCE directory")
-        if not os.path.isdir(source):
-            raise UsageError(f"passthrough source {source}: "
-                             + ("not a directory" if os.path.exists(source)
-                                else "no such directory"))
-        kp = "kernel_passthrough" in extra
-        extra.pop("kernel_passthrough", None)
-        return Passthrough(source, entry_timeout=entry, attr_timeout=attr,
-                           kernel_passthrough=kp)
-    if ":" in kind:
-        module, _, cls = kind.partition(":")
-        kwargs = fs_args(extra)
-        try:
-            factory: Callable[..., Operations] = getattr(importlib.import_module(module), cls)
-        except ImportError as exc:
-            raise UsageError(f"cannot import {module}: {exc}") from None
-        except AttributeError:
-            raise UsageError(f"module {module} has no {cls}") from None
-        if isinstance(factory, type) and not issubclass(factory, Operations):
-            raise UsageError(f"{kind} is not an Operations subclass")
-        try:
-            ops = factory(**kwargs)
-        except TypeError as exc:
-            if "argument" not in str(exc):
-                raise UsageError(f"{kind}: the constructor raised {_describe(exc)}") from exc
-            raise UsageError(f"{kind}: {_describe(exc)} (constructor arguments are given "
-                             "with --fs-arg KEY=VALUE)") from exc
-        except Exception as exc:
-            raise UsageError(f"{kind}: the constructor raised {_describe(exc)}") from exc
-        if not isinstance(ops, Operations):
-            raise UsageError(f"{kind} is not an Operations subclass")
-        return ops
-    raise UsageError(f"unknown filesystem {kind!r} (memfs, passthrough or MODULE:CLASS)")
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` on one line."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """:func:`fusewire.examples.build_ops`, with a bad spec reported as one line (SystemExit)."""
+    try:
+        return _build_ops(kind, source, extra)
+    except UsageError as e:
+        raise SystemExit(f"fusewire: {e}") from None
 
 
 def check_options(kind: str, extra: dict[str, str]) -> None:
@@ -142,11 +57,15 @@ def check_options(kind: str, extra: dict[str, str]) -> None:
     unknown = [k for k in extra if k not in valid
                and not (":" in kind and k.startswith(FS_ARG_PREFIX))]
     if unknown:
-        from fusewire.server.mount import known_options
-
-        names = sorted(set(known_options()) | valid)
+        names = sorted(set(_mount.known_options()) | valid)
         raise UsageError(f"unknown mount option{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(unknown)} (valid: {', '.join(names)})")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _add_mount(sub: Any) -> None:
@@ -237,7 +156,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
 
         code: int = mount_recoverable(args, source, mountpoint)
         return code
-    ops = build_ops(args.fs, source, extra)
+    ops = _build_ops(args.fs, source, extra)
     if args.debug:
         args.foreground = True
     if args.foreground:

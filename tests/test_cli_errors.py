@@ -183,8 +183,8 @@ def test_mountpoint_is_a_regular_file(cli: CLI) -> None:
 
 @pytest.mark.parametrize(("option", "needle"), [
     ("max_read=abc", "'max_read' needs a decimal number"),
-    ("attr_timeout=x", "'attr_timeout' needs a number of seconds"),
-    ("entry_timeout=-1", "'entry_timeout' needs a number of seconds >= 0"),
+    ("attr_timeout=x", "-o attr_timeout=x: not a number of seconds"),
+    ("entry_timeout=-1", "-o entry_timeout=-1: not a number of seconds >= 0"),
     ("fd=3", "'fd' is set by mount()"),
 ])
 def test_bad_option_values(cli: CLI, option: str, needle: str) -> None:
@@ -232,9 +232,9 @@ def test_fs_arg_needs_key_value_and_a_module_class(cli: CLI) -> None:
 
 def test_module_class_mistakes(cli: CLI) -> None:
     one_line_failure(cli.check("mount", "no_such_module:X", str(cli.mnt)),
-                     "cannot import no_such_module")
+                     "cannot import 'no_such_module'")
     one_line_failure(cli.check("mount", "fusewire_broken:Nope", str(cli.mnt)),
-                     "fusewire_broken has no Nope")
+                     "module 'fusewire_broken' has no 'Nope'")
     one_line_failure(cli.check("mount", "fusewire_broken:Greeter", str(cli.mnt)),
                      "missing 1 required positional argument: 'greeting'", "--fs-arg")
     one_line_failure(cli.check("mount", "fusewire_broken:Greeter", str(cli.mnt),

@@ -45,6 +45,7 @@ from fusewire.opcodes.flags import InitFlag, NotifyCode
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
 from fusewire.server.dispatch import Dispatcher, NodeTable, wanted_flags
+from fusewire.structs.codec import CODECS
 
 __all__ = ["Server"]
 
@@ -284,11 +285,12 @@ class Server:
                    exc: Exception) -> None:
         """A reply writev could not send: answer its request with EIO instead."""
         self.dispatcher.rollback(lookups)
+        out_header = CODECS["out_header"].struct
         try:
-            _, _, unique = struct.unpack_from("<IiQ", bufs[0])
+            _, _, unique = out_header.unpack_from(bufs[0])
             log.error("reply to unique=%#x could not be written (%s); answering EIO",
                       unique, exc)
-            os.write(fd, struct.pack("<IiQ", 16, -errno.EIO, unique))
+            os.write(fd, out_header.pack(16, -errno.EIO, unique))
         except Exception as again:
             log.error("unwritable reply dropped: %s (%s)", exc, again)
 

@@ -87,7 +87,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         factory = ops_factory_from_spec(args.ops, extra, source)
         factory()  # a mistake (module, class, source, options) shows here, in one line
         report = replay(args.file, factory)
-    except (OSError, CaptureError, ValueError) as exc:  # ValueError: UsageError too
+    except (OSError, CaptureError, ValueError) as exc:  # UsageError is a ValueError
         return _fail("replay", exc)
     print(report.summary())
     for diff in report.differences[:args.max_diffs]:
