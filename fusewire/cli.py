@@ -327,6 +327,11 @@ def _cmd_umount(args: argparse.Namespace) -> int:
         if not os.path.exists(args.mountpoint):
             raise UsageError(f"{args.mountpoint}: no such directory")
         raise UsageError(f"{args.mountpoint} is not a mountpoint")
+    from fusewire.recovery.commands import umount_via_keeper
+
+    done = umount_via_keeper(args.mountpoint, args.lazy)     # a recoverable mount
+    if done is not None:
+        return done
     try:
         _mount.unmount(args.mountpoint, lazy=args.lazy)
     except OSError as exc:

@@ -36,10 +36,11 @@ import threading
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Operations
+from fusewire.recovery_api import ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -108,7 +109,8 @@ def _err(code: int) -> FUSEError:
 
 
 def _now() -> int:
-    return time.time_ns()
+    # the library's clock: pinned to the recorded time when a request is replayed
+    return now_ns()
 
 
 class _Dir:
@@ -269,8 +271,12 @@ def _check_new_name(name: bytes) -> None:
         raise _err(errno.EEXIST)
 
 
-class MemFS(Operations):
+class MemFS(ReplayRecovery, Operations):
     """A tmpfs-like in-memory filesystem.
+
+    Recoverable by replay (:class:`fusewire.ReplayRecovery`): its timestamps
+    come from :func:`fusewire.now_ns`, its inode and fh numbers from counters
+    in the snapshot.
 
     ``entry_timeout``/``attr_timeout`` are handed to the kernel with every
     entry; ``negative_timeout > 0`` makes failed lookups cacheable.
@@ -308,6 +314,7 @@ class MemFS(Operations):
         self._plocks: dict[int, list[_PosixLock]] = {}
         self._flocks: dict[int, dict[int, tuple[int, int]]] = {}   # ino -> owner -> (op, fh)
         self._waits_for: dict[int, int] = {}        # blocked lock owner -> holder
+        self._replaying = False                     # keep lookup-only inodes (replay)
         root = _Inode(_ROOT, stat.S_IFDIR | (root_mode & 0o7777),
                       os.getuid() if root_uid is None else root_uid,
                       os.getgid() if root_gid is None else root_gid, _now())
@@ -406,7 +413,8 @@ class MemFS(Operations):
         parent.mtime = parent.ctime = node.ctime
 
     def _maybe_free(self, node: _Inode) -> None:
-        if node.nlink or node.nlookup or node.ino in self._nopen or node.ino == _ROOT:
+        if (node.nlink or node.nlookup or node.ino in self._nopen or node.ino == _ROOT
+                or self._replaying):
             return
         del self._inodes[node.ino]
         if node.chunks:
@@ -1484,7 +1492,8 @@ class MemFS(Operations):
         with self._lock:
             inodes = []
             for n in self._inodes.values():
-                chunks = None if n.chunks is None else {i: bytes(c) for i, c in n.chunks.items()}
+                # the bytearrays themselves: pickled at once, under the lock (no copy)
+                chunks = None if n.chunks is None else dict(n.chunks)
                 dirstate = None
                 if n.dir is not None:
                     dirstate = (n.dir.parent, n.dir.next_cookie,
@@ -1512,6 +1521,28 @@ class MemFS(Operations):
             }
             return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
+    def replay_started(self) -> None:
+        """Keep unlinked inodes until :meth:`replay_finished` (the log has no FORGETs)."""
+        with self._lock:
+            self._replaying = True
+
+    def replay_finished(self, lookups: Mapping[int, int],
+                        changed: Collection[int] | None = None) -> None:
+        """Take the kernel's lookup counts; free unlinked inodes nothing holds."""
+        with self._lock:
+            self._replaying = False
+            inodes = self._inodes
+            if changed is None:
+                for ino, node in inodes.items():
+                    node.nlookup = lookups.get(ino, 0)
+            else:
+                for ino in changed:
+                    found = inodes.get(ino)
+                    if found is not None:
+                        found.nlookup = lookups.get(ino, 0)
+            for node in [n for n in inodes.values() if n.nlink == 0]:
+                self._maybe_free(node)
+
     def load_state(self, data: bytes) -> None:
         """Replace this filesystem's contents with a :meth:`dump_state` blob."""
         state = _NoGlobalsUnpickler(io.BytesIO(data)).load()
@@ -1530,7 +1561,9 @@ class MemFS(Operations):
             elif target is not None:
                 n.data = target
             if chunks is not None:
-                n.data = {i: bytearray(c) for i, c in chunks.items()}
+                # chunks are pickled bytearrays: take them as they are (no copy)
+                n.data = {i: c if isinstance(c, bytearray) else bytearray(c)
+                          for i, c in chunks.items()}
                 used += sum(len(c) for c in chunks.values())
             if dirstate is not None:
                 parent, next_cookie, entries = dirstate

@@ -100,10 +100,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
-                "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
+                "server_pid", "ready", "protocol", "recovery", "recovery_why", "restart",
+                "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
-                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid"):
-        if key == "source" and st.get(key) is None:
+                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid",
+                "code_version", "replayed_code_version", "failed_calls"):
+        if key in ("source", "replayed_code_version") and st.get(key) is None:
             continue
         if key == "state_reason" and not st.get(key):
             continue
@@ -123,6 +125,19 @@ def _ask_keeper(mountpoint: str, *ops: str) -> list[dict[str, Any]] | None:
         sys.stderr.write(f"fusewire: {replies[-1].get('error')}\n")
         return None
     return replies
+
+
+def umount_via_keeper(mountpoint: str, lazy: bool = False) -> int | None:
+    """``fusewire umount`` of a recoverable mount: the keeper unmounts (it fails the calls
+    that wait for a server first, so a stopped mount unmounts too).  None: no keeper."""
+    try:
+        reply = wire.request(wire.socket_path(mountpoint), {"op": "umount", "lazy": lazy}, 15.0)
+    except OSError:
+        return None
+    if not reply.get("ok"):
+        sys.stderr.write(f"fusewire: cannot unmount {mountpoint}: {reply.get('error')}\n")
+        return 1
+    return 0
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
@@ -199,10 +214,15 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
         sys.stderr.write(f"fusewire: the recoverable mount did not become ready: {why}; "
                          f"mount undone (log: {logpath})\n")
         return 1
-    if st.get("recovery") == "upgrade-only":
-        sys.stderr.write(f"fusewire: warning: {args.fs} implements neither dump_state nor "
-                         "handle_of: graceful upgrade works, crash recovery does NOT\n")
+    sys.stderr.write(recovery_line(st))
     return 0
+
+
+def recovery_line(st: dict[str, Any]) -> str:
+    """The line ``mount --recoverable`` prints: which recovery mode the class gets, and why."""
+    mode, why = st.get("recovery"), st.get("recovery_why")
+    warn = "warning: " if mode == "upgrade-only" else ""
+    return f"fusewire: {warn}recovery mode {mode}: {why}\n"
 
 
 def _undo(keeper: subprocess.Popen[bytes], mountpoint: str) -> None:
