@@ -511,7 +511,8 @@ class RecoverableServer(Server):
         if self.crash.active:
             self.crash.check("reply", _IN_HDR.unpack_from(msg)[1])
         if not self.progressed:
-            if not self.reported and self.conn.session is not None:
+            if (not self.reported and self.conn.session is not None
+                    and self.dispatcher.fatal is None):  # init() raising: not ready
                 self.report_ready()
             if self.reported and not _IN_HDR.unpack_from(msg)[2] >> 63:
                 self.progressed = True
