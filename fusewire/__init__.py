@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Notifier, Operations
+from fusewire.pathops import PathAdapter, PathOperations
 from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
@@ -31,6 +32,8 @@ __all__ = [
     "Lock",
     "Notifier",
     "Operations",
+    "PathAdapter",
+    "PathOperations",
     "Pending",
     "RecoveryMode",
     "ReplayRecovery",

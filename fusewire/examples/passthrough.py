@@ -90,6 +90,10 @@ _MAX_HANDLE_SZ = 128
 _HANDLE_MAGIC = b"FWP1"
 _HANDLE_HEAD = struct.Struct("<4sQQQiii")   # magic, nodeid, dev, ino, mount_id, type, size
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: chattr(1)'s ioctls (FS_IOC_GETFLAGS/SETFLAGS, their 32-bit forms, FS_IOC_FSGETXATTR/
+#: FSSETXATTR): the only ones forwarded to backing files
+_FLAG_IOCTLS = frozenset({0x80086601, 0x40086602, 0x80046601, 0x40046602,
+                          0x801C581F, 0x401C5820})
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 _REOPEN_STRIP = _OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE
 _DOTS = (b".", b"..")
@@ -674,6 +678,17 @@ class Passthrough(HandleRecovery, Operations):
         if flags:
             raise FUSEError(errno.EINVAL)
         return os.copy_file_range(fh_in, fh_out, length, off_in, off_out)
+
+    @_errmap
+    def ioctl(self, fh: int, cmd: int, arg: int, in_data: bytes, out_size: int,
+              flags: int, ctx: RequestContext) -> tuple[int, bytes]:
+        """``chattr``/``lsattr`` flags, forwarded to the backing file (others: ENOTTY)."""
+        if cmd not in _FLAG_IOCTLS:
+            raise FUSEError(errno.ENOTTY)
+        buf = bytearray(max(out_size, len(in_data), 32))
+        buf[:len(in_data)] = in_data
+        result = fcntl.ioctl(fh, cmd, buf)   # fh: the file's (or directory's) own fd
+        return int(result), bytes(buf[:out_size])
 
     # -- directories -----------------------------------------------------------
 

@@ -50,6 +50,7 @@ from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.operations import Operations
+from fusewire.pathops import PathAdapter
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
@@ -519,7 +520,8 @@ class RecoverableServer(Server):
         if self.crash.active:
             self.crash.check("reply", _IN_HDR.unpack_from(msg)[1])
         if not self.progressed:
-            if not self.reported and self.conn.session is not None:
+            if (not self.reported and self.conn.session is not None
+                    and self.dispatcher.fatal is None):  # init() raising: not ready
                 self.report_ready()
             if self.reported and not _IN_HDR.unpack_from(msg)[2] >> 63:
                 self.progressed = True
@@ -678,6 +680,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     writer = jn.JournalWriter(journal_fd, state.valid_len)
     writer.inherit(state)
     nodes.writer = writer
+    if mode == "handles" and isinstance(ops, PathAdapter):
+        ops.key_changed = nodes.rekey        # a rename changes a path node's handle
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
     rj.probing = (isinstance(ops, HandleRecovery)
                   and type(ops).entry_identity is not HandleRecovery.entry_identity)
