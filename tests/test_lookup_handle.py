@@ -38,7 +38,9 @@ from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending, ProcessServer, from_state
 from fusewire.testing.wire import KERNEL_FLAGS, encode_init, split_reply
 
-PROFILES = ["v2", "v3"]
+#: the fusewire profile (fusewire's own extension); the RFC profiles have their own
+#: tests below, fed with the byte sequences the posted patches define
+PROFILES = ["fusewire"]
 SECRET = bytes(range(32))
 #: a MemFS handle on the wire: format byte, length byte, 16 inner bytes
 #: (inode u64, filesystem generation u64), 16-byte tag
@@ -113,7 +115,7 @@ class SpyFS(MemFS):
 
 def test_profile_off_nothing_on_the_wire_at_745() -> None:
     offered = KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE
-    for config in (Config(), Config(lookup_handle="v2")):
+    for config in (Config(), Config(lookup_handle="rfc-v2")):
         kernel = offered if config.lookup_handle is None else KERNEL_FLAGS
         body = init_reply(config, kernel)
         assert len(body) == 64
@@ -123,7 +125,7 @@ def test_profile_off_nothing_on_the_wire_at_745() -> None:
         assert body[40:] == bytes(24)  # request_timeout 0, no max_handle_sz, unused zero
 
     # a kernel offering the draft, a server not opting in: upstream sizes everywhere
-    emu = make_emu("v2", server_profile=None)
+    emu = make_emu("fusewire", server_profile=None)
     assert emu.session is not None and emu.session.lookup_handle is None
     assert emu.dispatcher.handles is None
     raws = capture(emu)
@@ -156,16 +158,17 @@ def test_profile_off_nothing_on_the_wire_at_745() -> None:
 
 
 def test_profile_needs_the_kernel_offer() -> None:
-    emu = KernelEmulator(MemFS(), config=Config(lookup_handle="v3", handle_secret=SECRET))
+    emu = KernelEmulator(MemFS(), config=Config(lookup_handle="fusewire", handle_secret=SECRET))
     assert emu.conn.session is not None and emu.conn.session.lookup_handle is None
     assert emu.conn.session.handle_secret == ""
     # below 7.36 there is no flags2, so bit 43 cannot be offered at all
-    body = init_reply(Config(lookup_handle="v2"), KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE,
+    body = init_reply(Config(lookup_handle="rfc-v2"), KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE,
                       minor=35)
     assert not _R["init_out"].decode(body + bytes(64 - len(body))).flags2
 
 
-@pytest.mark.parametrize(("profile", "size"), [("v2", 128), ("v2", 64), ("v3", 0)])
+@pytest.mark.parametrize(("profile", "size"), [("rfc-v2", 128), ("rfc-v2", 64),
+                                               ("rfc-v3", 0), ("fusewire", 0)])
 def test_init_reply_layout(profile: str, size: int) -> None:
     config = Config(lookup_handle=profile, max_handle_sz=size or 128)
     body = init_reply(config, KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE)
@@ -178,19 +181,20 @@ def test_init_reply_layout(profile: str, size: int) -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError):
-        Config(lookup_handle="v4")
+    for name in ("v4", "v2", "v3"):       # the old names were renamed, not aliased
+        with pytest.raises(ValueError):
+            Config(lookup_handle=name)
     for bad in (0, 20, 130, 100):
         with pytest.raises(ValueError):
-            Config(lookup_handle="v2", max_handle_sz=bad)
+            Config(lookup_handle="rfc-v2", max_handle_sz=bad)
     with pytest.raises(ValueError):
-        Config(lookup_handle="v2", handle_secret=b"short")
+        Config(lookup_handle="rfc-v2", handle_secret=b"short")
 
 
 # -- entry replies carry handles ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("profile", "slot"), [("v2", 128), ("v2", 64), ("v3", 128)])
+@pytest.mark.parametrize(("profile", "slot"), [("fusewire", 128)])
 def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     fs = MemFS()
     emu = make_emu(profile, fs, max_handle_sz=slot)
@@ -279,8 +283,8 @@ def test_requests_carry_the_parent_handle(profile: str) -> None:
     emu.inc_epoch()
     emu.stat("/d/sub/f")
     by_parent = {(op, n): h for op, n, h in seen}
-    lookup = DRAFT_FUSE_LOOKUP_HANDLE_V3 if profile == "v3" else Opcode.LOOKUP
-    create = DRAFT_FUSE_MKOBJ_HANDLE_V3 if profile == "v3" else Opcode.CREATE
+    lookup = DRAFT_FUSE_LOOKUP_HANDLE_V3 if profile == "fusewire" else Opcode.LOOKUP
+    create = DRAFT_FUSE_MKOBJ_HANDLE_V3 if profile == "fusewire" else Opcode.CREATE
     assert by_parent[(Opcode.MKDIR, d)] == emu.inode_handles[d]
     assert by_parent[(create, sub)] == emu.inode_handles[sub]
     assert by_parent[(lookup, sub)] == emu.inode_handles[sub]
@@ -290,7 +294,7 @@ def test_requests_carry_the_parent_handle(profile: str) -> None:
     emu.dispatcher.observer = lambda req: raw_ext.append(req.ext.raw if req.ext else b"")
     emu.inc_epoch()
     emu.stat("/d/sub/f")
-    if profile == "v3":
+    if profile == "fusewire":
         # v3: the handle rides in a FUSE_EXT_HANDLE request extension (padded to 8)
         size, typ, hsz = struct.unpack_from("<IIH", raw_ext[-2])
         assert typ == FUSE_EXT_HANDLE and size == len(raw_ext[-2]) == 8 + 40
@@ -410,8 +414,7 @@ class BigHandleFS(MemFS):
 
 
 @pytest.mark.parametrize(("profile", "slot", "extra", "fits"), [
-    ("v2", 64, 30, True), ("v2", 64, 31, False), ("v2", 24, 0, False),
-    ("v3", 128, 94, True), ("v3", 128, 95, False)])
+    ("fusewire", 128, 94, True), ("fusewire", 128, 95, False)])
 def test_the_handle_size_limit_is_respected(profile: str, slot: int, extra: int,
                                             fits: bool) -> None:
     emu = make_emu(profile, BigHandleFS(extra), max_handle_sz=slot)
@@ -451,7 +454,7 @@ def test_lookup_handle_by_handle_counts_one_lookup(profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_mkobj_handle_and_lookup_handle_edge_cases(profile: str) -> None:
     emu = make_emu(profile)
-    if profile == "v3":
+    if profile == "fusewire":
         arg = _R["create_in"].record(flags=os.O_RDWR, mode=stat.S_IFDIR | 0o755, umask=0,
                                      open_flags=0)
         assert emu.request(DRAFT_FUSE_MKOBJ_HANDLE_V3, ROOT, arg=arg,

@@ -1,47 +1,48 @@
-"""DRAFT stable-handle profiles (LOOKUP_HANDLE RFC v2 / v3): handles, their MAC, their wire forms.
+"""DRAFT stable-handle profiles (LOOKUP_HANDLE): handles, their MAC, their wire forms.
 
 Theory of operation
 -------------------
 Upstream FUSE (7.45) names objects by a u64 nodeid that only means something
 to the server process that handed it out.  The LOOKUP_HANDLE RFC series (Luis
-Henriques: v1 Nov 2025, v2 Dec 2025, v3 Feb 2026; none merged, protocol.md
-§14) lets every entry reply also carry a *file handle* of at most 128 bytes
-that the kernel stores per inode.  After a server restart the kernel can then
-ask a successor that has no node table whether each cached inode still names
-the same object (the thread's FUSE_REVALIDATE_FH), and mark the ones that do
-not bad, instead of sending nodeids the successor cannot interpret.
+Henriques on linux-fsdevel; none merged) lets entry replies also carry a *file
+handle* of at most 128 bytes that the kernel stores per inode and compares
+when it looks a name up again, so a restarted server that gives a nodeid to
+another object is caught (the inode is made bad) instead of being trusted.
 
-Two profiles exist, selected by the server (``Config(lookup_handle="v2" |
-"v3")``, default off) and negotiated only when the kernel's INIT offers
-``InitFlag.HAS_LOOKUP_HANDLE`` (bit 43):
+Three profiles exist, selected by the server (``Config(lookup_handle=...)``,
+default off).  docs/draft-handles.md has the rule-by-rule table with the
+message each rule comes from.
 
-``v2`` (RFC v2, 12 Dec 2025)
-    ``init_out.max_handle_sz`` (u16 at offset 42) announces the handle size S.
-    ``fuse_entry_out`` grows a trailing ``fuse_file_handle {u32 size, u32
-    type}`` followed by an S-byte slot, in every entry reply and every
-    READDIRPLUS record.  LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK, LINK and
-    TMPFILE carry the parent's ``fuse_file_handle`` as one more in-arg after
-    the names.  LOOKUP_HANDLE (54) looks an object up by its handle.
+``rfc-v2`` (RFC v2, 12 Dec 2025, <20251212181254.59365-1-luis@igalia.com>)
+    INIT reply: bit 43 and ``max_handle_sz`` S (u16 at offset 42).  LOOKUP_HANDLE
+    (54) replaces LOOKUP: name, NUL, then the parent's ``fuse_file_handle {u32
+    size, u32 type}`` + bytes (absent when the kernel holds none).  CREATE,
+    MKNOD, MKDIR, SYMLINK, LINK, TMPFILE carry the parent's handle the same way
+    after the names; their replies and LOOKUP_HANDLE's are ``fuse_entry_out`` +
+    ``fuse_file_handle`` + ``size`` bytes, and the kernel accepts only
+    ``1 <= size < S`` (and ``< 128``).  No READDIRPLUS (left undefined).
 
-``v3`` (RFC v3, 25 Feb 2026)
-    No size in INIT; a handle is ``fuse_file_handle {u16 size}`` + bytes, at
-    most FUSE_MAX_HANDLE_SZ.  The parent's handle travels in a request
-    extension (``FUSE_EXT_HANDLE``).  LOOKUP_HANDLE (55) replies
-    ``fuse_entry2_out`` (no attributes) + the handle; MKOBJ_HANDLE (56)
-    creates and opens.  The RFC leaves the other entry replies and
-    READDIRPLUS out; fusewire appends the handle to them (after
-    ``fuse_entry_out``, before ``fuse_open_out``).
+``rfc-v3`` (RFC v3, 25 Feb 2026, <20260225112439.27276-1-luis@igalia.com>, on
+the FUSE_COMPOUND series v5 <20260210-fuse-compounds-upstream-v5-0-ea0585f62daa@ddn.com>)
+    INIT reply: bit 43, no size.  FUSE_COMPOUND (54) carries LOOKUP_HANDLE (55)
+    + STATX, and (atomic) MKOBJ_HANDLE (56) + STATX + OPEN.  LOOKUP_HANDLE and
+    MKOBJ_HANDLE replies are ``fuse_entry2_out`` + ``fuse_file_handle {u16
+    size}`` + bytes; the parent's handle travels in a ``FUSE_EXT_HANDLE``
+    extension.  Every other reply keeps its upstream size.  No READDIRPLUS.
 
-REVALIDATE_FH (57) is fusewire's definition for both profiles.  The exact
-layouts are in docs/recovery.md ("Draft stable-handle profiles"); the opcode
-rows are :data:`fusewire.opcodes.table.DRAFT_OPS` and the structs are the
-``DRAFT`` schemas of :mod:`fusewire.structs.schemas`.  This module holds the
-rest of the profile: the handle codec, the layouts of handle elements and of
-READDIRPLUS records, and the kernel-side decoders the emulator uses.
+``fusewire`` (fusewire's own extension, in no RFC)
+    The v3 framing plus handles after every entry reply (after
+    ``fuse_entry_out``, before ``fuse_open_out``) and in READDIRPLUS records,
+    MKOBJ_HANDLE folding ``fuse_open_out`` into its reply, and REVALIDATE_FH
+    (57).
+
+The opcode rows are :data:`fusewire.opcodes.table.DRAFT_OPS`; this module
+holds the rest: the handle codec, the layouts, and the kernel-side encoders
+and decoders the emulator uses (which follow the posted kernels' checks).
 
 Handles are authenticated.  The bytes a kernel receives are::
 
-    u8 format (1) | u8 n | inner[n] | zero padding (v2: up to S) | tag[16]
+    u8 format (1) | u8 n | inner[n] | tag[16]
 
 where *inner* is :meth:`~fusewire.Operations.handle_of` and *tag* is
 HMAC-SHA256 over the preceding bytes, truncated to 16 bytes, under the
@@ -69,6 +70,7 @@ from typing import Any, NamedTuple
 
 from fusewire.connection import Session
 from fusewire.opcodes.flags import (
+    DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
     DRAFT_FUSE_LOOKUP_HANDLE_V3,
     DRAFT_FUSE_MKOBJ_HANDLE_V3,
@@ -89,8 +91,10 @@ __all__ = [
     "HANDLE_OVERHEAD",
     "PARENT_HANDLE_OPS",
     "PROFILES",
+    "COMPOUND_MAX_OPS",
+    "STATX_MASK_V3",
     "TAG_SIZE",
-    "V2_HANDLE_TYPE",
+    "V3_OUT_SIZES",
     "DirentRecord",
     "HandleDirentPlus",
     "HandleEntry",
@@ -99,11 +103,22 @@ __all__ = [
     "HandleWireError",
     "Profile",
     "SessionHandles",
+    "SubReply",
+    "SubRequest",
+    "decode_compound_reply",
     "decode_reply",
+    "decode_v2_entry",
+    "decode_v3_entry",
+    "encode_compound",
+    "encode_sub_request",
     "ext_handle",
+    "ext_tail",
     "handle_capacity",
+    "max_handle",
     "reply_carries_handle",
     "request_element",
+    "split_compound",
+    "with_extlen",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,9 +129,6 @@ HANDLE_FORMAT = 1
 TAG_SIZE = 16
 #: Format byte + length byte + tag: what a handle adds to the filesystem's bytes.
 HANDLE_OVERHEAD = 2 + TAG_SIZE
-#: ``fuse_file_handle.type`` fusewire writes in v2 (ignored on input: the
-#: opaque bytes carry their own format byte and tag).
-V2_HANDLE_TYPE = 1
 _DOMAIN = b"fusewire/file-handle/1\0"
 
 _ENTRY_OUT = CODECS["entry_out"]
@@ -128,7 +140,7 @@ _V3_HDR = struct.Struct("<H")    # fuse_file_handle (v3): size
 _EXT_HDR = struct.Struct("<II")  # fuse_ext_header: size, type
 
 #: Requests whose header nodeid is a directory the kernel may name by handle
-#: as well (v2: an in-arg; v3: a FUSE_EXT_HANDLE extension).
+#: as well (rfc-v2: an in-arg; fusewire: a FUSE_EXT_HANDLE extension).
 PARENT_HANDLE_OPS: tuple[int, ...] = (
     Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
     Opcode.TMPFILE,
@@ -196,36 +208,48 @@ def handle_capacity(size: int) -> int:
 
 @dataclass(frozen=True)
 class Profile:
-    """One draft profile: its opcodes and the layout of a handle on the wire.
+    """One draft profile: its opcodes and how a handle looks on the wire.
 
-    ``fixed_slot``: v2 reserves ``max_handle_sz`` bytes after each
-    ``fuse_file_handle`` header in replies (the header's size says how many
-    are used); v3 handles are exactly ``2 + size`` bytes.
+    ``v2_header``: ``fuse_file_handle`` is ``{u32 size, u32 type}`` (RFC v1/v2)
+    rather than ``{u16 size}`` (RFC v3).  ``entry2``: LOOKUP_HANDLE and
+    MKOBJ_HANDLE reply ``fuse_entry2_out`` (no attributes) instead of
+    ``fuse_entry_out``.  ``handle_replies``: the opcodes whose success reply
+    carries a handle.  ``mkobj_open``: MKOBJ_HANDLE's reply ends with
+    ``fuse_open_out`` (fusewire) or not (RFC v3: the OPEN of the compound
+    answers that).  ``min_handle``: the smallest handle the kernel accepts in
+    an entry reply for an object (RFC v2: 1).
     """
 
     name: str
     revision: str
     lookup_opcode: int
-    revalidate_opcode: int
     mkobj_opcode: int | None
-    fixed_slot: bool
+    revalidate_opcode: int | None
+    compound_opcode: int | None
+    v2_header: bool
+    entry2: bool
+    handle_replies: frozenset[int]
+    mkobj_open: bool
+    readdirplus: bool
+    min_handle: int
 
-    def reply_element(self, handle: bytes, slot: int) -> bytes:
-        """``fuse_file_handle`` as it follows an entry in a reply (``b""``: no handle)."""
-        if self.fixed_slot:
-            return (_V2_HDR.pack(len(handle), V2_HANDLE_TYPE if handle else 0) + handle
-                    + bytes(slot - len(handle)))
+    def reply_element(self, handle: bytes) -> bytes:
+        """``fuse_file_handle`` as it follows an entry in a reply (``b""``: no handle).
+
+        RFC v2 4/6 never reads ``type`` back (the kernel stores only size and
+        bytes), so fusewire writes 0 there.
+        """
+        if self.v2_header:
+            return _V2_HDR.pack(len(handle), 0) + handle
         return _V3_HDR.pack(len(handle)) + handle
 
     def request_element(self, handle: bytes) -> bytes:
         """``fuse_file_handle`` as the kernel sends it in a request (exact size)."""
-        if self.fixed_slot:
-            return _V2_HDR.pack(len(handle), V2_HANDLE_TYPE if handle else 0) + handle
-        return _V3_HDR.pack(len(handle)) + handle
+        return self.reply_element(handle)
 
     def parse_request_element(self, data: bytes) -> bytes:
         """The handle bytes of a request's ``fuse_file_handle``; EINVAL if malformed."""
-        hdr = _V2_HDR if self.fixed_slot else _V3_HDR
+        hdr = _V2_HDR if self.v2_header else _V3_HDR
         if len(data) < hdr.size:
             raise FUSEError(errno.EINVAL)
         size = hdr.unpack_from(data)[0]
@@ -233,43 +257,53 @@ class Profile:
             raise FUSEError(errno.EINVAL)
         return bytes(data[hdr.size:])
 
-    def parse_reply_element(self, body: bytes, pos: int, slot: int) -> tuple[bytes, int]:
+    def parse_reply_element(self, body: bytes, pos: int) -> tuple[bytes, int]:
         """Kernel side: (handle, bytes used) of the element at ``pos``; HandleWireError if bad."""
-        if self.fixed_slot:
-            if len(body) - pos < 8 + slot:
-                raise HandleWireError(f"{len(body) - pos} bytes left, fuse_file_handle with a "
-                                      f"{slot}-byte slot needs {8 + slot}")
-            size, _type = _V2_HDR.unpack_from(body, pos)
-            if size > slot:
-                raise HandleWireError(f"handle of {size} bytes > max_handle_sz {slot}")
-            end = pos + 8 + slot
-            if any(body[pos + 8 + size:end]):
-                raise HandleWireError("non-zero bytes after the handle in its slot")
-            return bytes(body[pos + 8:pos + 8 + size]), 8 + slot
-        if len(body) - pos < 2:
+        hdr = _V2_HDR if self.v2_header else _V3_HDR
+        if len(body) - pos < hdr.size:
             raise HandleWireError("missing fuse_file_handle")
-        (size,) = _V3_HDR.unpack_from(body, pos)
+        size = hdr.unpack_from(body, pos)[0]
         if size > FUSE_MAX_HANDLE_SZ:
             raise HandleWireError(f"handle of {size} bytes > FUSE_MAX_HANDLE_SZ")
-        if len(body) - pos < 2 + size:
+        if len(body) - pos < hdr.size + size:
             raise HandleWireError(f"handle of {size} bytes overruns the reply")
-        return bytes(body[pos + 2:pos + 2 + size]), 2 + size
+        return bytes(body[pos + hdr.size:pos + hdr.size + size]), hdr.size + size
 
+
+_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
+                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
+_V2_REPLIES = frozenset({DRAFT_FUSE_LOOKUP_HANDLE_V2, Opcode.MKNOD, Opcode.MKDIR,
+                         Opcode.SYMLINK, Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
 
 PROFILES: dict[str, Profile] = {
-    "v2": Profile("v2", "LOOKUP_HANDLE RFC v2 (Luis Henriques, 12 Dec 2025, "
-                  "'[RFC PATCH v2 0/6]')", DRAFT_FUSE_LOOKUP_HANDLE_V2,
-                  DRAFT_FUSE_REVALIDATE_FH, None, True),
-    "v3": Profile("v3", "LOOKUP_HANDLE RFC v3 (Luis Henriques, 25 Feb 2026, "
-                  "'[RFC PATCH v3 0/8]')", DRAFT_FUSE_LOOKUP_HANDLE_V3,
-                  DRAFT_FUSE_REVALIDATE_FH, DRAFT_FUSE_MKOBJ_HANDLE_V3, False),
+    "rfc-v2": Profile(
+        "rfc-v2", "LOOKUP_HANDLE RFC v2 (Luis Henriques, 12 Dec 2025, "
+        "<20251212181254.59365-1-luis@igalia.com>, patches 3/6 and 4/6)",
+        DRAFT_FUSE_LOOKUP_HANDLE_V2, None, None, None, v2_header=True, entry2=False,
+        handle_replies=_V2_REPLIES, mkobj_open=False, readdirplus=False, min_handle=1),
+    "rfc-v3": Profile(
+        "rfc-v3", "LOOKUP_HANDLE RFC v3 (Luis Henriques, 25 Feb 2026, "
+        "<20260225112439.27276-1-luis@igalia.com>, patches 6/8 and 8/8) on FUSE_COMPOUND v5 "
+        "(Horst Birthelmer, <20260210-fuse-compounds-upstream-v5-0-ea0585f62daa@ddn.com>)",
+        DRAFT_FUSE_LOOKUP_HANDLE_V3, DRAFT_FUSE_MKOBJ_HANDLE_V3, None, DRAFT_FUSE_COMPOUND,
+        v2_header=False, entry2=True,
+        handle_replies=frozenset({DRAFT_FUSE_LOOKUP_HANDLE_V3, DRAFT_FUSE_MKOBJ_HANDLE_V3}),
+        mkobj_open=False, readdirplus=False, min_handle=0),
+    "fusewire": Profile(
+        "fusewire", "fusewire's own extension (not in any RFC): RFC v3 framing, handles on "
+        "every entry reply and READDIRPLUS, REVALIDATE_FH",
+        DRAFT_FUSE_LOOKUP_HANDLE_V3, DRAFT_FUSE_MKOBJ_HANDLE_V3, DRAFT_FUSE_REVALIDATE_FH, None,
+        v2_header=False, entry2=True,
+        handle_replies=_ENTRY_REPLIES | {Opcode.READDIRPLUS, DRAFT_FUSE_LOOKUP_HANDLE_V3,
+                                         DRAFT_FUSE_MKOBJ_HANDLE_V3, DRAFT_FUSE_REVALIDATE_FH},
+        mkobj_open=True, readdirplus=True, min_handle=0),
 }
 
 
-def _slot(session: Session) -> int:
-    profile = PROFILES[session.lookup_handle or ""]
-    if profile.fixed_slot:
-        return session.max_handle_sz
+def max_handle(session: Session) -> int:
+    """The largest handle the kernel of ``session`` accepts (rfc-v2: ``max_handle_sz - 1``)."""
+    if session.lookup_handle == "rfc-v2":
+        return min(session.max_handle_sz, FUSE_MAX_HANDLE_SZ) - 1
     return FUSE_MAX_HANDLE_SZ
 
 
@@ -290,8 +324,8 @@ class SessionHandles:
             raise ValueError(f"no stable-handle profile {session.lookup_handle!r}")
         self.ops = ops
         self.profile = profile
-        #: v2: the negotiated max_handle_sz (every handle fills it); v3: the cap
-        self.max_size = _slot(session)
+        #: the largest handle the kernel accepts (rfc-v2: max_handle_sz - 1)
+        self.max_size = max_handle(session)
         secret = bytes.fromhex(session.handle_secret) if session.handle_secret else b""
         if not secret:
             log.warning("session without a handle secret: handles will not survive a restart")
@@ -311,16 +345,24 @@ class SessionHandles:
                             "such objects get no handle", inode, len(inner), self.max_size,
                             handle_capacity(self.max_size))
             return b""
-        return self.key.seal(inner, self.max_size if self.profile.fixed_slot else None)
+        return self.key.seal(inner)
 
     def element_for(self, inode: int) -> bytes:
-        """The ``fuse_file_handle`` element that follows the entry of ``inode`` in a reply."""
-        return self.profile.reply_element(self.handle_of(inode) if inode else b"",
-                                          self.max_size)
+        """The ``fuse_file_handle`` element that follows the entry of ``inode`` in a reply.
+
+        In rfc-v2 the kernel refuses an object's entry without a handle (size
+        0), so that is answered EIO here, with a log line, instead.
+        """
+        handle = self.handle_of(inode) if inode else b""
+        if inode and len(handle) < self.profile.min_handle:
+            log.error("%s: inode %d has no handle of 1..%d bytes; the kernel would refuse "
+                      "the entry, answering EIO", self.profile.name, inode, self.max_size)
+            raise FUSEError(errno.EIO)
+        return self.profile.reply_element(handle)
 
     def resolve(self, handle: bytes) -> int:
         """The inode a handle names: tag checked first, then ``inode_for_handle``; ESTALE."""
-        inner = self.key.open(handle, self.max_size)
+        inner = self.key.open(handle, FUSE_MAX_HANDLE_SZ)
         return int(self.ops.inode_for_handle(inner))
 
     def check_parent(self, nodeid: int, handle: bytes) -> None:
@@ -329,7 +371,7 @@ class SessionHandles:
             raise FUSEError(errno.ESTALE)
 
     def entry2_bytes(self, attr: EntryAttributes) -> bytes:
-        """v3: ``fuse_entry2_out`` + the handle element (LOOKUP_HANDLE, MKOBJ_HANDLE)."""
+        """``fuse_entry2_out`` + the handle element (LOOKUP_HANDLE, MKOBJ_HANDLE)."""
         ev, evn = _ts(attr.entry_timeout)
         return (_ENTRY2_OUT.struct.pack(attr.st_ino, attr.generation, ev, evn, 0, 0)
                 + self.element_for(attr.st_ino))
@@ -341,12 +383,11 @@ class SessionHandles:
 
 
 class HandleReaddirToken(ReaddirToken):
-    """READDIRPLUS records of a draft profile: entry, handle element, dirent, name.
+    """READDIRPLUS records of the ``fusewire`` profile: entry, handle element, dirent, name.
 
-    Record: ``fuse_entry_out`` (128), the profile's ``fuse_file_handle``
-    element (v2: 8 + max_handle_sz; v3: 2 + size), ``fuse_dirent`` (24), the
-    name, zero padding to 8.  "." / ".." and entries without a nodeid have a
-    zero entry and an empty handle, and count no lookup.
+    Record: ``fuse_entry_out`` (128), ``fuse_file_handle {u16 size}`` + bytes,
+    ``fuse_dirent`` (24), the name, zero padding to 8.  "." / ".." and entries
+    without a nodeid have a zero entry and an empty handle, and count no lookup.
     """
 
     __slots__ = ("_entry_fn", "_handles", "_n")
@@ -369,7 +410,7 @@ class HandleReaddirToken(ReaddirToken):
         if counted:
             element = handles.element_for(ino)
         else:
-            element = handles.profile.reply_element(b"", handles.max_size)
+            element = handles.profile.reply_element(b"")
         head = 128 + len(element) + 24 + namelen
         reclen = (head + 7) & ~7
         if len(self.buf) + reclen > self.size:
@@ -386,6 +427,73 @@ class HandleReaddirToken(ReaddirToken):
 
     def __len__(self) -> int:
         return self._n
+
+
+# -- FUSE_COMPOUND (rfc-v3) --------------------------------------------------------------------
+
+
+class SubRequest(NamedTuple):
+    """One request inside a FUSE_COMPOUND: its raw message (header included)."""
+
+    opcode: int
+    unique: int
+    nodeid: int
+    raw: bytes
+
+
+def split_compound(data: bytes) -> list[SubRequest]:
+    """The sub-requests after ``fuse_compound_in``; EINVAL (FUSEError) if they do not tile it.
+
+    Each sub-request is a complete message: ``fuse_in_header`` (its ``len``
+    covers the header) + the request's in-args.  The compound series v5
+    (``fuse_compound_build_one_op``) zeroes the header and sets only len,
+    opcode, nodeid, uid, gid and pid, so ``unique`` and ``total_extlen`` are
+    0; an extension block (LOOKUP_HANDLE's FUSE_EXT_HANDLE) then simply
+    follows the name.  This returns the messages with ``total_extlen`` set
+    from those trailing bytes, so the ordinary parser reads them.
+    """
+    out: list[SubRequest] = []
+    pos, n = 0, len(data)
+    while pos < n:
+        if n - pos < 40:
+            raise FUSEError(errno.EINVAL)
+        length, opcode, unique, nodeid = _IN_HDR_HEAD.unpack_from(data, pos)
+        if length < 40 or pos + length > n:
+            raise FUSEError(errno.EINVAL)
+        out.append(SubRequest(opcode, unique, nodeid, bytes(data[pos:pos + length])))
+        pos += length
+        if len(out) > COMPOUND_MAX_OPS:
+            raise FUSEError(errno.EINVAL)
+    return out
+
+
+def with_extlen(raw: bytes, ext_bytes: int) -> bytes:
+    """``raw`` with ``fuse_in_header.total_extlen`` set to ``ext_bytes / 8``."""
+    return raw[:36] + struct.pack("<H", ext_bytes // 8) + raw[38:]
+
+
+def ext_tail(body: bytes, names_end: int) -> int:
+    """Bytes of a well-formed extension block starting at ``names_end`` of ``body`` (else 0)."""
+    rest = len(body) - names_end
+    if rest <= 0 or rest % 8:
+        return 0
+    pos = names_end
+    while pos < len(body):
+        if len(body) - pos < 8:
+            return 0
+        size = _EXT_HDR.unpack_from(body, pos)[0]
+        if size < 8 or size % 8 or pos + size > len(body):
+            return 0
+        pos += size
+    return rest
+
+
+#: Sub-requests per compound fusewire accepts (the v5 series' FUSE_MAX_COMPOUND_OPS).
+COMPOUND_MAX_OPS = 16
+_IN_HDR_HEAD = struct.Struct("<IIQQ")
+_COMPOUND_IN = CODECS["compound_in"]
+_COMPOUND_OUT = CODECS["compound_out"]
+_OUT_HDR = struct.Struct("<IiQ")
 
 
 # -- the kernel's side (the emulator, decoders of captures) ---------------------------------------
@@ -412,7 +520,7 @@ class DirentRecord(NamedTuple):
 
 
 class HandleDirentPlus(NamedTuple):
-    """One READDIRPLUS record of a draft profile."""
+    """One READDIRPLUS record of the ``fusewire`` profile."""
 
     entry: Any
     handle: bytes
@@ -422,46 +530,43 @@ class HandleDirentPlus(NamedTuple):
 def reply_carries_handle(session: Session, opcode: int) -> bool:
     """Whether the success reply to ``opcode`` has a handle in ``session``'s profile."""
     profile = PROFILES.get(session.lookup_handle or "")
-    if profile is None:
-        return False
-    return (opcode in _ENTRY_REPLIES or opcode == Opcode.READDIRPLUS
-            or opcode in (profile.lookup_opcode, profile.revalidate_opcode, profile.mkobj_opcode))
+    return profile is not None and opcode in profile.handle_replies
 
 
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-
-
-def _entry_part(body: bytes, pos: int, profile: Profile, slot: int,
+def _entry_part(body: bytes, pos: int, profile: Profile,
                 entry2: bool) -> tuple[Any, bytes, int]:
     codec = _ENTRY2_OUT if entry2 else _ENTRY_OUT
     if len(body) - pos < codec.size:
         raise HandleWireError(f"{len(body) - pos} bytes, {codec.name} needs {codec.size}")
     rec = codec.decode(body, pos)
-    handle, used = profile.parse_reply_element(body, pos + codec.size, slot)
+    handle, used = profile.parse_reply_element(body, pos + codec.size)
     return rec, handle, pos + codec.size + used
 
 
 def decode_reply(session: Session, opcode: int, body: bytes,
                  size_limit: int | None = None) -> Any:
-    """Kernel side: check and decode a handle-carrying success reply exactly.
+    """Kernel side: check and decode a handle-carrying success reply.
 
     Returns a :class:`HandleEntry`, ``(HandleEntry, OpenOut)`` for
     create-and-open replies, or a list of :class:`HandleDirentPlus`.  Raises
-    :class:`HandleWireError` where the size or layout is not the profile's.
+    :class:`HandleWireError` where the reply breaks the profile.  rfc-v2
+    applies the posted kernel's checks (:func:`decode_v2_entry`).
     """
     profile = PROFILES[session.lookup_handle or ""]
-    slot = _slot(session)
     body = bytes(body)
+    if profile.name == "rfc-v2":
+        return decode_v2_entry(session, opcode, body)
     if opcode == Opcode.READDIRPLUS:
         if size_limit is not None and len(body) > size_limit:
             raise HandleWireError(f"READDIRPLUS: {len(body)} bytes for a buffer of {size_limit}")
-        return _decode_direntplus(body, profile, slot)
-    entry2 = not profile.fixed_slot and opcode in (profile.lookup_opcode, profile.mkobj_opcode)
-    rec, handle, end = _entry_part(body, 0, profile, slot, entry2)
+        return _decode_direntplus(body, profile)
+    entry2 = profile.entry2 and opcode in (profile.lookup_opcode, profile.mkobj_opcode)
+    rec, handle, end = _entry_part(body, 0, profile, entry2)
     if opcode in _CREATE_TYPE and rec.nodeid in (0, FUSE_ROOT_ID):
         raise HandleWireError(f"opcode {opcode} returned nodeid {rec.nodeid}")
-    if opcode in (Opcode.CREATE, Opcode.TMPFILE, profile.mkobj_opcode):
+    with_open = opcode in (Opcode.CREATE, Opcode.TMPFILE) or (
+        opcode == profile.mkobj_opcode and profile.mkobj_open)
+    if with_open:
         if len(body) != end + _OPEN_OUT.size:
             raise HandleWireError(f"opcode {opcode}: {len(body)} bytes, layout says "
                                   f"{end + _OPEN_OUT.size}")
@@ -471,11 +576,56 @@ def decode_reply(session: Session, opcode: int, body: bytes,
     return HandleEntry(rec, handle)
 
 
-def _decode_direntplus(body: bytes, profile: Profile, slot: int) -> list[HandleDirentPlus]:
+def decode_v2_entry(session: Session, opcode: int, body: bytes) -> Any:
+    """Kernel side of RFC v2 4/6: what the posted kernel makes of an entry reply.
+
+    The kernel allocates ``fuse_entry_out`` (now 136 bytes: the 8-byte
+    ``fuse_file_handle`` header is its last member) + S bytes with
+    ``fh.size = S`` preset, and reads the reply as a variable-size argument
+    (``out_argvar``): a longer reply fails the write with EINVAL, a shorter one
+    leaves the preset values in place.  CREATE and TMPFILE end with
+    ``fuse_open_out`` (the variable argument is the first).  For an entry with
+    a nodeid, ``fuse_invalid_file_handle`` refuses ``size == 0`` and ``size >=
+    128`` (EIO) and ``fuse_iget`` refuses ``size >= max_handle_sz``.  A
+    negative LOOKUP_HANDLE entry (nodeid 0) is not checked.
+    """
+    slot = session.max_handle_sz
+    with_open = opcode in (Opcode.CREATE, Opcode.TMPFILE)
+    limit = 136 + slot + (16 if with_open else 0)
+    if len(body) > limit:
+        raise HandleWireError(f"opcode {opcode}: reply of {len(body)} bytes > {limit} "
+                              "(the write fails with EINVAL)")
+    part = body[:len(body) - 16] if with_open else body
+    if with_open and len(body) < 16:
+        raise HandleWireError(f"opcode {opcode}: {len(body)} bytes")
+    # what the kernel's buffer holds after the copy: the preset fh.size = S
+    # wherever the reply did not reach
+    buf = bytearray(136 + slot)
+    _V2_HDR.pack_into(buf, 128, slot, 0)
+    buf[:len(part)] = part
+    rec = _ENTRY_OUT.decode(bytes(buf), 0)
+    size = _V2_HDR.unpack_from(buf, 128)[0]
+    if rec.nodeid:
+        if size == 0 or size >= FUSE_MAX_HANDLE_SZ:
+            raise HandleWireError(f"opcode {opcode}: handle size {size} "
+                                  "(fuse_invalid_file_handle: EIO)")
+        if size >= slot:
+            raise HandleWireError(f"opcode {opcode}: handle size {size} >= max_handle_sz "
+                                  f"{slot} (fuse_iget fails)")
+    handle = bytes(buf[136:136 + min(size, slot)])
+    if opcode in _CREATE_TYPE and rec.nodeid in (0, FUSE_ROOT_ID):
+        raise HandleWireError(f"opcode {opcode} returned nodeid {rec.nodeid}")
+    entry = HandleEntry(rec, handle)
+    if with_open:
+        return entry, _OPEN_OUT.decode(body, len(body) - 16)
+    return entry
+
+
+def _decode_direntplus(body: bytes, profile: Profile) -> list[HandleDirentPlus]:
     out: list[HandleDirentPlus] = []
     pos, n = 0, len(body)
     while pos < n:
-        rec, handle, dpos = _entry_part(body, pos, profile, slot, False)
+        rec, handle, dpos = _entry_part(body, pos, profile, False)
         if n - dpos < 24:
             raise HandleWireError("READDIRPLUS: truncated dirent")
         ino, off, namelen, dtype = _DIRENT.unpack_from(body, dpos)
@@ -501,7 +651,100 @@ def request_element(session: Session, handle: bytes) -> bytes:
 
 
 def ext_handle(handle: bytes) -> bytes:
-    """Kernel side (v3): a FUSE_EXT_HANDLE request extension element, padded to 8."""
+    """Kernel side (v3): a FUSE_EXT_HANDLE request extension element, padded to 8.
+
+    RFC v3 6/8 ``create_ext_handle``: ``fuse_ext_header {size, 33}`` where
+    size is the 8-aligned total, then ``{u16 size}`` + the handle, zeros.
+    """
     body = _V3_HDR.pack(len(handle)) + handle
     size = 8 + ((len(body) + 7) & ~7)
     return _EXT_HDR.pack(size, FUSE_EXT_HANDLE) + body + bytes(size - 8 - len(body))
+
+
+#: STATX_BASIC_STATS | STATX_BTIME: the mask RFC v3 5/8's fuse_statx_init asks for.
+STATX_MASK_V3 = 0x7FF | 0x800
+#: What each sub-request of the posted v3 compounds reserves for its reply
+#: (fuse_compound_send adds up out_args sizes into result_size).
+V3_OUT_SIZES = {DRAFT_FUSE_LOOKUP_HANDLE_V3: 40 + 2 + FUSE_MAX_HANDLE_SZ,
+                DRAFT_FUSE_MKOBJ_HANDLE_V3: 40 + 2 + FUSE_MAX_HANDLE_SZ,
+                Opcode.STATX: 256, Opcode.OPEN: 16}
+
+
+def encode_sub_request(opcode: int, nodeid: int, body: bytes, *, uid: int = 0, gid: int = 0,
+                       pid: int = 0) -> bytes:
+    """Kernel side (compound v5 ``fuse_compound_build_one_op``): one sub-request.
+
+    ``fuse_in_header`` with len, opcode, nodeid, uid, gid, pid and everything
+    else 0 (unique, total_extlen), then the in-args as given.
+    """
+    return struct.pack("<IIQQIIIHH", 40 + len(body), opcode, 0, nodeid, uid, gid, pid, 0,
+                       0) + body
+
+
+def encode_compound(unique: int, subs: list[bytes], out_sizes: list[int], flags: int, *,
+                    uid: int = 0, gid: int = 0, pid: int = 0) -> bytes:
+    """Kernel side (compound v5 ``fuse_compound_send``): a whole FUSE_COMPOUND message.
+
+    ``fuse_in_header`` (opcode 54, nodeid 0), ``fuse_compound_in {count,
+    flags, result_size = sum of the sub-requests' reply sizes, reserved 0}``,
+    then the sub-requests back to back.
+    """
+    head = _COMPOUND_IN.struct.pack(len(subs), flags, sum(out_sizes), 0, 0)
+    body = head + b"".join(subs)
+    return struct.pack("<IIQQIIIHH", 40 + len(body), DRAFT_FUSE_COMPOUND, unique, 0, uid,
+                       gid, pid, 0, 0) + body
+
+
+class SubReply(NamedTuple):
+    """One sub-reply of a FUSE_COMPOUND as the v5 kernel reads it."""
+
+    error: int
+    unique: int
+    body: bytes
+
+
+def decode_compound_reply(body: bytes, count: int, out_sizes: list[int]) -> list[SubReply]:
+    """Kernel side (compound v5 ``fuse_compound_parse_resp``): the sub-replies of a reply.
+
+    ``body`` follows the outer ``fuse_out_header``.  The kernel reads
+    ``fuse_compound_out``, then min(count sent, count replied) sub-replies:
+    each ``fuse_out_header`` must have ``len >= 16`` and stay inside the
+    reply, else the whole compound is EIO.  A reply longer than the space the
+    kernel reserved (16 + result_size + 16 per sub-request) fails the write
+    with EINVAL.  Sub-replies past the count are ignored.
+    """
+    limit = 16 + sum(out_sizes) + 16 * len(out_sizes)
+    if len(body) > limit:
+        raise HandleWireError(f"COMPOUND reply of {len(body)} bytes > {limit} (EINVAL)")
+    if len(body) < 16:
+        raise HandleWireError(f"COMPOUND reply of {len(body)} bytes, fuse_compound_out needs 16")
+    out_count = _COMPOUND_OUT.decode(body, 0).count
+    pos, end = 16, len(body)
+    subs: list[SubReply] = []
+    for _ in range(min(count, out_count)):
+        if end - pos < 16:
+            raise HandleWireError("COMPOUND: truncated sub-reply header (EIO)")
+        length, error, unique = _OUT_HDR.unpack_from(body, pos)
+        if length < 16 or pos + length > end:
+            raise HandleWireError(f"COMPOUND: sub-reply len {length} (EIO)")
+        subs.append(SubReply(error, unique, bytes(body[pos + 16:pos + length])))
+        pos += length
+    return subs
+
+
+def decode_v3_entry(sub: bytes) -> HandleEntry:
+    """Kernel side (RFC v3 6/8 and 8/8): LOOKUP_HANDLE / MKOBJ_HANDLE sub-reply payload.
+
+    Inside a compound the v5 kernel copies the declared sizes (40 + 130)
+    from the sub-reply whatever its length; the handle is ``{u16 size}`` +
+    size bytes.  A size above 128 would make the posted code copy past its
+    130-byte buffer, so it is refused here.
+    """
+    buf = sub + bytes(max(0, 42 + FUSE_MAX_HANDLE_SZ - len(sub)))
+    rec = _ENTRY2_OUT.decode(buf, 0)
+    size = _V3_HDR.unpack_from(buf, 40)[0]
+    if size > FUSE_MAX_HANDLE_SZ:
+        raise HandleWireError(f"v3 handle of {size} bytes > FUSE_MAX_HANDLE_SZ")
+    if len(sub) < 42 + size:
+        raise HandleWireError(f"v3 handle of {size} bytes in a {len(sub)}-byte sub-reply")
+    return HandleEntry(rec, bytes(buf[42:42 + size]))
