@@ -535,3 +535,72 @@ def test_v3_link_makes_the_inode_bad_in_the_posted_kernel() -> None:
     with pytest.raises(OSError) as ei:
         emu.read(h, 1)
     assert ei.value.errno == errno.EIO
+
+
+# -- restart: revalidation as the RFCs define it ---------------------------------------------------
+
+
+class SaltFS(MemFS):
+    """MemFS whose handles end with a per-object salt: a successor that changed an
+    object's salt serves another object under the same nodeid and generation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.salt: dict[int, int] = {}
+
+    def handle_of(self, inode: int) -> bytes | None:
+        inner = super().handle_of(inode)
+        return None if inner is None else inner + bytes([self.salt.get(inode, 0)])
+
+    def inode_for_handle(self, handle: bytes) -> int:
+        ino = super().inode_for_handle(handle[:16])
+        if handle[16:] != bytes([self.salt.get(ino, 0)]):
+            raise fh.FUSEError(errno.ESTALE)
+        return ino
+
+
+def successor(emu: KernelEmulator, fs: Any) -> Dispatcher:
+    """A new server for the same connection (session restored, as from the keeper's
+    journal) with ``fs`` and no node table."""
+    return Dispatcher(fs, Connection.restore(emu.conn.export_state(), emu.conn.config))
+
+
+@pytest.mark.parametrize("profile", ["rfc-v2", "rfc-v3"])
+def test_restart_revalidates_dentries(profile: str) -> None:
+    fs = SaltFS()
+    emu = rfc_emu(profile, fs)
+    d = emu.mkdir("/d")
+    h = emu.open("/d/keep", os.O_RDWR | os.O_CREAT)
+    assert emu.write(h, b"keep data") == 9
+    emu.close(emu.create("/d/gone"))
+    h2 = emu.open("/d/other", os.O_RDWR | os.O_CREAT)
+    keep, gone, other = (emu.lookup(p) for p in ("/d/keep", "/d/gone", "/d/other"))
+    pending = emu.submit(Opcode.GETATTR, keep, arg=CODECS["getattr_in"].zero())
+
+    # The server dies; its successor has the same data, except that "gone" was
+    # deleted and "other" is another object under the same nodeid and generation.
+    fs2 = SaltFS()
+    fs2.load_state(fs.dump_state())
+    fs2.unlink(d, b"gone", None)  # type: ignore[arg-type]
+    fs2.forget([(gone, 1 << 30)])
+    fs2.salt = {other: 1}
+    report = emu.restart(successor(emu, fs2))
+
+    # every cached name was looked up again (v2: LOOKUP_HANDLE 54 with the parent's
+    # handle; v3: the LOOKUP_HANDLE + STATX compound) and nodeid + handle compared
+    assert report.revalidated == {d: 0, keep: 0, gone: errno.ENOENT, other: errno.ESTALE}
+    assert other in emu.bad and keep not in emu.bad and gone not in emu.bad
+    err, attr_out = emu.complete(report.resent[0])
+    assert report.resent == [pending] and err == 0 and attr_out.attr.ino == keep
+
+    assert emu.read(h, 100) == b"keep data"           # the same object: keeps working
+    with pytest.raises(OSError) as ei:
+        emu.read(h2, 1)                               # another object: the inode is bad
+    assert ei.value.errno == errno.EIO
+    with pytest.raises(OSError) as ei:
+        emu.stat("/d/gone")
+    assert ei.value.errno == errno.ENOENT
+    # a new lookup of "other" gets a new inode with the successor's handle
+    assert emu.lookup("/d/other") == other and other not in emu.bad
+    assert emu.inode_handles[other] == emu.dispatcher.handles.handle_of(other)  # type: ignore[union-attr]
+    assert sorted(emu.readdir("/d")) == [b"keep", b"other"]

@@ -768,6 +768,13 @@ class KernelEmulator:
                 if got == nodeid and equal:
                     out[nodeid] = 0
                     continue
+                if got == nodeid and stored is None and profile == "rfc-v3":
+                    # fi->fh is NULL (a plain MKNOD/MKDIR reply made the inode): the
+                    # dentry is invalidated and the next lookup's fuse_iget adopts the
+                    # handle (its FORGET and that LOOKUP cancel out)
+                    self.inode_handles[nodeid] = handle if handle is not None else b""
+                    out[nodeid] = 0
+                    continue
                 err = _errno.ESTALE
                 if got in self.nlookup:
                     self.forget(got, 1)
