@@ -32,8 +32,8 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.recovery import journal as jn
-from fusewire.recovery.handles import HandleKey, SessionHandles
 from fusewire.server.dispatch import Dispatcher
+from fusewire.server.handles import HandleKey, SessionHandles
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending, ProcessServer, from_state
 from fusewire.testing.wire import KERNEL_FLAGS, encode_init, split_reply

@@ -44,7 +44,7 @@ import pytest
 from fusewire.connection import Config, Connection
 from fusewire.examples.memfs import MemFS
 from fusewire.opcodes.flags import InitFlag, Opcode
-from fusewire.recovery import handles as fh
+from fusewire.server import handles as fh
 from fusewire.server.dispatch import Dispatcher, _statx_bytes, entry_bytes
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending

@@ -51,8 +51,8 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
-from fusewire.recovery import handles as _fh
-from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
+from fusewire.server import handles as _fh
+from fusewire.server.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
@@ -712,7 +712,7 @@ class Dispatcher:
         self.ops.removexattr(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
 
-    # -- DRAFT: stable-handle profiles (fusewire.recovery.handles) ---------------------------
+    # -- DRAFT: stable-handle profiles (fusewire.server.handles) ---------------------------
 
     def _install_draft(self) -> None:
         """Serve the session's stable-handle profile, if one was negotiated.

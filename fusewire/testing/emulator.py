@@ -75,7 +75,7 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import Reply, Trailing
 from fusewire.operations import Operations
-from fusewire.recovery import handles as _fh
+from fusewire.server import handles as _fh
 from fusewire.server.dispatch import Dispatcher, wanted_flags
 from fusewire.structs.codec import CODECS
 from fusewire.testing.wire import (
@@ -628,7 +628,7 @@ class KernelEmulator:
         ``fuse_in_header`` with len, opcode, nodeid, uid, gid, pid (unique and
         total_extlen 0) + its in-args; ``result_size`` adds up what each
         reserves for its reply (``out_sizes``, default
-        :data:`~fusewire.recovery.handles.V3_OUT_SIZES`).  Returns (the outer
+        :data:`~fusewire.server.handles.V3_OUT_SIZES`).  Returns (the outer
         errno or 0, the sub-replies the kernel reads).
         """
         sizes = list(out_sizes) if out_sizes is not None else [
