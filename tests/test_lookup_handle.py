@@ -1,9 +1,10 @@
-"""DRAFT stable-handle profiles (LOOKUP_HANDLE RFC v2 / v3) and REVALIDATE_FH, end to end.
+"""The ``fusewire`` stable-handle profile (fusewire's own extension) and REVALIDATE_FH.
 
-The emulated kernel implements the client side of each profile; the server is
+The emulated kernel implements the client side of the profile; the server is
 the real Connection + Dispatcher.  Reply sizes are checked against layouts
-computed here from the documented wire forms (docs/recovery.md), not against
-the implementation's own constants.
+computed here from the documented wire forms (docs/draft-handles.md), not
+against the implementation's own constants.  The RFC profiles are checked
+byte for byte against the posted patches in tests/test_lookup_handle_rfc.py.
 """
 
 from __future__ import annotations
@@ -73,9 +74,9 @@ def capture(emu: KernelEmulator) -> dict[int, list[bytes]]:
     return raws
 
 
-def element_size(profile: str, handle_len: int, slot: int) -> int:
-    """Bytes a fuse_file_handle takes in a reply: v2 header + the fixed slot; v3 u16 + bytes."""
-    return 8 + slot if profile == "v2" else 2 + handle_len
+def element_size(handle_len: int) -> int:
+    """Bytes a fuse_file_handle takes in a reply of the fusewire profile: u16 + bytes."""
+    return 2 + handle_len
 
 
 def ctx() -> RequestContext:
@@ -199,15 +200,15 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     fs = MemFS()
     emu = make_emu(profile, fs, max_handle_sz=slot)
     assert emu.session is not None and emu.session.lookup_handle == profile
-    assert emu.session.max_handle_sz == (slot if profile == "v2" else 0)
+    assert emu.session.max_handle_sz == 0
     handles = emu.dispatcher.handles
     assert handles is not None
     raws = capture(emu)
-    hlen = slot if profile == "v2" else MEMFS_HANDLE   # v2 handles fill the negotiated size
-    elem = element_size(profile, hlen, slot)
+    hlen = MEMFS_HANDLE
+    elem = element_size(hlen)
 
     d = emu.mkdir("/d")
-    f = emu.open("/d/f", os.O_RDWR | os.O_CREAT)            # CREATE (v2) / MKOBJ_HANDLE (v3)
+    f = emu.open("/d/f", os.O_RDWR | os.O_CREAT)            # MKOBJ_HANDLE
     emu.close(f)
     emu.mknod("/d/p", stat.S_IFIFO | 0o644)
     emu.symlink("f", "/d/l")
@@ -230,11 +231,8 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     expected = {Opcode.LOOKUP: entry, Opcode.MKDIR: entry, Opcode.MKNOD: entry,
                 Opcode.SYMLINK: entry, Opcode.LINK: entry, Opcode.CREATE: entry + OPEN_OUT,
                 Opcode.TMPFILE: entry + OPEN_OUT, DRAFT_FUSE_REVALIDATE_FH: entry}
-    if profile == "v2":
-        expected[DRAFT_FUSE_LOOKUP_HANDLE_V2] = entry
-    else:
-        expected[DRAFT_FUSE_LOOKUP_HANDLE_V3] = 16 + ENTRY2_OUT + elem
-        expected[DRAFT_FUSE_MKOBJ_HANDLE_V3] = 16 + ENTRY2_OUT + elem + OPEN_OUT
+    expected[DRAFT_FUSE_LOOKUP_HANDLE_V3] = 16 + ENTRY2_OUT + elem
+    expected[DRAFT_FUSE_MKOBJ_HANDLE_V3] = 16 + ENTRY2_OUT + elem + OPEN_OUT
     for op, size in expected.items():
         assert raws.get(op), f"no reply seen for opcode {op}"
         assert {len(r) for r in raws[op]} == {size}, op
@@ -249,12 +247,8 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     body = max(raws[Opcode.READDIRPLUS], key=len)[16:]
     pos, names = 0, []
     while pos < len(body):
-        if profile == "v2":
-            hsz = struct.unpack_from("<I", body, pos + ENTRY_OUT)[0]
-            used = 8 + slot
-        else:
-            hsz = struct.unpack_from("<H", body, pos + ENTRY_OUT)[0]
-            used = 2 + hsz
+        hsz = struct.unpack_from("<H", body, pos + ENTRY_OUT)[0]
+        used = 2 + hsz
         dpos = pos + ENTRY_OUT + used
         ino, _off, namelen, _type = struct.unpack_from("<QQII", body, dpos)
         name = body[dpos + DIRENT:dpos + DIRENT + namelen]
@@ -264,7 +258,7 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
             assert nodeid == 0 and hsz == 0
         else:
             assert nodeid == ino and hsz == hlen
-            h = body[pos + ENTRY_OUT + (8 if profile == "v2" else 2):][:hsz]
+            h = body[pos + ENTRY_OUT + 2:][:hsz]
             assert handles.resolve(h) == ino
         pos += (ENTRY_OUT + used + DIRENT + namelen + 7) & ~7
     assert pos == len(body)
@@ -328,11 +322,11 @@ def _foreign_handle(fs: MemFS, profile: str, nodeid: int, slot: int) -> bytes:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     fs = SpyFS()
-    emu = make_emu(profile, fs, max_handle_sz=64)   # v2: 64-byte handles (v3 ignores it)
+    emu = make_emu(profile, fs)
     d = emu.mkdir("/d")
     f = emu.mknod("/d/f", stat.S_IFREG | 0o644)
     good = emu.inode_handles[f]
-    slot = len(good) if profile == "v2" else 128
+    slot = 128
     assert emu.revalidate(f) == 0                                # control: accepted
     reached = len(fs.resolved)
     assert fs.resolved[-1] == struct.pack("<QQ", f, emu.generations[f])
@@ -352,8 +346,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     gen = emu.generations[f]
     for what, bad in candidates.items():
         arg = _R["revalidate_fh_in"].record(generation=gen, nlookup=1, flags=0, padding=0)
-        element = (struct.pack("<II", len(bad), 1) if profile == "v2"
-                   else struct.pack("<H", len(bad))) + bad
+        element = struct.pack("<H", len(bad)) + bad
         err, _ = emu.request(DRAFT_FUSE_REVALIDATE_FH, f, arg=arg, data=element)
         assert err == errno.ESTALE, what
         # as a parent handle
@@ -361,11 +354,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
                              arg=_R["mkdir_in"].record(mode=0o755, umask=0))
         assert err == errno.ESTALE, what
         # by LOOKUP_HANDLE
-        if profile == "v2":
-            err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V2, 0, data=bad,
-                                 arg=_R["file_handle_v2"].record(size=len(bad), type=1))
-        else:
-            err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, 0, names=(b"",), handle=bad)
+        err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, 0, names=(b"",), handle=bad)
         assert err == errno.ESTALE, what
     # none of them reached the filesystem's handle code
     assert len(fs.resolved) == reached
@@ -376,8 +365,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     assert emu.readdir("/d") == [b"f"]
     # a malformed fuse_file_handle (size field disagreeing with the bytes) is EINVAL
     arg = _R["revalidate_fh_in"].record(generation=gen, nlookup=1, flags=0, padding=0)
-    hdr = struct.pack("<II", len(good) + 1, 1) if profile == "v2" else struct.pack(
-        "<H", len(good) + 1)
+    hdr = struct.pack("<H", len(good) + 1)
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, f, arg=arg, data=hdr + good)[0] == errno.EINVAL
 
 
@@ -420,8 +408,8 @@ def test_the_handle_size_limit_is_respected(profile: str, slot: int, extra: int,
     emu = make_emu(profile, BigHandleFS(extra), max_handle_sz=slot)
     raws = capture(emu)
     f = emu.mknod("/f", stat.S_IFREG | 0o644)
-    hlen = slot if profile == "v2" else MEMFS_HANDLE + extra
-    elem = element_size(profile, hlen if fits else 0, slot)
+    hlen = MEMFS_HANDLE + extra
+    elem = element_size(hlen if fits else 0)
     assert [len(r) for r in raws[Opcode.MKNOD]] == [16 + ENTRY_OUT + elem]
     if fits:
         assert len(emu.inode_handles[f]) == hlen <= slot
@@ -454,27 +442,21 @@ def test_lookup_handle_by_handle_counts_one_lookup(profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_mkobj_handle_and_lookup_handle_edge_cases(profile: str) -> None:
     emu = make_emu(profile)
-    if profile == "fusewire":
-        arg = _R["create_in"].record(flags=os.O_RDWR, mode=stat.S_IFDIR | 0o755, umask=0,
-                                     open_flags=0)
-        assert emu.request(DRAFT_FUSE_MKOBJ_HANDLE_V3, ROOT, arg=arg,
-                           names=(b"x",))[0] == errno.EINVAL
-        # neither a name nor a handle
-        assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"",))[0] == errno.EINVAL
-        # a negative lookup: entry2_out with nodeid 0 and an empty handle
-        err, decoded = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"nope",))
-        assert err == errno.ENOENT and decoded is None
-    else:
-        bad = _R["file_handle_v2"].record(size=40, type=1)
-        assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V2, 0, arg=bad,
-                           data=bytes(20))[0] == errno.EINVAL
+    arg = _R["create_in"].record(flags=os.O_RDWR, mode=stat.S_IFDIR | 0o755, umask=0,
+                                 open_flags=0)
+    assert emu.request(DRAFT_FUSE_MKOBJ_HANDLE_V3, ROOT, arg=arg,
+                       names=(b"x",))[0] == errno.EINVAL
+    # neither a name nor a handle
+    assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"",))[0] == errno.EINVAL
+    # a negative lookup: entry2_out with nodeid 0 and an empty handle
+    err, decoded = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"nope",))
+    assert err == errno.ENOENT and decoded is None
     # the handle names another nodeid than the header says
     a = emu.mknod("/a", stat.S_IFREG | 0o644)
     b = emu.mknod("/b", stat.S_IFREG | 0o644)
     arg = _R["revalidate_fh_in"].record(generation=emu.generations[a], nlookup=1, flags=0,
                                         padding=0)
-    element = (struct.pack("<II", len(emu.inode_handles[a]), 1) if profile == "v2"
-               else struct.pack("<H", len(emu.inode_handles[a]))) + emu.inode_handles[a]
+    element = struct.pack("<H", len(emu.inode_handles[a])) + emu.inode_handles[a]
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, b, arg=arg, data=element)[0] == errno.ESTALE
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, a, arg=arg._replace(generation=7),
                        data=element)[0] == errno.ESTALE
