@@ -106,7 +106,9 @@ class Config:
     ``HAS_LOOKUP_HANDLE`` (bit 43); with ``assert_lookup_handle=True`` the
     INIT reply sets bit 43 whenever a profile is configured, because the
     posted RFC kernels never offer the bit (their ``fuse_new_init`` ORs the
-    opcode value instead) yet enable the feature when the reply sets it.
+    opcode value instead) yet enable the feature when the reply sets it
+    (for "rfc-v3" only when the kernel speaks 7.46, which that series
+    introduces).
     ``max_handle_sz`` is the rfc-v2 handle limit S announced in INIT (a
     multiple of 8, 24..128; the kernel accepts handles of 1..S-1 bytes).
     ``handle_secret`` keys the MAC of the handles given to the kernel (at
@@ -494,8 +496,10 @@ class Connection:
         # The posted RFC kernels never offer bit 43 (fuse_new_init ORs the
         # opcode value into the offer) but enable the feature when the reply
         # sets it; bit 43 sits in flags2, so the reply needs INIT_EXT.
+        # RFC v3 6/8 raises the kernel's minor to 46: a 7.45 kernel cannot be one.
         asserted = (cfg.assert_lookup_handle and minor >= 36
-                    and bool(offered & InitFlag.INIT_EXT))
+                    and bool(offered & InitFlag.INIT_EXT)
+                    and (cfg.lookup_handle != "rfc-v3" or arg.minor >= 46))
         if cfg.lookup_handle and (offered & InitFlag.HAS_LOOKUP_HANDLE or asserted):
             profile = cfg.lookup_handle
             flags |= InitFlag.HAS_LOOKUP_HANDLE | InitFlag.INIT_EXT

@@ -37,15 +37,20 @@ import logging
 import os
 import stat
 import struct
+import threading
+from pathlib import Path
 from typing import Any
 
+import conftest
 import pytest
 
 from fusewire.connection import Config, Connection
 from fusewire.examples.memfs import MemFS
 from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.server import handles as fh
+from fusewire.server import mount as fm
 from fusewire.server.dispatch import Dispatcher, _statx_bytes, entry_bytes
+from fusewire.server.loop import Server, serve_in_thread
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending
 from fusewire.testing.wire import KERNEL_FLAGS, ReplySizeError, encode_init, split_reply
@@ -103,9 +108,9 @@ def sent_bytes(emu: KernelEmulator) -> list[bytes]:
     return sent
 
 
-def init_body(config: Config, offered: int) -> bytes:
+def init_body(config: Config, offered: int, minor: int = 45) -> bytes:
     d = Dispatcher(MemFS(), Connection(config))
-    bufs, _ = d.dispatch(encode_init(45, offered))
+    bufs, _ = d.dispatch(encode_init(minor, offered))
     assert bufs is not None
     error, _unique, body = split_reply(b"".join(bytes(b) for b in bufs))
     assert error == 0
@@ -126,10 +131,13 @@ def test_negotiation_strict_and_asserted(profile: str, opcode: int) -> None:
     # v2 3/6 and v3 6/8: fuse_new_init offers "| FUSE_LOOKUP_HANDLE", the opcode value
     offered = KERNEL_FLAGS | opcode
     assert not offered & BIT43
-    strict = init_body(Config(lookup_handle=profile), offered)
+    # v3 6/8 raises FUSE_KERNEL_MINOR_VERSION to 46; v2 keeps 45
+    minor = 46 if profile == "rfc-v3" else 45
+    strict = init_body(Config(lookup_handle=profile), offered, minor)
     assert not flags_of(strict) & BIT43 and strict[42:44] == b"\0\0"
-    body = init_body(Config(lookup_handle=profile, assert_lookup_handle=True,
-                            max_handle_sz=64), offered)
+    asserting = Config(lookup_handle=profile, assert_lookup_handle=True, max_handle_sz=64)
+    body = init_body(asserting, offered, minor)
+    assert struct.unpack_from("<I", body, 4)[0] == 45          # fusewire answers 7.45
     flags = flags_of(body)
     assert flags & BIT43 and flags & InitFlag.INIT_EXT   # flags2 is read only with INIT_EXT
     # READDIRPLUS with handles is undefined in both RFCs: not negotiated
@@ -137,6 +145,9 @@ def test_negotiation_strict_and_asserted(profile: str, opcode: int) -> None:
     # v2: max_handle_sz is the u16 at offset 42; v3 has no size in INIT
     assert struct.unpack_from("<H", body, 42)[0] == (64 if profile == "rfc-v2" else 0)
     assert body[44:] == bytes(20)
+    if profile == "rfc-v3":
+        # a 7.45 kernel (6.18) cannot run the v3 series: nothing is asserted
+        assert not flags_of(init_body(asserting, offered, 45)) & BIT43
     # the emulated posted kernel: strict server -> no profile; asserting server -> profile
     emu = KernelEmulator(MemFS(), lookup_handle=profile,
                          config=Config(lookup_handle=profile, handle_secret=SECRET))
@@ -604,3 +615,43 @@ def test_restart_revalidates_dentries(profile: str) -> None:
     assert emu.lookup("/d/other") == other and other not in emu.bad
     assert emu.inode_handles[other] == emu.dispatcher.handles.handle_of(other)  # type: ignore[union-attr]
     assert sorted(emu.readdir("/d")) == [b"keep", b"other"]
+
+
+# -- a real kernel (6.18, no RFC) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("profile", "asserted"), [("rfc-v2", False), ("rfc-v3", False),
+                                                    ("rfc-v3", True), ("fusewire", False)])
+def test_real_kernel_without_the_rfc_stays_upstream(tmp_path: Path, profile: str,
+                                                    asserted: bool) -> None:
+    """On a real 7.45 mount a configured profile is not negotiated (the kernel offers
+    no bit 43; rfc-v3 is not asserted to a 7.45 kernel) and the mount works."""
+    problem = conftest.dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    config = Config(lookup_handle=profile, assert_lookup_handle=asserted,
+                    handle_secret=SECRET)
+    server = Server(MemFS(), str(mnt), config=config)
+    seen: list[int] = []
+    server.dispatcher.observer = lambda req: seen.append(req.opcode)
+    thread = serve_in_thread(server)
+    dog = threading.Timer(conftest.WATCHDOG, lambda: fm.abort_connection(str(mnt)))
+    dog.daemon = True
+    dog.start()
+    try:
+        session = server.conn.session
+        assert session is not None and session.lookup_handle is None
+        assert not session.flags & BIT43 and server.dispatcher.handles is None
+        (mnt / "d").mkdir()
+        (mnt / "d" / "f").write_bytes(b"data")
+        os.link(mnt / "d" / "f", mnt / "d" / "g")
+        assert (mnt / "d" / "g").read_bytes() == b"data"
+        assert sorted(os.listdir(mnt / "d")) == ["f", "g"]
+        assert not {54, 55, 56, 57} & set(seen)
+    finally:
+        dog.cancel()
+        server.stop()
+        thread.join(10)
+        server.close()

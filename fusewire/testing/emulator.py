@@ -198,6 +198,8 @@ class KernelEmulator:
         #: a server in another process serving instead of ``dispatcher`` (restart)
         self.server: ProcessServer | None = None
         self.conn = dispatcher.conn
+        if lookup_handle == "rfc-v3" and minor == 45:
+            minor = 46   # RFC v3 6/8: FUSE_KERNEL_MINOR_VERSION 46
         self.offered_minor = minor
         if lookup_handle == "fusewire":
             flags |= InitFlag.HAS_LOOKUP_HANDLE
