@@ -432,6 +432,24 @@ def test_v3_mkobj_handle_statx_open_atomic_bytes() -> None:
     assert error == 0 and [e for e, _u, _b in parts] == [-errno.EEXIST] * 3
 
 
+def test_v3_mkobj_handle_alone() -> None:
+    # the posted kernel sends MKOBJ_HANDLE only inside the atomic compound; alone it
+    # creates the file and answers entry2_out + handle (no fuse_open_out, nothing open)
+    fs = MemFS()
+    emu = rfc_emu("rfc-v3", fs)
+    body = struct.pack("<IIII", os.O_RDWR | os.O_CREAT, stat.S_IFREG | 0o600, 0, 0) + b"m\0"
+    reply = exchange(emu, in_header(40 + len(body), MKOBJ_HANDLE, 0x7000, ROOT) + body)
+    m = fs.lookup(ROOT, b"m", None)  # type: ignore[arg-type]
+    h = emu.dispatcher.handles.handle_of(m.st_ino)  # type: ignore[union-attr]
+    assert reply == out_header(16 + 42 + len(h), 0, 0x7000) + struct.pack(
+        "<QQQIIQ", m.st_ino, m.generation, int(m.entry_timeout), 0, 0, 0) + \
+        struct.pack("<H", len(h)) + h
+    # directories cannot be made by create-and-open
+    body = struct.pack("<IIII", os.O_RDWR, stat.S_IFDIR | 0o700, 0, 0) + b"n\0"
+    reply = exchange(emu, in_header(40 + len(body), MKOBJ_HANDLE, 0x7002, ROOT) + body)
+    assert reply == out_header(16, -errno.EINVAL, 0x7002)
+
+
 def test_v3_other_atomic_shapes_fall_back_to_mknod() -> None:
     emu = rfc_emu("rfc-v3")
     body = b"f\0"
@@ -587,6 +605,14 @@ def test_restart_revalidates_dentries(profile: str) -> None:
     h2 = emu.open("/d/other", os.O_RDWR | os.O_CREAT)
     keep, gone, other = (emu.lookup(p) for p in ("/d/keep", "/d/gone", "/d/other"))
     pending = emu.submit(Opcode.GETATTR, keep, arg=CODECS["getattr_in"].zero())
+    in_flight = None
+    if profile == "rfc-v3":
+        # a lookup compound the dead server had read: re-sent and answered by the successor
+        subs = [fh.encode_sub_request(LOOKUP_HANDLE_V3, d, b"keep\0"),
+                fh.encode_sub_request(Opcode.STATX, ROOT, statx_in())]
+        arg = CODECS["compound_in"].record(count=2, flags=0, result_size=426, padding=0,
+                                           reserved=0)
+        in_flight = emu.submit(COMPOUND, 0, arg=arg, data=b"".join(subs))
 
     # The server dies; its successor has the same data, except that "gone" was
     # deleted and "other" is another object under the same nodeid and generation.
@@ -602,7 +628,16 @@ def test_restart_revalidates_dentries(profile: str) -> None:
     assert report.revalidated == {d: 0, keep: 0, gone: errno.ENOENT, other: errno.ESTALE}
     assert other in emu.bad and keep not in emu.bad and gone not in emu.bad
     err, attr_out = emu.complete(report.resent[0])
-    assert report.resent == [pending] and err == 0 and attr_out.attr.ino == keep
+    assert report.resent[0] is pending and err == 0 and attr_out.attr.ino == keep
+    if in_flight is not None:
+        assert report.resent == [pending, in_flight] and in_flight.unique >> 63 == 1
+        err, body = emu.complete(in_flight)
+        lookup, statx = fh.decode_compound_reply(body, 2, [170, 256])
+        assert err == 0 and lookup.error == 0 and statx.error == 0
+        assert fh.decode_v3_entry(lookup.body).entry.nodeid == keep
+        assert CODECS["statx_out"].decode(statx.body, 0).stat.ino == keep
+    else:
+        assert report.resent == [pending]
 
     assert emu.read(h, 100) == b"keep data"           # the same object: keeps working
     with pytest.raises(OSError) as ei:
