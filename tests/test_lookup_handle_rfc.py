@@ -43,6 +43,8 @@ from typing import Any
 
 import conftest
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fusewire.connection import Config, Connection
 from fusewire.examples.memfs import MemFS
@@ -690,3 +692,44 @@ def test_real_kernel_without_the_rfc_stays_upstream(tmp_path: Path, profile: str
         server.stop()
         thread.join(10)
         server.close()
+
+
+# -- bad input never kills the server ---------------------------------------------------------
+
+
+#: one server for all examples (state from earlier examples is fine: any input goes)
+_FUZZ_EMU: list[KernelEmulator] = [rfc_emu("rfc-v3")]
+_SUB_OPS = st.sampled_from([LOOKUP_HANDLE_V3, MKOBJ_HANDLE, Opcode.STATX, Opcode.OPEN,
+                            Opcode.GETATTR, Opcode.FORGET, COMPOUND, Opcode.INIT, 999])
+
+
+@st.composite
+def _compounds(draw: st.DrawFn) -> bytes:
+    subs = []
+    for _ in range(draw(st.integers(0, 4))):
+        body = draw(st.binary(max_size=80))
+        length = 40 + len(body) + draw(st.sampled_from([0, 0, 0, -1, 1, -40]))
+        subs.append(struct.pack("<IIQQIIIHH", max(0, length), draw(_SUB_OPS), 0,
+                                draw(st.sampled_from([0, ROOT, 2, 99])), 0, 0, 0,
+                                draw(st.sampled_from([0, 0, 1, 50])), 0) + body)
+    count = draw(st.one_of(st.just(len(subs)), st.integers(0, 20)))
+    flags = draw(st.sampled_from([0, COMPOUND_ATOMIC, 1, 0xFFFFFFFF]))
+    body = struct.pack("<IIIIQ", count, flags, draw(st.integers(0, (1 << 32) - 1)), 0, 0)
+    body += b"".join(subs) + draw(st.binary(max_size=8))
+    return in_header(40 + len(body), COMPOUND, 0x9000, 0) + body
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(msg=_compounds())
+def test_malformed_compounds_get_one_reply(msg: bytes) -> None:
+    emu = _FUZZ_EMU[0]
+    bufs, _ = emu.dispatcher.dispatch(msg)
+    assert bufs is not None
+    raw = b"".join(bytes(b) for b in bufs)
+    length, error, unique = struct.unpack_from("<IiQ", raw)
+    assert length == len(raw) and unique == 0x9000
+    if error:
+        assert length == 16 and -error in (errno.EINVAL, errno.ENOSYS, errno.EIO)
+    else:
+        split_subs(raw)          # well-formed: one complete sub-reply per count
+
