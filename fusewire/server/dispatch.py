@@ -51,9 +51,9 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
+from fusewire.readdir import ReaddirToken
 from fusewire.server import handles as _fh
 from fusewire.server.handles import PARENT_HANDLE_OPS, SessionHandles
-from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (
@@ -78,9 +78,8 @@ _OUT_HDR = CODECS["out_header"].struct
 _PACK_HDR = _OUT_HDR.pack
 _STATX_OUT = CODECS["statx_out"].struct
 _COMPOUND_OUT = CODECS["compound_out"].struct
-_IN_UNIQUE = struct.Struct("<Q")
-_IN_OPCODE = struct.Struct("<I")
-_IN_EXTLEN = struct.Struct("<H")
+_IN_HEADER = CODECS["in_header"]
+_ENTRY2_NODEID = CODECS["entry2_out"].head(1)
 #: fuse_out_header and a full-size fuse_attr_out packed in one call (the GETATTR
 #: fast path: one bytes object, no list of parts to size up)
 _HDR_ATTR_OUT = struct.Struct(_OUT_HDR.format + _ATTR_OUT.format.lstrip("<="))
@@ -938,7 +937,7 @@ class Dispatcher:
         _len, error, _unique = _OUT_HDR.unpack_from(raw)
         if error:
             return 0, -error
-        return struct.unpack_from("<Q", raw, 16)[0], 0
+        return _ENTRY2_NODEID.unpack_from(raw, 16)[0], 0
 
     @staticmethod
     def _sub_target(sub: _fh.SubRequest, made: tuple[int, int] | None) -> tuple[bytes, int]:
@@ -949,14 +948,15 @@ class Dispatcher:
         nodeid, err = made
         if err:
             return sub.raw, err
-        return sub.raw[:16] + struct.pack("<Q", nodeid) + sub.raw[24:], 0
+        hdr = _IN_HEADER.decode(sub.raw, 0)._replace(nodeid=nodeid)
+        return _IN_HEADER.struct.pack(*hdr) + sub.raw[40:], 0
 
     def _run_sub(self, raw: bytes, session: Any) -> Buffers:
         """One sub-request: parsed with this session's table, answered like a request."""
         try:
             sub = parse_request(self._sub_extlen(raw, session), session)
         except RemoteProtocolError as exc:
-            return [_PACK_HDR(16, -exc.errno_hint, _IN_UNIQUE.unpack_from(raw, 8)[0])]
+            return [_PACK_HDR(16, -exc.errno_hint, _IN_HEADER.decode(raw, 0).unique)]
         info = sub.info
         if info.reply is Reply.NONE or info.opcode in (Opcode.INIT, Opcode.INTERRUPT,
                                                        DRAFT_FUSE_COMPOUND):
@@ -980,8 +980,9 @@ class Dispatcher:
     def _sub_extlen(raw: bytes, session: Any) -> bytes:
         """A v5 sub-request (``total_extlen`` 0) with ``total_extlen`` set for the
         extension block that follows its names, if there is one."""
-        info = session.table.get(_IN_OPCODE.unpack_from(raw, 4)[0])
-        if info is None or not info.ext or not info.names or _IN_EXTLEN.unpack_from(raw, 36)[0]:
+        hdr = _IN_HEADER.decode(raw, 0)
+        info = session.table.get(hdr.opcode)
+        if info is None or not info.ext or not info.names or hdr.total_extlen:
             return raw
         pos = 40 + (session.sizes[info.request] if info.request else 0)
         for _ in range(info.names):
@@ -1038,11 +1039,3 @@ def _statx_bytes(st: EntryAttributes) -> bytes:
         st.st_ino, st.st_size, st.st_blocks, 0,
         *sx(st.st_atime_ns), *sx(st.st_birthtime_ns), *sx(st.st_ctime_ns),
         *sx(st.st_mtime_ns), os.major(rdev), os.minor(rdev), 0, 0, *(0,) * 14)
-
-
-def describe_table() -> list[OpInfo]:
-    """Rows the dispatcher serves (used by docs and tests)."""
-    from fusewire.opcodes.table import OPS
-
-    return [row for row in OPS.values() if row.handler is not None]
-

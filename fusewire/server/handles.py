@@ -63,12 +63,12 @@ import hashlib
 import hmac
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fusewire.connection import Session
+from fusewire.opcodes import table as _table
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
@@ -81,7 +81,7 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.operations import Operations
-from fusewire.server.readdir import ReaddirToken
+from fusewire.readdir import ReaddirToken
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FUSEError
 from fusewire.types import timeout_parts as _ts
@@ -135,18 +135,16 @@ _ENTRY_OUT = CODECS["entry_out"]
 _ENTRY2_OUT = CODECS["entry2_out"]
 _OPEN_OUT = CODECS["open_out"]
 _DIRENT = CODECS["dirent"].struct
-_V2_HDR = struct.Struct("<II")   # fuse_file_handle (v1/v2): size, type
-_V3_HDR = struct.Struct("<H")    # fuse_file_handle (v3): size
-_EXT_HDR = struct.Struct("<II")  # fuse_ext_header: size, type
+_V2_HDR = CODECS["file_handle_v2"].struct   # fuse_file_handle (v1/v2): size, type
+_V3_HDR = CODECS["file_handle_v3"].struct   # fuse_file_handle (v3): size
+_EXT_HDR = CODECS["ext_header"].struct      # fuse_ext_header: size, type
+_IN_HDR = CODECS["in_header"]
 
 #: Requests whose header nodeid is a directory the kernel may name by handle
 #: as well (rfc-v2: an in-arg; fusewire: a FUSE_EXT_HANDLE extension).
-PARENT_HANDLE_OPS: tuple[int, ...] = (
-    Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-    Opcode.TMPFILE,
-)
-_CREATE_TYPE = frozenset({Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-                          Opcode.CREATE, Opcode.TMPFILE, DRAFT_FUSE_MKOBJ_HANDLE_V3})
+PARENT_HANDLE_OPS: frozenset[int] = _table.PARENT_HANDLE_OPS
+_CREATE_TYPE = _table.ops_where("create_type").union(
+    *(_table.ops_where("create_type", rows) for rows in _table.DRAFT_OPS.values()))
 
 
 class HandleWireError(ValueError):
@@ -270,10 +268,11 @@ class Profile:
         return bytes(body[pos + hdr.size:pos + hdr.size + size]), hdr.size + size
 
 
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
-_V2_REPLIES = frozenset({DRAFT_FUSE_LOOKUP_HANDLE_V2, Opcode.MKNOD, Opcode.MKDIR,
-                         Opcode.SYMLINK, Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
+#: upstream opcodes whose reply is an entry (LOOKUP and the create-type ones)
+_ENTRY_REPLIES = frozenset(op for op, row in _table.OPS.items()
+                           if row.reply in (_table.Reply.ENTRY, _table.Reply.ENTRY_OPEN))
+#: RFC v2 4/6: LOOKUP_HANDLE and the create-type replies carry a handle
+_V2_REPLIES = _table.ops_where("create_type") | {DRAFT_FUSE_LOOKUP_HANDLE_V2}
 
 PROFILES: dict[str, Profile] = {
     "rfc-v2": Profile(
@@ -469,7 +468,8 @@ def split_compound(data: bytes) -> list[SubRequest]:
 
 def with_extlen(raw: bytes, ext_bytes: int) -> bytes:
     """``raw`` with ``fuse_in_header.total_extlen`` set to ``ext_bytes / 8``."""
-    return raw[:36] + struct.pack("<H", ext_bytes // 8) + raw[38:]
+    hdr = _IN_HDR.decode(raw, 0)._replace(total_extlen=ext_bytes // 8)
+    return _IN_HDR.struct.pack(*hdr) + raw[40:]
 
 
 def ext_tail(body: bytes, names_end: int) -> int:
@@ -490,10 +490,10 @@ def ext_tail(body: bytes, names_end: int) -> int:
 
 #: Sub-requests per compound fusewire accepts (the v5 series' FUSE_MAX_COMPOUND_OPS).
 COMPOUND_MAX_OPS = 16
-_IN_HDR_HEAD = struct.Struct("<IIQQ")
+_IN_HDR_HEAD = _IN_HDR.head(4)   # len, opcode, unique, nodeid
 _COMPOUND_IN = CODECS["compound_in"]
 _COMPOUND_OUT = CODECS["compound_out"]
-_OUT_HDR = struct.Struct("<IiQ")
+_OUT_HDR = CODECS["out_header"].struct
 
 
 # -- the kernel's side (the emulator, decoders of captures) ---------------------------------------
@@ -677,8 +677,7 @@ def encode_sub_request(opcode: int, nodeid: int, body: bytes, *, uid: int = 0, g
     ``fuse_in_header`` with len, opcode, nodeid, uid, gid, pid and everything
     else 0 (unique, total_extlen), then the in-args as given.
     """
-    return struct.pack("<IIQQIIIHH", 40 + len(body), opcode, 0, nodeid, uid, gid, pid, 0,
-                       0) + body
+    return _IN_HDR.struct.pack(40 + len(body), opcode, 0, nodeid, uid, gid, pid, 0, 0) + body
 
 
 def encode_compound(unique: int, subs: list[bytes], out_sizes: list[int], flags: int, *,
@@ -691,8 +690,8 @@ def encode_compound(unique: int, subs: list[bytes], out_sizes: list[int], flags:
     """
     head = _COMPOUND_IN.struct.pack(len(subs), flags, sum(out_sizes), 0, 0)
     body = head + b"".join(subs)
-    return struct.pack("<IIQQIIIHH", 40 + len(body), DRAFT_FUSE_COMPOUND, unique, 0, uid,
-                       gid, pid, 0, 0) + body
+    return _IN_HDR.struct.pack(40 + len(body), DRAFT_FUSE_COMPOUND, unique, 0, uid, gid, pid,
+                               0, 0) + body
 
 
 class SubReply(NamedTuple):
