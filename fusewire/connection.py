@@ -62,6 +62,7 @@ __all__ = [
     "Config",
     "Connection",
     "Extensions",
+    "LOOKUP_HANDLE_PROFILES",
     "Request",
     "Session",
     "encode_notify",
@@ -95,16 +96,28 @@ DEFAULT_WANT = (
 )
 
 
+#: The draft stable-handle profiles a server can configure (docs/draft-handles.md).
+LOOKUP_HANDLE_PROFILES = ("rfc-v2", "rfc-v3", "fusewire")
+
+
 @dataclass(frozen=True)
 class Config:
     """What this side wants from INIT.  ``want`` is trimmed to what the kernel offers.
 
     ``request_timeout`` stays 0 (never negotiated) unless set: its expiry
     aborts the whole connection and so kills any restart (protocol.md §13 M).
-    ``lookup_handle`` selects a draft stable-handle profile ("v2" or "v3",
-    see :mod:`fusewire.recovery.handles`); it is negotiated only when the
-    kernel's INIT offers ``HAS_LOOKUP_HANDLE``.  ``max_handle_sz`` is the v2
-    handle size announced in INIT (a multiple of 8, 24..128).
+    ``lookup_handle`` selects a draft stable-handle profile: "rfc-v2" or
+    "rfc-v3" (the posted LOOKUP_HANDLE patches, byte for byte) or
+    "fusewire" (fusewire's own extension); see docs/draft-handles.md.  By
+    default ("strict") it is negotiated only when the kernel's INIT offers
+    ``HAS_LOOKUP_HANDLE`` (bit 43); with ``assert_lookup_handle=True`` the
+    INIT reply sets bit 43 whenever a profile is configured, because the
+    posted RFC kernels never offer the bit (their ``fuse_new_init`` ORs the
+    opcode value instead) yet enable the feature when the reply sets it
+    (for "rfc-v3" only when the kernel speaks 7.46, which that series
+    introduces).
+    ``max_handle_sz`` is the rfc-v2 handle limit S announced in INIT (a
+    multiple of 8, 24..128; the kernel accepts handles of 1..S-1 bytes).
     ``handle_secret`` keys the MAC of the handles given to the kernel (at
     least 16 bytes; default: 32 random bytes per mount, kept in the session).
     """
@@ -121,10 +134,15 @@ class Config:
     lookup_handle: str | None = None
     max_handle_sz: int = FUSE_MAX_HANDLE_SZ
     handle_secret: bytes | None = field(default=None, repr=False)
+    assert_lookup_handle: bool = False
 
     def __post_init__(self) -> None:
-        if self.lookup_handle not in (None, "v2", "v3"):
-            raise ValueError(f"unknown lookup_handle profile {self.lookup_handle!r}")
+        if self.lookup_handle in ("v2", "v3"):
+            raise ValueError(f"lookup_handle {self.lookup_handle!r} was renamed: use "
+                             f"'rfc-v2' or 'rfc-v3' (the posted patches) or 'fusewire'")
+        if self.lookup_handle not in (None, *LOOKUP_HANDLE_PROFILES):
+            raise ValueError(f"unknown lookup_handle profile {self.lookup_handle!r} "
+                             f"(one of {', '.join(LOOKUP_HANDLE_PROFILES)})")
         if not 24 <= self.max_handle_sz <= FUSE_MAX_HANDLE_SZ or self.max_handle_sz % 8:
             raise ValueError(f"max_handle_sz {self.max_handle_sz}: a multiple of 8 in 24..128")
         if self.handle_secret is not None and len(self.handle_secret) < 16:
@@ -358,13 +376,18 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
                        errno.EINVAL, unique, opcode, row)
         data = tuple(_FORGET_ONE.iter_unpack(buf[off:end]))
     elif trailing is Trailing.HANDLE:
+        # rfc-v2: optional (absent when the kernel holds no handle for the
+        # parent, e.g. the root, whose inode exists before INIT is answered)
         hb = bytes(buf[off:end])
-        if len(hb) < 8:
+        hsz = _EXT_HDR.unpack_from(hb)[0] if len(hb) >= 8 else 0
+        if not hb:
+            pass
+        elif len(hb) < 8:
             raise _bad(f"{row.name}: truncated handle", errno.EINVAL, unique, opcode, row)
-        hsz, _htype = _EXT_HDR.unpack_from(hb)
-        if 8 + hsz != len(hb) or hsz > FUSE_MAX_HANDLE_SZ:
+        elif 8 + hsz != len(hb) or hsz > FUSE_MAX_HANDLE_SZ:
             raise _bad(f"{row.name}: bad handle size {hsz}", errno.EINVAL, unique, opcode, row)
-        ext = (ext or Extensions())._replace(handle=hb[8:])
+        else:
+            ext = (ext or Extensions())._replace(handle=hb[8:])
     # tuple.__new__ directly: NamedTuple's generated __new__ costs ~0.3 µs more
     return _new_tuple(Request, (opcode, unique, nodeid, uid, gid, pid, arg, names, data, ext,
                                 row))
@@ -493,9 +516,22 @@ class Connection:
         if not cfg.request_timeout:
             flags &= ~InitFlag.REQUEST_TIMEOUT
         profile = None
-        if cfg.lookup_handle and offered & InitFlag.HAS_LOOKUP_HANDLE:
+        # The posted RFC kernels never offer bit 43 (fuse_new_init ORs the
+        # opcode value into the offer) but enable the feature when the reply
+        # sets it; bit 43 sits in flags2, so the reply needs INIT_EXT.
+        # RFC v3 6/8 raises the kernel's minor to 46: a 7.45 kernel cannot be one.
+        asserted = (cfg.assert_lookup_handle and minor >= 36
+                    and bool(offered & InitFlag.INIT_EXT)
+                    and (cfg.lookup_handle != "rfc-v3" or arg.minor >= 46))
+        if cfg.lookup_handle and (offered & InitFlag.HAS_LOOKUP_HANDLE or asserted):
             profile = cfg.lookup_handle
-            flags |= InitFlag.HAS_LOOKUP_HANDLE
+            flags |= InitFlag.HAS_LOOKUP_HANDLE | InitFlag.INIT_EXT
+            if profile != "fusewire":
+                # READDIRPLUS with handles is undefined in both posted RFCs (v2: an
+                # XXX in fuse_adjust_compat; v3: "not yet implemented", and its
+                # fuse_iget makes an inode with a stored handle bad when a
+                # READDIRPLUS entry names it without one): not negotiated.
+                flags &= ~(InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO)
         else:
             flags &= ~InitFlag.HAS_LOOKUP_HANDLE
         if minor < 36:
@@ -515,7 +551,7 @@ class Connection:
             max_stack_depth=cfg.max_stack_depth if flags & InitFlag.PASSTHROUGH else 0,
             request_timeout=cfg.request_timeout if flags & InitFlag.REQUEST_TIMEOUT else 0,
             lookup_handle=profile,
-            max_handle_sz=cfg.max_handle_sz if profile == "v2" else 0,
+            max_handle_sz=cfg.max_handle_sz if profile == "rfc-v2" else 0,
             handle_secret=(cfg.handle_secret or os.urandom(32)).hex() if profile else "",
         )
 
@@ -546,7 +582,7 @@ class Connection:
             map_alignment=0, flags2=flags2, max_stack_depth=s.max_stack_depth,
             request_timeout=s.request_timeout,
         )
-        if s.lookup_handle == "v2":
+        if s.lookup_handle == "rfc-v2":
             name = "init_out_v2"
             rec: Any = CODECS[name].record(**common, max_handle_sz=s.max_handle_sz,
                                            unused=(0,) * 10)

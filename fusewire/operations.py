@@ -424,7 +424,8 @@ class Operations:
     def lookup_inode(self, inode: int, ctx: RequestContext) -> EntryAttributes:
         """DRAFT (LOOKUP_HANDLE profiles): the entry of an object named by its handle.
 
-        Sent as LOOKUP_HANDLE by handle (v2; v3 with an empty name) after
+        Sent as LOOKUP_HANDLE with an empty name and the object's handle (the
+        ``fusewire`` profile only; the RFC profiles look names up) after
         :meth:`inode_for_handle` resolved the handle to ``inode``.  Like
         :meth:`lookup`, a successful reply counts one lookup, which the kernel
         gives back with FORGET.  The default returns :meth:`getattr`; a

@@ -57,11 +57,7 @@ LAYERS: dict[str, int] = {
 
 #: Upward arrows that exist today, each with its reason.  Keep this short.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Issue 14: the draft LOOKUP_HANDLE wire profile (protocol, not recovery)
-    # lives in recovery/handles.py and the dispatcher needs it; it is to move
-    # next to the protocol (opcodes/structs/connection), which removes this line.
-    ("fusewire.server.dispatch", "fusewire.recovery.handles"):
-        "draft LOOKUP_HANDLE profile not yet moved out of recovery (issue 14)",
+    # (the draft LOOKUP_HANDLE profile moved to fusewire/server/handles.py, issue 17)
 }
 
 

@@ -1,9 +1,10 @@
-"""DRAFT stable-handle profiles (LOOKUP_HANDLE RFC v2 / v3) and REVALIDATE_FH, end to end.
+"""The ``fusewire`` stable-handle profile (fusewire's own extension) and REVALIDATE_FH.
 
-The emulated kernel implements the client side of each profile; the server is
+The emulated kernel implements the client side of the profile; the server is
 the real Connection + Dispatcher.  Reply sizes are checked against layouts
-computed here from the documented wire forms (docs/recovery.md), not against
-the implementation's own constants.
+computed here from the documented wire forms (docs/draft-handles.md), not
+against the implementation's own constants.  The RFC profiles are checked
+byte for byte against the posted patches in tests/test_lookup_handle_rfc.py.
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.recovery import journal as jn
-from fusewire.recovery.handles import HandleKey, SessionHandles
 from fusewire.server.dispatch import Dispatcher
+from fusewire.server.handles import HandleKey, SessionHandles
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending, ProcessServer, from_state
 from fusewire.testing.wire import KERNEL_FLAGS, encode_init, split_reply
 
-PROFILES = ["v2", "v3"]
+#: the fusewire profile (fusewire's own extension); the RFC profiles have their own
+#: tests below, fed with the byte sequences the posted patches define
+PROFILES = ["fusewire"]
 SECRET = bytes(range(32))
 #: a MemFS handle on the wire: format byte, length byte, 16 inner bytes
 #: (inode u64, filesystem generation u64), 16-byte tag
@@ -71,9 +74,9 @@ def capture(emu: KernelEmulator) -> dict[int, list[bytes]]:
     return raws
 
 
-def element_size(profile: str, handle_len: int, slot: int) -> int:
-    """Bytes a fuse_file_handle takes in a reply: v2 header + the fixed slot; v3 u16 + bytes."""
-    return 8 + slot if profile == "v2" else 2 + handle_len
+def element_size(handle_len: int) -> int:
+    """Bytes a fuse_file_handle takes in a reply of the fusewire profile: u16 + bytes."""
+    return 2 + handle_len
 
 
 def ctx() -> RequestContext:
@@ -113,7 +116,7 @@ class SpyFS(MemFS):
 
 def test_profile_off_nothing_on_the_wire_at_745() -> None:
     offered = KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE
-    for config in (Config(), Config(lookup_handle="v2")):
+    for config in (Config(), Config(lookup_handle="rfc-v2")):
         kernel = offered if config.lookup_handle is None else KERNEL_FLAGS
         body = init_reply(config, kernel)
         assert len(body) == 64
@@ -123,7 +126,7 @@ def test_profile_off_nothing_on_the_wire_at_745() -> None:
         assert body[40:] == bytes(24)  # request_timeout 0, no max_handle_sz, unused zero
 
     # a kernel offering the draft, a server not opting in: upstream sizes everywhere
-    emu = make_emu("v2", server_profile=None)
+    emu = make_emu("fusewire", server_profile=None)
     assert emu.session is not None and emu.session.lookup_handle is None
     assert emu.dispatcher.handles is None
     raws = capture(emu)
@@ -156,16 +159,17 @@ def test_profile_off_nothing_on_the_wire_at_745() -> None:
 
 
 def test_profile_needs_the_kernel_offer() -> None:
-    emu = KernelEmulator(MemFS(), config=Config(lookup_handle="v3", handle_secret=SECRET))
+    emu = KernelEmulator(MemFS(), config=Config(lookup_handle="fusewire", handle_secret=SECRET))
     assert emu.conn.session is not None and emu.conn.session.lookup_handle is None
     assert emu.conn.session.handle_secret == ""
     # below 7.36 there is no flags2, so bit 43 cannot be offered at all
-    body = init_reply(Config(lookup_handle="v2"), KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE,
+    body = init_reply(Config(lookup_handle="rfc-v2"), KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE,
                       minor=35)
     assert not _R["init_out"].decode(body + bytes(64 - len(body))).flags2
 
 
-@pytest.mark.parametrize(("profile", "size"), [("v2", 128), ("v2", 64), ("v3", 0)])
+@pytest.mark.parametrize(("profile", "size"), [("rfc-v2", 128), ("rfc-v2", 64),
+                                               ("rfc-v3", 0), ("fusewire", 0)])
 def test_init_reply_layout(profile: str, size: int) -> None:
     config = Config(lookup_handle=profile, max_handle_sz=size or 128)
     body = init_reply(config, KERNEL_FLAGS | InitFlag.HAS_LOOKUP_HANDLE)
@@ -178,32 +182,33 @@ def test_init_reply_layout(profile: str, size: int) -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError):
-        Config(lookup_handle="v4")
+    for name in ("v4", "v2", "v3"):       # the old names were renamed, not aliased
+        with pytest.raises(ValueError):
+            Config(lookup_handle=name)
     for bad in (0, 20, 130, 100):
         with pytest.raises(ValueError):
-            Config(lookup_handle="v2", max_handle_sz=bad)
+            Config(lookup_handle="rfc-v2", max_handle_sz=bad)
     with pytest.raises(ValueError):
-        Config(lookup_handle="v2", handle_secret=b"short")
+        Config(lookup_handle="rfc-v2", handle_secret=b"short")
 
 
 # -- entry replies carry handles ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("profile", "slot"), [("v2", 128), ("v2", 64), ("v3", 128)])
+@pytest.mark.parametrize(("profile", "slot"), [("fusewire", 128)])
 def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     fs = MemFS()
     emu = make_emu(profile, fs, max_handle_sz=slot)
     assert emu.session is not None and emu.session.lookup_handle == profile
-    assert emu.session.max_handle_sz == (slot if profile == "v2" else 0)
+    assert emu.session.max_handle_sz == 0
     handles = emu.dispatcher.handles
     assert handles is not None
     raws = capture(emu)
-    hlen = slot if profile == "v2" else MEMFS_HANDLE   # v2 handles fill the negotiated size
-    elem = element_size(profile, hlen, slot)
+    hlen = MEMFS_HANDLE
+    elem = element_size(hlen)
 
     d = emu.mkdir("/d")
-    f = emu.open("/d/f", os.O_RDWR | os.O_CREAT)            # CREATE (v2) / MKOBJ_HANDLE (v3)
+    f = emu.open("/d/f", os.O_RDWR | os.O_CREAT)            # MKOBJ_HANDLE
     emu.close(f)
     emu.mknod("/d/p", stat.S_IFIFO | 0o644)
     emu.symlink("f", "/d/l")
@@ -226,11 +231,8 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     expected = {Opcode.LOOKUP: entry, Opcode.MKDIR: entry, Opcode.MKNOD: entry,
                 Opcode.SYMLINK: entry, Opcode.LINK: entry, Opcode.CREATE: entry + OPEN_OUT,
                 Opcode.TMPFILE: entry + OPEN_OUT, DRAFT_FUSE_REVALIDATE_FH: entry}
-    if profile == "v2":
-        expected[DRAFT_FUSE_LOOKUP_HANDLE_V2] = entry
-    else:
-        expected[DRAFT_FUSE_LOOKUP_HANDLE_V3] = 16 + ENTRY2_OUT + elem
-        expected[DRAFT_FUSE_MKOBJ_HANDLE_V3] = 16 + ENTRY2_OUT + elem + OPEN_OUT
+    expected[DRAFT_FUSE_LOOKUP_HANDLE_V3] = 16 + ENTRY2_OUT + elem
+    expected[DRAFT_FUSE_MKOBJ_HANDLE_V3] = 16 + ENTRY2_OUT + elem + OPEN_OUT
     for op, size in expected.items():
         assert raws.get(op), f"no reply seen for opcode {op}"
         assert {len(r) for r in raws[op]} == {size}, op
@@ -245,12 +247,8 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
     body = max(raws[Opcode.READDIRPLUS], key=len)[16:]
     pos, names = 0, []
     while pos < len(body):
-        if profile == "v2":
-            hsz = struct.unpack_from("<I", body, pos + ENTRY_OUT)[0]
-            used = 8 + slot
-        else:
-            hsz = struct.unpack_from("<H", body, pos + ENTRY_OUT)[0]
-            used = 2 + hsz
+        hsz = struct.unpack_from("<H", body, pos + ENTRY_OUT)[0]
+        used = 2 + hsz
         dpos = pos + ENTRY_OUT + used
         ino, _off, namelen, _type = struct.unpack_from("<QQII", body, dpos)
         name = body[dpos + DIRENT:dpos + DIRENT + namelen]
@@ -260,7 +258,7 @@ def test_every_entry_reply_carries_a_handle(profile: str, slot: int) -> None:
             assert nodeid == 0 and hsz == 0
         else:
             assert nodeid == ino and hsz == hlen
-            h = body[pos + ENTRY_OUT + (8 if profile == "v2" else 2):][:hsz]
+            h = body[pos + ENTRY_OUT + 2:][:hsz]
             assert handles.resolve(h) == ino
         pos += (ENTRY_OUT + used + DIRENT + namelen + 7) & ~7
     assert pos == len(body)
@@ -279,8 +277,8 @@ def test_requests_carry_the_parent_handle(profile: str) -> None:
     emu.inc_epoch()
     emu.stat("/d/sub/f")
     by_parent = {(op, n): h for op, n, h in seen}
-    lookup = DRAFT_FUSE_LOOKUP_HANDLE_V3 if profile == "v3" else Opcode.LOOKUP
-    create = DRAFT_FUSE_MKOBJ_HANDLE_V3 if profile == "v3" else Opcode.CREATE
+    lookup = DRAFT_FUSE_LOOKUP_HANDLE_V3 if profile == "fusewire" else Opcode.LOOKUP
+    create = DRAFT_FUSE_MKOBJ_HANDLE_V3 if profile == "fusewire" else Opcode.CREATE
     assert by_parent[(Opcode.MKDIR, d)] == emu.inode_handles[d]
     assert by_parent[(create, sub)] == emu.inode_handles[sub]
     assert by_parent[(lookup, sub)] == emu.inode_handles[sub]
@@ -290,7 +288,7 @@ def test_requests_carry_the_parent_handle(profile: str) -> None:
     emu.dispatcher.observer = lambda req: raw_ext.append(req.ext.raw if req.ext else b"")
     emu.inc_epoch()
     emu.stat("/d/sub/f")
-    if profile == "v3":
+    if profile == "fusewire":
         # v3: the handle rides in a FUSE_EXT_HANDLE request extension (padded to 8)
         size, typ, hsz = struct.unpack_from("<IIH", raw_ext[-2])
         assert typ == FUSE_EXT_HANDLE and size == len(raw_ext[-2]) == 8 + 40
@@ -324,11 +322,11 @@ def _foreign_handle(fs: MemFS, profile: str, nodeid: int, slot: int) -> bytes:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     fs = SpyFS()
-    emu = make_emu(profile, fs, max_handle_sz=64)   # v2: 64-byte handles (v3 ignores it)
+    emu = make_emu(profile, fs)
     d = emu.mkdir("/d")
     f = emu.mknod("/d/f", stat.S_IFREG | 0o644)
     good = emu.inode_handles[f]
-    slot = len(good) if profile == "v2" else 128
+    slot = 128
     assert emu.revalidate(f) == 0                                # control: accepted
     reached = len(fs.resolved)
     assert fs.resolved[-1] == struct.pack("<QQ", f, emu.generations[f])
@@ -348,8 +346,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     gen = emu.generations[f]
     for what, bad in candidates.items():
         arg = _R["revalidate_fh_in"].record(generation=gen, nlookup=1, flags=0, padding=0)
-        element = (struct.pack("<II", len(bad), 1) if profile == "v2"
-                   else struct.pack("<H", len(bad))) + bad
+        element = struct.pack("<H", len(bad)) + bad
         err, _ = emu.request(DRAFT_FUSE_REVALIDATE_FH, f, arg=arg, data=element)
         assert err == errno.ESTALE, what
         # as a parent handle
@@ -357,11 +354,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
                              arg=_R["mkdir_in"].record(mode=0o755, umask=0))
         assert err == errno.ESTALE, what
         # by LOOKUP_HANDLE
-        if profile == "v2":
-            err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V2, 0, data=bad,
-                                 arg=_R["file_handle_v2"].record(size=len(bad), type=1))
-        else:
-            err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, 0, names=(b"",), handle=bad)
+        err, _ = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, 0, names=(b"",), handle=bad)
         assert err == errno.ESTALE, what
     # none of them reached the filesystem's handle code
     assert len(fs.resolved) == reached
@@ -372,8 +365,7 @@ def test_forged_truncated_and_foreign_handles_are_refused(profile: str) -> None:
     assert emu.readdir("/d") == [b"f"]
     # a malformed fuse_file_handle (size field disagreeing with the bytes) is EINVAL
     arg = _R["revalidate_fh_in"].record(generation=gen, nlookup=1, flags=0, padding=0)
-    hdr = struct.pack("<II", len(good) + 1, 1) if profile == "v2" else struct.pack(
-        "<H", len(good) + 1)
+    hdr = struct.pack("<H", len(good) + 1)
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, f, arg=arg, data=hdr + good)[0] == errno.EINVAL
 
 
@@ -410,15 +402,14 @@ class BigHandleFS(MemFS):
 
 
 @pytest.mark.parametrize(("profile", "slot", "extra", "fits"), [
-    ("v2", 64, 30, True), ("v2", 64, 31, False), ("v2", 24, 0, False),
-    ("v3", 128, 94, True), ("v3", 128, 95, False)])
+    ("fusewire", 128, 94, True), ("fusewire", 128, 95, False)])
 def test_the_handle_size_limit_is_respected(profile: str, slot: int, extra: int,
                                             fits: bool) -> None:
     emu = make_emu(profile, BigHandleFS(extra), max_handle_sz=slot)
     raws = capture(emu)
     f = emu.mknod("/f", stat.S_IFREG | 0o644)
-    hlen = slot if profile == "v2" else MEMFS_HANDLE + extra
-    elem = element_size(profile, hlen if fits else 0, slot)
+    hlen = MEMFS_HANDLE + extra
+    elem = element_size(hlen if fits else 0)
     assert [len(r) for r in raws[Opcode.MKNOD]] == [16 + ENTRY_OUT + elem]
     if fits:
         assert len(emu.inode_handles[f]) == hlen <= slot
@@ -451,27 +442,21 @@ def test_lookup_handle_by_handle_counts_one_lookup(profile: str) -> None:
 @pytest.mark.parametrize("profile", PROFILES)
 def test_mkobj_handle_and_lookup_handle_edge_cases(profile: str) -> None:
     emu = make_emu(profile)
-    if profile == "v3":
-        arg = _R["create_in"].record(flags=os.O_RDWR, mode=stat.S_IFDIR | 0o755, umask=0,
-                                     open_flags=0)
-        assert emu.request(DRAFT_FUSE_MKOBJ_HANDLE_V3, ROOT, arg=arg,
-                           names=(b"x",))[0] == errno.EINVAL
-        # neither a name nor a handle
-        assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"",))[0] == errno.EINVAL
-        # a negative lookup: entry2_out with nodeid 0 and an empty handle
-        err, decoded = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"nope",))
-        assert err == errno.ENOENT and decoded is None
-    else:
-        bad = _R["file_handle_v2"].record(size=40, type=1)
-        assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V2, 0, arg=bad,
-                           data=bytes(20))[0] == errno.EINVAL
+    arg = _R["create_in"].record(flags=os.O_RDWR, mode=stat.S_IFDIR | 0o755, umask=0,
+                                 open_flags=0)
+    assert emu.request(DRAFT_FUSE_MKOBJ_HANDLE_V3, ROOT, arg=arg,
+                       names=(b"x",))[0] == errno.EINVAL
+    # neither a name nor a handle
+    assert emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"",))[0] == errno.EINVAL
+    # a negative lookup: entry2_out with nodeid 0 and an empty handle
+    err, decoded = emu.request(DRAFT_FUSE_LOOKUP_HANDLE_V3, ROOT, names=(b"nope",))
+    assert err == errno.ENOENT and decoded is None
     # the handle names another nodeid than the header says
     a = emu.mknod("/a", stat.S_IFREG | 0o644)
     b = emu.mknod("/b", stat.S_IFREG | 0o644)
     arg = _R["revalidate_fh_in"].record(generation=emu.generations[a], nlookup=1, flags=0,
                                         padding=0)
-    element = (struct.pack("<II", len(emu.inode_handles[a]), 1) if profile == "v2"
-               else struct.pack("<H", len(emu.inode_handles[a]))) + emu.inode_handles[a]
+    element = struct.pack("<H", len(emu.inode_handles[a])) + emu.inode_handles[a]
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, b, arg=arg, data=element)[0] == errno.ESTALE
     assert emu.request(DRAFT_FUSE_REVALIDATE_FH, a, arg=arg._replace(generation=7),
                        data=element)[0] == errno.ESTALE

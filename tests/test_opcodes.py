@@ -63,10 +63,16 @@ def test_dispatcher_serves_every_row_with_a_handler() -> None:
 
 def test_draft_rows_only_in_profiles() -> None:
     assert ops_for_profile(None) is OPS
-    v2 = ops_for_profile("v2")
-    assert 54 in v2 and v2[Opcode.LOOKUP].trailing is Trailing.HANDLE
-    v3 = ops_for_profile("v3")
-    assert 55 in v3 and 56 in v3 and 54 not in v3
+    v2 = ops_for_profile("rfc-v2")
+    # RFC v2: LOOKUP_HANDLE (54) replaces LOOKUP; create-type requests carry the
+    # parent's handle after the names
+    assert v2[54].name == "LOOKUP_HANDLE" and v2[54].trailing is Trailing.HANDLE
+    assert v2[Opcode.MKNOD].trailing is Trailing.HANDLE
+    assert v2[Opcode.LOOKUP].trailing is Trailing.NONE and 55 not in v2
+    v3 = ops_for_profile("rfc-v3")
+    assert v3[54].name == "COMPOUND" and 55 in v3 and 56 in v3 and 57 not in v3
+    fw = ops_for_profile("fusewire")
+    assert 55 in fw and 56 in fw and 57 in fw and 54 not in fw
 
 
 def test_init_flags_cover_64_bit_space_through_745() -> None:

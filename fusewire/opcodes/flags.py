@@ -13,6 +13,9 @@ import enum
 __all__ = [
     "ATTR",
     "CUSE_UNRESTRICTED_IOCTL",
+    "DRAFT_FUSE_COMPOUND",
+    "DRAFT_FUSE_COMPOUND_ATOMIC",
+    "DRAFT_FUSE_COMPOUND_SEPARABLE",
     "DRAFT_FUSE_LOOKUP_HANDLE_V2",
     "DRAFT_FUSE_LOOKUP_HANDLE_V3",
     "DRAFT_FUSE_MKOBJ_HANDLE_V3",
@@ -92,6 +95,14 @@ DRAFT_FUSE_LOOKUP_HANDLE_V3 = 55
 DRAFT_FUSE_MKOBJ_HANDLE_V3 = 56
 #: fusewire's own number for REVALIDATE_FH (the RFCs only sketch it).
 DRAFT_FUSE_REVALIDATE_FH = 57
+#: DRAFT (FUSE_COMPOUND, Horst Birthelmer, "[PATCH v5 1/3]",
+#: <20260210-fuse-compounds-upstream-v5-1-ea0585f62daa@ddn.com>, which the
+#: LOOKUP_HANDLE RFC v3 is based on): a request made of several requests.
+DRAFT_FUSE_COMPOUND = 54
+#: fuse_compound_in.flags (v5 values): the requests need no result of another.
+DRAFT_FUSE_COMPOUND_SEPARABLE = 1 << 0
+#: fuse_compound_in.flags (v5 values): the server must execute the whole as one.
+DRAFT_FUSE_COMPOUND_ATOMIC = 1 << 1
 
 
 class Opcode(enum.IntEnum):

@@ -113,9 +113,9 @@ def render() -> str:
         lines.append(f"| {n.code.name} | {int(n.code)} | {payload} | {n.trailing} "
                      f"| 7.{n.since} | {n.method} |")
     lines += ["", "## Draft profiles (LOOKUP_HANDLE)", "",
-              "Rows that exist only in a session that negotiated the profile; in profile "
-              "v2 the parent-handle opcodes also carry the parent's handle as a trailing "
-              "in-arg.", ""]
+              "Rows that exist only in a session that negotiated the profile (see "
+              "docs/draft-handles.md); in profile rfc-v2 the parent-handle opcodes but "
+              "LOOKUP also carry the parent's handle as a trailing in-arg.", ""]
     for profile, table in sorted(DRAFT_OPS.items()):
         drows = sorted(table.values(), key=lambda r: r.opcode)
         lines += [f"### Profile {profile}", "", *_table(drows), "", *_notes(drows), ""]

@@ -26,6 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from fusewire.opcodes.flags import (
+    DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
     DRAFT_FUSE_LOOKUP_HANDLE_V3,
     DRAFT_FUSE_MKOBJ_HANDLE_V3,
@@ -56,7 +57,7 @@ class Trailing(enum.Enum):
     DATA = "data"  # opaque bytes to the end (write data, xattr value, ioctl input)
     FORGETS = "forgets"  # batch_forget_in.count x forget_one
     MAPPINGS = "mappings"  # removemapping_in.count x removemapping_one
-    HANDLE = "handle"  # DRAFT v2: the parent's fuse_file_handle as an extra in-arg
+    HANDLE = "handle"  # DRAFT rfc-v2: the parent's fuse_file_handle as an extra in-arg
 
 
 class Reply(enum.Enum):
@@ -92,7 +93,7 @@ class OpInfo:
     ext: bool = False  # may carry request extensions (total_extlen)
     enosys_cached: bool = False  # the kernel remembers ENOSYS for this op
     idempotent: bool = True  # safe to execute twice (no reply journal needed)
-    draft: str | None = None  # draft profile ("v2"/"v3") or None if upstream
+    draft: str | None = None  # draft profile ("rfc-v2"/"rfc-v3"/"fusewire") or None
     #: a new name whose entry the reply returns (the kernel takes one lookup;
     #: nodeid 0 or 1 is a protocol error): MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE
     create_type: bool = False
@@ -103,7 +104,7 @@ class OpInfo:
     #: adds, removes or renames directory entries (recovery's intents key on it)
     namespace: bool = False
     #: the header nodeid is a directory that a draft handle profile may also
-    #: name by file handle (v2: an in-arg; v3: FUSE_EXT_HANDLE)
+    #: name by file handle (rfc-v2: an in-arg; rfc-v3, fusewire: FUSE_EXT_HANDLE)
     parent_handle: bool = False
     #: sent without the caller's credentials (uid, gid and pid are 0): forgets,
     #: releases and interrupts are issued by the kernel on nobody's behalf
@@ -235,41 +236,65 @@ UNSUPPORTED: dict[int, str] = {
     19: "unused in every protocol version",
 }
 
-#: Draft profiles: opcode rows that exist only when a server opts in and the
-#: kernel's INIT offers HAS_LOOKUP_HANDLE.  ``since`` is the minor the RFCs
-#: propose (46); the rows are gated by that flag, not by the minor (fusewire
-#: speaks at most 7.45).  Layouts: :mod:`fusewire.recovery.handles`.
+#: Draft profiles: opcode rows that exist only when a server opts in
+#: (``Config(lookup_handle=...)``) and HAS_LOOKUP_HANDLE (bit 43) is in the
+#: INIT reply.  ``since`` is the minor the RFCs propose (46); the rows are gated
+#: by the flag, not by the minor (fusewire speaks at most 7.45).  Layouts and
+#: citations: :mod:`fusewire.server.handles` and docs/draft-handles.md.
+#:
+#: ``rfc-v2`` and ``rfc-v3`` follow the posted LOOKUP_HANDLE patches (RFC v2
+#: <20251212181254.59365-1-luis@igalia.com>, RFC v3
+#: <20260225112439.27276-1-luis@igalia.com> on the FUSE_COMPOUND series v5
+#: <20260210-fuse-compounds-upstream-v5-0-ea0585f62daa@ddn.com>); ``fusewire``
+#: is fusewire's own extension (REVALIDATE_FH, handles on every entry reply
+#: and READDIRPLUS) and is never mixed into the RFC profiles.
 DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
-    "v2": {
+    "rfc-v2": {
         DRAFT_FUSE_LOOKUP_HANDLE_V2: OpInfo(
-            DRAFT_FUSE_LOOKUP_HANDLE_V2, "LOOKUP_HANDLE", "file_handle_v2", names=0,
-            trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
-            since=46, draft="v2",
-            doc="RFC v2: look an object up by file handle (body: fuse_file_handle); "
-                "counts one lookup"),
-        DRAFT_FUSE_REVALIDATE_FH: OpInfo(
-            DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
-            trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
-            since=46, draft="v2",
-            doc="fusewire draft: does this handle still name the same object? "
-                "(body + fuse_file_handle; reply entry_out + handle; counts no lookup)"),
+            DRAFT_FUSE_LOOKUP_HANDLE_V2, "LOOKUP_HANDLE", None, names=1,
+            trailing=Trailing.HANDLE, reply=Reply.ENTRY, handler="lookup", since=46,
+            draft="rfc-v2", parent_handle=True,
+            doc="RFC v2 4/6: replaces LOOKUP; name, NUL, then the parent's fuse_file_handle "
+                "(absent when the kernel holds none, e.g. the root); reply entry_out + "
+                "fuse_file_handle {u32 size, u32 type} + size bytes, 1 <= size < max_handle_sz"),
     },
-    "v3": {
+    "rfc-v3": {
+        DRAFT_FUSE_COMPOUND: OpInfo(
+            DRAFT_FUSE_COMPOUND, "COMPOUND", "compound_in", trailing=Trailing.DATA,
+            reply=Reply.DATA, handler=None, since=46, idempotent=False, draft="rfc-v3",
+            doc="compound series v5 1/3: fuse_compound_in + complete sub-requests; reply "
+                "fuse_compound_out + one complete sub-reply per sub-request (handled by the "
+                "library through this table)"),
         DRAFT_FUSE_LOOKUP_HANDLE_V3: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V3, "LOOKUP_HANDLE", None, names=1, ext=True,
-            reply=Reply.ENTRY, handler="lookup", since=46, draft="v3",
-            doc="RFC v3: lookup returning entry2_out + file handle; parent via FUSE_EXT_HANDLE; "
-                "an empty name looks up the object the extension's handle names"),
+            reply=Reply.ENTRY, handler="lookup", since=46, draft="rfc-v3", parent_handle=True,
+            doc="RFC v3 6/8: name (+ FUSE_EXT_HANDLE of the parent); reply entry2_out + "
+                "fuse_file_handle {u16 size} + size bytes; sent inside a COMPOUND with a STATX"),
         DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
             DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
-            reply=Reply.ENTRY_OPEN, handler="create", since=46, draft="v3",
+            reply=Reply.ENTRY, handler="create", since=46, draft="rfc-v3", idempotent=False,
+            create_type=True, namespace=True, parent_handle=True,
+            doc="RFC v3 8/8: create a regular file; reply entry2_out + fuse_file_handle; sent "
+                "inside an atomic COMPOUND with STATX and OPEN"),
+    },
+    "fusewire": {
+        DRAFT_FUSE_LOOKUP_HANDLE_V3: OpInfo(
+            DRAFT_FUSE_LOOKUP_HANDLE_V3, "LOOKUP_HANDLE", None, names=1, ext=True,
+            reply=Reply.ENTRY, handler="lookup", since=46, draft="fusewire", parent_handle=True,
+            doc="fusewire profile: lookup returning entry2_out + file handle; parent via "
+                "FUSE_EXT_HANDLE; an empty name looks up the object the extension's handle "
+                "names"),
+        DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
+            DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
+            reply=Reply.ENTRY_OPEN, handler="create", since=46, draft="fusewire",
             idempotent=False, create_type=True, opens=True, namespace=True,
-            doc="RFC v3: create-and-open; reply entry2_out + handle + open_out"),
+            parent_handle=True,
+            doc="fusewire profile: create-and-open; reply entry2_out + handle + open_out"),
         DRAFT_FUSE_REVALIDATE_FH: OpInfo(
             DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
             trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
-            since=46, draft="v3",
-            doc="fusewire draft: does this handle still name the same object? "
+            since=46, draft="fusewire",
+            doc="fusewire profile: does this handle still name the same object? "
                 "(body + fuse_file_handle; reply entry_out + handle; counts no lookup)"),
     },
 }
@@ -280,11 +305,15 @@ def ops_for_profile(profile: str | None) -> dict[int, OpInfo]:
     if profile is None:
         return OPS
     table = dict(OPS)
-    if profile == "v2":
-        # RFC v1/v2: create-type requests and LOOKUP carry the parent's handle
-        # as one more in-arg after the names.
+    if profile == "rfc-v2":
+        # RFC v2 4/6 (create_new_entry, fuse_create_open): the create-type
+        # requests carry the parent's fuse_file_handle as one more in-arg
+        # after the names, before any extension block (LOOKUP becomes
+        # LOOKUP_HANDLE, which has its own row).
         for op in PARENT_HANDLE_OPS:
-            table[op] = dataclasses.replace(OPS[op], trailing=Trailing.HANDLE, draft="v2")
+            if op != Opcode.LOOKUP:
+                table[op] = dataclasses.replace(OPS[op], trailing=Trailing.HANDLE,
+                                                draft=profile)
     table.update(DRAFT_OPS[profile])
     return table
 

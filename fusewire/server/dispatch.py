@@ -58,9 +58,13 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from fusewire.connection import Connection, Request
+from fusewire.connection import Connection, Request, parse_request
 from fusewire.errors import LocalProtocolError, RemoteProtocolError
 from fusewire.opcodes.flags import (
+    DRAFT_FUSE_COMPOUND,
+    DRAFT_FUSE_COMPOUND_ATOMIC,
+    DRAFT_FUSE_LOOKUP_HANDLE_V3,
+    DRAFT_FUSE_MKOBJ_HANDLE_V3,
     FATTR,
     FOPEN,
     FSYNC,
@@ -74,7 +78,8 @@ from fusewire.opcodes.flags import (
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
 from fusewire.readdir import ReaddirToken
-from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
+from fusewire.server import handles as _fh
+from fusewire.server.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (
@@ -100,6 +105,9 @@ _WRITE_OUT = CODECS["write_out"].struct
 _OUT_HDR = CODECS["out_header"].struct
 _PACK_HDR = _OUT_HDR.pack
 _STATX_OUT = CODECS["statx_out"].struct
+_COMPOUND_OUT = CODECS["compound_out"].struct
+_IN_HEADER = CODECS["in_header"]
+_ENTRY2_NODEID = CODECS["entry2_out"].head(1)
 #: fuse_out_header and a full-size fuse_attr_out packed in one call (the GETATTR
 #: fast path: one bytes object, no list of parts to size up)
 _HDR_ATTR_OUT = struct.Struct(_OUT_HDR.format + _ATTR_OUT.format.lstrip("<="))
@@ -814,8 +822,6 @@ class Dispatcher:
     def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):
             raise LocalProtocolError(f"{req.info.name} returned nodeid {attr.st_ino}")
-        if attr.st_ino:
-            self._tls.lookups.append(attr.st_ino)
         data = entry_bytes(attr)
         session = self.conn.session
         assert session is not None
@@ -823,14 +829,18 @@ class Dispatcher:
         if size != 128:
             data = data[:size]
         if session.lookup_handle is not None:
-            data += self._handle_suffix(attr)
+            data += self._handle_suffix(req.opcode, attr)
+        if attr.st_ino:
+            self._tls.lookups.append(attr.st_ino)
         return data
 
-    def _handle_suffix(self, attr: EntryAttributes) -> bytes:
-        """DRAFT: the profile's ``fuse_file_handle`` element that follows an entry_out."""
+    def _handle_suffix(self, opcode: int, attr: EntryAttributes) -> bytes:
+        """DRAFT: the ``fuse_file_handle`` element that follows an entry_out, if any."""
         if self.handles is None:
             self._install_draft()
         assert self.handles is not None
+        if opcode not in self.handles.profile.handle_replies:
+            return b""
         return self.handles.element_for(attr.st_ino)
 
     def _attr_reply(self, req: Request, a: EntryAttributes) -> Buffers:
@@ -975,20 +985,7 @@ class Dispatcher:
         a = req.arg
         fh = a.fh if a.getattr_flags & GETATTR.FH else None
         st = self.ops.statx(req.nodeid, fh, a.sx_flags, a.sx_mask, self._ctx(req))
-        av, avn = _ts(st.attr_timeout)
-
-        def sx(ns: int) -> tuple[int, int, int]:
-            s, n = divmod(ns, _NS)
-            return s, n, 0
-
-        rdev = st.st_rdev
-        body = _STATX_OUT.pack(
-            av, avn, 0, 0, 0,
-            0x0FFF, st.st_blksize, 0, st.st_nlink, st.st_uid, st.st_gid, st.st_mode & 0xFFFF, 0,
-            st.st_ino, st.st_size, st.st_blocks, 0,
-            *sx(st.st_atime_ns), *sx(st.st_birthtime_ns), *sx(st.st_ctime_ns),
-            *sx(st.st_mtime_ns), os.major(rdev), os.minor(rdev), 0, 0, *(0,) * 14)
-        return self._ok(req, body)
+        return self._ok(req, _statx_bytes(st))
 
     # -- creating and removing names -------------------------------------------------
 
@@ -1221,31 +1218,43 @@ class Dispatcher:
         self.ops.removexattr(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
 
-    # -- DRAFT: stable-handle profiles (fusewire.recovery.handles) ---------------------------
+    # -- DRAFT: stable-handle profiles (fusewire.server.handles) ---------------------------
 
     def _install_draft(self) -> None:
         """Serve the session's stable-handle profile, if one was negotiated.
 
         Requests that may name their parent by handle get it checked first,
-        READDIRPLUS records carry handles, and the profile's own opcodes are
-        bound.  Without a profile nothing here runs and nothing changes.
+        and the profile's own opcodes are bound (rfc-v2: LOOKUP_HANDLE 54;
+        rfc-v3: COMPOUND 54, LOOKUP_HANDLE 55, MKOBJ_HANDLE 56; fusewire:
+        55, 56, REVALIDATE_FH 57 and READDIRPLUS with handles).  Without a
+        profile nothing here runs and nothing changes.
         """
         session = self.conn.session
         if session is None or session.lookup_handle is None or self.handles is not None:
             return
         self.handles = handles = SessionHandles(self.ops, session)
         table = self._handlers
-        for op in PARENT_HANDLE_OPS:
-            fn = table.get(op)
-            if fn is not None:
-                table[op] = self._with_parent(fn)
-        table[Opcode.READDIRPLUS] = self._op_readdirplus_handles
         profile = handles.profile
-        table[profile.lookup_opcode] = (self._op_lookup_handle_v2 if profile.fixed_slot
-                                        else self._op_lookup_handle_v3)
-        table[profile.revalidate_opcode] = self._op_revalidate_fh
-        if profile.mkobj_opcode is not None:
-            table[profile.mkobj_opcode] = self._op_mkobj_handle
+        name = profile.name
+        if name != "rfc-v3":
+            # rfc-v2: the in-arg after the names; fusewire: a FUSE_EXT_HANDLE
+            for op in PARENT_HANDLE_OPS:
+                fn = table.get(op)
+                if fn is not None:
+                    table[op] = self._with_parent(fn)
+        if name == "rfc-v2":
+            table[profile.lookup_opcode] = self._op_lookup_handle_rfc_v2
+        elif name == "rfc-v3":
+            table[profile.lookup_opcode] = self._op_lookup_handle_rfc_v3
+            assert profile.mkobj_opcode is not None and profile.compound_opcode is not None
+            table[profile.mkobj_opcode] = self._op_mkobj_handle_rfc_v3
+            table[profile.compound_opcode] = self._op_compound
+        else:
+            table[Opcode.READDIRPLUS] = self._op_readdirplus_handles
+            table[profile.lookup_opcode] = self._op_lookup_handle_fw
+            assert profile.mkobj_opcode is not None and profile.revalidate_opcode is not None
+            table[profile.revalidate_opcode] = self._op_revalidate_fh
+            table[profile.mkobj_opcode] = self._op_mkobj_handle_fw
         self._resolved.clear()
 
     def _with_parent(self, fn: Callable[[Request], Buffers | None]
@@ -1277,13 +1286,67 @@ class Dispatcher:
             raise LocalProtocolError(f"lookup_inode({inode}) answered st_ino {attr.st_ino}")
         return attr
 
-    def _op_lookup_handle_v2(self, req: Request) -> Buffers:
-        data = bytes(req.data)
-        if len(data) != req.arg.size:
-            raise FUSEError(errno.EINVAL)
-        return self._ok(req, self._entry(req, self._by_handle(req, data)))
+    def _op_lookup_handle_rfc_v2(self, req: Request) -> Buffers:
+        """RFC v2 LOOKUP_HANDLE (54): LOOKUP with the parent's handle; entry_out + handle."""
+        handles = self.handles
+        assert handles is not None
+        ext = req.ext
+        if ext is not None and ext.handle:
+            handles.check_parent(req.nodeid, ext.handle)
+        attr = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+        return self._ok(req, self._entry(req, attr))
 
-    def _op_lookup_handle_v3(self, req: Request) -> Buffers:
+    def _op_lookup_handle_rfc_v3(self, req: Request) -> Buffers:
+        """RFC v3 LOOKUP_HANDLE (55): by name (+ parent handle); entry2_out + handle.
+
+        The posted v3 code has no use for a negative entry (it would iget
+        nodeid 0), so no-such-name is ENOENT.
+        """
+        handles = self.handles
+        assert handles is not None
+        ext = req.ext
+        if ext is not None and ext.handle:
+            handles.check_parent(req.nodeid, ext.handle)
+        attr = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+        if not attr.st_ino:
+            raise FUSEError(errno.ENOENT)
+        data = handles.entry2_bytes(attr)
+        self._lookups.append(attr.st_ino)
+        return self._ok(req, data)
+
+    def _mkobj_create(self, req: Request) -> tuple[FileInfo, EntryAttributes]:
+        handles = self.handles
+        assert handles is not None
+        a = req.arg
+        if a.mode & 0o170000 not in (0, 0o100000):
+            raise FUSEError(errno.EINVAL)  # create-and-open: regular files only
+        if req.ext is not None and req.ext.handle:
+            handles.check_parent(req.nodeid, req.ext.handle)
+        if not self.implemented("create"):
+            raise FUSEError(errno.ENOSYS)
+        fi, attr = self.ops.create(req.nodeid, req.names[0], a.mode, a.flags,
+                                   self._ctx(req, a.umask))
+        if attr.st_ino in (0, FUSE_ROOT_ID):
+            raise LocalProtocolError(f"MKOBJ_HANDLE returned nodeid {attr.st_ino}")
+        return fi, attr
+
+    def _op_mkobj_handle_rfc_v3(self, req: Request) -> Buffers:
+        """RFC v3 MKOBJ_HANDLE (56) on its own: create; entry2_out + handle, nothing open.
+
+        The posted kernel only sends it inside an atomic compound with STATX
+        and OPEN (see :meth:`_compound_mkobj`); alone it creates the file and
+        releases what the filesystem opened.
+        """
+        handles = self.handles
+        assert handles is not None
+        fi, attr = self._mkobj_create(req)
+        data = handles.entry2_bytes(attr)
+        fh = fi.fh if isinstance(fi, FileInfo) else int(fi)
+        self.ops.release(fh)
+        self._lookups.append(attr.st_ino)
+        return self._ok(req, data)
+
+    def _op_lookup_handle_fw(self, req: Request) -> Buffers:
         handles = self.handles
         assert handles is not None
         name = req.names[0]
@@ -1296,24 +1359,18 @@ class Dispatcher:
             attr = self._by_handle(req, handle)
         else:
             raise FUSEError(errno.EINVAL)
+        data = handles.entry2_bytes(attr)
         if attr.st_ino:
             self._lookups.append(attr.st_ino)
-        return self._ok(req, handles.entry2_bytes(attr))
+        return self._ok(req, data)
 
-    def _op_mkobj_handle(self, req: Request) -> Buffers:
+    def _op_mkobj_handle_fw(self, req: Request) -> Buffers:
         handles = self.handles
         assert handles is not None
-        a = req.arg
-        if a.mode & 0o170000 not in (0, 0o100000):
-            raise FUSEError(errno.EINVAL)  # create-and-open: regular files only
-        if req.ext is not None and req.ext.handle:
-            handles.check_parent(req.nodeid, req.ext.handle)
-        fi, attr = self.ops.create(req.nodeid, req.names[0], a.mode, a.flags,
-                                   self._ctx(req, a.umask))
-        if attr.st_ino in (0, FUSE_ROOT_ID):
-            raise LocalProtocolError(f"MKOBJ_HANDLE returned nodeid {attr.st_ino}")
+        fi, attr = self._mkobj_create(req)
+        data = handles.entry2_bytes(attr)
         self._lookups.append(attr.st_ino)
-        return self._ok(req, handles.entry2_bytes(attr), open_out_bytes(fi))
+        return self._ok(req, data, open_out_bytes(fi))
 
     def _op_revalidate_fh(self, req: Request) -> Buffers:
         handles = self.handles
@@ -1337,3 +1394,155 @@ class Dispatcher:
         return self._ok(req, entry_bytes(attr)[:session.sizes["entry_out"]]
                         + handles.element_for(inode))
 
+    # -- DRAFT rfc-v3: FUSE_COMPOUND (compound series v5) -------------------------------------
+
+    def _op_compound(self, req: Request) -> Buffers:
+        """FUSE_COMPOUND: ``fuse_compound_in`` + sub-requests in, one sub-reply each out.
+
+        Reply: ``fuse_compound_out {count, flags 0, reserved 0}`` + for each
+        sub-request a complete reply (``fuse_out_header`` with the sub-request's
+        unique, then its body), in order.  Non-atomic compounds run their
+        sub-requests one after the other through this table, each with its
+        own error; an atomic one (FUSE_COMPOUND_ATOMIC) is served only in the
+        shape the posted kernel sends (MKOBJ_HANDLE + STATX + OPEN, from one
+        ``create`` call), any other atomic shape is ENOSYS (the v3 kernel then
+        falls back to MKNOD + OPEN).  The posted kernel puts FUSE_ROOT_ID in
+        the header of the STATX and OPEN that follow a LOOKUP_HANDLE or
+        MKOBJ_HANDLE ("the nodeid for the statx operation in the lookup+statx
+        is set to FUSE_ROOT_ID", v3 cover letter); fusewire reads that as the
+        object the earlier sub-request returned.
+        """
+        a = req.arg
+        subs = _fh.split_compound(bytes(req.data))
+        if a.count != len(subs) or not subs:
+            raise FUSEError(errno.EINVAL)
+        session = self.conn.session
+        assert session is not None
+        if a.flags & DRAFT_FUSE_COMPOUND_ATOMIC:
+            shape = [s.opcode for s in subs]
+            if shape != [DRAFT_FUSE_MKOBJ_HANDLE_V3, Opcode.STATX, Opcode.OPEN]:
+                raise FUSEError(errno.ENOSYS)
+            replies = self._compound_mkobj(subs)
+        else:
+            replies = []
+            made: tuple[int, int] | None = None   # (nodeid, errno) of the last 55/56
+            for sub in subs:
+                raw, early = self._sub_target(sub, made)
+                if early:
+                    out: Buffers = [_PACK_HDR(16, -early, sub.unique)]
+                else:
+                    out = self._run_sub(raw, session)
+                if sub.opcode in (DRAFT_FUSE_LOOKUP_HANDLE_V3, DRAFT_FUSE_MKOBJ_HANDLE_V3):
+                    made = self._sub_result(out)
+                replies.append(b"".join(bytes(b) for b in out))
+        head = _COMPOUND_OUT.pack(len(replies), 0, 0)
+        return self._ok(req, head, *replies)
+
+    @staticmethod
+    def _sub_result(out: Buffers) -> tuple[int, int]:
+        raw = b"".join(bytes(b) for b in out)
+        _len, error, _unique = _OUT_HDR.unpack_from(raw)
+        if error:
+            return 0, -error
+        return _ENTRY2_NODEID.unpack_from(raw, 16)[0], 0
+
+    @staticmethod
+    def _sub_target(sub: _fh.SubRequest, made: tuple[int, int] | None) -> tuple[bytes, int]:
+        """A STATX/OPEN sub-request aimed at FUSE_ROOT_ID after a 55/56: the new object."""
+        if made is None or sub.nodeid != FUSE_ROOT_ID or sub.opcode not in (Opcode.STATX,
+                                                                           Opcode.OPEN):
+            return sub.raw, 0
+        nodeid, err = made
+        if err:
+            return sub.raw, err
+        hdr = _IN_HEADER.decode(sub.raw, 0)._replace(nodeid=nodeid)
+        return _IN_HEADER.struct.pack(*hdr) + sub.raw[40:], 0
+
+    def _run_sub(self, raw: bytes, session: Any) -> Buffers:
+        """One sub-request: parsed with this session's table, answered like a request."""
+        try:
+            sub = parse_request(self._sub_extlen(raw, session), session)
+        except RemoteProtocolError as exc:
+            return [_PACK_HDR(16, -exc.errno_hint, _IN_HEADER.decode(raw, 0).unique)]
+        info = sub.info
+        if info.reply is Reply.NONE or info.opcode in (Opcode.INIT, Opcode.INTERRUPT,
+                                                       DRAFT_FUSE_COMPOUND):
+            return self._error(sub, errno.EINVAL) or []
+        try:
+            if sub.opcode == Opcode.STATX and not self.implemented("statx"):
+                return self._statx_from_getattr(sub)
+            fn = self._resolved.get(sub.opcode) or self._resolve(info)
+            out = fn(sub)
+        except FUSEError as exc:
+            out = self._error(sub, exc.errno)
+        except LocalProtocolError as exc:
+            log.error("%s in COMPOUND: %s", info.name, exc)
+            out = self._error(sub, exc.errno_hint)
+        except Exception:
+            log.exception("handler %s raised in COMPOUND; answering EIO", info.handler)
+            out = self._error(sub, errno.EIO)
+        return out or [_PACK_HDR(16, -errno.EIO, sub.unique)]
+
+    @staticmethod
+    def _sub_extlen(raw: bytes, session: Any) -> bytes:
+        """A v5 sub-request (``total_extlen`` 0) with ``total_extlen`` set for the
+        extension block that follows its names, if there is one."""
+        hdr = _IN_HEADER.decode(raw, 0)
+        info = session.table.get(hdr.opcode)
+        if info is None or not info.ext or not info.names or hdr.total_extlen:
+            return raw
+        pos = 40 + (session.sizes[info.request] if info.request else 0)
+        for _ in range(info.names):
+            z = raw.find(b"\0", pos)
+            if z < 0:
+                return raw
+            pos = z + 1
+        tail = _fh.ext_tail(raw, pos)
+        return _fh.with_extlen(raw, tail) if tail else raw
+
+    def _statx_from_getattr(self, req: Request) -> Buffers:
+        """STATX for a filesystem without ``statx``: ``fuse_statx_out`` from getattr."""
+        return self._ok(req, _statx_bytes(self.ops.getattr(req.nodeid, self._ctx(req))))
+
+    def _compound_mkobj(self, subs: list[_fh.SubRequest]) -> list[bytes]:
+        """The atomic MKOBJ_HANDLE + STATX + OPEN of RFC v3 8/8, from one ``create`` call.
+
+        ``create`` makes and opens the file in one step (as for CREATE), so
+        either all three sub-requests succeed or none changed anything: on
+        failure each sub-reply carries the error.
+        """
+        handles = self.handles
+        session = self.conn.session
+        assert handles is not None and session is not None
+        mk = subs[0]
+        try:
+            req = parse_request(self._sub_extlen(mk.raw, session), session)
+        except RemoteProtocolError as exc:
+            raise FUSEError(exc.errno_hint) from None
+        try:
+            fi, attr = self._mkobj_create(req)
+            entry = handles.entry2_bytes(attr)
+        except FUSEError as exc:
+            if exc.errno == errno.ENOSYS:
+                raise
+            return [_PACK_HDR(16, -exc.errno, s.unique) for s in subs]
+        self._lookups.append(attr.st_ino)
+        parts = (entry, _statx_bytes(attr), open_out_bytes(fi))
+        return [_PACK_HDR(16 + len(p), 0, s.unique) + p for s, p in zip(subs, parts, strict=True)]
+
+
+def _statx_bytes(st: EntryAttributes) -> bytes:
+    """``fuse_statx_out`` for ``st`` (what ``_op_statx`` sends)."""
+    av, avn = _ts(st.attr_timeout)
+
+    def sx(ns: int) -> tuple[int, int, int]:
+        s, n = divmod(ns, _NS)
+        return s, n, 0
+
+    rdev = st.st_rdev
+    return _STATX_OUT.pack(
+        av, avn, 0, 0, 0,
+        0x0FFF, st.st_blksize, 0, st.st_nlink, st.st_uid, st.st_gid, st.st_mode & 0xFFFF, 0,
+        st.st_ino, st.st_size, st.st_blocks, 0,
+        *sx(st.st_atime_ns), *sx(st.st_birthtime_ns), *sx(st.st_ctime_ns),
+        *sx(st.st_mtime_ns), os.major(rdev), os.minor(rdev), 0, 0, *(0,) * 14)

@@ -16,6 +16,8 @@ __all__ = [
     "BatchForgetIn",
     "BmapIn",
     "BmapOut",
+    "CompoundIn",
+    "CompoundOut",
     "CopyFileRangeIn",
     "CopyFileRangeOut",
     "CreateIn",
@@ -839,3 +841,21 @@ class RevalidateFhIn(NamedTuple):
     nlookup: int
     flags: int
     padding: int
+
+
+class CompoundIn(NamedTuple):
+    """``fuse_compound_in``. DRAFT (LOOKUP_HANDLE RFC)."""
+
+    count: int  # type: ignore[assignment]
+    flags: int
+    result_size: int
+    padding: int
+    reserved: int
+
+
+class CompoundOut(NamedTuple):
+    """``fuse_compound_out``. DRAFT (LOOKUP_HANDLE RFC)."""
+
+    count: int  # type: ignore[assignment]
+    flags: int
+    reserved: int

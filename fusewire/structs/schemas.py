@@ -215,6 +215,14 @@ entry2_out = Struct(
 #: the generation and lookup count the kernel holds for the header's nodeid;
 #: the object's fuse_file_handle (profile form) follows.  flags: reserved, 0.
 revalidate_fh_in = Struct("generation" / u64, "nlookup" / u64, "flags" / u32, "padding" / u32)
+#: FUSE_COMPOUND request header, as the compound series v5 defines it (which
+#: LOOKUP_HANDLE RFC v3 builds on): count, flags, result_size, then C padding
+#: to the u64 ``reserved`` (24 bytes).  Complete sub-requests follow.
+compound_in = Struct("count" / u32, "flags" / u32, "result_size" / u32, "padding" / u32,
+                     "reserved" / u64)
+#: FUSE_COMPOUND reply header (v5): count of sub-replies, flags, reserved (16).
+#: Complete sub-replies (fuse_out_header + body) follow.
+compound_out = Struct("count" / u32, "flags" / u32, "reserved" / u64)
 
 FIXED: dict[str, Construct] = {
     name: obj for name, obj in dict(globals()).items()
@@ -223,6 +231,7 @@ FIXED: dict[str, Construct] = {
 
 DRAFT = frozenset({
     "file_handle_v2", "init_out_v2", "file_handle_v3", "entry2_out", "revalidate_fh_in",
+    "compound_in", "compound_out",
 })
 
 # -- variable-length shapes (reference parsers for the hand-written fast paths) ------

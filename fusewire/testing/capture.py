@@ -335,7 +335,9 @@ def session_from_init(request: bytes, reply: bytes) -> Session:
     max_handle_sz = 0
     if flags & InitFlag.HAS_LOOKUP_HANDLE:
         v2: Any = decode_sized(CODECS["init_out_v2"], body, 0, min(len(body), 64))
-        profile = "v2" if v2.max_handle_sz else "v3"
+        # rfc-v2 announces max_handle_sz; rfc-v3 and fusewire look alike in INIT
+        # (a capture of rfc-v3 is read with the fusewire table: no COMPOUND row)
+        profile = "rfc-v2" if v2.max_handle_sz else "fusewire"
         max_handle_sz = v2.max_handle_sz
     return Session(
         major=out.major or FUSE_KERNEL_VERSION, minor=out.minor, flags=flags,

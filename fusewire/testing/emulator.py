@@ -17,17 +17,26 @@ through a dentry cache, so tests read like user code and raise ``OSError``.
 Relative paths start at the directory set with :meth:`KernelEmulator.chdir`
 (the kernel's pinned cwd), else at the root.
 
-Draft stable-handle profiles (``lookup_handle="v2"`` or ``"v3"``, see
-:mod:`fusewire.recovery.handles`): the emulated kernel offers
-``HAS_LOOKUP_HANDLE``, stores the handle and generation of every inode an
-entry reply names, sends parent handles (v2: an in-arg; v3: a
-FUSE_EXT_HANDLE extension; v3 also looks names up with LOOKUP_HANDLE and
-creates with MKOBJ_HANDLE), and checks each reply against the profile's exact
-layout.  :meth:`KernelEmulator.restart` hands the connection to a successor
-dispatcher and revalidates every cached inode (REVALIDATE_FH, or
-LOOKUP_HANDLE of the stored handle); inodes that fail are made bad like the
-kernel's ``fuse_make_bad``: their open files and cwd fail with EIO and their
-dentries are looked up again.
+Draft stable-handle profiles (``lookup_handle="rfc-v2"``, ``"rfc-v3"`` or
+``"fusewire"``, see docs/draft-handles.md): the emulated kernel behaves like
+the posted RFC kernels for the RFC profiles: it never offers bit 43 (their
+``fuse_new_init`` ORs the opcode value into the offer) and enables the
+feature when the INIT reply sets it (rfc-v2: with ``0 < max_handle_sz <=
+128``); rfc-v2 looks names up with LOOKUP_HANDLE (54) and sends the parent's
+handle after the names, checking handle sizes as the posted kernel does
+(``1 <= size < max_handle_sz``); rfc-v3 sends LOOKUP_HANDLE + STATX and
+(atomic) MKOBJ_HANDLE + STATX + OPEN as FUSE_COMPOUND (54) exactly as the v5
+compound code builds them, and expects upstream sizes everywhere else.  The
+``fusewire`` profile is fusewire's own extension (the kernel offers bit 43,
+REVALIDATE_FH, handles on every entry reply and READDIRPLUS).  Each inode's
+handle and generation are stored like ``fuse_iget``; a different handle or
+generation for a known nodeid makes the old inode bad.
+:meth:`KernelEmulator.restart` hands the connection to a successor
+dispatcher and revalidates: the RFC profiles re-look every cached dentry up
+(``fuse_dentry_revalidate``: nodeid and handle compared), the fusewire
+profile asks REVALIDATE_FH (or LOOKUP_HANDLE of the stored handle) per
+inode; inodes that fail are made bad like the kernel's ``fuse_make_bad``:
+their open files and cwd fail with EIO and their dentries are looked up again.
 """
 
 from __future__ import annotations
@@ -49,6 +58,11 @@ from fusewire.connection import Config, Request, Session
 from fusewire.connection import Connection as _Connection
 from fusewire.errors import RemoteProtocolError
 from fusewire.opcodes.flags import (
+    DRAFT_FUSE_COMPOUND,
+    DRAFT_FUSE_COMPOUND_ATOMIC,
+    DRAFT_FUSE_LOOKUP_HANDLE_V2,
+    DRAFT_FUSE_LOOKUP_HANDLE_V3,
+    DRAFT_FUSE_MKOBJ_HANDLE_V3,
     DRAFT_FUSE_REVALIDATE_FH,
     FATTR,
     FSYNC,
@@ -61,7 +75,7 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import Reply, Trailing
 from fusewire.operations import Operations
-from fusewire.recovery import handles as _fh
+from fusewire.server import handles as _fh
 from fusewire.server.dispatch import Dispatcher, wanted_flags
 from fusewire.structs.codec import CODECS
 from fusewire.testing.wire import (
@@ -175,8 +189,10 @@ class KernelEmulator:
                  gid: int | None = None, pid: int | None = None,
                  dispatcher: Dispatcher | None = None) -> None:
         self.ops = ops
+        rfc = lookup_handle in ("rfc-v2", "rfc-v3")
         if dispatcher is None:
-            base = config or Config(lookup_handle=lookup_handle)
+            # the posted RFC kernels never offer bit 43: a server must assert it
+            base = config or Config(lookup_handle=lookup_handle, assert_lookup_handle=rfc)
             want = wanted_flags(ops, base.want)
             conn = _Connection(Config(**{**base.__dict__, "want": want}))
             dispatcher = Dispatcher(ops, conn)
@@ -184,9 +200,15 @@ class KernelEmulator:
         #: a server in another process serving instead of ``dispatcher`` (restart)
         self.server: ProcessServer | None = None
         self.conn = dispatcher.conn
+        if lookup_handle == "rfc-v3" and minor == 45:
+            minor = 46   # RFC v3 6/8: FUSE_KERNEL_MINOR_VERSION 46
         self.offered_minor = minor
-        if lookup_handle is not None:
+        if lookup_handle == "fusewire":
             flags |= InitFlag.HAS_LOOKUP_HANDLE
+        elif rfc:
+            # RFC v2 3/6, v3 6/8 fuse_new_init: "| FUSE_LOOKUP_HANDLE" (the opcode)
+            flags |= (DRAFT_FUSE_LOOKUP_HANDLE_V2 if lookup_handle == "rfc-v2"
+                      else DRAFT_FUSE_LOOKUP_HANDLE_V3)
         self.offered_flags = flags if minor >= 36 else flags & 0xFFFFFFFF
         #: the draft profile this kernel implements (negotiated: ``session.lookup_handle``)
         self.kernel_profile = lookup_handle
@@ -224,6 +246,10 @@ class KernelEmulator:
         self.bad: set[int] = set()
         #: (nodeid, old generation, new generation) seen in entry replies
         self.stale_detected: list[tuple[int, int, int]] = []
+        #: rfc-v3: nodeids fuse_iget got without a handle (the posted code's pr_err/WARN)
+        self.null_handle_warnings: list[int] = []
+        #: rfc-v3: whether the kernel gave up on create-and-open (fc->no_create)
+        self.no_create = False
         #: the pinned working directory (chdir), if any
         self.cwd: _Open | None = None
         self._init()
@@ -260,11 +286,19 @@ class KernelEmulator:
         flags = out.flags
         if minor >= 36 and flags & InitFlag.INIT_EXT:
             flags |= out.flags2 << 32
+        replied = flags
         flags &= self.offered_flags  # the kernel ignores flags it did not offer
-        profile = self.kernel_profile if flags & InitFlag.HAS_LOOKUP_HANDLE else None
+        profile = None
+        if self.kernel_profile == "fusewire" and flags & InitFlag.HAS_LOOKUP_HANDLE:
+            profile = "fusewire"
+        elif self.kernel_profile in ("rfc-v2", "rfc-v3") and minor >= 36 and \
+                replied & InitFlag.HAS_LOOKUP_HANDLE:
+            # process_init_reply tests the reply's bit, whatever was offered
+            profile = self.kernel_profile
+            flags |= InitFlag.HAS_LOOKUP_HANDLE
         max_handle_sz = 0
-        if profile == "v2":
-            # like the RFC v2 kernel: the profile needs 0 < max_handle_sz <= 128
+        if profile == "rfc-v2":
+            # RFC v2 3/6: enabled only with 0 < max_handle_sz <= FUSE_MAX_HANDLE_SZ
             max_handle_sz = _R["init_out_v2"].decode(body + bytes(64 - len(body))).max_handle_sz
             if not 0 < max_handle_sz <= FUSE_MAX_HANDLE_SZ:
                 profile, max_handle_sz = None, 0
@@ -318,13 +352,15 @@ class KernelEmulator:
                      ext: bytes, handle: bytes | None) -> tuple[Any, bytes]:
         assert self.session is not None
         profile = _fh.PROFILES[self.session.lookup_handle or ""]
-        if trailing is Trailing.HANDLE:  # v2: the parent's fuse_file_handle in-arg
+        if trailing is Trailing.HANDLE:  # rfc-v2: the parent's fuse_file_handle in-arg
             if handle is None:
-                handle = self.inode_handles.get(nodeid, b"")
-            if not data:
+                handle = self.inode_handles.get(nodeid)
+            # RFC v2 4/6: sent when the kernel holds a handle for the parent
+            # (not for the root: its inode predates the INIT reply)
+            if not data and handle is not None:
                 data = _fh.request_element(self.session, handle)
             return data, ext
-        if profile.fixed_slot:
+        if profile.name != "fusewire":
             return data, ext
         if handle is None and (opcode in _fh.PARENT_HANDLE_OPS
                                or opcode in (profile.lookup_opcode, profile.mkobj_opcode)):
@@ -426,6 +462,8 @@ class KernelEmulator:
 
     def _decode(self, p: Pending, body: bytes) -> Any:
         assert self.session is not None
+        if p.opcode == DRAFT_FUSE_COMPOUND and self.session.lookup_handle == "rfc-v3":
+            return bytes(body)   # the sub-replies are read by compound()
         if self.session.lookup_handle is None or not _fh.reply_carries_handle(
                 self.session, p.opcode):
             return decode_reply(self.session, p.opcode, p.arg, body)
@@ -455,16 +493,42 @@ class KernelEmulator:
                                    getattr(d, "handle", None))
 
     def _remember(self, nodeid: int, generation: int, handle: bytes | None) -> None:
-        """Store what an entry reply says about the inode ``nodeid`` (kernel: fuse_iget)."""
+        """Store what an entry reply says about the inode ``nodeid`` (kernel: fuse_iget).
+
+        RFC profiles also compare handles like the posted ``fuse_iget``: an
+        inode that has a handle and gets another (rfc-v3: or none, as from
+        LINK, whose reply has no handle in v3) is made bad and replaced.  (The
+        posted v2 ``fuse_iget`` copies the new handle in before comparing, so
+        there only the dentry revalidation catches a mismatch; the emulator
+        applies the comparison the patch means.)
+        """
+        assert self.session is not None
+        profile = self.session.lookup_handle
         old = self.generations.get(nodeid)
+        stored = self.inode_handles.get(nodeid)
+        if profile == "rfc-v3" and handle is None and nodeid != FUSE_ROOT_ID and \
+                stored is None:
+            self.null_handle_warnings.append(nodeid)   # "NULL file handle for nodeid"
+        changed = False
+        if profile in ("rfc-v2", "rfc-v3") and old is not None and stored is not None:
+            # fuse_file_handle_is_equal (v2: a reply without a handle matches anything)
+            changed = (handle != stored if profile == "rfc-v3"
+                       else bool(handle) and handle != stored)
         if nodeid in self.bad:
             # a new inode replaces the bad one; what still holds the old stays bad
             self.bad.discard(nodeid)
-        elif old is not None and old != generation:
-            # fuse_stale_inode: the nodeid now names another object
+        elif old is not None and (old != generation or changed):
+            # fuse_stale_inode / another handle: the nodeid now names another object
             self.stale_detected.append((nodeid, old, generation))
             self._flag_bad_users(nodeid)
+            if changed:
+                self.inode_handles.pop(nodeid, None)
+                stored = None
         self.generations[nodeid] = generation
+        if profile == "rfc-v3":
+            if stored is None and handle is not None:
+                self.inode_handles[nodeid] = handle   # fi->fh is set once
+            return
         if handle is not None:
             if handle:
                 self.inode_handles[nodeid] = handle
@@ -557,6 +621,190 @@ class KernelEmulator:
             del self.dcache[key]
         self._forget_many(victims)
 
+    # -- rfc-v3: FUSE_COMPOUND as the posted kernel builds it ----------------------------------
+
+    def compound(self, subs: Sequence[tuple[int, int, bytes]], flags: int = 0, *,
+                 out_sizes: Sequence[int] | None = None) -> tuple[int, list[_fh.SubReply]]:
+        """Send one FUSE_COMPOUND of ``(opcode, nodeid, in-args)`` sub-requests.
+
+        Built like the v5 series' ``fuse_compound_send``: each sub-request is a
+        ``fuse_in_header`` with len, opcode, nodeid, uid, gid, pid (unique and
+        total_extlen 0) + its in-args; ``result_size`` adds up what each
+        reserves for its reply (``out_sizes``, default
+        :data:`~fusewire.server.handles.V3_OUT_SIZES`).  Returns (the outer
+        errno or 0, the sub-replies the kernel reads).
+        """
+        sizes = list(out_sizes) if out_sizes is not None else [
+            _fh.V3_OUT_SIZES[op] for op, _n, _b in subs]
+        raw = [_fh.encode_sub_request(op, nodeid, body, uid=self.uid, gid=self.gid,
+                                      pid=self.pid) for op, nodeid, body in subs]
+        arg = _R["compound_in"].record(count=len(subs), flags=flags,
+                                       result_size=sum(sizes), padding=0, reserved=0)
+        err, body = self.request(DRAFT_FUSE_COMPOUND, 0, arg=arg, data=b"".join(raw))
+        if err:
+            return err, []
+        try:
+            return 0, _fh.decode_compound_reply(body, len(subs), sizes)
+        except _fh.HandleWireError as exc:
+            if self.strict:
+                raise ReplySizeError(str(exc)) from None
+            return _errno.EIO, []
+
+    @staticmethod
+    def statx_v3() -> bytes:
+        """The STATX in-args of RFC v3 5/8 ``fuse_statx_init`` (no file, sync default)."""
+        return _R["statx_in"].struct.pack(0, 0, 0, 0, _fh.STATX_MASK_V3)
+
+    def lookup_handle_v3(self, parent: int, name: bytes, *,
+                         parent_handle: bool = True) -> _fh.HandleEntry:
+        """RFC v3 6/8 ``do_lookup_handle_statx``: LOOKUP_HANDLE + STATX, one compound.
+
+        LOOKUP_HANDLE: name, NUL, and when the kernel holds a handle for
+        ``parent`` (and ``parent_handle``: revalidation passes none) a
+        FUSE_EXT_HANDLE extension; STATX on FUSE_ROOT_ID (the posted
+        placeholder).  On success the entry counts one lookup and the inode
+        gets the handle (``fuse_iget``).  Raises OSError like the syscall.
+        """
+        if parent in self.bad:
+            raise OSError(_errno.EIO, os.strerror(_errno.EIO))
+        body = name + b"\0"
+        stored = self.inode_handles.get(parent) if parent_handle else None
+        if stored is not None:
+            body += _fh.ext_handle(stored)
+        err, subs = self.compound([(DRAFT_FUSE_LOOKUP_HANDLE_V3, parent, body),
+                                   (Opcode.STATX, FUSE_ROOT_ID, self.statx_v3())])
+        if not err and len(subs) < 2:
+            err = _errno.EIO
+        if not err:
+            err = -subs[0].error or -subs[1].error
+        if err:
+            raise OSError(err, os.strerror(err))
+        try:
+            entry = _fh.decode_v3_entry(subs[0].body)
+        except _fh.HandleWireError as exc:
+            raise ReplySizeError(str(exc)) from None
+        if entry.entry.nodeid == 0:
+            raise OSError(_errno.ENOENT, os.strerror(_errno.ENOENT))
+        self._add_lookup(entry.entry.nodeid)
+        self._remember(entry.entry.nodeid, entry.entry.generation, entry.handle)
+        return entry
+
+    def mkobj_v3(self, parent: int, name: bytes, flags: int, mode: int) -> int | None:
+        """RFC v3 8/8 ``fuse_mkobj_statx_open``: MKOBJ_HANDLE + STATX + OPEN, atomic.
+
+        Returns an emulator handle, or None after ENOSYS (the kernel sets
+        ``no_create`` and falls back to MKNOD + OPEN).
+        """
+        create = _R["create_in"].record(flags=flags & ~os.O_NOCTTY, mode=mode,
+                                        umask=self.umask, open_flags=0)
+        body = _R["create_in"].struct.pack(*create) + name + b"\0" + self._ext()
+        stored = self.inode_handles.get(parent)
+        if stored is not None:
+            body += _fh.ext_handle(stored)
+        # "XXX flags handling": open_in.flags is FOPEN_KEEP_CACHE minus O_CREAT/O_EXCL/O_NOCTTY
+        oflags = 2 & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        if not self.has(InitFlag.ATOMIC_O_TRUNC):
+            oflags &= ~os.O_TRUNC
+        open_in = _R["open_in"].struct.pack(oflags, 0)
+        err, subs = self.compound([(DRAFT_FUSE_MKOBJ_HANDLE_V3, parent, body),
+                                   (Opcode.STATX, FUSE_ROOT_ID, self.statx_v3()),
+                                   (Opcode.OPEN, FUSE_ROOT_ID, open_in)],
+                                  DRAFT_FUSE_COMPOUND_ATOMIC)
+        if err == _errno.ENOSYS:
+            self.no_create = True
+            return None
+        if not err and len(subs) < 3:
+            err = _errno.EIO
+        for sub in subs[:3]:
+            if not err and sub.error:
+                err = -sub.error
+        if err:
+            raise OSError(err, os.strerror(err))
+        try:
+            entry = _fh.decode_v3_entry(subs[0].body)
+        except _fh.HandleWireError as exc:
+            raise ReplySizeError(str(exc)) from None
+        sx = _R["statx_out"].decode(subs[1].body + bytes(max(0, 256 - len(subs[1].body))), 0)
+        nodeid = entry.entry.nodeid
+        if not _stat.S_ISREG(sx.stat.mode) or nodeid in (0, FUSE_ROOT_ID):
+            raise OSError(_errno.EIO, os.strerror(_errno.EIO))
+        oo = _R["open_out"].decode(subs[2].body + bytes(max(0, 16 - len(subs[2].body))), 0)
+        self._add_lookup(nodeid)
+        self._remember(nodeid, entry.entry.generation, entry.handle)
+        self._created(parent, name, entry)
+        return self._new_handle(nodeid, oo.fh, flags & ~(os.O_CREAT | os.O_EXCL), False)
+
+    def _revalidate_dentries(self) -> dict[int, int]:
+        """RFC profiles after a restart: ``fuse_dentry_revalidate`` on every cached name.
+
+        rfc-v2 sends LOOKUP_HANDLE (54) with the parent's handle; rfc-v3 the
+        LOOKUP_HANDLE + STATX compound without one (``do_reval_lookup``).  A
+        lookup that fails, names another nodeid or brings another handle
+        invalidates the dentry (the kernel forgets the one lookup the server
+        just counted); another handle for the same nodeid makes the inode
+        bad.  Returns nodeid -> 0 or the errno.
+        """
+        assert self.session is not None
+        profile = self.session.lookup_handle
+        out: dict[int, int] = {}
+        for (parent, name), nodeid in list(self.dcache.items()):
+            if self.dcache.get((parent, name)) != nodeid or parent in self.bad:
+                continue
+            stored = self.inode_handles.get(nodeid)
+            err, got, handle = 0, 0, None
+            try:
+                if profile == "rfc-v3":
+                    e = self._reval_v3(parent, name)
+                    got, handle = e.entry.nodeid, e.handle
+                else:
+                    err, decoded = self.request(DRAFT_FUSE_LOOKUP_HANDLE_V2, parent,
+                                                names=(name,))
+                    if not err:
+                        got, handle = _entry_of(decoded).nodeid, _handle_of(decoded)
+            except OSError as exc:
+                err = exc.errno or _errno.EIO
+            if not err and got == 0:
+                err = _errno.ENOENT
+            if not err:
+                equal = (handle == stored if profile == "rfc-v3"
+                         else not handle or handle == stored)
+                if got == nodeid and equal:
+                    out[nodeid] = 0
+                    continue
+                if got == nodeid and stored is None and profile == "rfc-v3":
+                    # fi->fh is NULL (a plain MKNOD/MKDIR reply made the inode): the
+                    # dentry is invalidated and the next lookup's fuse_iget adopts the
+                    # handle (its FORGET and that LOOKUP cancel out)
+                    self.inode_handles[nodeid] = handle if handle is not None else b""
+                    out[nodeid] = 0
+                    continue
+                err = _errno.ESTALE
+                if got in self.nlookup:
+                    self.forget(got, 1)
+                if got == nodeid:
+                    out[nodeid] = err
+                    self.make_bad(nodeid)
+                    continue
+            out[nodeid] = err
+            self._drop_dentry((parent, name))
+        return out
+
+    def _reval_v3(self, parent: int, name: bytes) -> _fh.HandleEntry:
+        """The v3 revalidation compound: like :meth:`lookup_handle_v3`, stored nothing."""
+        body = name + b"\0"
+        err, subs = self.compound([(DRAFT_FUSE_LOOKUP_HANDLE_V3, parent, body),
+                                   (Opcode.STATX, FUSE_ROOT_ID, self.statx_v3())])
+        if not err and len(subs) < 2:
+            err = _errno.EIO
+        if not err:
+            err = -subs[0].error or -subs[1].error
+        if err:
+            raise OSError(err, os.strerror(err))
+        entry = _fh.decode_v3_entry(subs[0].body)
+        if entry.entry.nodeid:
+            self._add_lookup(entry.entry.nodeid)   # fi->nlookup++ on success
+        return entry
+
     # -- server restart (DRAFT stable-handle profiles) ---------------------------------------
 
     def chdir(self, path: str | bytes) -> int:
@@ -592,23 +840,28 @@ class KernelEmulator:
         self.conn = dispatcher.conn
         assert self.session is not None
         revalidated: dict[int, int] = {}
-        if revalidate is not None and self.session.lookup_handle is not None:
+        if revalidate is not None and self.session.lookup_handle in ("rfc-v2", "rfc-v3"):
+            revalidated = self._revalidate_dentries()
+        elif revalidate is not None and self.session.lookup_handle is not None:
             for nodeid in sorted(self.nlookup):
                 if nodeid != FUSE_ROOT_ID and nodeid in self.nlookup:
                     revalidated[nodeid] = self.revalidate(nodeid, revalidate)
         return RestartReport(revalidated, self.resend_pending())
 
     def revalidate(self, nodeid: int, method: str = "revalidate_fh") -> int:
-        """Ask the server whether ``nodeid`` still names the object the kernel knows.
+        """``fusewire`` profile: ask whether ``nodeid`` still names the object the kernel knows.
 
         ``method`` "revalidate_fh" sends REVALIDATE_FH (stored handle,
         generation and lookup count; no lookup is counted); "lookup_handle"
         sends LOOKUP_HANDLE of the stored handle (one more lookup) and compares
         nodeid and generation.  Returns 0, or the errno after which the inode
         was made bad (ESTALE without a stored handle: there is nothing to ask).
+        The RFC profiles have neither (see :meth:`restart`).
         """
         assert self.session is not None
         profile = _fh.PROFILES[self.session.lookup_handle or ""]
+        if profile.revalidate_opcode is None:
+            raise ValueError(f"{profile.name} has no revalidation by handle")
         handle = self.inode_handles.get(nodeid)
         gen = self.generations.get(nodeid)
         err = _errno.ESTALE
@@ -620,10 +873,6 @@ class KernelEmulator:
                                                     flags=0, padding=0)
                 err, decoded = self.request(profile.revalidate_opcode, nodeid, arg=arg,
                                             data=_fh.request_element(self.session, handle))
-            elif method == "lookup_handle" and profile.fixed_slot:
-                arg = _R["file_handle_v2"].record(size=len(handle), type=_fh.V2_HANDLE_TYPE)
-                err, decoded = self.request(profile.lookup_opcode, nodeid, arg=arg,
-                                            data=handle)
             elif method == "lookup_handle":
                 err, decoded = self.request(profile.lookup_opcode, nodeid, names=(b"",),
                                             handle=handle)
@@ -710,8 +959,13 @@ class KernelEmulator:
             return cached
         op: int = Opcode.LOOKUP
         assert self.session is not None
-        if self.session.lookup_handle == "v3":
-            op = _fh.PROFILES["v3"].lookup_opcode  # v3 kernels look names up by LOOKUP_HANDLE
+        profile = self.session.lookup_handle
+        if profile == "rfc-v3":
+            e = self.lookup_handle_v3(parent, name).entry
+            self.dcache[key] = e.nodeid
+            return int(e.nodeid)
+        if profile is not None:
+            op = _fh.PROFILES[profile].lookup_opcode  # names go by LOOKUP_HANDLE
         e = _entry_of(self._call(op, parent, names=(name,)))
         if e.nodeid == 0:
             raise OSError(_errno.ENOENT, os.strerror(_errno.ENOENT))
@@ -821,9 +1075,13 @@ class KernelEmulator:
         mode = _stat.S_IFREG | (mode & 0o7777 & ~self.umask)
         assert self.session is not None
         create_op: int = Opcode.CREATE
-        if self.session.lookup_handle == "v3":
-            create_op = _fh.PROFILES["v3"].mkobj_opcode or create_op  # create-and-open
-        if create_op not in self.enosys:
+        if self.session.lookup_handle == "rfc-v3" and not self.no_create:
+            got = self.mkobj_v3(parent, name, flags, mode)
+            if got is not None:
+                return got
+        if self.session.lookup_handle == "fusewire":
+            create_op = DRAFT_FUSE_MKOBJ_HANDLE_V3  # create-and-open
+        if create_op not in self.enosys and not self.no_create:
             arg = _R["create_in"].record(flags=flags & ~os.O_NOCTTY, mode=mode,
                                          umask=self.umask, open_flags=0)
             err, decoded = self.request(create_op, parent, arg=arg, names=(name,),

@@ -221,7 +221,8 @@ def _exact(body: bytes, size: int, what: str) -> None:
 def _decode_entry(body: bytes, sizes: dict[str, int], lookup_handle: str | None,
                   what: str) -> tuple[Any, int]:
     size = sizes["entry_out"]
-    if lookup_handle is None:
+    if lookup_handle is None or lookup_handle == "rfc-v3":
+        # rfc-v3 entry replies keep the upstream size (handles only on 55/56)
         if len(body) < size:
             raise ReplySizeError(f"{what}: {len(body)} bytes, entry_out needs {size}")
         return decode_sized(CODECS["entry_out"], body, 0, size), size
@@ -229,7 +230,7 @@ def _decode_entry(body: bytes, sizes: dict[str, int], lookup_handle: str | None,
         raise ReplySizeError(f"{what}: {len(body)} bytes, entry_out needs {size}")
     entry = decode_sized(CODECS["entry_out"], body, 0, size)
     rest = body[size:]
-    if lookup_handle == "v2":
+    if lookup_handle == "rfc-v2":
         if len(rest) < 8:
             raise ReplySizeError(f"{what}: missing fuse_file_handle")
         (hsz, _type) = _HANDLE_V2.unpack_from(rest)
@@ -369,7 +370,7 @@ def decode_reply(session: SessionLike, request_opcode: int, request_arg: Any,
     if kind is Reply.INIT:
         if len(body) < 8 or len(body) > 64:
             raise ReplySizeError(f"INIT: {len(body)} bytes")
-        cname = "init_out_v2" if lookup_handle == "v2" else "init_out"
+        cname = "init_out_v2" if lookup_handle == "rfc-v2" else "init_out"
         return decode_sized(CODECS[cname], body, 0, len(body))
     raise ReplySizeError(f"{name}: unhandled reply kind {kind}")  # pragma: no cover
 
