@@ -103,15 +103,20 @@ def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def _cmd_mount(args: argparse.Namespace) -> int:
     source, mountpoint = _split_paths(args)
-    if args.recoverable:
-        from fusewire.recovery.commands import mount_recoverable
-
-        code: int = mount_recoverable(args, source, mountpoint)
-        return code
     options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
                                    subtype=args.fs if ":" not in args.fs else None)
     extra = dict(options.extra)
     ops = build_ops(args.fs, source, extra)
+    problem = _mount.allow_other_problem(options, ops.checks_permissions)
+    if problem is not None:
+        ops.destroy()
+        raise SystemExit(f"fusewire: {problem}")
+    if args.recoverable:
+        from fusewire.recovery.commands import mount_recoverable
+
+        ops.destroy()       # the keeper's server builds its own
+        code: int = mount_recoverable(args, source, mountpoint)
+        return code
     if args.debug:
         args.foreground = True
     if args.foreground:

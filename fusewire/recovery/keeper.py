@@ -107,7 +107,9 @@ class Keeper:
             pass
         opts = _mount.parse_options(self.options, fsname=f"fusewire-{self.fs}",
                                     subtype=self.fs if ":" not in self.fs else None)
-        self.fuse_fd = _mount.mount(self.mountpoint, opts)
+        self.fuse_fd = _mount.mount(self.mountpoint, opts,
+                                    checks_permissions=_checks_permissions(
+                                        self.fs, self.source, self.options))
         self.journal_fd = jn.new_memfd()
         self.follower = jn.JournalFollower(self.journal_fd)
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -418,6 +420,17 @@ class Keeper:
         for fd in (self.fuse_fd, self.journal_fd):
             if fd >= 0:
                 os.close(fd)
+
+
+def _checks_permissions(fs: str, source: str | None, options: list[str]) -> bool:
+    """Whether the filesystem ``fs`` checks permissions itself (for the allow_other policy)."""
+    from fusewire.recovery.takeover import _build_ops
+
+    ops, _ = _build_ops({"fs": fs, "source": source, "options": options})
+    try:
+        return bool(ops.checks_permissions)
+    finally:
+        ops.destroy()
 
 
 def add_fs_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
