@@ -1,0 +1,390 @@
+"""Secure by default (issue 16): nobody gets more through a mount than directly.
+
+Root mounts memfs and passthrough with ``allow_other``; a throwaway
+unprivileged user (created by the ``intruder`` fixture, removed afterwards)
+then tries what an attacker would: read, write, chmod, chown, unlink root's
+files, list a 0700 directory, make a set-user-ID copy of ``id`` and run it,
+write a device node.  Every attempt must end exactly as the same attempt on a
+reference tmpfs (mounted ``nosuid,nodev``, like the source the issue
+mirrored) that holds the same tree, with and without ``default_permissions``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import conftest
+import pytest
+
+from fusewire.server import mount as fm
+
+pytestmark = [pytest.mark.fuse, pytest.mark.root]
+
+PYTHON = "/usr/bin/python3"
+
+
+# --------------------------------------------------------------------------
+# the throwaway user
+
+
+class Intruder:
+    """An unprivileged user that exists for one test."""
+
+    def __init__(self, pw: pwd.struct_passwd) -> None:
+        self.pw = pw
+        self.uid = pw.pw_uid
+        self.gid = pw.pw_gid
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
+                "--", *argv]
+
+    def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(argv), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                              cwd="/", capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def py(self, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.run([PYTHON, "-c", code, *args], timeout=timeout)
+
+    def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv([PYTHON, "-c", code, *args]),
+                                env={"PATH": "/usr/bin:/bin"}, cwd="/", text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def intruder() -> Iterator[Intruder]:
+    if os.geteuid() != 0:
+        pytest.skip("creating a throwaway user and mounting as root needs root")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("useradd/userdel are not installed")
+    if shutil.which("setpriv") is None or not os.access(PYTHON, os.X_OK):
+        pytest.skip("setpriv or /usr/bin/python3 is missing")
+    problem = conftest.dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    name = f"fwsec{uuid.uuid4().hex[:8]}"
+    r = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                        "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a user: {r.stderr.strip()}")
+    try:
+        yield Intruder(pwd.getpwnam(name))
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory everyone may traverse (pytest's tmp_path is root's 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="fusewire-sec-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        for sub in sorted(d.iterdir(), reverse=True):
+            if conftest.is_fuse_mounted(sub):
+                subprocess.run(["umount", "-l", str(sub)], check=False)
+        _remove_tmpfs_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _remove_tmpfs_under(d: Path) -> None:
+    for sub in d.iterdir():
+        if conftest.mount_fstype(sub) == "tmpfs":
+            subprocess.run(["umount", "-l", str(sub)], check=False)
+
+
+def _tmpfs(path: Path) -> Path:
+    """A nosuid,nodev tmpfs at ``path`` (the kind of source the issue mirrored)."""
+    path.mkdir(mode=0o755)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755,nosuid,nodev",
+                        "fusewire-sec", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    return path
+
+
+# --------------------------------------------------------------------------
+# the tree and the attempts
+
+
+def build_tree(root: Path, user: Intruder) -> None:
+    """Root's files and directories, as root (directly or through a mount)."""
+    (root / "secret").write_bytes(b"s3cret\n")
+    os.chmod(root / "secret", 0o600)
+    (root / "shared").write_bytes(b"shared\n")
+    os.chmod(root / "shared", 0o644)
+    (root / "victim").write_bytes(b"victim\n")
+    os.chmod(root / "victim", 0o644)
+    (root / "private").mkdir()
+    os.chmod(root / "private", 0o700)
+    (root / "private" / "inside").write_bytes(b"inside\n")
+    os.chmod(root / "private" / "inside", 0o644)
+    (root / "pub").mkdir()
+    os.chmod(root / "pub", 0o777)
+    (root / "sticky").mkdir()
+    os.chmod(root / "sticky", 0o1777)
+    (root / "sticky" / "rootfile").write_bytes(b"root\n")
+    os.chmod(root / "sticky" / "rootfile", 0o666)
+    (root / "mine").mkdir()
+    os.chown(root / "mine", user.uid, user.gid)
+    (root / "suid-id").write_bytes(Path("/usr/bin/id").read_bytes())
+    os.chmod(root / "suid-id", 0o4755)
+    os.mknod(root / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.chmod(root / "null", 0o666)
+
+
+PROBE = textwrap.dedent('''
+    import errno, json, os, struct, subprocess, sys
+    R = sys.argv[1]
+    out = {}
+    def t(name, fn):
+        try:
+            res = fn()
+            out[name] = "ok" if res is None else res
+        except OSError as e:
+            out[name] = errno.errorcode.get(e.errno, str(e.errno))
+    def cat(p):
+        with open(p, "rb") as f:
+            f.read()
+    def append(p):
+        with open(p, "ab") as f:
+            f.write(b"x")
+    def create(p):
+        with open(p, "xb") as f:
+            f.write(b"x")
+    def run_euid(p):
+        r = subprocess.run([p, "-u"], capture_output=True, text=True)
+        if r.returncode != 0:
+            return "exit %d %s" % (r.returncode, r.stderr.strip()[-80:])
+        return "euid0" if r.stdout.strip() == "0" else "euid-user"
+    t("read root 0600", lambda: cat(R + "/secret"))
+    t("read root 0644", lambda: cat(R + "/shared"))
+    t("write root 0644", lambda: append(R + "/shared"))
+    t("truncate root 0644", lambda: os.truncate(R + "/shared", 0))
+    t("list 0700 dir", lambda: sorted(os.listdir(R + "/private")) and None)
+    t("stat in 0700 dir", lambda: os.stat(R + "/private/inside") and None)
+    t("read in 0700 dir", lambda: cat(R + "/private/inside"))
+    t("chmod root file", lambda: os.chmod(R + "/victim", 0o777))
+    t("chown root file", lambda: os.chown(R + "/victim", os.getuid(), -1))
+    t("chgrp root file", lambda: os.chown(R + "/victim", -1, os.getgid()))
+    t("utime root file", lambda: os.utime(R + "/victim", (1, 1)))
+    t("utime-now root file", lambda: os.utime(R + "/victim"))
+    t("setxattr root file", lambda: os.setxattr(R + "/shared", "user.x", b"1"))
+    t("rename root file", lambda: os.rename(R + "/victim", R + "/pub/stolen"))
+    t("unlink root file", lambda: os.unlink(R + "/victim"))
+    t("create in root dir", lambda: create(R + "/newfile"))
+    t("mkdir in root dir", lambda: os.mkdir(R + "/newdir"))
+    t("unlink in sticky dir", lambda: os.unlink(R + "/sticky/rootfile"))
+    t("create in sticky dir", lambda: create(R + "/sticky/mine"))
+    t("write device", lambda: append(R + "/null"))
+    t("mknod device", lambda: os.mknod(R + "/mine/dev", 0o20666, os.makedev(1, 3)))
+    t("run root suid-id", lambda: run_euid(R + "/suid-id"))
+    # the escalation of the issue: copy id, chown root, chmod 4755, run
+    with open("/usr/bin/id", "rb") as src, open(R + "/mine/id", "wb") as dst:
+        dst.write(src.read())
+    t("chmod own 0755", lambda: os.chmod(R + "/mine/id", 0o755))
+    t("chown own to root", lambda: os.chown(R + "/mine/id", 0, 0))
+    t("chmod own 4755", lambda: os.chmod(R + "/mine/id", 0o4755))
+    t("own copy owner", lambda: "uid0" if os.stat(R + "/mine/id").st_uid == 0 else "user")
+    t("run own copy", lambda: run_euid(R + "/mine/id"))
+    t("setxattr trusted", lambda: os.setxattr(R + "/mine/id", "trusted.x", b"1"))
+    # VFS_CAP_REVISION_2, effective, CAP_SETUID permitted
+    t("set file capability", lambda: os.setxattr(R + "/mine/id", "security.capability",
+                                                 struct.pack("<5I", 0x02000001, 1 << 7,
+                                                             0, 0, 0)))
+    t("rm own", lambda: os.unlink(R + "/mine/id"))
+    print(json.dumps(out, sort_keys=True))
+''')
+
+
+def probe(user: Intruder, root: Path) -> dict[str, str]:
+    r = user.py(PROBE, str(root))
+    assert r.returncode == 0, r.stderr
+    result: dict[str, str] = json.loads(r.stdout)
+    return result
+
+
+def _serve(kind: str, source: Path | None, mnt: Path, logdir: Path,
+           options: str) -> conftest.FuseServer:
+    argv = [kind] + ([str(source)] if source is not None else [])
+    return conftest.start_server(argv, mnt, logdir, options)
+
+
+# --------------------------------------------------------------------------
+# the attempts, through the mount and directly
+
+
+VARIANTS = [
+    ("passthrough", "allow_other"),
+    ("passthrough", "allow_other,default_permissions"),
+    ("memfs", "allow_other,default_permissions"),
+]
+
+
+@pytest.mark.parametrize(("kind", "options"), VARIANTS)
+def test_attacks_fail_as_on_the_source(intruder: Intruder, public_dir: Path, tmp_path: Path,
+                                       kind: str, options: str) -> None:
+    reference = _tmpfs(public_dir / "reference")
+    build_tree(reference, intruder)
+    source = _tmpfs(public_dir / "source") if kind == "passthrough" else None
+    if source is not None:
+        build_tree(source, intruder)
+    srv = _serve(kind, source, public_dir / "mnt", tmp_path, options)
+    try:
+        line = conftest.mount_fstype(srv.mountpoint)
+        assert line is not None
+        if source is None:
+            build_tree(srv.mountpoint, intruder)
+        want = probe(intruder, reference)
+        got = probe(intruder, srv.mountpoint)
+    finally:
+        srv.close()
+    # the attacker got nowhere directly...
+    assert want["read root 0600"] == "EACCES" and want["run own copy"] == "euid-user"
+    assert want["list 0700 dir"] == "EACCES" and want["chown root file"] == "EPERM"
+    # ...and gets exactly as far through the mount
+    diff = {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
+    assert not diff, f"{kind} -o {options}: (directly, through the mount) differ: {diff}"
+    assert got["run root suid-id"] != "euid0" and got["run own copy"] != "euid0"
+
+
+def test_mount_flags_nosuid_nodev(public_dir: Path, tmp_path: Path, intruder: Intruder) -> None:
+    source = _tmpfs(public_dir / "source")
+    srv = _serve("passthrough", source, public_dir / "mnt", tmp_path, "allow_other")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            line = next(ln for ln in f if f" {srv.mountpoint} " in ln)
+        assert {"nosuid", "nodev"} <= set(line.split()[5].split(","))
+    finally:
+        srv.close()
+
+
+# --------------------------------------------------------------------------
+# the allow_other policy
+
+
+def test_allow_other_refused_without_permission_checks(public_dir: Path, tmp_path: Path) -> None:
+    from fusewire.operations import Operations
+    from fusewire.server.loop import Server
+
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    server = Server(Operations(), str(mnt), "allow_other")
+    with pytest.raises(fm.UnsafeMountError) as info:
+        server.mount()
+    assert "default_permissions" in str(info.value) and "\n" not in str(info.value)
+    assert info.value.errno == errno.EPERM
+    assert not conftest.is_fuse_mounted(mnt)
+    server.close()
+    # the CLI: one line, exit status 1, nothing mounted
+    r = subprocess.run([conftest.sys.executable, "-m", "fusewire", "mount",
+                        "fusewire.operations:Operations", str(mnt), "-f", "-o", "allow_other"],
+                       capture_output=True, text=True, timeout=60, env=conftest.server_env())
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "insecure_allow_other" in r.stderr, r.stderr
+    assert not conftest.is_fuse_mounted(mnt)
+
+
+def test_allow_other_policy_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = fm.allow_other_problem
+    assert problem(fm.parse_options("allow_other"), False) is not None
+    assert problem(fm.parse_options("allow_other"), True) is None
+    assert problem(fm.parse_options("allow_other,default_permissions"), False) is None
+    assert problem(fm.parse_options("allow_other,insecure_allow_other"), False) is None
+    assert problem(fm.parse_options("allow_root"), False) is None
+    assert problem(fm.parse_options(None), False) is None
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    for name in ("suid", "dev"):
+        with pytest.raises(ValueError, match="needs root"):
+            fm.parse_options(name)
+    assert fm.parse_options("nosuid").flags & fm.MS_NOSUID
+
+
+# --------------------------------------------------------------------------
+# a rename race against passthrough's create paths
+
+
+RACER = textwrap.dedent('''
+    import os, sys, time
+    d, victim_name, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    cur = os.path.join(d, victim_name)
+    end = time.monotonic() + seconds
+    moves = 0
+    while time.monotonic() < end:
+        for n in os.listdir(d):
+            p = os.path.join(d, n)
+            if p == cur:
+                continue
+            try:
+                if n.startswith("d"):
+                    os.rmdir(p)          # root's new, empty directory: not sticky here
+                os.rename(cur, p)        # root's file onto the name just created
+                cur = p
+                moves += 1
+            except OSError:
+                pass
+    print(moves)
+''')
+
+CREATOR = textwrap.dedent('''
+    import os, sys, time
+    d, seconds = sys.argv[1], float(sys.argv[2])
+    end = time.monotonic() + seconds
+    made = 0
+    i = 0
+    while time.monotonic() < end and i < 300:
+        for kind, fn in (("d", lambda p: os.mkdir(p, 0o777)),
+                         ("f", lambda p: os.mkfifo(p, 0o666)),
+                         ("s", lambda p: os.symlink("x", p))):
+            try:
+                fn(os.path.join(d, "%s%d" % (kind, i)))
+                made += 1
+            except OSError:
+                pass
+        i += 1
+    print(made)
+''')
+
+
+def test_create_race_never_touches_other_files(intruder: Intruder, public_dir: Path,
+                                               tmp_path: Path) -> None:
+    source = _tmpfs(public_dir / "source")
+    race = source / "race"
+    race.mkdir()
+    os.chmod(race, 0o777)               # not sticky: the user may move root's file
+    (race / "victim").write_bytes(b"root's\n")
+    os.chmod(race / "victim", 0o600)
+    victim_ino = os.stat(race / "victim").st_ino
+    srv = _serve("passthrough", source, public_dir / "mnt", tmp_path, "allow_other")
+    try:
+        seconds = "2.5"
+        racer = intruder.popen(RACER, str(race), "victim", seconds)
+        creator = intruder.popen(CREATOR, str(srv.mountpoint / "race"), seconds)
+        made_out, made_err = creator.communicate(timeout=60)
+        racer_out, racer_err = racer.communicate(timeout=60)
+        assert creator.returncode == 0, made_err
+        assert racer.returncode == 0, racer_err
+        assert int(made_out) > 100, "the creator made too few objects to mean anything"
+    finally:
+        srv.close()
+    found = [p for p in race.iterdir() if os.lstat(p).st_ino == victim_ino]
+    assert len(found) == 1, "the victim disappeared"
+    st = os.lstat(found[0])
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
+    assert found[0].read_bytes() == b"root's\n"
