@@ -233,6 +233,7 @@ def _serve(kind: str, source: Path | None, mnt: Path, logdir: Path,
 VARIANTS = [
     ("passthrough", "allow_other"),
     ("passthrough", "allow_other,default_permissions"),
+    ("memfs", "allow_other"),
     ("memfs", "allow_other,default_permissions"),
 ]
 
@@ -309,6 +310,10 @@ def test_allow_other_policy_unit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert problem(fm.parse_options("allow_other,insecure_allow_other"), False) is None
     assert problem(fm.parse_options("allow_root"), False) is None
     assert problem(fm.parse_options(None), False) is None
+    # without the kernel's checks, no cached entry may skip the fs's search check
+    assert fm.parse_options("allow_other").extra["entry_timeout"] == "0"
+    assert fm.parse_options("allow_other,entry_timeout=2").extra["entry_timeout"] == "2"
+    assert "entry_timeout" not in fm.parse_options("allow_other,default_permissions").extra
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     for name in ("suid", "dev"):
         with pytest.raises(ValueError, match="needs root"):
@@ -388,3 +393,84 @@ def test_create_race_never_touches_other_files(intruder: Intruder, public_dir: P
     st = os.lstat(found[0])
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600)
     assert found[0].read_bytes() == b"root's\n"
+
+
+# --------------------------------------------------------------------------
+# memfs: permission checks of its own, xattrs under the memory cap
+
+
+def test_memfs_checks_permissions_itself() -> None:
+    from fusewire.examples.memfs import MemFS
+    from fusewire.types import FUSEError, RequestContext
+
+    root = RequestContext(0, 0, 1)
+    alice = RequestContext(1000, 1000, 0, groups=())
+    bob = RequestContext(2000, 2000, 0, groups=(1000,))
+    fs = MemFS(root_mode=0o755)
+    assert fs.checks_permissions
+    d = fs.mkdir(1, b"d", 0o700, root).st_ino
+    fi, f = fs.create(1, b"f", 0o100640, os.O_RDWR, root)
+    fs.release(fi.fh)
+
+    def code(call: object) -> int:
+        try:
+            call()  # type: ignore[operator]
+        except FUSEError as exc:
+            return exc.errno
+        return 0
+
+    assert code(lambda: fs.lookup(d, b"x", alice)) == errno.EACCES
+    assert code(lambda: fs.opendir(d, alice)) == errno.EACCES
+    assert code(lambda: fs.open(f.st_ino, os.O_RDONLY, alice)) == errno.EACCES
+    assert not fs.access(f.st_ino, os.R_OK, alice)
+    assert code(lambda: fs.mkdir(1, b"x", 0o755, alice)) == errno.EACCES
+    assert code(lambda: fs.unlink(1, b"f", alice)) == errno.EACCES
+    assert code(lambda: fs.rename(1, b"f", 1, b"g", 0, alice)) == errno.EACCES
+    assert not fs.access(1, os.W_OK, alice)
+    # the group, through a supplementary group
+    grp = fs.mkdir(1, b"g", 0o770, root).st_ino
+    from fusewire.types import EntryAttributes, SetattrFields
+    fs.setattr(grp, EntryAttributes(st_gid=1000), SetattrFields(update_gid=True), None, root)
+    assert fs.access(grp, os.W_OK | os.X_OK, bob)
+    fs.mknod(grp, b"bobs", 0o100644, 0, bob)
+    assert code(lambda: fs.mknod(grp, b"x", 0o100644, 0, RequestContext(3000, 3000, 0,
+                                                                         groups=()))) \
+        == errno.EACCES
+    # sticky: alice may not remove bob's file in a 1777 directory
+    tmp = fs.mkdir(1, b"tmp", 0o1777, root).st_ino
+    fs.mknod(tmp, b"bobs", 0o100666, 0, bob)
+    assert code(lambda: fs.unlink(tmp, b"bobs", alice)) == errno.EPERM
+    assert code(lambda: fs.rename(tmp, b"bobs", tmp, b"mine", 0, alice)) == errno.EPERM
+    fs.unlink(tmp, b"bobs", bob)
+    # user.* xattrs need read/write permission; trusted.* and security.* writes need root
+    assert code(lambda: fs.setxattr(f.st_ino, b"user.x", b"1", 0, alice)) == errno.EACCES
+    assert code(lambda: fs.getxattr(f.st_ino, b"trusted.x", alice)) == errno.ENODATA
+    own = fs.mknod(tmp, b"own", 0o100644, 0, alice).st_ino
+    assert code(lambda: fs.setxattr(own, b"security.capability", b"x" * 20, 0, alice)) \
+        == errno.EPERM
+
+
+def test_memfs_xattrs_count_against_the_memory_cap() -> None:
+    from fusewire.examples.memfs import MemFS
+    from fusewire.types import FUSEError, RequestContext
+
+    root = RequestContext(0, 0, 1)
+    fs = MemFS(max_bytes=1 << 20)
+    ino = fs.mknod(1, b"f", 0o100644, 0, root).st_ino
+    free0 = fs.statfs(root).f_bfree
+    value = b"v" * 65536
+    stored = 0
+    with pytest.raises(FUSEError) as info:
+        for i in range(100):
+            fs.setxattr(ino, b"user.%d" % i, value, 0, root)
+            stored += 1
+    assert info.value.errno == errno.ENOSPC
+    assert 10 <= stored < 16
+    assert fs.statfs(root).f_bfree < free0 - 150       # xattrs show up in statvfs
+    for i in range(stored):
+        fs.removexattr(ino, b"user.%d" % i, root)
+    assert fs.statfs(root).f_bfree == free0
+    fs.setxattr(ino, b"user.big", value, 0, root)
+    fs.unlink(1, b"f", root)
+    fs.forget([(ino, 1)])
+    assert fs.statfs(root).f_bfree == free0            # freed with the inode

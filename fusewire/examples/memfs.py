@@ -233,6 +233,11 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} not allowed in MemFS state")
 
 
+def _xattr_bytes(xattrs: dict[bytes, bytes]) -> int:
+    """What a node's xattrs count against the memory cap: names and values."""
+    return sum(len(k) + len(v) for k, v in xattrs.items())
+
+
 def _in_group(ctx: RequestContext, gid: int) -> bool:
     return gid == ctx.gid or gid in ctx.groups
 
@@ -257,7 +262,19 @@ class MemFS(Operations):
     entry; ``negative_timeout > 0`` makes failed lookups cacheable.
     ``max_bytes``/``max_inodes`` bound the data and inode count (ENOSPC);
     they default to half the physical memory and one inode per 1 KiB of it.
+    Extended attributes (name and value bytes) count against ``max_bytes``.
+
+    Permissions: memfs checks every request itself with the POSIX rules
+    (owner, group including the caller's supplementary groups, other; search
+    permission on the directory a name is looked up in; write and search
+    permission to add or remove names; sticky directories; read/write for
+    opens, truncates and ``user.*`` xattrs; root may do anything but execute
+    a file with no x bit), so ``access()`` agrees with what the operations do
+    and ``allow_other`` is safe without ``default_permissions``
+    (``checks_permissions``).  POSIX ACLs are not supported.
     """
+
+    checks_permissions = True
 
     def __init__(self, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                  negative_timeout: float = 0.0, max_bytes: int | None = None,
@@ -283,7 +300,7 @@ class MemFS(Operations):
         self._nopen: dict[int, int] = {}            # inode -> open handles
         self._next_ino = _ROOT + 1
         self._next_fh = 1
-        self._used = 0                              # bytes held in chunks
+        self._used = 0                              # bytes held in chunks and xattrs
         self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
         self._plocks: dict[int, list[_PosixLock]] = {}
         self._flocks: dict[int, dict[int, tuple[int, int]]] = {}   # ino -> owner -> (op, fh)
@@ -391,6 +408,8 @@ class MemFS(Operations):
         del self._inodes[node.ino]
         if node.chunks:
             self._used -= sum(len(c) for c in node.chunks.values())
+        if node.xattrs:
+            self._used -= _xattr_bytes(node.xattrs)
         self._linkable.discard(node.ino)
         self._plocks.pop(node.ino, None)
         self._flocks.pop(node.ino, None)
@@ -514,6 +533,8 @@ class MemFS(Operations):
             # was valid when it was made, so it needs no checks now.)
             parent = self._inodes.get(parent_inode)
             if parent is not None and isinstance(parent.data, _Dir):
+                if ctx.uid and parent.mode & 0o111 != 0o111:
+                    self._need(parent, os.X_OK, ctx)     # search permission
                 ent = parent.data.entries.get(name)
                 if ent is not None:
                     node = self._inodes[ent & _INO_MASK]
@@ -591,6 +612,8 @@ class MemFS(Operations):
                     raise _err(errno.EINVAL)
                 if attr.st_size > OFFSET_MAX:
                     raise _err(errno.EFBIG)
+                if fh is None:
+                    self._need(node, os.W_OK, ctx)       # truncate(2) by name
             now = _now()
             changed = False
             if fields.update_uid or fields.update_gid:
@@ -664,14 +687,35 @@ class MemFS(Operations):
             bits = node.mode & 7
         return want & ~bits == 0
 
+    def _need(self, node: _Inode, want: int, ctx: RequestContext) -> None:
+        """EACCES unless the caller has ``want`` (R_OK/W_OK/X_OK bits) on ``node``."""
+        if ctx.uid != 0 and not self._may(node, want, ctx):
+            raise _err(errno.EACCES)
+
+    @staticmethod
+    def _sticky(parent: _Inode, node: _Inode, ctx: RequestContext) -> None:
+        """EPERM if a sticky ``parent`` keeps the caller from removing ``node``'s name."""
+        if parent.mode & stat.S_ISVTX and ctx.uid not in (0, node.uid, parent.uid):
+            raise _err(errno.EPERM)
+
+    def _need_open(self, node: _Inode, flags: int, ctx: RequestContext) -> None:
+        acc = flags & os.O_ACCMODE
+        want = os.R_OK if acc == os.O_RDONLY else os.W_OK if acc == os.O_WRONLY \
+            else os.R_OK | os.W_OK
+        if flags & os.O_TRUNC:
+            want |= os.W_OK
+        self._need(node, want, ctx)
+
     # -- creating and removing names ---------------------------------------------
 
     def _create_node(self, parent_inode: int, name: bytes, mode: int,
                      ctx: RequestContext) -> tuple[_Inode, _Inode, _Dir]:
         _check_new_name(name)
         parent, d = self._live_dir(parent_inode)
+        self._need(parent, os.X_OK, ctx)
         if name in d.entries:
             raise _err(errno.EEXIST)
+        self._need(parent, os.W_OK, ctx)
         node = self._new_inode(parent, mode, ctx)
         return node, parent, d
 
@@ -724,8 +768,10 @@ class MemFS(Operations):
                 raise _err(errno.EPERM)
             _check_new_name(new_name)
             parent, d = self._live_dir(new_parent_inode)
+            self._need(parent, os.X_OK, ctx)
             if new_name in d.entries:
                 raise _err(errno.EEXIST)
+            self._need(parent, os.W_OK, ctx)
             if node.nlink == 0:
                 if node.ino not in self._linkable:
                     raise _err(errno.ENOENT)
@@ -748,6 +794,8 @@ class MemFS(Operations):
             node = self._inodes[ino]
             if node.dir is not None:
                 raise _err(errno.EISDIR)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
+            self._sticky(parent, node, ctx)
             d.remove(name)
             node.nlink -= 1
             parent.mtime = parent.ctime = node.ctime = _now()
@@ -768,6 +816,8 @@ class MemFS(Operations):
             node = self._inodes[ino]
             if node.dir is None:
                 raise _err(errno.ENOTDIR)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
+            self._sticky(parent, node, ctx)
             if len(node.dir):
                 raise _err(errno.ENOTEMPTY)
             d.remove(name)
@@ -788,6 +838,21 @@ class MemFS(Operations):
                 return False
             ino = d.parent
 
+    def _may_rename(self, op: _Inode, src: _Inode, np_: _Inode, dst: _Inode | None,
+                    exchange: bool, ctx: RequestContext) -> None:
+        """The permission part of rename (as the VFS checks it)."""
+        self._need(op, os.W_OK | os.X_OK, ctx)
+        self._need(np_, os.W_OK | os.X_OK, ctx)
+        self._sticky(op, src, ctx)
+        if dst is not None:
+            self._sticky(np_, dst, ctx)
+        if op is not np_:
+            # a directory that moves gets a new "..": write permission on it
+            if src.dir is not None:
+                self._need(src, os.W_OK, ctx)
+            if exchange and dst is not None and dst.dir is not None:
+                self._need(dst, os.W_OK, ctx)
+
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
         """rename/renameat2 with RENAME_NOREPLACE, RENAME_EXCHANGE and RENAME_WHITEOUT."""
@@ -807,6 +872,8 @@ class MemFS(Operations):
                 raise _err(errno.ENOENT)
             src = self._inodes[src_ino]
             dst_ino = nd.get(name_new)
+            self._may_rename(op, src, np_, None if dst_ino is None else self._inodes[dst_ino],
+                             bool(flags & RENAME_EXCHANGE), ctx)
             now = _now()
             if flags & RENAME_EXCHANGE:
                 if dst_ino is None:
@@ -888,6 +955,7 @@ class MemFS(Operations):
             node = self._get(inode)
             if node.dir is not None:
                 raise _err(errno.EISDIR)
+            self._need_open(node, flags, ctx)
             self._truncate_on_open(node, flags)
             return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
 
@@ -897,6 +965,7 @@ class MemFS(Operations):
         with self._lock:
             _check_new_name(name)
             parent, d = self._live_dir(parent_inode)
+            self._need(parent, os.X_OK, ctx)
             ino = d.get(name)
             if ino is not None:
                 if flags & os.O_EXCL:
@@ -904,8 +973,10 @@ class MemFS(Operations):
                 node = self._inodes[ino]
                 if node.dir is not None:
                     raise _err(errno.EISDIR)
+                self._need_open(node, flags, ctx)
                 self._truncate_on_open(node, flags)
             else:
+                self._need(parent, os.W_OK, ctx)
                 node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
                 self._link_into(parent, d, name, node)
             fh = self._open_handle(node, flags, False)
@@ -916,6 +987,7 @@ class MemFS(Operations):
         """O_TMPFILE: an open regular file with no name (linkable unless O_EXCL)."""
         with self._lock:
             parent, _ = self._live_dir(parent_inode)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
             node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
             node.nlink = 0
             if not flags & os.O_EXCL:
@@ -1229,6 +1301,7 @@ class MemFS(Operations):
         """Open a directory for listing."""
         with self._lock:
             node, _ = self._dirnode(inode)
+            self._need(node, os.R_OK, ctx)
             return self._open_handle(node, os.O_RDONLY, True)
 
     def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
@@ -1275,8 +1348,8 @@ class MemFS(Operations):
 
     # -- extended attributes ------------------------------------------------------
 
-    @staticmethod
-    def _check_xattr(node: _Inode, name: bytes, ctx: RequestContext, write: bool) -> None:
+    def _check_xattr(self, node: _Inode, name: bytes, ctx: RequestContext,
+                     write: bool) -> None:
         if not name or len(name) > XATTR_NAME_MAX:
             raise _err(errno.ERANGE)
         if name.startswith(b"system."):
@@ -1287,10 +1360,16 @@ class MemFS(Operations):
         if not name.startswith(_XATTR_PREFIXES):
             raise _err(errno.EOPNOTSUPP)
         if name.startswith(b"trusted.") and ctx.uid != 0:
-            raise _err(errno.EPERM)
-        if name.startswith(b"user.") and not (stat.S_ISREG(node.mode)
-                                              or stat.S_ISDIR(node.mode)):
             raise _err(errno.EPERM if write else errno.ENODATA)
+        if name.startswith(b"security.") and write and ctx.uid != 0:
+            raise _err(errno.EPERM)       # e.g. security.capability needs CAP_SETFCAP
+        if name.startswith(b"user."):
+            if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
+                raise _err(errno.EPERM if write else errno.ENODATA)
+            if stat.S_ISDIR(node.mode) and node.mode & stat.S_ISVTX and write \
+                    and ctx.uid not in (0, node.uid):
+                raise _err(errno.EPERM)
+            self._need(node, os.W_OK if write else os.R_OK, ctx)
 
     def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
                  ctx: RequestContext) -> None:
@@ -1307,9 +1386,14 @@ class MemFS(Operations):
                 raise _err(errno.EEXIST)
             if flags & XATTR_REPLACE and not present:
                 raise _err(errno.ENODATA)
+            old = len(name) + len(node.xattrs[name]) if node.xattrs and present else 0
+            growth = len(name) + len(value) - old
+            if growth > 0 and self._used + growth > self.max_bytes:
+                raise _err(errno.ENOSPC)
             if node.xattrs is None:
                 node.xattrs = {}
             node.xattrs[bytes(name)] = bytes(value)
+            self._used += growth
             node.ctime = _now()
 
     def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
@@ -1337,7 +1421,7 @@ class MemFS(Operations):
             self._check_xattr(node, name, ctx, True)
             if node.xattrs is None or name not in node.xattrs:
                 raise _err(errno.ENODATA)
-            del node.xattrs[name]
+            self._used -= len(name) + len(node.xattrs.pop(name))
             if not node.xattrs:
                 node.xattrs = None
             node.ctime = _now()
@@ -1411,6 +1495,8 @@ class MemFS(Operations):
             n.nlink, n.size = nlink, size
             n.atime, n.mtime, n.ctime, n.btime = atime, mtime, ctime, btime
             n.nlookup, n.xattrs = nlookup, xattrs
+            if xattrs:
+                used += _xattr_bytes(xattrs)
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 n.data = rdev
             elif target is not None:

@@ -261,7 +261,12 @@ def parse_options(
     ``extra`` so the server can refuse everybody but the owner and root.
 
     ``insecure_allow_other`` lands in ``extra``: the explicit opt-out of the
-    policy of :func:`allow_other_problem`.
+    policy of :func:`allow_other_problem`.  ``allow_other`` without
+    ``default_permissions`` also puts ``entry_timeout=0`` into ``extra``
+    unless it is given: the kernel then checks no permission during a path
+    walk, and a cached entry would let one user walk through a directory
+    another user looked up, past the filesystem's own search-permission
+    check in LOOKUP.
 
     Raises:
         ValueError: a reserved option (fd, rootmode, user_id, group_id), a
@@ -317,6 +322,8 @@ def parse_options(
                 extra[name] = value
     if allow_other and allow_root:
         raise ValueError("allow_other and allow_root are mutually exclusive")
+    if allow_other and "default_permissions" not in kernel:
+        extra.setdefault("entry_timeout", "0")
     if not fsname:
         raise ValueError("fsname must not be empty")
     if "\0" in fsname or (subtype is not None and "\0" in subtype):
