@@ -119,20 +119,32 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         return code
     if args.debug:
         args.foreground = True
+    capture = _open_capture(args)
     if args.foreground:
-        return _serve(ops, mountpoint, args, None)
-    return _daemonize(lambda ready_w: _serve(ops, mountpoint, args, ready_w))
+        return _serve(ops, mountpoint, args, None, capture)
+    return _daemonize(lambda ready_w: _serve(ops, mountpoint, args, ready_w, capture))
+
+
+def _open_capture(args: argparse.Namespace) -> Any:
+    """The --capture writer (before any fork, so a refusal reaches the person)."""
+    if not args.capture:
+        return None
+    from fusewire.testing.capture import CaptureWriter
+
+    try:
+        return CaptureWriter(args.capture)
+    except FileExistsError:
+        raise SystemExit(f"fusewire: --capture {args.capture}: the file exists (a capture "
+                         "is never written over or through a link)") from None
+    except OSError as exc:
+        raise SystemExit(f"fusewire: --capture {args.capture}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
-           ready_w: int | None) -> int:
+           ready_w: int | None, capture: Any = None) -> int:
     from fusewire.server.loop import Server
 
-    capture = None
-    if args.capture:
-        from fusewire.testing.capture import CaptureWriter
-
-        capture = CaptureWriter(args.capture)
     server = Server(ops, mountpoint, args.options, debug=args.debug, workers=args.workers,
                     capture=capture, fsname=f"fusewire-{args.fs}",
                     subtype=args.fs if ":" not in args.fs else None)

@@ -20,6 +20,7 @@ import stat
 import subprocess
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -474,3 +475,162 @@ def test_memfs_xattrs_count_against_the_memory_cap() -> None:
     fs.unlink(1, b"f", root)
     fs.forget([(ino, 1)])
     assert fs.statfs(root).f_bfree == free0            # freed with the inode
+
+
+# --------------------------------------------------------------------------
+# files fusewire writes: captures, the run directory, logs, the keeper socket
+
+
+def _cli(*args: str, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([conftest.sys.executable, "-m", "fusewire", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=env or conftest.server_env(), stdin=subprocess.DEVNULL)
+
+
+def test_capture_refuses_a_planted_symlink(intruder: Intruder, public_dir: Path) -> None:
+    shared = public_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)                       # like /tmp
+    victim = public_dir / "root-file"
+    victim.write_bytes(b"root's data\n")
+    link = shared / "trace.fwcap"
+    r = intruder.run(["ln", "-s", str(victim), str(link)])
+    assert r.returncode == 0, r.stderr
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    r = _cli("mount", "memfs", str(mnt), "-f", "--capture", str(link))
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "--capture" in r.stderr, r.stderr
+    assert victim.read_bytes() == b"root's data\n"
+    assert os.path.islink(link) and not conftest.is_fuse_mounted(mnt)
+    # a fresh capture is private
+    from fusewire.testing.capture import CaptureWriter
+
+    with CaptureWriter(public_dir / "fresh.fwcap"):
+        pass
+    assert stat.S_IMODE(os.stat(public_dir / "fresh.fwcap").st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        CaptureWriter(public_dir / "fresh.fwcap")
+
+
+def test_run_dir_checked_before_use(intruder: Intruder, public_dir: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusewire.recovery import wire
+
+    # a fresh one is created 0700
+    fresh = public_dir / "fresh-run"
+    assert wire.ensure_run_dir(str(fresh)) == str(fresh)
+    assert stat.S_IMODE(os.lstat(fresh).st_mode) == 0o700
+    # a symlink planted by another user, a directory of theirs, a writable one: refused
+    shared = public_dir / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)                       # like /tmp
+    theirs = shared / "theirs"
+    r = intruder.run(["mkdir", "-m", "700", str(theirs)])
+    assert r.returncode == 0, r.stderr
+    planted = shared / "planted"
+    r = intruder.run(["ln", "-s", str(fresh), str(planted)])
+    assert r.returncode == 0, r.stderr
+    loose = public_dir / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    for bad, why in ((planted, "symlink"), (theirs, "belongs to uid"), (loose, "writable")):
+        with pytest.raises(wire.UnsafeRunDirError, match=why):
+            wire.ensure_run_dir(str(bad))
+    # the CLI: one line, nothing mounted, nothing written through the link
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    env = dict(conftest.server_env(), FUSEWIRE_RUN_DIR=str(planted))
+    r = _cli("mount", "memfs", str(mnt), "--recoverable", env=env)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "symlink" in r.stderr, r.stderr
+    assert os.listdir(fresh) == [] and not conftest.is_fuse_mounted(mnt)
+    # per user by default
+    monkeypatch.delenv("FUSEWIRE_RUN_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/4242")
+    assert wire.run_dir() == "/run/user/4242/fusewire"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert wire.run_dir() == "/run/fusewire"
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    assert wire.run_dir() == "/tmp/fusewire-4242"
+
+
+def test_log_never_follows_a_link(public_dir: Path) -> None:
+    from fusewire.recovery import wire
+
+    run = Path(wire.ensure_run_dir(str(public_dir / "run")))
+    victim = public_dir / "victim"
+    victim.write_bytes(b"keep\n")
+    os.symlink(victim, run / "x.log")
+    fd = wire.open_private(str(run / "x.log"))
+    os.write(fd, b"log line\n")
+    os.close(fd)
+    assert victim.read_bytes() == b"keep\n"
+    st = os.lstat(run / "x.log")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    os.unlink(run / "x.log")
+    os.symlink(victim, run / "x.log")
+    with pytest.raises(OSError) as info:
+        wire.open_private(str(run / "x.log"), append=True)
+    assert info.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b"keep\n"
+
+
+SERVE_SOCKET = textwrap.dedent('''
+    import socket, sys
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind(sys.argv[1])
+    s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    c.recv(100)
+''')
+
+
+def test_client_checks_the_keepers_credentials(intruder: Intruder, public_dir: Path) -> None:
+    from fusewire.recovery import wire
+
+    d = public_dir / "sock"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    path = d / "fake.sock"
+    proc = intruder.popen(SERVE_SOCKET, str(path))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(PermissionError, match="uid"):
+            wire.request(str(path), {"op": "status"}, 5.0)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_keeper_files_private_and_log_removed_at_unmount(public_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusewire.recovery import commands, wire
+    from fusewire.testing.procs import children, unmount_and_kill
+
+    run = public_dir / "run"
+    monkeypatch.setenv("FUSEWIRE_RUN_DIR", str(run))
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    env = dict(conftest.server_env(), FUSEWIRE_RUN_DIR=str(run))
+    r = _cli("mount", "memfs", str(mnt), "--recoverable", env=env)
+    pids: set[int] = set()
+    try:
+        assert r.returncode == 0, r.stderr
+        st = commands.status(str(mnt))
+        keeper = int(st["keeper_pid"])
+        pids = {keeper} | children(keeper)
+        sock = wire.socket_path(str(mnt))
+        log = sock[:-5] + ".log"
+        assert stat.S_IMODE(os.lstat(run).st_mode) == 0o700
+        assert stat.S_IMODE(os.lstat(sock).st_mode) == 0o600
+        assert stat.S_IMODE(os.lstat(log).st_mode) == 0o600
+        fm.unmount(str(mnt))
+        deadline = time.monotonic() + 20     # the keeper notices the unmount and exits
+        while (os.path.exists(log) or os.path.exists(sock)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(log) and not os.path.exists(sock), os.listdir(run)
+    finally:
+        unmount_and_kill(mnt, pids)

@@ -91,9 +91,7 @@ class Keeper:
     # -- setup ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        rd = os.path.dirname(self.path)
-        os.makedirs(rd, mode=0o700, exist_ok=True)
-        os.chmod(rd, 0o700)
+        wire.ensure_run_dir(os.path.dirname(self.path))
         try:
             probe = wire.connect(self.path, 1.0)
         except OSError:
@@ -413,10 +411,11 @@ class Keeper:
             self.spare_proc.terminate()
         for c in list(self.clients.values()):
             c.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for done in (self.path, *((self.path[:-5] + ".log",) if self.unmounted else ())):
+            try:
+                os.unlink(done)     # the log only once the mount has ended
+            except OSError:
+                pass
         for fd in (self.fuse_fd, self.journal_fd):
             if fd >= 0:
                 os.close(fd)
