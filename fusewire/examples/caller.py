@@ -88,74 +88,79 @@ class CallerIdentity:
     def __init__(self) -> None:
         numbers = _SYSCALLS.get(platform.machine())
         self.enabled = os.geteuid() == 0 and numbers is not None
-        self._numbers = numbers or (-1, -1, -1, -1, -1)
         self.uid = os.geteuid()
         self.gid = os.getegid()
         self.groups = tuple(os.getgroups())
         self._local = threading.local()
-        self._caps: ctypes.Array[_CapData] | None = None
+        (self._sys_setfsuid, self._sys_setfsgid, self._sys_setgroups, sys_capget,
+         self._sys_capset) = numbers or (-1, -1, -1, -1, -1)
+        self._c_uid = ctypes.c_long(self.uid)
+        self._c_gid = ctypes.c_long(self.gid)
+        self._base_groups = (ctypes.c_uint32 * max(1, len(self.groups)))(*self.groups)
+        self._cap_header = ctypes.byref(_CapHeader(_CAP_VERSION_3, 0))   # pid 0: this thread
+        self._caps_full = (_CapData * 2)()
+        self._caps_none = (_CapData * 2)()
         if self.enabled:
-            caps = (_CapData * 2)()
-            _check(_syscall(self._numbers[3], ctypes.byref(self._header()), caps))
-            self._caps = caps
-
-    @staticmethod
-    def _header() -> _CapHeader:
-        return _CapHeader(_CAP_VERSION_3, 0)      # pid 0: this thread
+            _check(_syscall(sys_capget, self._cap_header, self._caps_full))
+            for i in range(2):
+                self._caps_none[i].permitted = self._caps_full[i].permitted
+                self._caps_none[i].inheritable = self._caps_full[i].inheritable
 
     def _setgroups(self, groups: tuple[int, ...]) -> None:
         arr = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
-        _check(_syscall(self._numbers[2], ctypes.c_long(len(groups)), arr))
+        _check(_syscall(self._sys_setgroups, ctypes.c_long(len(groups)), arr))
 
-    def _setfs(self, number: int, value: int) -> None:
+    @staticmethod
+    def _setfs(number: int, value: int) -> None:
         _syscall(number, ctypes.c_long(value))
         if _syscall(number, ctypes.c_long(-1)) != value:   # -1 only asks
             raise OSError(errno.EPERM, "setfsuid/setfsgid refused")
 
-    def _capset(self, drop: bool) -> None:
-        assert self._caps is not None
-        caps = (_CapData * 2)()
-        for i in range(2):
-            caps[i].permitted = self._caps[i].permitted
-            caps[i].inheritable = self._caps[i].inheritable
-            caps[i].effective = 0 if drop else self._caps[i].effective
-        _check(_syscall(self._numbers[4], ctypes.byref(self._header()), caps))
-
     def _restore(self) -> None:
-        try:
-            self._capset(False)
-            self._setfs(self._numbers[0], self.uid)
-            self._setfs(self._numbers[1], self.gid)
-            self._setgroups(self.groups)
-        except OSError as exc:
-            raise IdentityError(f"cannot restore the server's own identity: {exc}") from None
+        """Back to the server's own identity (no checks: failing leaves less privilege)."""
+        _syscall(self._sys_capset, self._cap_header, self._caps_full)
+        _syscall(self._sys_setfsuid, self._c_uid)
+        _syscall(self._sys_setfsgid, self._c_gid)
+        arr = self._base_groups
+        if _syscall(self._sys_setgroups, ctypes.c_long(len(self.groups)), arr) < 0:
+            raise IdentityError("cannot restore the server's own groups: "
+                                f"{os.strerror(ctypes.get_errno())}")
 
     def _apply(self, ctx: RequestContext) -> None:
         try:
             if ctx.uid != 0:
                 self._setgroups(ctx.groups)
-            self._setfs(self._numbers[1], ctx.gid)
-            self._setfs(self._numbers[0], ctx.uid)
+            self._setfs(self._sys_setfsgid, ctx.gid)
+            self._setfs(self._sys_setfsuid, ctx.uid)
             if ctx.uid != 0:
-                self._capset(True)
+                _check(_syscall(self._sys_capset, self._cap_header, self._caps_none))
         except BaseException:
             self._restore()
             raise
 
+    def enter(self, ctx: RequestContext) -> bool:
+        """Switch to ``ctx``; True if :meth:`leave` must be called afterwards."""
+        if (not self.enabled or (ctx.uid == self.uid and ctx.gid == self.gid)
+                or getattr(self._local, "ctx", None) is not None):
+            return False            # nothing to switch, or already switched (nested)
+        self._apply(ctx)
+        self._local.ctx = ctx
+        return True
+
+    def leave(self) -> None:
+        """Undo :meth:`enter` (call it only when that returned True)."""
+        self._local.ctx = None
+        self._restore()
+
     @contextmanager
     def acting_as(self, ctx: RequestContext) -> Iterator[None]:
         """Run the block with ``ctx``'s fsuid, fsgid, groups and (no) capabilities."""
-        if (not self.enabled or getattr(self._local, "ctx", None) is not None
-                or (ctx.uid == self.uid and ctx.gid == self.gid)):
-            yield           # nothing to switch, or already switched (nested)
-            return
-        self._apply(ctx)
-        self._local.ctx = ctx
+        switched = self.enter(ctx)
         try:
             yield
         finally:
-            self._local.ctx = None
-            self._restore()
+            if switched:
+                self.leave()
 
     @contextmanager
     def as_server(self) -> Iterator[None]:

@@ -165,8 +165,13 @@ def _as_caller(fn: Callable[..., _R]) -> Callable[..., _R]:
     def wrapper(self: Passthrough, *args: object) -> _R:
         ctx = args[-1]
         assert isinstance(ctx, RequestContext)
-        with self._identity.acting_as(ctx):
+        identity = self._identity
+        switched = identity.enter(ctx)
+        try:
             return fn(self, *args)
+        finally:
+            if switched:
+                identity.leave()
 
     return wrapper
 
