@@ -47,17 +47,28 @@ class Intruder:
         self.uid = pw.pw_uid
         self.gid = pw.pw_gid
 
-    def argv(self, argv: list[str]) -> list[str]:
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups",
-                "--", *argv]
+    def argv(self, argv: list[str], groups: tuple[int, ...] | None = None) -> list[str]:
+        """``argv`` as this user: its own group as primary and no others, or (with
+        ``groups``) the nogroup gid as primary and ``groups`` as the supplementary ones."""
+        ids = [f"--reuid={self.uid}"]
+        if groups is None:
+            ids += [f"--regid={self.gid}", "--clear-groups"]
+        elif groups:
+            ids += ["--regid=65534", "--groups=" + ",".join(map(str, groups))]
+        else:
+            ids += ["--regid=65534", "--clear-groups"]
+        return ["setpriv", *ids, "--", *argv]
 
-    def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(argv), env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    def run(self, argv: list[str], timeout: float = 60,
+            groups: tuple[int, ...] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(argv, groups),
+                              env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
                               cwd="/", capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
-    def py(self, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return self.run([PYTHON, "-c", code, *args], timeout=timeout)
+    def py(self, code: str, *args: str, timeout: float = 60,
+           groups: tuple[int, ...] | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run([PYTHON, "-c", code, *args], timeout=timeout, groups=groups)
 
     def popen(self, code: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv([PYTHON, "-c", code, *args]),
@@ -275,6 +286,68 @@ def test_mount_flags_nosuid_nodev(public_dir: Path, tmp_path: Path, intruder: In
         assert {"nosuid", "nodev"} <= set(line.split()[5].split(","))
     finally:
         srv.close()
+
+
+GROUP_PROBE = textwrap.dedent('''
+    import errno, json, os, sys
+    R = sys.argv[1]
+    out = {}
+    def t(name, fn):
+        try:
+            fn()
+            out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode.get(e.errno, str(e.errno))
+    def cat(p):
+        with open(p, "rb") as f:
+            f.read()
+    def create(p):
+        with open(p, "xb") as f:
+            f.write(b"x")
+    t("read group 0640", lambda: cat(R + "/team/notes"))
+    t("list group 0770", lambda: os.listdir(R + "/team"))
+    t("create in group 0770", lambda: create(R + "/team/new-%d" % os.getpid()))
+    t("access W group 0770", lambda: None if os.access(R + "/team", os.W_OK)
+      else (_ for _ in ()).throw(PermissionError(errno.EACCES, "")))
+    print(json.dumps(out, sort_keys=True))
+''')
+
+
+def _build_team(root: Path, gid: int) -> None:
+    (root / "team").mkdir()
+    os.chown(root / "team", 0, gid)
+    os.chmod(root / "team", 0o770)
+    (root / "team" / "notes").write_bytes(b"team notes\n")
+    os.chown(root / "team" / "notes", 0, gid)
+    os.chmod(root / "team" / "notes", 0o640)
+
+
+@pytest.mark.parametrize("kind", ["passthrough", "memfs"])
+def test_supplementary_groups_count_as_on_the_source(intruder: Intruder, public_dir: Path,
+                                                     tmp_path: Path, kind: str) -> None:
+    """Without default_permissions, the caller's supplementary groups (which the kernel
+    does not send; ctx.groups reads them from /proc) grant what they grant directly."""
+    reference = _tmpfs(public_dir / "reference")
+    _build_team(reference, intruder.gid)
+    source = _tmpfs(public_dir / "source") if kind == "passthrough" else None
+    if source is not None:
+        _build_team(source, intruder.gid)
+    srv = _serve(kind, source, public_dir / "mnt", tmp_path, "allow_other")
+    try:
+        if source is None:
+            _build_team(srv.mountpoint, intruder.gid)
+        results = {}
+        for label, groups in (("member", (intruder.gid,)), ("outsider", ())):
+            for where, root in (("directly", reference), ("mount", srv.mountpoint)):
+                r = intruder.py(GROUP_PROBE, str(root), groups=groups)
+                assert r.returncode == 0, r.stderr
+                results[label, where] = json.loads(r.stdout)
+    finally:
+        srv.close()
+    assert set(results["member", "directly"].values()) == {"ok"}
+    assert "ok" not in results["outsider", "directly"].values()
+    for label in ("member", "outsider"):
+        assert results[label, "mount"] == results[label, "directly"], label
 
 
 # --------------------------------------------------------------------------
