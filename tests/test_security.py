@@ -220,6 +220,9 @@ PROBE = textwrap.dedent('''
     t("set file capability", lambda: os.setxattr(R + "/mine/id", "security.capability",
                                                  struct.pack("<5I", 0x02000001, 1 << 7,
                                                              0, 0, 0)))
+    t("hardlink own file", lambda: os.link(R + "/mine/id", R + "/mine/id2"))
+    t("hardlink root 0600 file", lambda: os.link(R + "/secret", R + "/pub/secret2"))
+    t("symlink in own dir", lambda: os.symlink("/etc/shadow", R + "/mine/l"))
     t("rm own", lambda: os.unlink(R + "/mine/id"))
     print(json.dumps(out, sort_keys=True))
 ''')

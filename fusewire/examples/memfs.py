@@ -233,6 +233,18 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} not allowed in MemFS state")
 
 
+def _sysctl_on(path: str, default: bool) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return default
+
+
+#: The kernel's fs.protected_hardlinks, which memfs applies like the VFS does.
+_PROTECTED_HARDLINKS = _sysctl_on("/proc/sys/fs/protected_hardlinks", True)
+
+
 def _xattr_bytes(xattrs: dict[bytes, bytes]) -> int:
     """What a node's xattrs count against the memory cap: names and values."""
     return sum(len(k) + len(v) for k, v in xattrs.items())
@@ -772,6 +784,8 @@ class MemFS(Operations):
             if new_name in d.entries:
                 raise _err(errno.EEXIST)
             self._need(parent, os.W_OK, ctx)
+            if ctx.uid not in (0, node.uid) and not self._safe_hardlink(node, ctx):
+                raise _err(errno.EPERM)     # fs.protected_hardlinks, as the VFS applies it
             if node.nlink == 0:
                 if node.ino not in self._linkable:
                     raise _err(errno.ENOENT)
@@ -780,6 +794,16 @@ class MemFS(Operations):
             node.ctime = _now()
             self._link_into(parent, d, new_name, node)
             return self._entry(node)
+
+    def _safe_hardlink(self, node: _Inode, ctx: RequestContext) -> bool:
+        """May a non-owner link ``node`` (the kernel's protected_hardlinks rule)?"""
+        if not _PROTECTED_HARDLINKS:
+            return True
+        mode = node.mode
+        if not stat.S_ISREG(mode) or mode & stat.S_ISUID \
+                or (mode & (stat.S_ISGID | stat.S_IXGRP)) == (stat.S_ISGID | stat.S_IXGRP):
+            return False
+        return self._may(node, os.R_OK | os.W_OK, ctx)
 
     def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """Remove a non-directory name."""
