@@ -353,6 +353,31 @@ def test_supplementary_groups_count_as_on_the_source(intruder: Intruder, public_
         assert results[label, "mount"] == results[label, "directly"], label
 
 
+def test_suid_only_when_root_asks(intruder: Intruder, public_dir: Path, tmp_path: Path) -> None:
+    """On a source that honours set-user-ID bits, a mount still does not, unless root
+    says -o suid: that is what opting out means."""
+    source = public_dir / "source"
+    source.mkdir(mode=0o755)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "fusewire-sec",
+                        str(source)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    (source / "suid-id").write_bytes(Path("/usr/bin/id").read_bytes())
+    os.chmod(source / "suid-id", 0o4755)
+    results = {}
+    for options in ("allow_other", "allow_other,suid"):
+        srv = _serve("passthrough", source, public_dir / "mnt", tmp_path, options)
+        try:
+            r = intruder.run([str(srv.mountpoint / "suid-id"), "-u"])
+            assert r.returncode == 0, r.stderr
+            results[options] = r.stdout.strip()
+        finally:
+            srv.close()
+    direct = intruder.run([str(source / "suid-id"), "-u"])
+    assert direct.stdout.strip() == "0"          # the source honours the bit
+    assert results == {"allow_other": str(intruder.uid), "allow_other,suid": "0"}
+
+
 # --------------------------------------------------------------------------
 # the allow_other policy
 
