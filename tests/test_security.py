@@ -735,3 +735,38 @@ def test_keeper_files_private_and_log_removed_at_unmount(public_dir: Path,
         assert not os.path.exists(log) and not os.path.exists(sock), os.listdir(run)
     finally:
         unmount_and_kill(mnt, pids)
+
+
+def test_passthrough_registers_backing_files_as_itself(public_dir: Path) -> None:
+    """kernel_passthrough: the BACKING_OPEN ioctl needs CAP_SYS_ADMIN, so it runs with the
+    server's identity even inside a request served as a non-root caller."""
+    from fusewire.examples.passthrough import Passthrough
+    from fusewire.types import RequestContext
+
+    src = public_dir / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    os.chmod(src / "f", 0o644)
+    seen: list[tuple[str, str]] = []
+
+    class Notifier:
+        def backing_open(self, fd: int) -> int:
+            status = Path("/proc/thread-self/status").read_text().splitlines()
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+            seen.append((fields["Uid"].split()[3], fields["CapEff"].strip()))
+            return 7
+
+        def backing_close(self, backing_id: int) -> None:
+            pass
+
+    fs = Passthrough(str(src), kernel_passthrough=True)
+    fs.notifier = Notifier()  # type: ignore[assignment]
+    try:
+        user = RequestContext(4242, 4242, 0, groups=())
+        ino = fs.lookup(1, b"f", user).st_ino
+        fi = fs.open(ino, os.O_RDONLY, user)
+        assert fi.passthrough and fi.backing_id == 7
+        fs.release(fi.fh)
+    finally:
+        fs.destroy()
+    assert seen and seen[0][0] == "0" and int(seen[0][1], 16) != 0

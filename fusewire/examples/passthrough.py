@@ -558,7 +558,8 @@ class Passthrough(Operations):
             self._files[fd] = nodeid
         if self.kernel_passthrough and self.notifier is not None:
             try:
-                backing_id = self.notifier.backing_open(fd)
+                with self._identity.as_server():     # the ioctl needs CAP_SYS_ADMIN
+                    backing_id = self.notifier.backing_open(fd)
             except (OSError, FUSEError):
                 return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
             with self._lock:
