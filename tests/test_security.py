@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import conftest
 import pytest
@@ -770,3 +771,47 @@ def test_passthrough_registers_backing_files_as_itself(public_dir: Path) -> None
     finally:
         fs.destroy()
     assert seen and seen[0][0] == "0" and int(seen[0][1], 16) != 0
+
+
+# --------------------------------------------------------------------------
+# the whole POSIX differential suite, without the kernel's permission checks
+
+
+def _posix_suite() -> Any:
+    import importlib.util
+    import sys
+
+    name = "fusewire_posix_suite"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("posix.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize("kind", ["memfs", "passthrough"])
+def test_posix_suite_without_default_permissions(public_dir: Path, tmp_path: Path,
+                                                 kind: str) -> None:
+    """Every check of tests/posix.py (including uid 65534 against 0700, 0755 and sticky
+    directories) gives the tmpfs answer on a mount where only the server checks."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    suite = _posix_suite()
+    reference = _tmpfs(public_dir / "reference")
+    source = _tmpfs(public_dir / "source") if kind == "passthrough" else None
+    srv = _serve(kind, source, public_dir / "mnt", tmp_path, "allow_other")
+    skip = {"posix_acl_minimal"} if kind == "memfs" else set()   # memfs has no ACLs
+    diffs = {}
+    try:
+        for check in suite.CHECKS:
+            if check in skip:
+                continue
+            want = suite.run_check(check, reference)
+            got = suite.run_check(check, srv.mountpoint)
+            if want != got:
+                diffs[check] = (want, got)
+    finally:
+        srv.close()
+    assert not diffs, f"{kind} -o allow_other differs from tmpfs: {diffs}"
