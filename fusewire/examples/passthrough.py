@@ -162,13 +162,14 @@ def _as_caller(fn: Callable[..., _R]) -> Callable[..., _R]:
     """Run the handler with the identity of its ``ctx`` (its last argument)."""
 
     @functools.wraps(fn)
-    def wrapper(self: Passthrough, *args: object) -> _R:
-        ctx = args[-1]
-        assert isinstance(ctx, RequestContext)
+    def wrapper(self: Passthrough, *args: object, **kwargs: object) -> _R:
+        ctx = kwargs["ctx"] if "ctx" in kwargs else args[-1]
+        if not isinstance(ctx, RequestContext):
+            raise TypeError(f"{fn.__name__}: the last argument must be a RequestContext")
         identity = self._identity
         switched = identity.enter(ctx)
         try:
-            return fn(self, *args)
+            return fn(self, *args, **kwargs)
         finally:
             if switched:
                 identity.leave()
