@@ -815,3 +815,28 @@ def test_posix_suite_without_default_permissions(public_dir: Path, tmp_path: Pat
     finally:
         srv.close()
     assert not diffs, f"{kind} -o allow_other differs from tmpfs: {diffs}"
+
+
+# --------------------------------------------------------------------------
+# RequestContext.groups
+
+
+def test_groups_read_lazily_once_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import fusewire.types as types
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(types, "caller_groups",
+                        lambda pid, uid, gid: calls.append((pid, uid, gid)) or (7, 8))
+    ctx = types.RequestContext(1000, 1000, 4242, 0, 1, None, False, None, (9,))
+    assert calls == []                                   # nothing read until asked
+    assert ctx.groups == (7, 8, 9) and ctx.groups == (7, 8, 9)
+    assert calls == [(4242, 1000, 1000)]                 # once
+    assert types.RequestContext(1, 1, 1, groups=(3,)).groups == (3,)
+    monkeypatch.undo()
+    # the real reader: this thread's own groups, by thread id; refused on an id mismatch
+    me = threading.get_native_id()
+    assert types.caller_groups(me, os.getuid(), os.getgid()) == tuple(os.getgroups())
+    assert types.caller_groups(me, os.getuid() + 1, os.getgid()) == ()
+    assert types.caller_groups(0, 0, 0) == ()
