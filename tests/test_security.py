@@ -840,3 +840,39 @@ def test_groups_read_lazily_once_and_checked(monkeypatch: pytest.MonkeyPatch) ->
     assert types.caller_groups(me, os.getuid(), os.getgid()) == tuple(os.getgroups())
     assert types.caller_groups(me, os.getuid() + 1, os.getgid()) == ()
     assert types.caller_groups(0, 0, 0) == ()
+
+
+MAKE_FILES = textwrap.dedent('''
+    import os, sys
+    d, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for i in range(n):
+        with open(os.path.join(d, "%s%d" % (prefix, i)), "xb") as f:
+            f.write(b"x")
+        os.mkdir(os.path.join(d, "%sdir%d" % (prefix, i)))
+    print("done")
+''')
+
+
+def test_identity_is_per_thread_with_workers(intruder: Intruder, public_dir: Path,
+                                             tmp_path: Path) -> None:
+    """Two users create files at once through a passthrough served by three threads:
+    every object belongs to the user who created it (no identity leaks across threads)."""
+    source = _tmpfs(public_dir / "source")
+    os.chmod(source, 0o1777)
+    srv = conftest.start_server(["--workers=2", "passthrough", str(source)],
+                                public_dir / "mnt", tmp_path, "allow_other")
+    try:
+        n = "150"
+        theirs = intruder.popen(MAKE_FILES, str(srv.mountpoint), "user", n)
+        ours = subprocess.Popen([PYTHON, "-c", MAKE_FILES, str(srv.mountpoint), "root", n],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for proc in (theirs, ours):
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and out.strip() == "done", err
+    finally:
+        srv.close()
+    owners = {p.name: (os.lstat(p).st_uid, os.lstat(p).st_gid) for p in source.iterdir()}
+    assert len(owners) == 4 * int(n)
+    wrong = {name: ids for name, ids in owners.items()
+             if ids != ((intruder.uid, intruder.gid) if name.startswith("user") else (0, 0))}
+    assert not wrong, wrong
