@@ -1,7 +1,7 @@
 """Secure by default (issue 16): nobody gets more through a mount than directly.
 
 Root mounts memfs and passthrough with ``allow_other``; a throwaway
-unprivileged user (created by the ``intruder`` fixture, removed afterwards)
+unprivileged user (``throwaway_user`` of tests/conftest.py, removed afterwards)
 then tries what an attacker would: read, write, chmod, chown, unlink root's
 files, list a 0700 directory, make a set-user-ID copy of ``id`` and run it,
 write a device node.  Every attempt must end exactly as the same attempt on a
@@ -21,7 +21,6 @@ import subprocess
 import tempfile
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ PYTHON = "/usr/bin/python3"
 
 
 class Intruder:
-    """An unprivileged user that exists for one test."""
+    """An unprivileged user, run through setpriv, in the attacker's role."""
 
     def __init__(self, pw: pwd.struct_passwd) -> None:
         self.pw = pw
@@ -50,14 +49,15 @@ class Intruder:
 
     def argv(self, argv: list[str], groups: tuple[int, ...] | None = None) -> list[str]:
         """``argv`` as this user: its own group as primary and no others, or (with
-        ``groups``) the nogroup gid as primary and ``groups`` as the supplementary ones."""
+        ``groups``) another gid as primary and ``groups`` as the supplementary ones."""
         ids = [f"--reuid={self.uid}"]
+        other = 65534 if self.gid != 65534 else 65533     # a primary group not its own
         if groups is None:
             ids += [f"--regid={self.gid}", "--clear-groups"]
         elif groups:
-            ids += ["--regid=65534", "--groups=" + ",".join(map(str, groups))]
+            ids += [f"--regid={other}", "--groups=" + ",".join(map(str, groups))]
         else:
-            ids += ["--regid=65534", "--clear-groups"]
+            ids += [f"--regid={other}", "--clear-groups"]
         return ["setpriv", *ids, "--", *argv]
 
     def run(self, argv: list[str], timeout: float = 60,
@@ -79,26 +79,14 @@ class Intruder:
 
 
 @pytest.fixture
-def intruder() -> Iterator[Intruder]:
-    if os.geteuid() != 0:
-        pytest.skip("creating a throwaway user and mounting as root needs root")
-    if shutil.which("useradd") is None or shutil.which("userdel") is None:
-        pytest.skip("useradd/userdel are not installed")
+def intruder(throwaway_user: pwd.struct_passwd) -> Intruder:
+    """The shared throwaway user (tests/conftest.py) in the attacker's role."""
     if shutil.which("setpriv") is None or not os.access(PYTHON, os.X_OK):
         pytest.skip("setpriv or /usr/bin/python3 is missing")
     problem = conftest.dev_fuse_problem()
     if problem is not None:
         pytest.skip(problem)
-    name = f"fwsec{uuid.uuid4().hex[:8]}"
-    r = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
-                        "--shell", "/usr/sbin/nologin", name], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create a user: {r.stderr.strip()}")
-    try:
-        yield Intruder(pwd.getpwnam(name))
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
-        subprocess.run(["groupdel", name], capture_output=True)
+    return Intruder(throwaway_user)
 
 
 @pytest.fixture
