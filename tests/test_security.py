@@ -401,10 +401,6 @@ def test_allow_other_policy_unit(monkeypatch: pytest.MonkeyPatch) -> None:
     assert problem(fm.parse_options("allow_other,insecure_allow_other"), False) is None
     assert problem(fm.parse_options("allow_root"), False) is None
     assert problem(fm.parse_options(None), False) is None
-    # without the kernel's checks, no cached entry may skip the fs's search check
-    assert fm.parse_options("allow_other").extra["entry_timeout"] == "0"
-    assert fm.parse_options("allow_other,entry_timeout=2").extra["entry_timeout"] == "2"
-    assert "entry_timeout" not in fm.parse_options("allow_other,default_permissions").extra
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     for name in ("suid", "dev"):
         with pytest.raises(ValueError, match="needs root"):

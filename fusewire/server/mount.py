@@ -76,6 +76,7 @@ __all__ = [
     "connection_id",
     "fusermount_path",
     "is_mounted",
+    "known_options",
     "mount",
     "parse_options",
     "release",
@@ -261,12 +262,7 @@ def parse_options(
     ``extra`` so the server can refuse everybody but the owner and root.
 
     ``insecure_allow_other`` lands in ``extra``: the explicit opt-out of the
-    policy of :func:`allow_other_problem`.  ``allow_other`` without
-    ``default_permissions`` also puts ``entry_timeout=0`` into ``extra``
-    unless it is given: the kernel then checks no permission during a path
-    walk, and a cached entry would let one user walk through a directory
-    another user looked up, past the filesystem's own search-permission
-    check in LOOKUP.
+    policy of :func:`allow_other_problem`.
 
     Raises:
         ValueError: a reserved option (fd, rootmode, user_id, group_id), a
@@ -322,8 +318,6 @@ def parse_options(
                 extra[name] = value
     if allow_other and allow_root:
         raise ValueError("allow_other and allow_root are mutually exclusive")
-    if allow_other and "default_permissions" not in kernel:
-        extra.setdefault("entry_timeout", "0")
     if not fsname:
         raise ValueError("fsname must not be empty")
     if "\0" in fsname or (subtype is not None and "\0" in subtype):
@@ -359,6 +353,15 @@ def allow_other_problem(options: MountOptions, checks_permissions: bool) -> str 
             "whatever this server may do (this filesystem does not check permissions "
             "itself): add -o default_permissions, or -o insecure_allow_other if that is "
             "really what you want")
+
+
+def known_options() -> tuple[str, ...]:
+    """Every option name :func:`parse_options` itself understands (not ``extra``).
+
+    The four that :func:`mount` sets itself (fd, rootmode, user_id, group_id)
+    are not among them.
+    """
+    return tuple(sorted(_NO_VALUE_OPTIONS | _STR_VALUE_OPTIONS | _KERNEL_INT_OPTIONS))
 
 
 # --------------------------------------------------------------------------
