@@ -40,7 +40,7 @@ log = logging.getLogger("fusewire")
 PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
 #: ``-o`` options that the server and recovery read from ``MountOptions.extra``
-LIBRARY_OPTIONS = ("allow_root", "max_minor")
+LIBRARY_OPTIONS = ("allow_root", "max_minor", "insecure_allow_other")
 
 
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
@@ -146,10 +146,28 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     args.options = list(args.options) + _fs_arg_options(args)
     options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
                                    subtype=args.fs if ":" not in args.fs else None)
+    if ("allow_other" in options.kernel and "default_permissions" not in options.kernel
+            and "entry_timeout" in FS_OPTIONS.get(args.fs, ())
+            and "entry_timeout" not in options.extra):
+        # the kernel checks nothing during a path walk then: a cached entry would skip
+        # the filesystem's own search-permission check (docs/security.md)
+        args.options.append("entry_timeout=0")
+        options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
+                                       subtype=args.fs if ":" not in args.fs else None)
     extra = dict(options.extra)
     check_options(args.fs, extra)
     _check_mountpoint(mountpoint)
+    ops: Operations | None = None
+    if _mount.allow_other_problem(options, False) is not None:
+        # allow_other without default_permissions: only if the filesystem checks itself
+        ops = _build_ops(args.fs, source, dict(extra))
+        problem = _mount.allow_other_problem(options, ops.checks_permissions)
+        if problem is not None:
+            ops.destroy()
+            raise UsageError(problem)
     if args.recoverable:
+        if ops is not None:
+            ops.destroy()       # the keeper's server builds its own
         if args.debug:
             raise UsageError("-d does not work with --recoverable (the server is a child of "
                              "the keeper): use -f and read the keeper's log, or mount "
@@ -158,7 +176,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
 
         code: int = mount_recoverable(args, source, mountpoint)
         return code
-    ops = _build_ops(args.fs, source, extra)
+    if ops is None:
+        ops = _build_ops(args.fs, source, extra)
     if args.debug:
         args.foreground = True
     if args.foreground:
@@ -187,15 +206,26 @@ class _Report:
         return True
 
 
+def _open_capture(args: argparse.Namespace) -> Any:
+    """The --capture writer: a new private file, never an existing one or a link."""
+    if not args.capture:
+        return None
+    from fusewire.testing.capture import CaptureWriter
+
+    try:
+        return CaptureWriter(args.capture)
+    except FileExistsError:
+        raise UsageError(f"--capture {args.capture}: the file exists (a capture is never "
+                         "written over or through a link)") from None
+    except OSError as exc:
+        raise UsageError(f"--capture {args.capture}: {exc.strerror or exc}") from None
+
+
 def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
            report: _Report | None) -> int:
     from fusewire.server.loop import Server
 
-    capture = None
-    if args.capture:
-        from fusewire.testing.capture import CaptureWriter
-
-        capture = CaptureWriter(args.capture)
+    capture = _open_capture(args)
     server = Server(ops, mountpoint, args.options, debug=args.debug, workers=args.workers,
                     capture=capture, fsname=f"fusewire-{args.fs}",
                     subtype=args.fs if ":" not in args.fs else None)

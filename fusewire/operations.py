@@ -133,9 +133,17 @@ class Operations:
         kernel does that file's reads and writes on the backing file itself.
         The server negotiates ``max_stack_depth`` 1 (unless the Config says
         otherwise) and never WRITEBACK_CACHE with it.
+    ``checks_permissions``
+        The filesystem enforces the caller's permissions itself (from
+        ``ctx.uid``, ``ctx.gid`` and ``ctx.groups``, or by acting as the
+        caller on a backing filesystem that does).  Only then may a mount use
+        ``allow_other`` without ``default_permissions``; otherwise every
+        local user would get whatever the server may do, and the mount is
+        refused (see :func:`fusewire.server.mount.allow_other_problem`).
     """
 
     supports_dot_lookup: bool = False
+    checks_permissions: bool = False
     enable_writeback_cache: bool = False
     enable_acl: bool = False
     enable_passthrough: bool = False

@@ -6,7 +6,8 @@ returns (:class:`EntryAttributes`, :class:`FileInfo`, :class:`StatvfsData`).
 Names follow pyfuse3 where pyfuse3 has the concept, so porting a pyfuse3
 filesystem is mostly mechanical.
 
-Nothing here does I/O and nothing here knows the wire layout; the dispatcher
+Nothing here knows the wire layout, and the only I/O is the lazy read of a
+caller's supplementary groups from /proc (:attr:`RequestContext.groups`); the dispatcher
 turns these into wire structs with the derived codecs of :mod:`fusewire.structs`.
 """
 
@@ -16,7 +17,7 @@ import errno as _errno
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Lock",
     "Pending",
     "RequestContext",
+    "caller_groups",
     "SetattrFields",
     "StatvfsData",
     "timeout_parts",
@@ -237,28 +239,106 @@ class Lock:
     pid: int = 0
 
 
-@dataclass(slots=True)
+def caller_groups(pid: int, uid: int, gid: int) -> tuple[int, ...]:
+    """The supplementary groups of thread ``pid``, read from ``/proc/<pid>/status``.
+
+    A FUSE request's ``pid`` is the calling *thread's* id (the kernel sends
+    ``task_pid(current)``), and ``/proc/<tid>/status`` answers for any thread,
+    listed or not.  The line is trusted only if that thread's fsuid and fsgid
+    still equal ``uid``/``gid`` (the request's): a thread that exited, or a
+    pid reused by another process, gives ``()``, which grants nothing.
+    Without a pid (0: background requests) the answer is ``()`` too.
+    """
+    if pid <= 0:
+        return ()
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return ()
+    fsuid = fsgid = -1
+    groups: tuple[int, ...] | None = None
+    for line in text.split(b"\n"):
+        key, _, value = line.partition(b":")
+        try:
+            if key == b"Uid":
+                fsuid = int(value.split()[3])
+            elif key == b"Gid":
+                fsgid = int(value.split()[3])
+            elif key == b"Groups":
+                groups = tuple(int(g) for g in value.split())
+        except (IndexError, ValueError):
+            return ()
+    if groups is None or fsuid != uid or fsgid != gid:
+        return ()
+    return groups
+
+
 class RequestContext:
     """Who is asking: the credentials and process of the request.
 
-    ``uid``/``gid`` are the caller's fsuid/fsgid, ``pid`` its thread group
-    id (0 for background requests such as RELEASE), ``umask`` the caller's
-    umask on create-type requests (0 elsewhere), ``groups`` the supplementary
-    group carried by a FUSE_EXT_GROUPS extension, if any.  ``unique`` is the
+    ``uid``/``gid`` are the caller's fsuid/fsgid, ``pid`` the calling
+    thread's id (0 for background requests such as RELEASE), ``umask`` the
+    caller's umask on create-type requests (0 elsewhere).  ``unique`` is the
     request's id on the wire; ``resent`` is true when the kernel re-sent it
     after a server restart.
+
+    ``groups`` are the caller's supplementary groups.  The kernel does not
+    send them (a FUSE_EXT_GROUPS extension carries at most the one group a
+    create in a set-group-ID directory needs), so unless given to the
+    constructor they are read from ``/proc/<pid>/status`` the first time a
+    handler asks (:func:`caller_groups`) and merged with the kernel's;
+    filesystems that never ask pay nothing.
     """
 
-    uid: int = 0
-    gid: int = 0
-    pid: int = 0
-    umask: int = 0
-    unique: int = 0
-    groups: tuple[int, ...] = ()
-    resent: bool = False
-    _interrupted: Callable[[int], bool] | None = field(default=None, repr=False)
-    #: a class attribute, not a field (no cost per request): see DeferrableContext
+    __slots__ = ("_groups", "_interrupted", "gid", "kernel_groups", "pid", "resent",
+                 "uid", "umask", "unique")
+    #: a class attribute, not a slot (no cost per request): see DeferrableContext
     _deferrable: ClassVar[bool] = False
+
+    def __init__(self, uid: int = 0, gid: int = 0, pid: int = 0, umask: int = 0,
+                 unique: int = 0, groups: tuple[int, ...] | None = None,
+                 resent: bool = False, _interrupted: Callable[[int], bool] | None = None,
+                 kernel_groups: tuple[int, ...] = ()) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.pid = pid
+        self.umask = umask
+        self.unique = unique
+        self._groups = groups
+        self.resent = resent
+        self._interrupted = _interrupted
+        #: groups the kernel sent with the request (FUSE_EXT_GROUPS)
+        self.kernel_groups = kernel_groups
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The caller's supplementary groups (read lazily; see the class docstring)."""
+        groups = self._groups
+        if groups is None:
+            groups = caller_groups(self.pid, self.uid, self.gid)
+            if self.kernel_groups:
+                groups += tuple(g for g in self.kernel_groups if g not in groups)
+            self._groups = groups
+        return groups
+
+    @groups.setter
+    def groups(self, value: tuple[int, ...]) -> None:
+        self._groups = tuple(value)
+
+    def __repr__(self) -> str:
+        return (f"RequestContext(uid={self.uid}, gid={self.gid}, pid={self.pid}, "
+                f"umask={self.umask:#o}, unique={self.unique}, resent={self.resent})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RequestContext):
+            return NotImplemented
+        return ((self.uid, self.gid, self.pid, self.umask, self.unique, self.resent,
+                 self._groups, self.kernel_groups)
+                == (other.uid, other.gid, other.pid, other.umask, other.unique, other.resent,
+                    other._groups, other.kernel_groups))
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def interrupted(self) -> bool:

@@ -78,7 +78,9 @@ def openrw(fs: MemFS, ino: int, flags: int = os.O_RDWR) -> int:
 
 @pytest.fixture
 def fs() -> MemFS:
-    return MemFS(entry_timeout=1.0, attr_timeout=1.0)
+    # a world-writable root: the tests create files there as USER, and memfs
+    # checks permissions itself
+    return MemFS(entry_timeout=1.0, attr_timeout=1.0, root_mode=0o777)
 
 
 # -- basics ------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def test_name_too_long(fs: MemFS) -> None:
 
 
 def test_create_times_and_parent(fs: MemFS) -> None:
-    d = fs.mkdir(ROOT, b"d", 0o755, CTX)
+    d = fs.mkdir(ROOT, b"d", 0o777, CTX)
     before = fs.getattr(d.st_ino, CTX)
     time.sleep(0.002)
     fi, a = fs.create(d.st_ino, b"f", stat.S_IFREG | 0o640, os.O_RDWR, USER)
@@ -548,7 +550,7 @@ def test_append(fs: MemFS) -> None:
 
 
 def test_sgid_directory_inheritance(fs: MemFS) -> None:
-    d = fs.mkdir(ROOT, b"shared", 0o2775, CTX).st_ino
+    d = fs.mkdir(ROOT, b"shared", 0o2777, CTX).st_ino
     fs.setattr(d, EntryAttributes(st_gid=500), sa(update_gid=True), None, CTX)
     f = fs.create(d, b"f", 0o100664, os.O_RDWR, USER)[1]
     assert f.st_gid == 500 and f.st_uid == 1000

@@ -37,7 +37,7 @@ _IN_HEADER_CODEC = CODECS["in_header"]
 IN_HEADER = _IN_HEADER_CODEC.struct
 FUSE_INIT = 26
 IS_ROOT = os.geteuid() == 0
-DEFAULT_FLAGS = 0 if IS_ROOT else fm.MS_NOSUID | fm.MS_NODEV
+DEFAULT_FLAGS = fm.MS_NOSUID | fm.MS_NODEV
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="the direct mount(2) path and these checks need euid 0"
@@ -241,13 +241,18 @@ def test_parse_flags() -> None:
     assert flags("strictatime,noatime") == fm.MS_NOATIME
     assert flags("relatime,norelatime") == 0
     assert flags("strictatime,nostrictatime") == 0
-    assert fm.parse_options("suid,dev").flags & (fm.MS_NOSUID | fm.MS_NODEV) == 0
-    assert fm.parse_options("suid,nosuid").flags & fm.MS_NOSUID
+    if IS_ROOT:
+        assert fm.parse_options("suid,dev").flags & (fm.MS_NOSUID | fm.MS_NODEV) == 0
+        assert fm.parse_options("suid,nosuid").flags & fm.MS_NOSUID
+    else:
+        for name in ("suid", "dev"):
+            with pytest.raises(ValueError, match="needs root"):
+                fm.parse_options(name)
 
 
-def test_parse_default_flags_follow_euid() -> None:
-    # fusermount3 forces nosuid,nodev on users; root starts with no flags.
-    assert fm.parse_options(None).flags == (0 if IS_ROOT else fm.MS_NOSUID | fm.MS_NODEV)
+def test_parse_default_flags_nosuid_nodev_for_everyone() -> None:
+    # like libfuse: nosuid,nodev unless asked otherwise, for root too (issue 16)
+    assert fm.parse_options(None).flags == fm.MS_NOSUID | fm.MS_NODEV
 
 
 def test_parse_kernel_and_extra() -> None:
@@ -399,8 +404,7 @@ def test_root_mount_mountinfo_and_init(mounts: Mounts) -> None:
     entry = only_entry(mp)
     assert entry.fstype == "fuse.fwtest"
     assert entry.source == "fw-test-src"
-    assert {"ro", "noexec"} <= set(entry.mount_options)
-    assert "nosuid" not in entry.mount_options
+    assert {"ro", "noexec", "nosuid", "nodev"} <= set(entry.mount_options)
     assert {
         "user_id=0",
         "group_id=0",
@@ -419,8 +423,16 @@ def test_root_mount_defaults(mounts: Mounts) -> None:
     fd = mounts.mount(mp, fm.parse_options(None))
     entry = only_entry(mp)
     assert (entry.fstype, entry.source) == ("fuse", "fusewire")
-    assert {"rw"} <= set(entry.mount_options)
-    assert not {"nosuid", "nodev", "noexec"} & set(entry.mount_options)
+    assert {"rw", "nosuid", "nodev"} <= set(entry.mount_options)
+    assert "noexec" not in entry.mount_options
+    assert_init(fd)
+
+
+@needs_root
+def test_root_mount_suid_dev_on_request(mounts: Mounts) -> None:
+    mp = mounts.mountpoint()
+    fd = mounts.mount(mp, fm.parse_options("suid,dev"))
+    assert not {"nosuid", "nodev"} & set(only_entry(mp).mount_options)
     assert_init(fd)
 
 
@@ -558,11 +570,12 @@ def test_mount_errors(mounts: Mounts, tmp_path: Path) -> None:
 @needs_root
 def test_auto_unmount_release(mounts: Mounts) -> None:
     mp = mounts.mountpoint()
-    fd = mounts.mount(mp, fm.parse_options("auto_unmount,fsname=fw-auto,subtype=autotest"))
+    fd = mounts.mount(mp, fm.parse_options("auto_unmount,fsname=fw-auto,subtype=autotest,"
+                                           "suid,dev"))
     assert not os.get_inheritable(fd)
     entry = only_entry(mp)
     assert (entry.fstype, entry.source) == ("fuse.autotest", "fw-auto")
-    # Root's flags (none) were passed through: fusermount3 alone would add these.
+    # Root's suid,dev were passed through: fusermount3 alone would add nosuid,nodev.
     assert not {"nosuid", "nodev"} & set(entry.mount_options)
     assert_init(fd)
 

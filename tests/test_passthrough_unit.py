@@ -48,6 +48,7 @@ def open_fds() -> set[int]:
 def tree(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
+    os.chmod(src, 0o777)    # USER (uid 1000) creates here: passthrough acts as the caller
     (tmp_path / "outside").write_bytes(b"secret")
     (src / "f").write_bytes(b"hello world")
     (src / "d").mkdir()
@@ -199,9 +200,13 @@ def test_create_ownership_and_mode(fs: Passthrough, tree: Path) -> None:
 
 
 def test_create_existing_keeps_owner(fs: Passthrough, tree: Path) -> None:
+    # acting as the caller: root's 0644 file is not writable by USER, as on the source
+    with raises(errno.EACCES):
+        fs.create(ROOT, b"f", 0o100600, os.O_RDWR, USER)
+    os.chmod(tree / "f", 0o666)
     fi, _ = fs.create(ROOT, b"f", 0o100600, os.O_RDWR, USER)
     st = os.lstat(tree / "f")
-    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o644
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o666
     fs.release(fi.fh)
     with raises(errno.EEXIST):
         fs.create(ROOT, b"f", 0o100600, os.O_RDWR | os.O_EXCL, USER)
@@ -212,10 +217,13 @@ def test_setgid_directory(fs: Passthrough, tree: Path) -> None:
     os.chown(tree / "shared", 0, 500)
     os.chmod(tree / "shared", 0o2775)
     sh = look(fs, "shared")
-    fi, a = fs.create(sh, b"f", 0o100664, os.O_RDWR, USER)
+    with raises(errno.EACCES):          # not a member of group 500: no write permission
+        fs.create(sh, b"f", 0o100664, os.O_RDWR, USER)
+    member = RequestContext(uid=1000, gid=1000, pid=2, umask=0o022, groups=(500,))
+    fi, a = fs.create(sh, b"f", 0o100664, os.O_RDWR, member)
     fs.release(fi.fh)
     assert (a.st_uid, a.st_gid) == (1000, 500)
-    sub = fs.mkdir(sh, b"sub", 0o755, USER)
+    sub = fs.mkdir(sh, b"sub", 0o755, member)
     assert sub.st_gid == 500 and sub.st_mode & stat.S_ISGID
 
 
@@ -340,6 +348,7 @@ def test_unlink_while_open(fs: Passthrough, tree: Path) -> None:
 
 def test_tmpfile(fs: Passthrough, tree: Path) -> None:
     d = look(fs, "d")
+    os.chmod(tree / "d", 0o777)
     fi, a = fs.tmpfile(d, stat.S_IFREG | 0o600, os.O_RDWR, USER)
     assert a.st_nlink == 0 and a.st_uid == 1000 and stat.S_IMODE(a.st_mode) == 0o600
     fs.write(fi.fh, 0, memoryview(b"tmp"))

@@ -239,6 +239,23 @@ class _NoGlobalsUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} not allowed in MemFS state")
 
 
+def _sysctl_on(path: str, default: bool) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return default
+
+
+#: The kernel's fs.protected_hardlinks, which memfs applies like the VFS does.
+_PROTECTED_HARDLINKS = _sysctl_on("/proc/sys/fs/protected_hardlinks", True)
+
+
+def _xattr_bytes(xattrs: dict[bytes, bytes]) -> int:
+    """What a node's xattrs count against the memory cap: names and values."""
+    return sum(len(k) + len(v) for k, v in xattrs.items())
+
+
 def _in_group(ctx: RequestContext, gid: int) -> bool:
     return gid == ctx.gid or gid in ctx.groups
 
@@ -267,7 +284,19 @@ class MemFS(ReplayRecovery, Operations):
     entry; ``negative_timeout > 0`` makes failed lookups cacheable.
     ``max_bytes``/``max_inodes`` bound the data and inode count (ENOSPC);
     they default to half the physical memory and one inode per 1 KiB of it.
+    Extended attributes (name and value bytes) count against ``max_bytes``.
+
+    Permissions: memfs checks every request itself with the POSIX rules
+    (owner, group including the caller's supplementary groups, other; search
+    permission on the directory a name is looked up in; write and search
+    permission to add or remove names; sticky directories; read/write for
+    opens, truncates and ``user.*`` xattrs; root may do anything but execute
+    a file with no x bit), so ``access()`` agrees with what the operations do
+    and ``allow_other`` is safe without ``default_permissions``
+    (``checks_permissions``).  POSIX ACLs are not supported.
     """
+
+    checks_permissions = True
 
     def __init__(self, *, entry_timeout: float = 1.0, attr_timeout: float = 1.0,
                  negative_timeout: float = 0.0, max_bytes: int | None = None,
@@ -292,7 +321,7 @@ class MemFS(ReplayRecovery, Operations):
         self._nopen: dict[int, int] = {}            # inode -> open handles
         self._next_ino = _ROOT + 1
         self._next_fh = 1
-        self._used = 0                              # bytes held in chunks
+        self._used = 0                              # bytes held in chunks and xattrs
         self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
         self._iflags: dict[int, int] = {}           # inode -> chattr flags (when not 0)
         self.locks = LockTable()                    # POSIX and flock locks, with waiters
@@ -401,6 +430,8 @@ class MemFS(ReplayRecovery, Operations):
         del self._inodes[node.ino]
         if node.chunks:
             self._used -= sum(len(c) for c in node.chunks.values())
+        if node.xattrs:
+            self._used -= _xattr_bytes(node.xattrs)
         self._linkable.discard(node.ino)
         self._iflags.pop(node.ino, None)
         self.locks.forget(node.ino)
@@ -533,6 +564,8 @@ class MemFS(ReplayRecovery, Operations):
             # was valid when it was made, so it needs no checks now.)
             parent = self._inodes.get(parent_inode)
             if parent is not None and isinstance(parent.data, _Dir):
+                if ctx.uid and parent.mode & 0o111 != 0o111:
+                    self._need(parent, os.X_OK, ctx)     # search permission
                 ent = parent.data.entries.get(name)
                 if ent is not None:
                     node = self._inodes[ent & _INO_MASK]
@@ -616,6 +649,8 @@ class MemFS(ReplayRecovery, Operations):
                     raise _err(errno.EINVAL)
                 if attr.st_size > OFFSET_MAX:
                     raise _err(errno.EFBIG)
+                if fh is None:
+                    self._need(node, os.W_OK, ctx)       # truncate(2) by name
             now = _now()
             changed = False
             if fields.update_uid or fields.update_gid:
@@ -689,15 +724,36 @@ class MemFS(ReplayRecovery, Operations):
             bits = node.mode & 7
         return want & ~bits == 0
 
+    def _need(self, node: _Inode, want: int, ctx: RequestContext) -> None:
+        """EACCES unless the caller has ``want`` (R_OK/W_OK/X_OK bits) on ``node``."""
+        if ctx.uid != 0 and not self._may(node, want, ctx):
+            raise _err(errno.EACCES)
+
+    @staticmethod
+    def _sticky(parent: _Inode, node: _Inode, ctx: RequestContext) -> None:
+        """EPERM if a sticky ``parent`` keeps the caller from removing ``node``'s name."""
+        if parent.mode & stat.S_ISVTX and ctx.uid not in (0, node.uid, parent.uid):
+            raise _err(errno.EPERM)
+
+    def _need_open(self, node: _Inode, flags: int, ctx: RequestContext) -> None:
+        acc = flags & os.O_ACCMODE
+        want = os.R_OK if acc == os.O_RDONLY else os.W_OK if acc == os.O_WRONLY \
+            else os.R_OK | os.W_OK
+        if flags & os.O_TRUNC:
+            want |= os.W_OK
+        self._need(node, want, ctx)
+
     # -- creating and removing names ---------------------------------------------
 
     def _create_node(self, parent_inode: int, name: bytes, mode: int,
                      ctx: RequestContext) -> tuple[_Inode, _Inode, _Dir]:
         _check_new_name(name)
         parent, d = self._live_dir(parent_inode)
+        self._need(parent, os.X_OK, ctx)
         if name in d.entries:
             raise _err(errno.EEXIST)
         self._immutable(parent, append_ok=True)
+        self._need(parent, os.W_OK, ctx)
         node = self._new_inode(parent, mode, ctx)
         return node, parent, d
 
@@ -750,10 +806,14 @@ class MemFS(ReplayRecovery, Operations):
                 raise _err(errno.EPERM)
             _check_new_name(new_name)
             parent, d = self._live_dir(new_parent_inode)
+            self._need(parent, os.X_OK, ctx)
             if new_name in d.entries:
                 raise _err(errno.EEXIST)
             self._immutable(node)
             self._immutable(parent, append_ok=True)
+            self._need(parent, os.W_OK, ctx)
+            if ctx.uid not in (0, node.uid) and not self._safe_hardlink(node, ctx):
+                raise _err(errno.EPERM)     # fs.protected_hardlinks, as the VFS applies it
             if node.nlink == 0:
                 if node.ino not in self._linkable:
                     raise _err(errno.ENOENT)
@@ -762,6 +822,16 @@ class MemFS(ReplayRecovery, Operations):
             node.ctime = _now()
             self._link_into(parent, d, new_name, node)
             return self._entry(node)
+
+    def _safe_hardlink(self, node: _Inode, ctx: RequestContext) -> bool:
+        """May a non-owner link ``node`` (the kernel's protected_hardlinks rule)?"""
+        if not _PROTECTED_HARDLINKS:
+            return True
+        mode = node.mode
+        if not stat.S_ISREG(mode) or mode & stat.S_ISUID \
+                or (mode & (stat.S_ISGID | stat.S_IXGRP)) == (stat.S_ISGID | stat.S_IXGRP):
+            return False
+        return self._may(node, os.R_OK | os.W_OK, ctx)
 
     def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """Remove a non-directory name."""
@@ -778,6 +848,8 @@ class MemFS(ReplayRecovery, Operations):
             self._immutable(node)
             if node.dir is not None:
                 raise _err(errno.EISDIR)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
+            self._sticky(parent, node, ctx)
             d.remove(name)
             node.nlink -= 1
             parent.mtime = parent.ctime = node.ctime = _now()
@@ -800,6 +872,8 @@ class MemFS(ReplayRecovery, Operations):
             self._immutable(node)
             if node.dir is None:
                 raise _err(errno.ENOTDIR)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
+            self._sticky(parent, node, ctx)
             if len(node.dir):
                 raise _err(errno.ENOTEMPTY)
             d.remove(name)
@@ -820,6 +894,21 @@ class MemFS(ReplayRecovery, Operations):
                 return False
             ino = d.parent
 
+    def _may_rename(self, op: _Inode, src: _Inode, np_: _Inode, dst: _Inode | None,
+                    exchange: bool, ctx: RequestContext) -> None:
+        """The permission part of rename (as the VFS checks it)."""
+        self._need(op, os.W_OK | os.X_OK, ctx)
+        self._need(np_, os.W_OK | os.X_OK, ctx)
+        self._sticky(op, src, ctx)
+        if dst is not None:
+            self._sticky(np_, dst, ctx)
+        if op is not np_:
+            # a directory that moves gets a new "..": write permission on it
+            if src.dir is not None:
+                self._need(src, os.W_OK, ctx)
+            if exchange and dst is not None and dst.dir is not None:
+                self._need(dst, os.W_OK, ctx)
+
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
         """rename/renameat2 with RENAME_NOREPLACE, RENAME_EXCHANGE and RENAME_WHITEOUT."""
@@ -839,6 +928,8 @@ class MemFS(ReplayRecovery, Operations):
                 raise _err(errno.ENOENT)
             src = self._inodes[src_ino]
             dst_ino = nd.get(name_new)
+            self._may_rename(op, src, np_, None if dst_ino is None else self._inodes[dst_ino],
+                             bool(flags & RENAME_EXCHANGE), ctx)
             now = _now()
             if self._iflags and dst_ino != src_ino:
                 self._immutable(op)
@@ -937,6 +1028,7 @@ class MemFS(ReplayRecovery, Operations):
             if node.dir is not None:
                 raise _err(errno.EISDIR)
             self._open_check(node, flags)
+            self._need_open(node, flags, ctx)
             self._truncate_on_open(node, flags)
             return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
 
@@ -946,6 +1038,7 @@ class MemFS(ReplayRecovery, Operations):
         with self._lock:
             _check_new_name(name)
             parent, d = self._live_dir(parent_inode)
+            self._need(parent, os.X_OK, ctx)
             ino = d.get(name)
             if ino is not None:
                 if flags & os.O_EXCL:
@@ -954,9 +1047,11 @@ class MemFS(ReplayRecovery, Operations):
                 if node.dir is not None:
                     raise _err(errno.EISDIR)
                 self._open_check(node, flags)
+                self._need_open(node, flags, ctx)
                 self._truncate_on_open(node, flags)
             else:
                 self._immutable(parent, append_ok=True)
+                self._need(parent, os.W_OK, ctx)
                 node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
                 self._link_into(parent, d, name, node)
             fh = self._open_handle(node, flags, False)
@@ -968,6 +1063,7 @@ class MemFS(ReplayRecovery, Operations):
         with self._lock:
             parent, _ = self._live_dir(parent_inode)
             self._immutable(parent, append_ok=True)
+            self._need(parent, os.W_OK | os.X_OK, ctx)
             node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
             node.nlink = 0
             if not flags & os.O_EXCL:
@@ -1166,6 +1262,7 @@ class MemFS(ReplayRecovery, Operations):
         """Open a directory for listing."""
         with self._lock:
             node, _ = self._dirnode(inode)
+            self._need(node, os.R_OK, ctx)
             return self._open_handle(node, os.O_RDONLY, True)
 
     def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
@@ -1257,8 +1354,8 @@ class MemFS(ReplayRecovery, Operations):
 
     # -- extended attributes ------------------------------------------------------
 
-    @staticmethod
-    def _check_xattr(node: _Inode, name: bytes, ctx: RequestContext, write: bool) -> None:
+    def _check_xattr(self, node: _Inode, name: bytes, ctx: RequestContext,
+                     write: bool) -> None:
         if not name or len(name) > XATTR_NAME_MAX:
             raise _err(errno.ERANGE)
         if name.startswith(b"system."):
@@ -1269,10 +1366,16 @@ class MemFS(ReplayRecovery, Operations):
         if not name.startswith(_XATTR_PREFIXES):
             raise _err(errno.EOPNOTSUPP)
         if name.startswith(b"trusted.") and ctx.uid != 0:
-            raise _err(errno.EPERM)
-        if name.startswith(b"user.") and not (stat.S_ISREG(node.mode)
-                                              or stat.S_ISDIR(node.mode)):
             raise _err(errno.EPERM if write else errno.ENODATA)
+        if name.startswith(b"security.") and write and ctx.uid != 0:
+            raise _err(errno.EPERM)       # e.g. security.capability needs CAP_SETFCAP
+        if name.startswith(b"user."):
+            if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
+                raise _err(errno.EPERM if write else errno.ENODATA)
+            if stat.S_ISDIR(node.mode) and node.mode & stat.S_ISVTX and write \
+                    and ctx.uid not in (0, node.uid):
+                raise _err(errno.EPERM)
+            self._need(node, os.W_OK if write else os.R_OK, ctx)
 
     def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
                  ctx: RequestContext) -> None:
@@ -1290,9 +1393,14 @@ class MemFS(ReplayRecovery, Operations):
                 raise _err(errno.EEXIST)
             if flags & XATTR_REPLACE and not present:
                 raise _err(errno.ENODATA)
+            old = len(name) + len(node.xattrs[name]) if node.xattrs and present else 0
+            growth = len(name) + len(value) - old
+            if growth > 0 and self._used + growth > self.max_bytes:
+                raise _err(errno.ENOSPC)
             if node.xattrs is None:
                 node.xattrs = {}
             node.xattrs[bytes(name)] = bytes(value)
+            self._used += growth
             node.ctime = _now()
 
     def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
@@ -1321,7 +1429,7 @@ class MemFS(ReplayRecovery, Operations):
             self._immutable(node)
             if node.xattrs is None or name not in node.xattrs:
                 raise _err(errno.ENODATA)
-            del node.xattrs[name]
+            self._used -= len(name) + len(node.xattrs.pop(name))
             if not node.xattrs:
                 node.xattrs = None
             node.ctime = _now()
@@ -1416,6 +1524,8 @@ class MemFS(ReplayRecovery, Operations):
             n.nlink, n.size = nlink, size
             n.atime, n.mtime, n.ctime, n.btime = atime, mtime, ctime, btime
             n.nlookup, n.xattrs = nlookup, xattrs
+            if xattrs:
+                used += _xattr_bytes(xattrs)
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 n.data = rdev
             elif target is not None:

@@ -15,11 +15,19 @@ process computes the same ids); other objects (submounts, inode number 1 or
 >= 2**63) get ids allocated from 2**63 up.  A node's descriptor is closed
 when FORGET brings its lookup count to zero.
 
-Ownership: when running as root, created objects are chowned to the caller
-(``ctx.uid``/``ctx.gid``, or the parent's group in a setgid directory).
-Permission checks are left to the kernel (mount with ``default_permissions``),
-except :meth:`Passthrough.access`, which checks the caller's ids against the
-mode bits (ACLs are not evaluated).
+Acting as the caller: when the server runs as root, every operation that
+looks up, creates, opens, changes or removes something in the source runs
+with the caller's fsuid, fsgid and supplementary groups and without
+capabilities (see :mod:`fusewire.examples.caller`; per thread, so correct
+with ``--workers``).  The source filesystem itself checks permissions, sets
+ownership, applies set-group-ID inheritance and default ACLs: through the
+mount nobody can do more than they could on the source directly, so the
+filesystem declares ``checks_permissions`` and ``allow_other`` needs no
+``default_permissions``.  Creation happens with a umask of 0 in the serving
+thread (the kernel already applied the caller's), so nothing is chowned or
+chmodded after the fact.  Without root the server can only act as itself:
+then ``checks_permissions`` is false and :meth:`Passthrough.access` compares
+the caller's ids with the mode bits.
 
 Locks are the kernel's.  Passthrough implements neither ``getlk``/``setlk``
 nor ``flock``, so FUSE_POSIX_LOCKS and FUSE_FLOCK_LOCKS are not negotiated
@@ -60,6 +68,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from fusewire.examples.caller import CallerIdentity
 from fusewire.operations import Operations
 from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
@@ -154,6 +163,25 @@ def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _as_caller(fn: Callable[..., _R]) -> Callable[..., _R]:
+    """Run the handler with the identity of its ``ctx`` (its last argument)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Passthrough, *args: object, **kwargs: object) -> _R:
+        ctx = kwargs["ctx"] if "ctx" in kwargs else args[-1]
+        if not isinstance(ctx, RequestContext):
+            raise TypeError(f"{fn.__name__}: the last argument must be a RequestContext")
+        identity = self._identity
+        switched = identity.enter(ctx)
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            if switched:
+                identity.leave()
+
+    return wrapper
+
+
 def _proc(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -214,7 +242,9 @@ class Passthrough(HandleRecovery, Operations):
         self.attr_timeout = attr_timeout
         self.kernel_passthrough = kernel_passthrough
         self.enable_passthrough = kernel_passthrough
-        self._as_root = os.geteuid() == 0
+        self._identity = CallerIdentity()
+        #: the source filesystem checks every request as its caller (root only)
+        self.checks_permissions = self._identity.enabled
         self._lock = threading.Lock()
         fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(fd)
@@ -304,6 +334,7 @@ class Passthrough(HandleRecovery, Operations):
     # -- names and attributes ----------------------------------------------------
 
     @_errmap
+    @_as_caller
     def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         """Open ``name`` under the parent's descriptor (no symlink following)."""
         node, st = self._lookup(self._node(parent_inode), name, 1)
@@ -339,6 +370,7 @@ class Passthrough(HandleRecovery, Operations):
         return attr
 
     @_errmap
+    @_as_caller
     def setattr(self, inode: int, attr: EntryAttributes, fields: SetattrFields,
                 fh: int | None, ctx: RequestContext) -> EntryAttributes:
         """chmod, chown, truncate and utimes on the source object."""
@@ -352,10 +384,7 @@ class Passthrough(HandleRecovery, Operations):
         if fields.update_mode:
             if node.kind == stat.S_IFLNK:
                 raise FUSEError(errno.EOPNOTSUPP)
-            if fh is not None:
-                os.fchmod(fh, attr.st_mode & 0o7777)
-            else:
-                os.chmod(path, attr.st_mode & 0o7777)
+            self._chmod(node, fh, attr.st_mode & 0o7777)
         if fields.update_size:
             if node.kind == stat.S_IFDIR:
                 raise FUSEError(errno.EISDIR)
@@ -385,14 +414,35 @@ class Passthrough(HandleRecovery, Operations):
             _c(_utimensat(node.fd, b"", times, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
         return self._attr(inode, os.fstat(node.fd))
 
-    @staticmethod
-    def _kill_suidgid(node: _Node) -> None:
+    def _chmod(self, node: _Node, fh: int | None, mode: int) -> None:
+        """chmod as the caller; dropping only set-ID bits is done in any case.
+
+        The kernel clears set-user-ID (and group-executable set-group-ID) bits
+        before a write or truncate by someone who may write the file but does
+        not own it; it sends that as a SETATTR of the mode, which the caller
+        could not do on the source.  Removing privilege is always allowed.
+        """
+        try:
+            if fh is not None:
+                os.fchmod(fh, mode)
+            else:
+                os.chmod(_proc(node.fd), mode)
+        except PermissionError:
+            old = os.fstat(node.fd).st_mode & 0o7777
+            setid = stat.S_ISUID | stat.S_ISGID
+            if mode == old or mode & ~old or (mode | setid) != (old | setid) \
+                    or not os.access(_proc(node.fd), os.W_OK, effective_ids=True):
+                raise
+            with self._identity.as_server():
+                os.chmod(_proc(node.fd), mode)
+
+    def _kill_suidgid(self, node: _Node) -> None:
         mode = os.fstat(node.fd).st_mode
         new = mode & ~stat.S_ISUID
         if mode & stat.S_IXGRP:
             new &= ~stat.S_ISGID
         if new != mode:
-            os.chmod(_proc(node.fd), new & 0o7777)
+            self._chmod(node, None, new & 0o7777)
 
     @_errmap
     def readlink(self, inode: int, ctx: RequestContext) -> bytes:
@@ -401,10 +451,15 @@ class Passthrough(HandleRecovery, Operations):
 
     @_errmap
     def access(self, inode: int, mode: int, ctx: RequestContext) -> bool:
-        """Check the caller's ids against the mode bits (and read-only mounts)."""
+        """faccessat(AT_EACCESS) as the caller; without root, the mode bits by hand."""
         node = self._node(inode)
-        st = os.fstat(node.fd)
         want = mode & 7
+        if self._identity.enabled:
+            if node.kind == stat.S_IFLNK:
+                return True
+            with self._identity.acting_as(ctx):
+                return os.access(_proc(node.fd), want, effective_ids=True)
+        st = os.fstat(node.fd)
         if want & os.W_OK and node.kind != stat.S_IFLNK \
                 and not os.access(_proc(node.fd), os.W_OK):
             return False
@@ -421,61 +476,50 @@ class Passthrough(HandleRecovery, Operations):
 
     # -- creating and removing names ---------------------------------------------
 
-    def _adopt_new(self, parent: _Node, node: _Node, mode: int, ctx: RequestContext) -> None:
-        """Give a new object the caller's ownership and exactly ``mode``'s bits.
+    def _created(self, parent: _Node, name: bytes) -> EntryAttributes:
+        """Look up a just-created ``name`` and count one lookup (nothing is changed).
 
-        Our own umask (and, for root, chown clearing set-id bits) may have
-        changed the permission bits; the kernel already applied the caller's.
+        The object was created as the caller with a umask of 0, so owner,
+        group and mode are already right; if someone swapped another object
+        onto the name meanwhile, this reports that one, as a LOOKUP would.
         """
-        want = mode & 0o7777
-        if node.kind == stat.S_IFDIR and os.fstat(parent.fd).st_mode & stat.S_ISGID:
-            want |= stat.S_ISGID
-        if self._as_root:
-            pst = os.fstat(parent.fd)
-            gid = pst.st_gid if pst.st_mode & stat.S_ISGID else ctx.gid
-            _c(_fchownat(node.fd, b"", ctx.uid, gid, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW))
-        if node.kind != stat.S_IFLNK and os.fstat(node.fd).st_mode & 0o7777 != want:
-            os.chmod(_proc(node.fd), want)
-
-    def _created(self, parent: _Node, name: bytes, mode: int,
-                 ctx: RequestContext) -> EntryAttributes:
-        """Look up a just-created ``name``, fix owner/mode, count one lookup."""
-        node, _ = self._lookup(parent, name, 1)
-        try:
-            self._adopt_new(parent, node, mode, ctx)
-        except OSError:
-            self._unref(node, 1)
-            raise
-        return self._attr(node.nodeid, os.fstat(node.fd))
+        node, st = self._lookup(parent, name, 1)
+        return self._attr(node.nodeid, st)
 
     @_errmap
+    @_as_caller
     def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
               ctx: RequestContext) -> EntryAttributes:
         """mknodat relative to the parent."""
         parent = self._node(parent_inode)
         _check_name(name)
-        os.mknod(name, mode, rdev, dir_fd=parent.fd)
-        return self._created(parent, name, mode, ctx)
+        with self._identity.no_umask():
+            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return self._created(parent, name)
 
     @_errmap
+    @_as_caller
     def mkdir(self, parent_inode: int, name: bytes, mode: int,
               ctx: RequestContext) -> EntryAttributes:
         """mkdirat relative to the parent."""
         parent = self._node(parent_inode)
         _check_name(name)
-        os.mkdir(name, mode & 0o7777, dir_fd=parent.fd)
-        return self._created(parent, name, mode, ctx)
+        with self._identity.no_umask():
+            os.mkdir(name, mode & 0o7777, dir_fd=parent.fd)
+        return self._created(parent, name)
 
     @_errmap
+    @_as_caller
     def symlink(self, parent_inode: int, name: bytes, target: bytes,
                 ctx: RequestContext) -> EntryAttributes:
         """symlinkat relative to the parent (the target is stored, never followed)."""
         parent = self._node(parent_inode)
         _check_name(name)
         os.symlink(target, name, dir_fd=parent.fd)
-        return self._created(parent, name, 0o777, ctx)
+        return self._created(parent, name)
 
     @_errmap
+    @_as_caller
     def link(self, inode: int, new_parent_inode: int, new_name: bytes,
              ctx: RequestContext) -> EntryAttributes:
         """linkat of the node's own descriptor (AT_EMPTY_PATH, else via /proc)."""
@@ -493,18 +537,21 @@ class Passthrough(HandleRecovery, Operations):
         return self._attr(new.nodeid, st)
 
     @_errmap
+    @_as_caller
     def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """unlinkat relative to the parent."""
         _check_name(name)
         os.unlink(name, dir_fd=self._node(parent_inode).fd)
 
     @_errmap
+    @_as_caller
     def rmdir(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
         """unlinkat(AT_REMOVEDIR) relative to the parent."""
         _check_name(name)
         os.rmdir(name, dir_fd=self._node(parent_inode).fd)
 
     @_errmap
+    @_as_caller
     def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                name_new: bytes, flags: int, ctx: RequestContext) -> None:
         """renameat2 with the kernel's flags."""
@@ -531,7 +578,8 @@ class Passthrough(HandleRecovery, Operations):
                     self._backing_refs[backing_id] += 1
             if backing_id is None:
                 try:
-                    backing_id = self.notifier.backing_open(fd)
+                    with self._identity.as_server():     # the ioctl needs CAP_SYS_ADMIN
+                        backing_id = self.notifier.backing_open(fd)
                 except (OSError, FUSEError):
                     return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
                 with self._lock:
@@ -542,6 +590,7 @@ class Passthrough(HandleRecovery, Operations):
         return FileInfo(fh=fd)
 
     @_errmap
+    @_as_caller
     def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
         """Reopen the node's inode through /proc/self/fd with the caller's flags."""
         node = self._node(inode)
@@ -555,6 +604,7 @@ class Passthrough(HandleRecovery, Operations):
         return self._file_info(fd, inode)
 
     @_errmap
+    @_as_caller
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         """openat(O_CREAT | O_NOFOLLOW) relative to the parent."""
@@ -563,20 +613,29 @@ class Passthrough(HandleRecovery, Operations):
         base = (flags & ~_OPEN_STRIP) | os.O_NOFOLLOW | os.O_CLOEXEC
         created = True
         try:
-            fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=parent.fd)
+            with self._identity.no_umask() as exact:
+                fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o7777,
+                             dir_fd=parent.fd)
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
             fd = os.open(name, base, dir_fd=parent.fd)
             created = False
         try:
-            return self._finish_create(parent, fd, mode, created, ctx)
+            return self._finish_create(fd, mode, created and not exact)
         except BaseException:
             os.close(fd)
             raise
 
-    def _finish_create(self, parent: _Node, fd: int, mode: int, created: bool,
-                       ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+    def _finish_create(self, fd: int, mode: int,
+                       fix_mode: bool) -> tuple[FileInfo, EntryAttributes]:
+        """Register the created file; ``fix_mode``: fchmod what the umask removed.
+
+        The only adjustment is made on ``fd``, the descriptor of the object
+        this request created, never by name.
+        """
+        if fix_mode and os.fstat(fd).st_mode & 0o777 != mode & 0o777:
+            os.fchmod(fd, mode & 0o7777)
         pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
         try:
             st = os.fstat(pfd)
@@ -585,8 +644,6 @@ class Passthrough(HandleRecovery, Operations):
             raise
         node = self._register(pfd, st, 1)
         try:
-            if created:
-                self._adopt_new(parent, node, mode, ctx)
             attr = self._attr(node.nodeid, os.fstat(node.fd))
         except OSError:
             self._unref(node, 1)
@@ -594,15 +651,17 @@ class Passthrough(HandleRecovery, Operations):
         return self._file_info(fd, node.nodeid), attr
 
     @_errmap
+    @_as_caller
     def tmpfile(self, parent_inode: int, mode: int, flags: int,
                 ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         """openat(".", O_TMPFILE) in the parent directory."""
         parent = self._node(parent_inode)
         oflags = os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_EXCL | os.O_APPEND)) \
             | os.O_CLOEXEC
-        fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
+        with self._identity.no_umask() as exact:
+            fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
         try:
-            return self._finish_create(parent, fd, mode, True, ctx)
+            return self._finish_create(fd, mode, not exact)
         except BaseException:
             os.close(fd)
             raise
@@ -693,11 +752,12 @@ class Passthrough(HandleRecovery, Operations):
     # -- directories -----------------------------------------------------------
 
     @_errmap
+    @_as_caller
     def opendir(self, inode: int, ctx: RequestContext) -> int:
         """Open the directory for reading; the descriptor number is the handle."""
         node = self._node(inode)
-        fd = self._place(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                                 dir_fd=node.fd))
+        # through /proc: read permission on the directory itself, as opendir(3)
+        fd = self._place(os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         with self._lock:
             self._dirs[fd] = _DirHandle(fd, inode)
         return fd
@@ -785,22 +845,26 @@ class Passthrough(HandleRecovery, Operations):
     # /proc/self/fd/N resolves to the node's own inode (for a symlink, the link).
 
     @_errmap
+    @_as_caller
     def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
                  ctx: RequestContext) -> None:
         """setxattr on the node's inode."""
         os.setxattr(_proc(self._node(inode).fd), name, value, flags)
 
     @_errmap
+    @_as_caller
     def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
         """getxattr on the node's inode."""
         return os.getxattr(_proc(self._node(inode).fd), name)
 
     @_errmap
+    @_as_caller
     def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
         """listxattr on the node's inode."""
         return [os.fsencode(n) for n in os.listxattr(_proc(self._node(inode).fd))]
 
     @_errmap
+    @_as_caller
     def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
         """removexattr on the node's inode."""
         os.removexattr(_proc(self._node(inode).fd), name)

@@ -195,9 +195,14 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
         from fusewire.recovery.keeper import main as keeper_main
 
         return keeper_main(cmd[3:])
-    os.makedirs(wire.run_dir(), mode=0o700, exist_ok=True)
-    logpath = path[:-5] + ".log"
-    with open(logpath, "ab") as logf:
+    try:
+        wire.ensure_run_dir(os.path.dirname(path))
+        logpath = path[:-5] + ".log"       # 0600, never through a link; the keeper
+        logfd = wire.open_private(logpath)  # removes it when the mount ends
+    except OSError as exc:
+        sys.stderr.write(f"fusewire: {exc}\n")
+        return 1
+    with os.fdopen(logfd, "ab") as logf:
         logstart = logf.tell()
         keeper = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                   start_new_session=True, close_fds=True)

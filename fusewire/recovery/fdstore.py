@@ -145,7 +145,10 @@ def run_fdstore(fs: str, source: str | None, mountpoint: str, options: list[str]
             log.warning("no $NOTIFY_SOCKET: nothing will hold the mount if this process dies")
         opts = _mount.parse_options(options, fsname=f"fusewire-{fs}",
                                     subtype=fs if ":" not in fs else None)
-        fuse_fd = _mount.mount(mountpoint, opts)
+        from fusewire.recovery.keeper import _checks_permissions
+
+        fuse_fd = _mount.mount(mountpoint, opts,
+                               checks_permissions=_checks_permissions(fs, source, options))
         journal_fd = jn.new_memfd()
         generation = 0
         # both must be in the store before the INIT reply reveals anything

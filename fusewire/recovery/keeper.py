@@ -116,9 +116,7 @@ class Keeper:
     # -- setup ----------------------------------------------------------------------
 
     def setup(self) -> None:
-        rd = os.path.dirname(self.path)
-        os.makedirs(rd, mode=0o700, exist_ok=True)
-        os.chmod(rd, 0o700)
+        wire.ensure_run_dir(os.path.dirname(self.path))
         try:
             probe = wire.connect(self.path, 1.0)
         except OSError:
@@ -132,7 +130,9 @@ class Keeper:
             pass
         opts = _mount.parse_options(self.options, fsname=f"fusewire-{self.fs}",
                                     subtype=self.fs if ":" not in self.fs else None)
-        self.fuse_fd = _mount.mount(self.mountpoint, opts)
+        self.fuse_fd = _mount.mount(self.mountpoint, opts,
+                                    checks_permissions=_checks_permissions(
+                                        self.fs, self.source, self.options))
         self.journal_fd = jn.new_memfd()
         self.follower = jn.JournalFollower(self.journal_fd)
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -601,13 +601,25 @@ class Keeper:
             self.spare_proc.terminate()
         for c in list(self.clients.values()):
             c.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for done in (self.path, *((self.path[:-5] + ".log",) if self.unmounted else ())):
+            try:
+                os.unlink(done)     # the log only once the mount has ended
+            except OSError:
+                pass
         for fd in (self.fuse_fd, self.journal_fd):
             if fd >= 0:
                 os.close(fd)
+
+
+def _checks_permissions(fs: str, source: str | None, options: list[str]) -> bool:
+    """Whether the filesystem ``fs`` checks permissions itself (for the allow_other policy)."""
+    from fusewire.recovery.takeover import _build_ops
+
+    ops, _ = _build_ops({"fs": fs, "source": source, "options": options})
+    try:
+        return bool(ops.checks_permissions)
+    finally:
+        ops.destroy()
 
 
 def add_fs_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

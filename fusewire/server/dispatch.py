@@ -815,9 +815,9 @@ class Dispatcher:
 
     def _ctx(self, req: Request, umask: int = 0) -> RequestContext:
         ext = req.ext
-        return self._context(req.uid, req.gid, req.pid, umask, req.unique,
-                             ext.groups if ext is not None else (), req.unique > _RESEND_MASK,
-                             self._interrupted)
+        return self._context(req.uid, req.gid, req.pid, umask, req.unique, None,
+                             req.unique > _RESEND_MASK, self._interrupted,
+                             ext.groups if ext is not None else ())
 
     def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):

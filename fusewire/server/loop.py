@@ -165,7 +165,8 @@ class Server:
     def mount(self) -> int:
         """Mount (unless an fd was given) and return the /dev/fuse fd."""
         if self.fd is None:
-            self.fd = _mount.mount(self.mountpoint, self.options)
+            self.fd = _mount.mount(self.mountpoint, self.options,
+                                   checks_permissions=self.ops.checks_permissions)
         os.set_blocking(self.fd, False)
         if self.conn.session is not None:
             self.ready.set()

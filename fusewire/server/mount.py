@@ -55,6 +55,7 @@ __all__ = [
     "FUSECTL_DIR",
     "FUSE_DEV_IOC_CLONE",
     "FUSE_DEV_IOC_SYNC_INIT",
+    "INSECURE_ALLOW_OTHER",
     "MNT_DETACH",
     "MS_DIRSYNC",
     "MS_NOATIME",
@@ -67,7 +68,9 @@ __all__ = [
     "MS_STRICTATIME",
     "MS_SYNCHRONOUS",
     "MountOptions",
+    "UnsafeMountError",
     "abort_connection",
+    "allow_other_problem",
     "clone_fd",
     "dev_fuse_problem",
     "connection_id",
@@ -147,8 +150,21 @@ _KERNEL_FLAG_OPTIONS = frozenset({"allow_other", "default_permissions"})
 _KERNEL_INT_OPTIONS = frozenset({"max_read", "blksize"})
 _KERNEL_STR_OPTIONS = frozenset({"context", "fscontext", "defcontext", "rootcontext"})
 _RESERVED_OPTIONS = frozenset({"fd", "rootmode", "user_id", "group_id"})
-_NO_VALUE_OPTIONS = frozenset(_FLAG_OPTIONS) | _KERNEL_FLAG_OPTIONS | {"auto_unmount", "allow_root"}
+#: The explicit opt-out of the allow_other policy (see :func:`allow_other_problem`).
+INSECURE_ALLOW_OTHER = "insecure_allow_other"
+_NO_VALUE_OPTIONS = frozenset(_FLAG_OPTIONS) | _KERNEL_FLAG_OPTIONS | {
+    "auto_unmount", "allow_root", INSECURE_ALLOW_OTHER}
 _STR_VALUE_OPTIONS = frozenset({"fsname", "subtype"}) | _KERNEL_STR_OPTIONS
+
+
+class UnsafeMountError(OSError):
+    """A mount refused by fusewire's safety policy (errno EPERM); ``str()`` is one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPERM, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @dataclass(frozen=True)
@@ -235,18 +251,26 @@ def parse_options(
     value.  Later options override earlier ones; ``fsname=``/``subtype=`` in
     ``opts`` override the keyword arguments.
 
-    Flags start as ``nosuid,nodev`` when the caller is not root (fusermount3
-    enforces those for users anyway) and as nothing for root.  ``noatime``,
+    Flags start as ``nosuid,nodev`` for every caller, root included (as
+    libfuse does): a set-user-ID file or a device node seen through a FUSE
+    mount is whatever the server says it is, so honouring them would let the
+    server (or, through a passthrough of a writable tree, any user) run code
+    as root or reach devices.  ``-o suid`` / ``-o dev`` lift them, for root
+    only.  ``noatime``,
     ``relatime`` and ``strictatime`` exclude each other.  ``allow_root`` puts
     ``allow_other`` into the kernel options and keeps ``allow_root`` in
     ``extra`` so the server can refuse everybody but the owner and root.
 
+    ``insecure_allow_other`` lands in ``extra``: the explicit opt-out of the
+    policy of :func:`allow_other_problem`.
+
     Raises:
         ValueError: a reserved option (fd, rootmode, user_id, group_id), a
             value where none is allowed or a missing/invalid one, a NUL byte,
-            ``allow_other`` together with ``allow_root``, or a non ``-o`` switch.
+            ``allow_other`` together with ``allow_root``, ``suid`` or ``dev``
+            asked for by a caller who is not root, or a non ``-o`` switch.
     """
-    flags = 0 if os.geteuid() == 0 else MS_NOSUID | MS_NODEV
+    flags = MS_NOSUID | MS_NODEV
     kernel: dict[str, str] = {}
     extra: dict[str, str] = {}
     auto_unmount = False
@@ -264,6 +288,9 @@ def parse_options(
             if not value and name in _STR_VALUE_OPTIONS:
                 raise ValueError(f"mount option {name!r} needs a value")
             if name in _FLAG_OPTIONS:
+                if name in ("suid", "dev") and os.geteuid() != 0:
+                    raise ValueError(f"mount option {name!r} needs root (a user's mount is "
+                                     "always nosuid,nodev)")
                 clear, set_ = _FLAG_OPTIONS[name]
                 flags = (flags & ~clear) | set_
             elif name in _RESERVED_OPTIONS:
@@ -303,6 +330,29 @@ def parse_options(
         auto_unmount=auto_unmount,
         extra=extra,
     )
+
+
+def allow_other_problem(options: MountOptions, checks_permissions: bool) -> str | None:
+    """Why this mount would be unsafe (one line), or None if it is allowed.
+
+    ``allow_other`` lets every local user reach the filesystem.  Without
+    ``default_permissions`` the kernel then checks no mode bits at all: each
+    user gets whatever the *server* may do (for a server running as root,
+    everything).  That is refused unless the filesystem checks permissions
+    itself (``Operations.checks_permissions``) or the caller says
+    ``-o insecure_allow_other``.  ``allow_root`` (only the owner and root may
+    enter) is not affected.
+    """
+    if "allow_other" not in options.kernel or "allow_root" in options.extra:
+        return None
+    if "default_permissions" in options.kernel or checks_permissions:
+        return None
+    if INSECURE_ALLOW_OTHER in options.extra:
+        return None
+    return ("allow_other without default_permissions would let every local user do "
+            "whatever this server may do (this filesystem does not check permissions "
+            "itself): add -o default_permissions, or -o insecure_allow_other if that is "
+            "really what you want")
 
 
 def known_options() -> tuple[str, ...]:
@@ -538,8 +588,13 @@ def _open_dev_fuse() -> int:
     return os.open(_DEV_FUSE, os.O_RDWR | os.O_CLOEXEC)
 
 
-def mount(mountpoint: str, options: MountOptions) -> int:
+def mount(mountpoint: str, options: MountOptions, *, checks_permissions: bool = False) -> int:
     """Mount a FUSE filesystem at ``mountpoint``; return its ``/dev/fuse`` fd.
+
+    ``checks_permissions``: the filesystem that will serve the mount checks
+    the caller's permissions itself (``Operations.checks_permissions``); only
+    then may ``allow_other`` go without ``default_permissions`` (see
+    :func:`allow_other_problem`).
 
     The fd is ``O_RDWR | O_CLOEXEC`` and belongs to the caller; the kernel has
     queued FUSE_INIT on it (unique 2).  As root without ``auto_unmount`` this
@@ -551,11 +606,15 @@ def mount(mountpoint: str, options: MountOptions) -> int:
     ``auto_unmount`` see the module docs and :func:`release`.
 
     Raises:
+        UnsafeMountError: refused by :func:`allow_other_problem` (nothing mounted).
         OSError: with the failing errno (ENOENT for a missing mountpoint,
             EPERM/EACCES for refusals, EINVAL for bad options ...); for
             fusermount3 failures the message includes its stderr.
         FileNotFoundError: fusermount3 is needed but not installed.
     """
+    problem = allow_other_problem(options, checks_permissions)
+    if problem is not None:
+        raise UnsafeMountError(problem)
     mountpoint = os.path.abspath(mountpoint)
     try:
         st = os.stat(mountpoint)

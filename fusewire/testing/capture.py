@@ -141,13 +141,20 @@ class CaptureWriter:
     record is one ``os.write`` on an ``O_APPEND`` descriptor (a short write is
     completed under the same lock), so records never interleave and a
     SIGKILLed writer leaves every record it finished.
+
+    A capture holds everything that crossed the connection: file names,
+    file contents read and written, xattr values, symlink targets, and the
+    uid/gid/pid of every caller.  So the file is created mode 0600 with
+    ``O_EXCL | O_NOFOLLOW``: an existing path, or a symlink planted where the
+    capture goes, is refused (FileExistsError, ELOOP), never followed or
+    overwritten.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                           | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.base_ns = time.monotonic_ns()
         self.header = CaptureHeader(VERSION, time.time_ns(), self.base_ns, os.getpid())
         head = FILE_HEADER.pack(MAGIC, 0, VERSION, FILE_HEADER_SIZE, 0, self.header.created_ns,
