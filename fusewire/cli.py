@@ -77,6 +77,9 @@ def _add_mount(sub: Any) -> None:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-d", "--debug", action="store_true", help="trace every message (implies -f)")
     p.add_argument("--workers", type=int, default=0, help="extra threads on cloned fds")
+    p.add_argument("--processes", default="1", metavar="N",
+                   help="serve from N processes on cloned fds ('auto': one per CPU); "
+                   "passthrough only")
     p.add_argument("--capture", metavar="FILE", help="record every message to FILE")
     p.add_argument("--recoverable", action="store_true",
                    help="keep the mount alive across server crashes (a keeper holds the fd)")
@@ -103,6 +106,9 @@ def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def _cmd_mount(args: argparse.Namespace) -> int:
     source, mountpoint = _split_paths(args)
+    if args.recoverable and args.processes != "1":
+        raise SystemExit("fusewire: --processes cannot be combined with --recoverable yet "
+                         "(docs/design.md, Multi-process serving)")
     if args.recoverable:
         from fusewire.recovery.commands import mount_recoverable
 
@@ -112,6 +118,19 @@ def _cmd_mount(args: argparse.Namespace) -> int:
                                    subtype=args.fs if ":" not in args.fs else None)
     extra = dict(options.extra)
     ops = build_ops(args.fs, source, extra)
+    if args.processes != "1":
+        from fusewire.server.processes import check_processes, default_processes
+
+        try:
+            args.processes = (default_processes() if args.processes == "auto"
+                              else int(args.processes))
+            check_processes(ops, args.processes, capture=args.capture, workers=args.workers)
+        except ValueError as exc:
+            text = str(exc) if not str(exc).startswith("invalid literal") else \
+                f"--processes takes a number or 'auto', not {args.processes!r}"
+            raise SystemExit(f"fusewire: {text}") from None
+    else:
+        args.processes = 1
     if args.debug:
         args.foreground = True
     if args.foreground:
@@ -129,7 +148,7 @@ def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
 
         capture = CaptureWriter(args.capture)
     server = Server(ops, mountpoint, args.options, debug=args.debug, workers=args.workers,
-                    capture=capture, fsname=f"fusewire-{args.fs}",
+                    capture=capture, processes=args.processes, fsname=f"fusewire-{args.fs}",
                     subtype=args.fs if ":" not in args.fs else None)
     server.mount()
     if ready_w is not None:

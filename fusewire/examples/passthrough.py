@@ -71,6 +71,7 @@ from fusewire.types import (
 )
 
 if TYPE_CHECKING:
+    from fusewire.server.processes import SharedTable
     from fusewire.server.readdir import ReaddirToken
 
 __all__ = ["Passthrough"]
@@ -136,14 +137,29 @@ _statx = _bind("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_u
                          ctypes.c_char_p])
 
 
+#: handler name -> positions of its fh arguments (multi-process: EBADF may mean
+#: "opened by another serving process"; see Passthrough._adopt_handles)
+_FH_ARGS = {"read": (1,), "write": (1,), "flush": (1,), "fsync": (1,), "fallocate": (1,),
+            "lseek": (1,), "copy_file_range": (1, 4), "setattr": (4,)}
+
+
 def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn any OSError escaping ``fn`` into ``FUSEError(errno)``."""
+    positions = _FH_ARGS.get(fn.__name__, ())
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except OSError as e:
+            if e.errno == errno.EBADF and positions:
+                self = args[0]
+                if isinstance(self, Passthrough) and self._shared is not None \
+                        and self._adopt_handles([args[i] for i in positions if i < len(args)]):
+                    try:
+                        return fn(*args, **kwargs)
+                    except OSError as e2:
+                        raise FUSEError(e2.errno or errno.EIO) from None
             raise FUSEError(e.errno or errno.EIO) from None
 
     return wrapper
@@ -199,6 +215,13 @@ def _entry_kind(entry: os.DirEntry[str]) -> int:
 class Passthrough(Operations):
     """Mirror the directory ``source`` (see the module docstring)."""
 
+    #: state lives in the source tree: several serving processes may share it
+    #: (``Server(processes=N)``; see "Multi-process serving" below)
+    multiprocess_safe = True
+    #: multi-process: most node descriptors a process keeps beyond those in use
+    node_cache = 4096
+    _shared: SharedTable | None = None
+
     def __init__(self, source: str, *, entry_timeout: float = 0.0,
                  attr_timeout: float = 0.0, kernel_passthrough: bool = False) -> None:
         self.source = source
@@ -235,23 +258,29 @@ class Passthrough(Operations):
     def _node(self, nodeid: int) -> _Node:
         node = self._nodes.get(nodeid)
         if node is None:
+            if self._shared is not None:
+                return self._shared_node(nodeid)
             raise FUSEError(errno.ESTALE)
         return node
 
     def _register(self, fd: int, st: os.stat_result, count: int) -> _Node:
         """Adopt ``fd`` (an O_PATH descriptor) as the node for its inode."""
         key = (st.st_dev, st.st_ino)
+        shared = self._shared
+        if shared is not None and key not in self._by_key:
+            self._publish(fd, key)
         with self._lock:
             node = self._by_key.get(key)
             if node is not None:
                 node.nlookup += count
             else:
-                nodeid = self._nodeid_for(key)
+                nodeid = self._nodeid_for(key) if shared is None else self._shared_id(key)
                 node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), count)
                 self._nodes[nodeid] = node
                 self._by_key[key] = node
-                return node
-        os.close(fd)
+                fd = -1
+        if fd >= 0:
+            os.close(fd)
         return node
 
     def _unref(self, node: _Node, count: int) -> None:
@@ -305,6 +334,9 @@ class Passthrough(Operations):
                     self._unref(node, count)
                 except OSError:
                     pass
+        if self._shared is not None:
+            self._sweep()
+            self._trim()
 
     @_errmap
     def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
@@ -506,8 +538,9 @@ class Passthrough(Operations):
 
     # -- files -----------------------------------------------------------------
 
-    def _file_info(self, fd: int, nodeid: int) -> FileInfo:
-        fd = self._place(fd)
+    def _file_info(self, fd: int, nodeid: int, flags: int = 0) -> FileInfo:
+        fd = self._place(fd) if self._shared is None else self._shared_place(
+            fd, nodeid, stat.S_IFREG, flags)
         with self._lock:
             self._files[fd] = nodeid
         if self.kernel_passthrough and self.notifier is not None:
@@ -517,6 +550,8 @@ class Passthrough(Operations):
                 return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
             with self._lock:
                 self._backing[fd] = backing_id
+            if self._shared is not None:
+                self._shared.set_backing(fd, backing_id)
             return FileInfo(fh=fd, passthrough=True, backing_id=backing_id)
         return FileInfo(fh=fd)
 
@@ -531,7 +566,7 @@ class Passthrough(Operations):
         if node.kind != stat.S_IFREG:
             raise FUSEError(errno.EINVAL)      # the kernel opens special files itself
         fd = os.open(_proc(node.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
-        return self._file_info(fd, inode)
+        return self._file_info(fd, inode, flags)
 
     @_errmap
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -549,13 +584,13 @@ class Passthrough(Operations):
             fd = os.open(name, base, dir_fd=parent.fd)
             created = False
         try:
-            return self._finish_create(parent, fd, mode, created, ctx)
+            return self._finish_create(parent, fd, mode, created, ctx, flags)
         except BaseException:
             os.close(fd)
             raise
 
     def _finish_create(self, parent: _Node, fd: int, mode: int, created: bool,
-                       ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+                       ctx: RequestContext, flags: int = 0) -> tuple[FileInfo, EntryAttributes]:
         pfd = os.open(_proc(fd), os.O_PATH | os.O_CLOEXEC)
         try:
             st = os.fstat(pfd)
@@ -570,7 +605,7 @@ class Passthrough(Operations):
         except OSError:
             self._unref(node, 1)
             raise
-        return self._file_info(fd, node.nodeid), attr
+        return self._file_info(fd, node.nodeid, flags), attr
 
     @_errmap
     def tmpfile(self, parent_inode: int, mode: int, flags: int,
@@ -581,7 +616,7 @@ class Passthrough(Operations):
             | os.O_CLOEXEC
         fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
         try:
-            return self._finish_create(parent, fd, mode, True, ctx)
+            return self._finish_create(parent, fd, mode, True, ctx, flags)
         except BaseException:
             os.close(fd)
             raise
@@ -604,6 +639,9 @@ class Passthrough(Operations):
     @_errmap
     def release(self, fh: int) -> None:
         """Close the handle (and its kernel backing id)."""
+        if self._shared is not None:
+            self._shared_release(fh, dirs=False)
+            return
         with self._lock:
             backing_id = self._backing.pop(fh, None)
             known = self._files.pop(fh, None) is not None
@@ -654,8 +692,9 @@ class Passthrough(Operations):
     def opendir(self, inode: int, ctx: RequestContext) -> int:
         """Open the directory for reading; the descriptor number is the handle."""
         node = self._node(inode)
-        fd = self._place(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
-                                 dir_fd=node.fd))
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+        fd = self._place(fd) if self._shared is None else self._shared_place(
+            fd, inode, stat.S_IFDIR, os.O_RDONLY | os.O_DIRECTORY)
         with self._lock:
             self._dirs[fd] = _DirHandle(fd, inode)
         return fd
@@ -677,7 +716,7 @@ class Passthrough(Operations):
         """List a snapshot taken at offset 0; cookies are index + 1."""
         d = self._dirs.get(fh)
         if d is None:
-            raise FUSEError(errno.EBADF)
+            d = self._shared_dir(fh)
         if start_id == 0 or d.entries is None:
             d.entries = self._snapshot(d)
         plus = bool(getattr(token, "plus", False))
@@ -716,6 +755,9 @@ class Passthrough(Operations):
     @_errmap
     def releasedir(self, fh: int) -> None:
         """Close the directory descriptor."""
+        if self._shared is not None:
+            self._shared_release(fh, dirs=True)
+            return
         with self._lock:
             d = self._dirs.pop(fh, None)
         if d is not None:
@@ -726,7 +768,7 @@ class Passthrough(Operations):
         """fsync the directory."""
         d = self._dirs.get(fh)
         if d is None:
-            raise FUSEError(errno.EBADF)
+            d = self._shared_dir(fh)
         os.fsync(d.fd)
 
     # -- filesystem-wide ---------------------------------------------------------
@@ -986,6 +1028,254 @@ class Passthrough(Operations):
                 self._files[fh] = inode
         if failed:
             raise FUSEError(err)
+
+    # -- multi-process serving (fusewire.server.processes) ---------------------------
+    # Each serving process has its own node table and descriptors.  A node it
+    # has not seen is revived from the handle another process published in the
+    # shared node log (before that process replied to the kernel); an fh it does
+    # not hold is copied from the opener with pidfd_getfd and placed at the same
+    # descriptor number.  Lookup counts are per process and only approximate the
+    # kernel's: FORGET drops what this process holds, and the node cache is
+    # trimmed to ``node_cache``, since any node can be revived again.
+
+    def check_multiprocess(self) -> None:
+        """Raise ValueError (one line) if this process cannot serve with several processes."""
+        if not hasattr(os, "pidfd_open"):
+            raise ValueError("passthrough --processes needs pidfd_open (Linux 5.3, Python 3.9)")
+        root = self._nodes[_ROOT]
+        handle = self._handle_bytes(root.fd, root.key)
+        if handle is None:
+            raise ValueError(f"passthrough --processes: {self.source} has no file handles "
+                             "(name_to_handle_at), so processes cannot share its nodes")
+        mount_fd = self._mount_fd()
+        try:
+            fh_type, size = struct.unpack_from("<ii", handle, _HANDLE_HEAD.size - 8)
+            buf = struct.pack("<Ii", size, fh_type) + handle[_HANDLE_HEAD.size:]
+            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
+            if fd < 0:
+                raise ValueError("passthrough --processes needs open_by_handle_at "
+                                 f"(CAP_DAC_READ_SEARCH, i.e. root): {_os_error().strerror}")
+            os.close(fd)
+        finally:
+            os.close(mount_fd)
+
+    def attach_shared(self, table: SharedTable) -> None:
+        """Serve as one of several processes sharing ``table`` (called before forking)."""
+        self._shared = table
+        self._held: set[int] = set()
+        self._seen_release = table.released_gen()
+
+    def _handle_bytes(self, fd: int, key: tuple[int, int]) -> bytes | None:
+        buf = ctypes.create_string_buffer(8 + _MAX_HANDLE_SZ)
+        struct.pack_into("<I", buf, 0, _MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(-1)
+        if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), _AT_EMPTY_PATH) < 0:
+            return None
+        size, fh_type = struct.unpack_from("<Ii", buf.raw, 0)
+        return _HANDLE_HEAD.pack(_HANDLE_MAGIC, 0, key[0], key[1], mount_id.value, fh_type,
+                                 size) + buf.raw[8:8 + size]
+
+    def _fixed_id(self, key: tuple[int, int]) -> int | None:
+        if key == self._root_key:
+            return _ROOT
+        if key[0] == self._root_key[0] and 1 < key[1] < _ALLOC_BASE:
+            return key[1]
+        return None
+
+    def _publish(self, fd: int, key: tuple[int, int]) -> None:
+        """Put ``key`` in the shared node log unless this process saw it there already."""
+        shared = self._shared
+        assert shared is not None
+        if shared.known_key(key) is not None or key == self._root_key:
+            return
+        handle = self._handle_bytes(fd, key)
+        if handle is None:
+            raise FUSEError(errno.ESTALE)
+        shared.publish_node(key, self._fixed_id(key), handle)
+
+    def _shared_id(self, key: tuple[int, int]) -> int:
+        nodeid = self._fixed_id(key)
+        if nodeid is None:
+            assert self._shared is not None
+            nodeid = self._shared.known_key(key)
+            if nodeid is None:
+                raise FUSEError(errno.ESTALE)
+        return nodeid
+
+    def _shared_node(self, nodeid: int) -> _Node:
+        """A node another process registered: revive it by handle, else from an open file."""
+        shared = self._shared
+        assert shared is not None
+        self._sweep()
+        handle = shared.node_handle(nodeid)
+        if handle is not None:
+            head = _HANDLE_HEAD.unpack_from(handle)
+            handle = _HANDLE_HEAD.pack(head[0], nodeid, *head[2:]) + handle[_HANDLE_HEAD.size:]
+            mount_fd = self._mount_fd()
+            try:
+                self._revive(handle, mount_fd, 0)
+            except FUSEError:
+                pass
+            finally:
+                os.close(mount_fd)
+        node = self._nodes.get(nodeid)
+        if node is None:        # gone from the tree (unlinked) but still open somewhere
+            for fh, owner in shared.opens_of(nodeid):
+                try:
+                    copy = shared.copy_from(owner, fh)
+                except OSError:
+                    continue
+                try:
+                    fd = os.open(_proc(copy), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+                finally:
+                    os.close(copy)
+                st = os.fstat(fd)
+                with self._lock:
+                    node = self._nodes.get(nodeid)
+                    if node is None and (st.st_dev, st.st_ino) not in self._by_key:
+                        node = _Node(nodeid, fd, (st.st_dev, st.st_ino),
+                                     stat.S_IFMT(st.st_mode), 0)
+                        self._nodes[nodeid] = node
+                        self._by_key[node.key] = node
+                        fd = -1
+                if fd >= 0:
+                    os.close(fd)
+                break
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _trim(self) -> None:
+        """Keep at most ``node_cache`` idle node descriptors (any can be revived).
+
+        Called after FORGET only, never while another handler of this process
+        may hold a node (multi-process serving runs one thread per process).
+        """
+        if len(self._nodes) <= self.node_cache:
+            return
+        with self._lock:
+            used = set(self._files.values()) | {d.nodeid for d in self._dirs.values()}
+            drop = [n for nid, n in self._nodes.items() if nid != _ROOT and nid not in used]
+            drop = drop[:len(self._nodes) - self.node_cache // 2]
+            for n in drop:
+                del self._nodes[n.nodeid]
+                del self._by_key[n.key]
+        for n in drop:
+            os.close(n.fd)
+
+    def _free_here(self, number: int) -> bool:
+        try:
+            fcntl.fcntl(number, fcntl.F_GETFD)
+        except OSError:
+            return True
+        return False
+
+    def _shared_place(self, fd: int, nodeid: int, kind: int, flags: int) -> int:
+        """Move a new open's ``fd`` to a handle number free in every process."""
+        shared = self._shared
+        assert shared is not None
+        self._sweep()
+        try:
+            fh = shared.claim(nodeid, kind, flags, self._free_here)
+            os.dup2(fd, fh, inheritable=False)
+        finally:
+            os.close(fd)
+        self._held.add(fh)
+        return fh
+
+    def _adopt_handles(self, fhs: list[object]) -> bool:
+        """Take over the handles in ``fhs`` this process does not hold; True if any."""
+        adopted = False
+        for fh in fhs:
+            if isinstance(fh, int) and fh not in self._files and fh not in self._dirs:
+                adopted = self._adopt(fh) or adopted
+        return adopted
+
+    def _adopt(self, fh: int) -> bool:
+        """Hold handle ``fh`` of another process here (pidfd_getfd, else reopen)."""
+        shared = self._shared
+        if shared is None:
+            return False
+        self._sweep()
+        try:
+            info = shared.hold(fh)
+        except OSError:
+            return False
+        if info is None:
+            return False
+        owner, nodeid, kind, flags = info
+        try:
+            copy = shared.copy_from(owner, fh)
+        except OSError:         # the opener died: reopen from the node
+            node = self._node(nodeid)
+            if kind == stat.S_IFDIR:
+                copy = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+            else:
+                copy = os.open(_proc(node.fd), (flags & ~_REOPEN_STRIP) | os.O_CLOEXEC)
+        if kind == stat.S_IFDIR:    # a description of our own: scandir moves the offset
+            try:
+                own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=copy)
+            except OSError:
+                pass
+            else:
+                os.close(copy)
+                copy = own
+        try:
+            self._claim_number(fh)
+            os.dup2(copy, fh, inheritable=False)
+        finally:
+            os.close(copy)
+        with self._lock:
+            self._held.add(fh)
+            if kind == stat.S_IFDIR:
+                self._dirs[fh] = _DirHandle(fh, nodeid)
+            else:
+                self._files[fh] = nodeid
+        return True
+
+    def _shared_dir(self, fh: int) -> _DirHandle:
+        if self._shared is not None and self._adopt(fh):
+            return self._dirs[fh]
+        raise FUSEError(errno.EBADF)
+
+    def _shared_release(self, fh: int, *, dirs: bool) -> None:
+        """RELEASE/RELEASEDIR landed here: free the slot, close our copy, if any."""
+        shared = self._shared
+        assert shared is not None
+        with self._lock:
+            self._backing.pop(fh, None)
+            self._files.pop(fh, None)
+            self._dirs.pop(fh, None)
+            held = fh in self._held
+            self._held.discard(fh)
+        try:
+            backing_id = shared.release(fh)
+        except OSError:
+            backing_id = -1
+        if backing_id >= 0 and self.notifier is not None:
+            try:
+                self.notifier.backing_close(backing_id)
+            except (OSError, FUSEError):
+                pass
+        if held:
+            os.close(fh)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close our copies of handles released through other processes."""
+        shared = self._shared
+        if shared is None or shared.released_gen() == self._seen_release:
+            return
+        self._seen_release = shared.released_gen()
+        with self._lock:
+            held = list(self._held)
+        for fh in shared.drop_released(held):
+            with self._lock:
+                self._held.discard(fh)
+                self._files.pop(fh, None)
+                self._dirs.pop(fh, None)
+                self._backing.pop(fh, None)
+            os.close(fh)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -1,0 +1,477 @@
+"""Multi-process serving: N interpreters on cloned ``/dev/fuse`` fds.
+
+Theory of operation (docs/design.md, "Multi-process serving")
+--------------------------------------------------------------
+The parent mounts and answers INIT alone, then forks ``processes - 1``
+children.  Each child clones the connection's fd with FUSE_DEV_IOC_CLONE,
+closes the parent's, and runs the ordinary one-thread loop on its clone with
+its own copy of the interpreter and of the filesystem object (fork copies,
+nothing Python-level is shared).  The kernel hands every request to whichever
+reader is waiting, so any process may see any request, and the reply goes
+back through the fd that read it.
+
+What the processes must agree on lives in one :class:`SharedTable`, a memfd
+mapped ``MAP_SHARED`` by the parent before the fork:
+
+- a **node log**: append-only records ``nodeid -> (st_dev, st_ino, file
+  handle)``, written by the process that first registers an object (before
+  its LOOKUP reply, so no other process can be asked about that nodeid
+  first) and read by a process that meets an unknown nodeid;
+- **open slots**, indexed by the fh value itself: an fh is a descriptor
+  number in the upper half of the descriptor limit, the same in every
+  process.  A slot records the owner process, the node, the open flags, the
+  kernel passthrough backing id and a bit mask of the processes holding a
+  descriptor at that number.  A process that meets an fh it does not hold
+  copies the owner's descriptor with ``pidfd_getfd(2)`` (the same open file
+  description: offsets, O_APPEND, unlinked files all carry over) and places
+  it at the same number, so ``read(fh)`` is ``pread(fh)`` everywhere.
+  RELEASE, wherever it lands, marks the slot released and bumps a release
+  counter; each holder closes its copy when it next sees the counter move.
+  A number is reused only once no process holds it.
+
+Appends and slot changes are serialised by a ``lockf`` lock on the memfd
+(plus a thread lock inside each process); nothing is locked on the GETATTR
+or READ paths of a known node or handle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import resource
+import selectors
+import signal
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from fusewire.server import mount as _mount
+
+if TYPE_CHECKING:
+    from fusewire.operations import Operations
+    from fusewire.server.loop import Server
+
+__all__ = ["MAX_PROCESSES", "SharedTable", "check_processes", "default_processes",
+           "serve_processes"]
+
+log = logging.getLogger(__name__)
+
+#: holders are a 64-bit mask
+MAX_PROCESSES = 64
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_PIDFD_GETFD = {"x86_64": 438, "aarch64": 438}.get(os.uname().machine, 438)
+_PR_SET_PDEATHSIG = 1
+
+_MAGIC = b"FWMP0001"
+# magic, log_used, alloc_next, release_gen, slot_base, nslots, pids[64]
+_HEAD = struct.Struct(f"<8sQQQQQ{MAX_PROCESSES}I")
+_HEAD_SIZE = 4096
+_LOG_SIZE = 32 << 20
+_REC = struct.Struct("<QQQI4x")           # nodeid, dev, ino, handle length
+_SLOT = struct.Struct("<IIQQiII")         # state, owner, holders, nodeid, backing, kind, flags
+_SLOT_SIZE = 40
+_OFF_LOG_USED = 8
+_OFF_ALLOC = 16
+_OFF_RELEASE = 24
+_OFF_PIDS = 48
+
+FREE, OPEN, RELEASED = 0, 1, 2
+
+
+def default_processes() -> int:
+    """The number ``--processes auto`` picks: one per CPU this process may run on.
+
+    Not the default of ``--processes``: each process costs an interpreter
+    (about 15-20 MiB), and on a machine whose clients need the CPUs
+    themselves the benefit is at most what the bench shows.
+    """
+    try:
+        return max(1, min(MAX_PROCESSES, len(os.sched_getaffinity(0))))
+    except OSError:
+        return max(1, min(MAX_PROCESSES, os.cpu_count() or 1))
+
+
+def check_processes(ops: Operations, processes: int, *, capture: Any = None,
+                    workers: int = 0) -> None:
+    """Raise ValueError (one line) if ``ops`` cannot be served by ``processes`` processes."""
+    if processes < 1 or processes > MAX_PROCESSES:
+        raise ValueError(f"--processes must be between 1 and {MAX_PROCESSES}")
+    if processes == 1:
+        return
+    name = type(ops).__name__
+    if not getattr(ops, "multiprocess_safe", False):
+        raise ValueError(f"{name} keeps its state in one process's memory; --processes "
+                         "needs a filesystem that declares multiprocess_safe "
+                         "(e.g. passthrough)")
+    if capture is not None:
+        raise ValueError("--capture records one process; it cannot be combined with "
+                         "--processes")
+    if workers:
+        raise ValueError("use --processes or --workers, not both (each serving process "
+                         "runs one thread)")
+    check = getattr(ops, "check_multiprocess", None)
+    if check is not None:
+        check()
+
+
+def _pidfd_getfd(pidfd: int, number: int) -> int:
+    fd = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, number, 0)
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return int(fd)
+
+
+class SharedTable:
+    """The memory the serving processes share: node log and open slots (see module doc).
+
+    Created by the parent before it forks; each process calls :meth:`become`
+    with its index.  All methods are safe to call from several threads.
+    """
+
+    def __init__(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (OSError, ValueError):
+                pass
+        limit = soft if soft != resource.RLIM_INFINITY else 1 << 16
+        limit = min(limit, 1 << 20)
+        #: fh values (descriptor numbers) live in [slot_base, slot_base + nslots)
+        self.slot_base = max(64, limit // 2)
+        self.nslots = limit - self.slot_base
+        self.size = _HEAD_SIZE + _LOG_SIZE + self.nslots * _SLOT_SIZE
+        self._fd = os.memfd_create("fusewire-shared", os.MFD_CLOEXEC)
+        os.ftruncate(self._fd, self.size)
+        self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        _HEAD.pack_into(self._map, 0, _MAGIC, 0, 1 << 63, 0, self.slot_base, self.nslots,
+                        *([0] * MAX_PROCESSES))
+        self.index = 0
+        self._tlock = threading.RLock()
+        self._read_to = 0                       # how far this process read the log
+        self._handles: dict[int, bytes] = {}   # nodeid -> handle
+        self._keys: dict[tuple[int, int], int] = {}  # (dev, ino) -> nodeid
+        self._pidfds: dict[int, int] = {}       # process index -> pidfd
+        self._slots_off = _HEAD_SIZE + _LOG_SIZE
+        self.seen_release = 0
+        self.become(0)
+
+    # -- processes -------------------------------------------------------------------
+
+    def become(self, index: int) -> None:
+        """Make this process serving process ``index`` (after fork: forget inherited state)."""
+        self.index = index
+        self._tlock = threading.RLock()
+        for pfd in self._pidfds.values():
+            try:
+                os.close(pfd)
+            except OSError:
+                pass
+        self._pidfds = {}
+        struct.pack_into("<I", self._map, _OFF_PIDS + 4 * index, os.getpid())
+
+    def pid_of(self, index: int) -> int:
+        """The pid recorded for process ``index`` (0: none)."""
+        return int(struct.unpack_from("<I", self._map, _OFF_PIDS + 4 * index)[0])
+
+    def _pidfd(self, index: int) -> int:
+        pfd = self._pidfds.get(index)
+        if pfd is None:
+            pid = self.pid_of(index)
+            if not pid:
+                raise OSError(errno.ESRCH, "no such serving process")
+            pfd = os.pidfd_open(pid)
+            self._pidfds[index] = pfd
+        return pfd
+
+    def copy_from(self, index: int, number: int) -> int:
+        """A new descriptor for descriptor ``number`` of process ``index`` (pidfd_getfd)."""
+        return _pidfd_getfd(self._pidfd(index), number)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the cross-process lock (and this process's thread lock)."""
+        with self._tlock:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    # -- the node log ------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        used = int(struct.unpack_from("<Q", self._map, _OFF_LOG_USED)[0])
+        off = self._read_to
+        m = self._map
+        while off < used:
+            nodeid, dev, ino, hlen = _REC.unpack_from(m, _HEAD_SIZE + off)
+            start = _HEAD_SIZE + off + _REC.size
+            self._handles[nodeid] = bytes(m[start:start + hlen])
+            self._keys[(dev, ino)] = nodeid
+            off += _REC.size + ((hlen + 7) & ~7)
+        self._read_to = off
+
+    def node_handle(self, nodeid: int) -> bytes | None:
+        """The handle recorded for ``nodeid`` by any process, or None."""
+        handle = self._handles.get(nodeid)
+        if handle is None:
+            with self.locked():
+                self._sync()
+            handle = self._handles.get(nodeid)
+        return handle
+
+    def known_key(self, key: tuple[int, int]) -> int | None:
+        """The nodeid this process has seen published for ``key`` (no syncing)."""
+        return self._keys.get(key)
+
+    def publish_node(self, key: tuple[int, int], nodeid: int | None, handle: bytes) -> int:
+        """Record ``key``'s handle; allocate a nodeid if ``nodeid`` is None.
+
+        If another process published ``key`` first, its nodeid is returned.
+        Raises OSError(ENOSPC) when the log is full.
+        """
+        with self.locked():
+            self._sync()
+            known = self._keys.get(key)
+            if known is not None:
+                return known
+            if nodeid is None:
+                nodeid = int(struct.unpack_from("<Q", self._map, _OFF_ALLOC)[0])
+                struct.pack_into("<Q", self._map, _OFF_ALLOC, nodeid + 1)
+            used = self._read_to
+            need = _REC.size + ((len(handle) + 7) & ~7)
+            if used + need > _LOG_SIZE:
+                raise OSError(errno.ENOSPC, "shared node log full")
+            base = _HEAD_SIZE + used
+            _REC.pack_into(self._map, base, nodeid, key[0], key[1], len(handle))
+            self._map[base + _REC.size:base + _REC.size + len(handle)] = handle
+            struct.pack_into("<Q", self._map, _OFF_LOG_USED, used + need)
+            self._sync()
+        return nodeid
+
+    # -- open slots ------------------------------------------------------------------------
+
+    def _slot_off(self, fh: int) -> int:
+        i = fh - self.slot_base
+        if not 0 <= i < self.nslots:
+            raise OSError(errno.EBADF, "not a shared handle")
+        return self._slots_off + i * _SLOT_SIZE
+
+    def slot(self, fh: int) -> tuple[int, int, int, int, int, int, int]:
+        """``(state, owner, holders, nodeid, backing, kind, flags)`` of handle ``fh``."""
+        return _SLOT.unpack_from(self._map, self._slot_off(fh))
+
+    def claim(self, nodeid: int, kind: int, flags: int, free_here: Any) -> int:
+        """Reserve a free handle number for a new open; ``free_here(n)`` says n is unused here."""
+        with self.locked():
+            m = self._map
+            start = int(struct.unpack_from("<Q", m, _OFF_RELEASE)[0]) % self.nslots
+            for k in range(self.nslots):
+                i = (start + k) % self.nslots
+                off = self._slots_off + i * _SLOT_SIZE
+                if struct.unpack_from("<I", m, off)[0] != FREE:
+                    continue
+                fh = self.slot_base + i
+                if not free_here(fh):
+                    continue
+                _SLOT.pack_into(m, off, OPEN, self.index, 1 << self.index, nodeid, -1,
+                                kind, flags)
+                return fh
+        raise OSError(errno.EMFILE, "no free shared handle")
+
+    def set_backing(self, fh: int, backing_id: int) -> None:
+        """Record the kernel passthrough backing id of ``fh``."""
+        with self.locked():
+            off = self._slot_off(fh)
+            struct.pack_into("<i", self._map, off + 24, backing_id)
+
+    def hold(self, fh: int) -> tuple[int, int, int, int] | None:
+        """Add this process to ``fh``'s holders.
+
+        Returns ``(owner, nodeid, kind, flags)``, or None if ``fh`` is not open.
+        """
+        with self.locked():
+            off = self._slot_off(fh)
+            state, owner, holders, nodeid, _backing, kind, flags = _SLOT.unpack_from(
+                self._map, off)
+            if state != OPEN:
+                return None
+            struct.pack_into("<Q", self._map, off + 8, holders | (1 << self.index))
+            return owner, nodeid, kind, flags
+
+    def release(self, fh: int) -> int:
+        """Mark ``fh`` released (the kernel is done with it); return its backing id or -1."""
+        with self.locked():
+            off = self._slot_off(fh)
+            state, _owner, holders, _n, backing, _k, _f = _SLOT.unpack_from(self._map, off)
+            if state != OPEN:
+                return -1
+            holders &= ~(1 << self.index)
+            struct.pack_into("<IIQ", self._map, off, RELEASED if holders else FREE,
+                             _owner, holders)
+            struct.pack_into("<i", self._map, off + 24, -1)
+            gen = int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
+            struct.pack_into("<Q", self._map, _OFF_RELEASE, gen + 1)
+            return int(backing)
+
+    def released_gen(self) -> int:
+        """A counter that moves whenever some handle is released."""
+        return int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
+
+    def drop_released(self, held: list[int]) -> list[int]:
+        """Of this process's ``held`` handles, the released ones, now given up here."""
+        gone = []
+        with self.locked():
+            for fh in held:
+                off = self._slot_off(fh)
+                state, owner, holders, *_ = _SLOT.unpack_from(self._map, off)
+                if state == OPEN:
+                    continue
+                holders &= ~(1 << self.index)
+                struct.pack_into("<IIQ", self._map, off, RELEASED if holders else FREE,
+                                 owner, holders)
+                gone.append(fh)
+        return gone
+
+    def opens_of(self, nodeid: int) -> list[tuple[int, int]]:
+        """``(fh, owner)`` of the open handles of ``nodeid`` (a linear scan: rare path)."""
+        out = []
+        with self.locked():
+            for i in range(self.nslots):
+                off = self._slots_off + i * _SLOT_SIZE
+                state, owner, _h, nid = struct.unpack_from("<IIQQ", self._map, off)
+                if state == OPEN and nid == nodeid:
+                    out.append((self.slot_base + i, owner))
+        return out
+
+
+# -- serving ---------------------------------------------------------------------------------
+
+
+def _answer_init(server: Server, fd: int) -> None:
+    """Read and answer requests until INIT is negotiated (the kernel sends INIT first)."""
+    buf = bytearray(max(8192, server.config.max_write + 4096))
+    view = memoryview(buf)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    try:
+        while server.conn.session is None:
+            try:
+                n = os.readv(fd, [buf])
+            except BlockingIOError:
+                sel.select(30)
+                continue
+            except InterruptedError:
+                continue
+            bufs, _lookups = server.dispatcher.dispatch(view[:n])
+            if bufs is not None:
+                os.writev(fd, bufs)
+    finally:
+        sel.close()
+    server.ready.set()
+
+
+def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
+           parent_pid: int) -> int:
+    """Body of serving process ``index`` (runs in the forked child)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        return 0
+    # a fresh wake-up pipe and stop flag: the inherited ones are the parent's
+    for wfd in (server._wake_r, server._wake_w):
+        os.close(wfd)
+    server._wake_r, server._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    server._stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, server._on_signal)
+    fd = _mount.clone_fd(parent_fd)
+    os.close(parent_fd)
+    os.set_blocking(fd, False)
+    server.fd = fd
+    table.become(index)
+    server._loop(fd)
+    return 0
+
+
+def serve_processes(server: Server, processes: int, *, install_signals: bool = True) -> None:
+    """Answer INIT, fork ``processes - 1`` children, serve here too; stop them all at the end.
+
+    Called by :meth:`Server.serve` when the server was built with
+    ``processes > 1``.  A child that dies is reported on the log (its
+    in-flight requests fail with ECONNABORTED; the others keep serving); the
+    children stop on unmount, on SIGTERM/SIGINT, or when this process exits.
+    """
+    fd = server.fd if server.fd is not None else server.mount()
+    table = SharedTable()
+    attach = getattr(server.ops, "attach_shared", None)
+    if attach is not None:
+        attach(table)
+    if server.conn.session is None:
+        _answer_init(server, fd)
+    parent_pid = os.getpid()
+    children: dict[int, int] = {}
+    stopping = threading.Event()
+    alive = [processes]
+    alive_lock = threading.Lock()
+    for index in range(1, processes):
+        pid = os.fork()
+        if pid == 0:          # pragma: no cover - runs in the child
+            code = 1
+            try:
+                code = _child(server, index, table, fd, parent_pid)
+            except BaseException:
+                log.exception("serving process %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def watch(pid: int, index: int) -> None:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return
+        if stopping.is_set():
+            return
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return                  # unmounted: its loop saw ENODEV
+        how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+               else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+        with alive_lock:
+            alive[0] -= 1
+            left = alive[0]
+        log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
+                  "requests failed, %d process(es) keep serving", index, pid, how, left)
+
+    watchers = [threading.Thread(target=watch, args=(pid, index), daemon=True,
+                                 name=f"fusewire-watch-{index}")
+                for pid, index in children.items()]
+    for t in watchers:
+        t.start()
+    try:
+        server.serve(install_signals=install_signals)
+    finally:
+        stopping.set()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for t, pid in zip(watchers, children, strict=True):
+            t.join(5)
+            if t.is_alive():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                t.join(5)
