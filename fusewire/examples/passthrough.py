@@ -97,6 +97,12 @@ _DOTS = (b".", b"..")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
+
+
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
@@ -133,6 +139,17 @@ _name_to_handle_at = _bind("name_to_handle_at", [ctypes.c_int, ctypes.c_char_p,
                                                  ctypes.c_char_p,
                                                  ctypes.POINTER(ctypes.c_int), ctypes.c_int])
 _open_by_handle_at = _bind("open_by_handle_at", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
+_fdopendir = _libc.fdopendir
+_fdopendir.argtypes = [ctypes.c_int]
+_fdopendir.restype = ctypes.c_void_p
+_readdir_c = _libc.readdir
+_readdir_c.argtypes = [ctypes.c_void_p]
+_readdir_c.restype = ctypes.POINTER(_Dirent)
+_seekdir = _libc.seekdir
+_seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+_seekdir.restype = None
+_closedir = _libc.closedir
+_closedir.argtypes = [ctypes.c_void_p]
 _statx = _bind("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                          ctypes.c_char_p])
 
@@ -717,6 +734,9 @@ class Passthrough(Operations):
         d = self._dirs.get(fh)
         if d is None:
             d = self._shared_dir(fh)
+        if self._shared is not None:
+            self._readdir_cookies(d, start_id, token)
+            return
         if start_id == 0 or d.entries is None:
             d.entries = self._snapshot(d)
         plus = bool(getattr(token, "plus", False))
@@ -744,6 +764,63 @@ class Passthrough(Operations):
             else:
                 self._unref(node, 0)
                 return
+
+    def _readdir_cookies(self, d: _DirHandle, start_id: int, token: ReaddirToken) -> None:
+        """List from the source's own directory offsets (multi-process serving).
+
+        Any process can resume a listing another one started, so the cookies
+        are the source filesystem's ``d_off`` values, not indexes into one
+        process's snapshot; a directory changed meanwhile behaves as on the
+        source (tmpfs and ext4 keep offsets stable under deletion).
+        """
+        plus = bool(getattr(token, "plus", False))
+        dev = os.fstat(d.fd).st_dev
+        parent = self._node(d.nodeid)
+        dirp = _fdopendir(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                  dir_fd=d.fd))
+        if not dirp:
+            raise _os_error()
+        try:
+            if start_id:
+                _seekdir(dirp, start_id)
+            while True:
+                ctypes.set_errno(0)
+                ent = _readdir_c(dirp)
+                if not ent:
+                    if ctypes.get_errno():
+                        raise _os_error()
+                    return
+                e = ent.contents
+                name, ino, off = e.d_name, int(e.d_ino), int(e.d_off)
+                kind = (e.d_type << 12) if e.d_type else 0
+                if name in _DOTS:
+                    nodeid = d.nodeid if name == b"." or d.nodeid == _ROOT else 0
+                    attr = EntryAttributes(nodeid or self._dotdot_ino(d), st_mode=stat.S_IFDIR)
+                    if not token.add(name, attr, off):
+                        return
+                    continue
+                if not plus:
+                    if not kind:
+                        try:
+                            kind = stat.S_IFMT(os.stat(name, dir_fd=d.fd,
+                                                       follow_symlinks=False).st_mode)
+                        except OSError:
+                            continue
+                    if not token.add_name(name, self._plain_ino(dev, ino), kind, off):
+                        return
+                    continue
+                try:
+                    node, st = self._lookup(parent, name, 0)
+                except (OSError, FUSEError):
+                    continue
+                if token.add(name, self._attr(node.nodeid, st), off):
+                    with self._lock:
+                        node.nlookup += 1
+                else:
+                    self._unref(node, 0)
+                    return
+        finally:
+            _closedir(dirp)
 
     def _dotdot_ino(self, d: _DirHandle) -> int:
         try:
