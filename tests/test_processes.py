@@ -1,0 +1,236 @@
+"""Multi-process serving (``--processes N``) on real mounts.
+
+passthrough served by two processes: several client processes build, stat,
+read, write, rename and unlink trees at the same time; a descriptor held
+across hundreds of requests is served by both processes (each takes the
+other's open file over); an unlinked open file stays usable; every serving
+process ends on unmount, on SIGTERM, and the mount survives a killed child.
+memfs is refused with one line.  The POSIX differential suite runs the same
+configuration (tests/test_posix.py, ``passthrough-2proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import conftest
+import pytest
+
+from fusewire.testing.procs import children
+
+pytestmark = pytest.mark.fuse
+O_PATH = 0o10000000
+
+CLIENT = textwrap.dedent("""
+    import os, sys
+    root, tag = sys.argv[1], sys.argv[2]
+    base = os.path.join(root, tag)
+    os.makedirs(os.path.join(base, "a", "b"))
+    for i in range(40):
+        p = os.path.join(base, "a", "b", f"f{i}")
+        with open(p, "wb") as f:
+            f.write(f"{tag}-{i}".encode() * 50)
+        assert os.stat(p).st_size == len(f"{tag}-{i}") * 50, p
+    for i in range(40):
+        p = os.path.join(base, "a", "b", f"f{i}")
+        with open(p, "rb") as f:
+            assert f.read() == f"{tag}-{i}".encode() * 50, p
+        os.rename(p, os.path.join(base, "a", f"g{i}"))
+    names = sorted(os.listdir(os.path.join(base, "a")))
+    assert names == sorted(["b"] + [f"g{i}" for i in range(40)]), names
+    for i in range(0, 40, 2):
+        os.unlink(os.path.join(base, "a", f"g{i}"))
+    print(len(os.listdir(os.path.join(base, "a"))))
+""")
+
+
+def _tree(pid: int) -> set[int]:
+    return {pid} | children(pid)
+
+
+def _wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """The pids still alive after waiting up to ``timeout`` for them to end."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if os.path.exists(f"/proc/{p}")
+                 and not _zombie(p)}
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _holders(pids: set[int], target: str) -> set[int]:
+    """Which of ``pids`` have ``target`` open (O_PATH node descriptors do not count)."""
+    out = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith(target):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    flags = next(int(ln.split()[1], 8) for ln in f if ln.startswith("flags:"))
+                if not flags & O_PATH:
+                    out.add(pid)
+            except OSError:
+                continue
+    return out
+
+
+@pytest.fixture
+def mp_mount(tmp_path: Path, passthrough_source: Path) -> Iterator[conftest.FuseServer]:
+    """passthrough of a private tmpfs, served by 2 processes."""
+    if not conftest.IS_ROOT:
+        pytest.skip("multi-process passthrough needs root (open_by_handle_at, pidfd_getfd)")
+    srv = conftest.start_server(["--processes", "2", "passthrough", str(passthrough_source)],
+                                tmp_path / "mnt", tmp_path)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def _serving(srv: conftest.FuseServer) -> set[int]:
+    pids = _tree(srv.proc.pid)
+    assert len(pids) == 2, f"expected a parent and one child, got {pids}"
+    return pids
+
+
+def test_concurrent_clients(mp_mount: conftest.FuseServer, passthrough_source: Path) -> None:
+    root = mp_mount.mountpoint
+    procs = [subprocess.Popen([sys.executable, "-c", CLIENT, str(root), f"c{k}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for k in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        assert out.split() == [b"21"]
+    for k in range(4):
+        a = passthrough_source / f"c{k}" / "a"
+        assert sorted(os.listdir(a)) == sorted(["b"] + [f"g{i}" for i in range(1, 40, 2)])
+        assert (a / "g1").read_bytes() == f"c{k}-1".encode() * 50
+        assert os.listdir(a / "b") == []
+    assert mp_mount.proc.poll() is None
+    assert len(_serving(mp_mount)) == 2
+
+
+def test_open_file_served_by_every_process(mp_mount: conftest.FuseServer,
+                                           passthrough_source: Path) -> None:
+    pids = _serving(mp_mount)
+    path = mp_mount.mountpoint / "held"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for i in range(300):
+            assert os.pwrite(fd, b"%08d" % i, 8 * i) == 8
+            assert os.pread(fd, 8, 8 * i) == b"%08d" % i
+            assert os.fstat(fd).st_size == 8 * (i + 1)
+        os.fsync(fd)
+        # the kernel hands requests to whichever process waits: both took the file over
+        assert _holders(pids, str(passthrough_source / "held")) == pids
+    finally:
+        os.close(fd)
+    assert (passthrough_source / "held").read_bytes() == b"".join(
+        b"%08d" % i for i in range(300))
+    # RELEASE landed in one process; the other drops its copy when it next looks
+    os.close(os.open(path, os.O_RDONLY))
+    for name in ("x", "y", "z"):
+        (mp_mount.mountpoint / name).write_bytes(b"")
+    deadline = time.monotonic() + 10
+    while _holders(pids, str(passthrough_source / "held")) and time.monotonic() < deadline:
+        (mp_mount.mountpoint / "x").write_bytes(b"")
+    assert not _holders(pids, str(passthrough_source / "held"))
+
+
+def test_unlinked_open_file(mp_mount: conftest.FuseServer) -> None:
+    path = mp_mount.mountpoint / "gone"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.write(fd, b"still here")
+        os.unlink(path)
+        for _ in range(100):
+            assert os.fstat(fd).st_size == 10
+            assert os.pread(fd, 100, 0) == b"still here"
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert not path.exists()
+
+
+def test_every_process_ends_on_unmount(mp_mount: conftest.FuseServer) -> None:
+    pids = _serving(mp_mount)
+    (mp_mount.mountpoint / "f").write_text("x")
+    subprocess.run([sys.executable, "-m", "fusewire", "umount", str(mp_mount.mountpoint)],
+                   check=True, env=conftest.server_env())
+    assert mp_mount.proc.wait(10) == 0
+    assert _wait_gone(pids) == set()
+    assert not conftest.is_fuse_mounted(mp_mount.mountpoint)
+
+
+def test_every_process_ends_on_sigterm(mp_mount: conftest.FuseServer) -> None:
+    pids = _serving(mp_mount)
+    mp_mount.proc.send_signal(signal.SIGTERM)
+    assert mp_mount.proc.wait(10) == 0
+    assert _wait_gone(pids) == set()
+    assert not conftest.is_fuse_mounted(mp_mount.mountpoint)
+
+
+def test_killed_child_is_reported_and_the_rest_serve(mp_mount: conftest.FuseServer) -> None:
+    parent = mp_mount.proc.pid
+    (child,) = children(parent)
+    os.kill(child, signal.SIGKILL)
+    assert _wait_gone({child}) == set()
+    for i in range(50):
+        (mp_mount.mountpoint / f"after{i}").write_text(str(i))
+        assert (mp_mount.mountpoint / f"after{i}").read_text() == str(i)
+    deadline = time.monotonic() + 10
+    while "died" not in mp_mount.stderr() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [ln for ln in mp_mount.stderr().splitlines() if "died" in ln]
+    assert len(lines) == 1 and f"pid {child}" in lines[0] and "SIGKILL" in lines[0]
+    assert "Traceback" not in mp_mount.stderr()
+
+
+def _mount_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fusewire", "mount", *argv],
+                          capture_output=True, text=True, timeout=60, env=conftest.server_env(),
+                          cwd="/")
+
+
+@pytest.mark.parametrize("argv", [
+    lambda src, mnt: ["memfs", mnt, "--processes", "2", "-f"],
+    lambda src, mnt: ["passthrough", src, mnt, "--processes", "two", "-f"],
+    lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--workers", "2", "-f"],
+    lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--recoverable"],
+], ids=["memfs", "not-a-number", "with-workers", "with-recoverable"])
+def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
+                               argv: Callable[[str, str], list[str]]) -> None:
+    problem = conftest.dev_fuse_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = _mount_cli(*argv(str(passthrough_source), str(mnt)))
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fusewire: "), r.stderr
+    assert "--processes" in lines[0] or "multiprocess_safe" in lines[0]
+    assert not conftest.is_fuse_mounted(mnt)
