@@ -234,3 +234,43 @@ def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
     assert len(lines) == 1 and lines[0].startswith("fusewire: "), r.stderr
     assert "--processes" in lines[0] or "multiprocess_safe" in lines[0]
     assert not conftest.is_fuse_mounted(mnt)
+
+
+# -- the shared table, in one process ------------------------------------------------
+
+
+def test_nodes_trimmed_and_revived_from_the_log(tmpfs_dir: Path) -> None:
+    """Idle node descriptors are trimmed after FORGET; any node comes back by handle."""
+    if not conftest.IS_ROOT:
+        pytest.skip("open_by_handle_at needs CAP_DAC_READ_SEARCH")
+    from fusewire.examples.passthrough import Passthrough
+    from fusewire.server.processes import SharedTable
+    from fusewire.types import FUSEError, RequestContext
+
+    ctx = RequestContext(uid=0, gid=0, pid=1, umask=0o022)
+    for i in range(20):
+        (tmpfs_dir / f"f{i}").write_text(str(i))
+    ops = Passthrough(str(tmpfs_dir))
+    ops.check_multiprocess()
+    ops.node_cache = 8
+    table = SharedTable()
+    ops.attach_shared(table)
+    try:
+        ids = [ops.lookup(1, f"f{i}".encode(), ctx).st_ino for i in range(20)]
+        assert ids == [os.stat(tmpfs_dir / f"f{i}").st_ino for i in range(20)]
+        assert len(ops._nodes) == 21
+        ops.forget([])                      # any FORGET trims the idle nodes
+        assert len(ops._nodes) <= 8
+        for i, nodeid in enumerate(ids):    # every id still resolves: revived by handle
+            assert ops.getattr(nodeid, ctx).st_size == len(str(i))
+        fi = ops.open(ids[3], os.O_RDONLY, ctx)
+        assert fi.fh >= table.slot_base
+        ops.forget([(ids[3], 1)])
+        assert ops.read(fi.fh, 0, 10) == b"3"  # an open file keeps working
+        ops.release(fi.fh)
+        with pytest.raises(FUSEError):
+            ops.read(fi.fh, 0, 10)
+        assert table.slot(fi.fh)[0] == 0     # the number is free again
+    finally:
+        ops.destroy()
+        table.close()

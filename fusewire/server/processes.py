@@ -166,6 +166,17 @@ class SharedTable:
         self.seen_release = 0
         self.become(0)
 
+    def close(self) -> None:
+        """Unmap and close (this process's view only)."""
+        for pfd in self._pidfds.values():
+            try:
+                os.close(pfd)
+            except OSError:
+                pass
+        self._pidfds = {}
+        self._map.close()
+        os.close(self._fd)
+
     # -- processes -------------------------------------------------------------------
 
     def become(self, index: int) -> None:
