@@ -193,19 +193,32 @@ def test_every_process_ends_on_sigterm(mp_mount: conftest.FuseServer) -> None:
     assert not conftest.is_fuse_mounted(mp_mount.mountpoint)
 
 
-def test_killed_child_is_reported_and_the_rest_serve(mp_mount: conftest.FuseServer) -> None:
+def test_killed_child_is_reported_and_restarted(mp_mount: conftest.FuseServer,
+                                                passthrough_source: Path) -> None:
     parent = mp_mount.proc.pid
     (child,) = children(parent)
-    os.kill(child, signal.SIGKILL)
-    assert _wait_gone({child}) == set()
-    for i in range(50):
-        (mp_mount.mountpoint / f"after{i}").write_text(str(i))
-        assert (mp_mount.mountpoint / f"after{i}").read_text() == str(i)
-    deadline = time.monotonic() + 10
-    while "died" not in mp_mount.stderr() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lines = [ln for ln in mp_mount.stderr().splitlines() if "died" in ln]
-    assert len(lines) == 1 and f"pid {child}" in lines[0] and "SIGKILL" in lines[0]
+    held = os.open(mp_mount.mountpoint / "held", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.kill(child, signal.SIGKILL)
+        assert _wait_gone({child}) == set()
+        deadline = time.monotonic() + 10
+        while "restarted" not in mp_mount.stderr() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = [ln for ln in mp_mount.stderr().splitlines() if "died" in ln]
+        assert len(lines) == 1 and f"pid {child}" in lines[0] and "SIGKILL" in lines[0]
+        (new,) = children(parent)
+        assert new != child
+        assert f"restarted as pid {new}" in lines[0]
+        # the new process serves too: files opened before and after the restart
+        for i in range(200):
+            assert os.pwrite(held, b"%04d" % i, 4 * i) == 4
+            (mp_mount.mountpoint / f"after{i % 20}").write_text(str(i))
+            assert (mp_mount.mountpoint / f"after{i % 20}").read_text() == str(i)
+        assert _holders({parent, new}, str(passthrough_source / "held")) == {parent, new}
+    finally:
+        os.close(held)
+    assert (passthrough_source / "held").read_bytes() == b"".join(
+        b"%04d" % i for i in range(200))
     assert "Traceback" not in mp_mount.stderr()
 
 
@@ -240,7 +253,7 @@ def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
 
 
 def test_nodes_trimmed_and_revived_from_the_log(tmpfs_dir: Path) -> None:
-    """Idle node descriptors are trimmed after FORGET; any node comes back by handle."""
+    """Idle node descriptors are trimmed (LOOKUP, FORGET); any node comes back by handle."""
     if not conftest.IS_ROOT:
         pytest.skip("open_by_handle_at needs CAP_DAC_READ_SEARCH")
     from fusewire.examples.passthrough import Passthrough
@@ -258,8 +271,8 @@ def test_nodes_trimmed_and_revived_from_the_log(tmpfs_dir: Path) -> None:
     try:
         ids = [ops.lookup(1, f"f{i}".encode(), ctx).st_ino for i in range(20)]
         assert ids == [os.stat(tmpfs_dir / f"f{i}").st_ino for i in range(20)]
-        assert len(ops._nodes) == 21
-        ops.forget([])                      # any FORGET trims the idle nodes
+        assert len(ops._nodes) <= 9         # trimmed at the start of each LOOKUP
+        ops.forget([])                      # and after any FORGET
         assert len(ops._nodes) <= 8
         for i, nodeid in enumerate(ids):    # every id still resolves: revived by handle
             assert ops.getattr(nodeid, ctx).st_size == len(str(i))

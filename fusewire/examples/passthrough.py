@@ -339,6 +339,8 @@ class Passthrough(Operations):
     @_errmap
     def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         """Open ``name`` under the parent's descriptor (no symlink following)."""
+        if self._shared is not None and len(self._nodes) > self.node_cache:
+            self._trim()
         node, st = self._lookup(self._node(parent_inode), name, 1)
         return self._attr(node.nodeid, st)
 
@@ -731,6 +733,8 @@ class Passthrough(Operations):
     @_errmap
     def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
         """List a snapshot taken at offset 0; cookies are index + 1."""
+        if self._shared is not None and len(self._nodes) > self.node_cache:
+            self._trim()
         d = self._dirs.get(fh)
         if d is None:
             d = self._shared_dir(fh)
@@ -1142,6 +1146,25 @@ class Passthrough(Operations):
         self._held: set[int] = set()
         self._seen_release = table.released_gen()
 
+    def after_fork(self) -> None:
+        """In a serving process forked from a running one: drop the handles it copied.
+
+        The parent's open handles are the parent's (the shared slots do not
+        list this process as a holder), and its lock may have been held at
+        the fork.
+        """
+        self._lock = threading.Lock()
+        fds = list(self._files) + list(self._dirs)
+        self._files.clear()
+        self._dirs.clear()
+        self._backing.clear()
+        self._held = set()
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
     def _handle_bytes(self, fd: int, key: tuple[int, int]) -> bytes | None:
         buf = ctypes.create_string_buffer(8 + _MAX_HANDLE_SZ)
         struct.pack_into("<I", buf, 0, _MAX_HANDLE_SZ)
@@ -1225,8 +1248,9 @@ class Passthrough(Operations):
     def _trim(self) -> None:
         """Keep at most ``node_cache`` idle node descriptors (any can be revived).
 
-        Called after FORGET only, never while another handler of this process
-        may hold a node (multi-process serving runs one thread per process).
+        Called only where no handler of this process holds a node: after
+        FORGET and at the start of LOOKUP and READDIR (multi-process serving
+        runs one thread per process).
         """
         if len(self._nodes) <= self.node_cache:
             return

@@ -161,14 +161,14 @@ class SharedTable:
         self._read_to = 0                       # how far this process read the log
         self._handles: dict[int, bytes] = {}   # nodeid -> handle
         self._keys: dict[tuple[int, int], int] = {}  # (dev, ino) -> nodeid
-        self._pidfds: dict[int, int] = {}       # process index -> pidfd
+        self._pidfds: dict[int, tuple[int, int]] = {}  # process index -> (pid, pidfd)
         self._slots_off = _HEAD_SIZE + _LOG_SIZE
         self.seen_release = 0
         self.become(0)
 
     def close(self) -> None:
         """Unmap and close (this process's view only)."""
-        for pfd in self._pidfds.values():
+        for _pid, pfd in self._pidfds.values():
             try:
                 os.close(pfd)
             except OSError:
@@ -183,7 +183,7 @@ class SharedTable:
         """Make this process serving process ``index`` (after fork: forget inherited state)."""
         self.index = index
         self._tlock = threading.RLock()
-        for pfd in self._pidfds.values():
+        for _pid, pfd in self._pidfds.values():
             try:
                 os.close(pfd)
             except OSError:
@@ -196,13 +196,16 @@ class SharedTable:
         return int(struct.unpack_from("<I", self._map, _OFF_PIDS + 4 * index)[0])
 
     def _pidfd(self, index: int) -> int:
-        pfd = self._pidfds.get(index)
-        if pfd is None:
-            pid = self.pid_of(index)
-            if not pid:
-                raise OSError(errno.ESRCH, "no such serving process")
-            pfd = os.pidfd_open(pid)
-            self._pidfds[index] = pfd
+        pid = self.pid_of(index)
+        if not pid:
+            raise OSError(errno.ESRCH, "no such serving process")
+        cached = self._pidfds.get(index)
+        if cached is not None:
+            if cached[0] == pid:
+                return cached[1]
+            os.close(cached[1])        # that process was restarted
+        pfd = os.pidfd_open(pid)
+        self._pidfds[index] = (pid, pfd)
         return pfd
 
     def copy_from(self, index: int, number: int) -> int:
@@ -399,6 +402,9 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
         return 0
+    after_fork = getattr(server.ops, "after_fork", None)
+    if after_fork is not None:
+        after_fork()
     # a fresh wake-up pipe and stop flag: the inherited ones are the parent's
     for wfd in (server._wake_r, server._wake_w):
         os.close(wfd)
@@ -415,13 +421,106 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     return 0
 
 
+#: restarts of dead serving processes over the life of a mount
+MAX_RESTARTS = 10
+
+
+class _Children:
+    """The forked serving processes: start, watch (report, restart), stop."""
+
+    def __init__(self, server: Server, table: SharedTable, fd: int, processes: int) -> None:
+        self.server = server
+        self.table = table
+        self.fd = fd
+        self.parent_pid = os.getpid()
+        self.pids: dict[int, int] = {}        # index -> pid
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.restarts = 0
+        self.watchers: list[threading.Thread] = []
+        for index in range(1, processes):
+            self.pids[index] = self._spawn(index)
+
+    def _spawn(self, index: int) -> int:
+        pid = os.fork()
+        if pid == 0:          # pragma: no cover - runs in the child
+            code = 1
+            try:
+                code = _child(self.server, index, self.table, self.fd, self.parent_pid)
+            except BaseException:
+                log.exception("serving process %d failed", index)
+            finally:
+                os._exit(code)
+        return pid
+
+    def watch(self) -> None:
+        """One thread per child, each waiting for its pid."""
+        for index in self.pids:
+            t = threading.Thread(target=self._watch, args=(index,), daemon=True,
+                                 name=f"fusewire-watch-{index}")
+            t.start()
+            self.watchers.append(t)
+
+    def _watch(self, index: int) -> None:
+        while True:
+            pid = self.pids[index]
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                return
+            if self.stopping.is_set():
+                return
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+                return                  # unmounted: its loop saw ENODEV
+            how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
+                   else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                restart = self.restarts < MAX_RESTARTS
+                if restart:
+                    self.restarts += 1
+                    self.pids[index] = self._spawn(index)
+            if restart:
+                log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
+                          "requests failed; restarted as pid %d", index, pid, how,
+                          self.pids[index])
+                continue
+            log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
+                      "requests failed; not restarted (%d restarts used)", index, pid, how,
+                      MAX_RESTARTS)
+            return
+
+    def stop(self) -> None:
+        """SIGTERM every child by pid, wait, SIGKILL what is left after 5 s."""
+        with self.lock:
+            self.stopping.set()
+            pids = dict(self.pids)
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for t in self.watchers:
+            t.join(5)
+        for t, pid in zip(self.watchers, pids.values(), strict=True):
+            if t.is_alive():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                t.join(5)
+
+
 def serve_processes(server: Server, processes: int, *, install_signals: bool = True) -> None:
     """Answer INIT, fork ``processes - 1`` children, serve here too; stop them all at the end.
 
     Called by :meth:`Server.serve` when the server was built with
     ``processes > 1``.  A child that dies is reported on the log (its
-    in-flight requests fail with ECONNABORTED; the others keep serving); the
-    children stop on unmount, on SIGTERM/SIGINT, or when this process exits.
+    in-flight requests fail with ECONNABORTED; the others keep serving) and
+    restarted, until :data:`MAX_RESTARTS` restarts were used (a crash loop
+    ends there); the children stop on unmount, on
+    SIGTERM/SIGINT, or when this process exits.
     """
     fd = server.fd if server.fd is not None else server.mount()
     table = SharedTable()
@@ -430,59 +529,9 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
         attach(table)
     if server.conn.session is None:
         _answer_init(server, fd)
-    parent_pid = os.getpid()
-    children: dict[int, int] = {}
-    stopping = threading.Event()
-    alive = [processes]
-    alive_lock = threading.Lock()
-    for index in range(1, processes):
-        pid = os.fork()
-        if pid == 0:          # pragma: no cover - runs in the child
-            code = 1
-            try:
-                code = _child(server, index, table, fd, parent_pid)
-            except BaseException:
-                log.exception("serving process %d failed", index)
-            finally:
-                os._exit(code)
-        children[pid] = index
-
-    def watch(pid: int, index: int) -> None:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return
-        if stopping.is_set():
-            return
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            return                  # unmounted: its loop saw ENODEV
-        how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
-               else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
-        with alive_lock:
-            alive[0] -= 1
-            left = alive[0]
-        log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                  "requests failed, %d process(es) keep serving", index, pid, how, left)
-
-    watchers = [threading.Thread(target=watch, args=(pid, index), daemon=True,
-                                 name=f"fusewire-watch-{index}")
-                for pid, index in children.items()]
-    for t in watchers:
-        t.start()
+    kids = _Children(server, table, fd, processes)
+    kids.watch()
     try:
         server.serve(install_signals=install_signals)
     finally:
-        stopping.set()
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for t, pid in zip(watchers, children, strict=True):
-            t.join(5)
-            if t.is_alive():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                t.join(5)
+        kids.stop()
