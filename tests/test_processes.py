@@ -11,6 +11,7 @@ configuration (tests/test_posix.py, ``passthrough-2proc``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -158,6 +159,55 @@ def test_open_file_served_by_every_process(mp_mount: conftest.FuseServer,
     while _holders(pids, str(passthrough_source / "held")) and time.monotonic() < deadline:
         (mp_mount.mountpoint / "x").write_bytes(b"")
     assert not _holders(pids, str(passthrough_source / "held"))
+
+
+def test_mixed_workload(mp_mount: conftest.FuseServer, passthrough_source: Path,
+                        tmp_path: Path) -> None:
+    """The recovery soak's mixed workload (3 clients: a cwd inside the mount, O_APPEND
+    logs, a shared held descriptor, a bind mount), on 2 serving processes."""
+    from test_recovery import WORKER
+
+    root = mp_mount.mountpoint
+    shared = root / "shared"
+    shared.mkdir()
+    (shared / "marker").write_text("bound")
+    (root / "held").write_bytes(b"0".ljust(16))
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    subprocess.run(["mount", "--bind", str(shared), str(bind)], check=True)
+    stop = tmp_path / "stop"
+    procs = []
+    try:
+        for i in range(3):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(root), str(bind), str(i), str(stop),
+                 str(root / "held")], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        # run until every client has appended 100 records to its log (progress, not time)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+                (passthrough_source / f"w{i}" / "log").exists()
+                and (passthrough_source / f"w{i}" / "log").stat().st_size > 400
+                for i in range(3)):
+            if any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.05)
+        stop.write_text("")
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err.decode()
+            results.append(json.loads(out))
+    finally:
+        stop.write_text("")
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        subprocess.run(["umount", "-l", str(bind)], check=False)
+    errors = [e for r in results for e in r["errors"]]
+    assert not errors, errors
+    assert sum(r["ops"] for r in results) > 300, results
+    assert mp_mount.proc.poll() is None
 
 
 def test_unlinked_open_file(mp_mount: conftest.FuseServer) -> None:
