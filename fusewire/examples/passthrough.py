@@ -1183,15 +1183,20 @@ class Passthrough(Operations):
         return None
 
     def _publish(self, fd: int, key: tuple[int, int]) -> None:
-        """Put ``key`` in the shared node log unless this process saw it there already."""
+        """Put ``key``'s handle in the shared node log unless it is there already.
+
+        Runs once per object new to this process; the handle is compared, not
+        just the key, so an inode number reused by a new object is republished.
+        """
         shared = self._shared
         assert shared is not None
-        if shared.known_key(key) is not None or key == self._root_key:
+        if key == self._root_key:
             return
         handle = self._handle_bytes(fd, key)
         if handle is None:
             raise FUSEError(errno.ESTALE)
-        shared.publish_node(key, self._fixed_id(key), handle)
+        if not shared.known(key, handle):
+            shared.publish_node(key, self._fixed_id(key), handle)
 
     def _shared_id(self, key: tuple[int, int]) -> int:
         nodeid = self._fixed_id(key)

@@ -249,18 +249,27 @@ class SharedTable:
         """The nodeid this process has seen published for ``key`` (no syncing)."""
         return self._keys.get(key)
 
+    def known(self, key: tuple[int, int], handle: bytes) -> bool:
+        """Whether this process saw ``key`` published with exactly ``handle`` (no syncing)."""
+        nodeid = self._keys.get(key)
+        return nodeid is not None and self._handles.get(nodeid) == handle
+
     def publish_node(self, key: tuple[int, int], nodeid: int | None, handle: bytes) -> int:
         """Record ``key``'s handle; allocate a nodeid if ``nodeid`` is None.
 
-        If another process published ``key`` first, its nodeid is returned.
-        Raises OSError(ENOSPC) when the log is full.
+        If ``key`` was published before, its nodeid is kept; the record is
+        appended again only if the handle differs (the inode number was
+        reused by a new object: the newest record wins).  Raises
+        OSError(ENOSPC) when the log is full.
         """
         with self.locked():
             self._sync()
             known = self._keys.get(key)
             if known is not None:
-                return known
-            if nodeid is None:
+                if self._handles.get(known) == handle:
+                    return known
+                nodeid = known
+            elif nodeid is None:
                 nodeid = int(struct.unpack_from("<Q", self._map, _OFF_ALLOC)[0])
                 struct.pack_into("<Q", self._map, _OFF_ALLOC, nodeid + 1)
             used = self._read_to
@@ -396,9 +405,12 @@ def _answer_init(server: Server, fd: int) -> None:
     server.ready.set()
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
-           parent_pid: int) -> int:
-    """Body of serving process ``index`` (runs in the forked child)."""
+           parent_pid: int, sigmask: set[int | signal.Signals]) -> int:
+    """Body of serving process ``index`` (runs in the forked child, stop signals blocked)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
         return 0
@@ -410,8 +422,9 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
         os.close(wfd)
     server._wake_r, server._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     server._stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, server._on_signal)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
     fd = _mount.clone_fd(parent_fd)
     os.close(parent_fd)
     os.set_blocking(fd, False)
@@ -442,11 +455,17 @@ class _Children:
             self.pids[index] = self._spawn(index)
 
     def _spawn(self, index: int) -> int:
+        # signals stay blocked across the fork until the child has its own
+        # handlers and wake-up pipe (the inherited ones would wake the parent)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
-        if pid == 0:          # pragma: no cover - runs in the child
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        else:                 # pragma: no cover - runs in the child
             code = 1
             try:
-                code = _child(self.server, index, self.table, self.fd, self.parent_pid)
+                code = _child(self.server, index, self.table, self.fd, self.parent_pid,
+                              blocked)
             except BaseException:
                 log.exception("serving process %d failed", index)
             finally:
@@ -523,6 +542,20 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
     SIGTERM/SIGINT, or when this process exits.
     """
     fd = server.fd if server.fd is not None else server.mount()
+    old: dict[signal.Signals, Any] = {}
+    if install_signals and threading.current_thread() is threading.main_thread():
+        # from now on, not only once serve() runs: a SIGTERM while the children
+        # start must still stop them and unmount
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, server._on_signal)
+    try:
+        _serve_processes(server, processes, fd, install_signals)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _serve_processes(server: Server, processes: int, fd: int, install_signals: bool) -> None:
     table = SharedTable()
     attach = getattr(server.ops, "attach_shared", None)
     if attach is not None:
