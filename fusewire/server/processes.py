@@ -2,12 +2,13 @@
 
 Theory of operation (docs/design.md, "Multi-process serving")
 --------------------------------------------------------------
-The parent mounts and answers INIT alone, then forks ``processes - 1``
-children.  Each child clones the connection's fd with FUSE_DEV_IOC_CLONE,
-closes the parent's, and runs the ordinary one-thread loop on its clone with
-its own copy of the interpreter and of the filesystem object (fork copies,
-nothing Python-level is shared).  The kernel hands every request to whichever
-reader is waiting, so any process may see any request, and the reply goes
+The parent mounts and answers INIT alone, then forks ``processes``
+children and supervises them (it serves no request).  Each child clones the
+connection's fd with FUSE_DEV_IOC_CLONE, closes the parent's, and runs a
+one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
+with its own copy of the interpreter and of the filesystem object (fork
+copies, nothing Python-level is shared).  The kernel hands every request to
+one waiting reader, so any process may see any request, and the reply goes
 back through the fd that read it.
 
 What the processes must agree on lives in one :class:`SharedTable`, a memfd
@@ -39,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import inspect
 import logging
 import mmap
 import os
@@ -49,6 +51,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from fusewire.server import mount as _mount
@@ -63,7 +66,7 @@ __all__ = ["MAX_PROCESSES", "SharedTable", "check_processes", "default_processes
 log = logging.getLogger(__name__)
 
 #: holders are a 64-bit mask
-MAX_PROCESSES = 64
+MAX_PROCESSES = 63     # serving processes 1..63; index 0 is the supervising parent
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_PIDFD_GETFD = {"x86_64": 438, "aarch64": 438}.get(os.uname().machine, 438)
@@ -113,6 +116,10 @@ def check_processes(ops: Operations, processes: int, *, capture: Any = None,
     if capture is not None:
         raise ValueError("--capture records one process; it cannot be combined with "
                          "--processes")
+    if any(inspect.iscoroutinefunction(getattr(ops, attr, None))
+           for attr in dir(type(ops)) if not attr.startswith("_")):
+        raise ValueError(f"{name} has async handlers; --processes serves sync handlers "
+                         "only (each process runs a blocking one-thread loop)")
     if workers:
         raise ValueError("use --processes or --workers, not both (each serving process "
                          "runs one thread)")
@@ -408,6 +415,10 @@ def _answer_init(server: Server, fd: int) -> None:
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
+class _StopError(Exception):
+    """Raised by the stop-signal handler to leave a blocking read."""
+
+
 def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
            parent_pid: int, sigmask: set[int | signal.Signals]) -> int:
     """Body of serving process ``index`` (runs in the forked child, stop signals blocked)."""
@@ -417,21 +428,80 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     after_fork = getattr(server.ops, "after_fork", None)
     if after_fork is not None:
         after_fork()
-    # a fresh wake-up pipe and stop flag: the inherited ones are the parent's
+    # the inherited wake-up pipe is the parent's: never write to it from here
     for wfd in (server._wake_r, server._wake_w):
         os.close(wfd)
-    server._wake_r, server._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    server._stop = threading.Event()
+    server._wake_r = server._wake_w = -1
+    stop = server._stop = threading.Event()
+    reading = [False]
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if reading[0]:
+            raise _StopError
+
     for sig in _STOP_SIGNALS:
-        signal.signal(sig, server._on_signal)
-    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+        signal.signal(sig, on_signal)
     fd = _mount.clone_fd(parent_fd)
     os.close(parent_fd)
-    os.set_blocking(fd, False)
     server.fd = fd
     table.become(index)
-    server._loop(fd)
+    signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+    try:
+        _blocking_loop(server, fd, reading)
+    except _StopError:
+        pass
     return 0
+
+
+def _blocking_loop(server: Server, fd: int, reading: list[bool]) -> None:
+    """Read, dispatch, write, with a blocking read (see below) until unmount or stop.
+
+    A blocking read(2) of /dev/fuse waits as an *exclusive* waiter: a new
+    request wakes one of the N processes.  A poll/select waiter (the
+    single-process loop, which needs its wake-up pipe) is woken for every
+    request, so N polling processes would all wake for each request and
+    all but one go back to sleep empty-handed.  A stop signal raises
+    :class:`_StopError` out of the read (``reading`` says when that is safe);
+    during a request it only sets the stop flag, checked after the reply.
+    """
+    os.set_blocking(fd, True)
+    buf = bytearray(max(8192, server.config.max_write + 4096))
+    view = memoryview(buf)
+    readv = os.readv
+    writev = os.writev
+    dispatcher = server.dispatcher
+    dispatch = dispatcher.dispatch
+    stop = server._stop
+    while not stop.is_set():
+        reading[0] = True
+        try:
+            n = readv(fd, [buf])
+        except OSError as exc:
+            reading[0] = False
+            if exc.errno in (errno.EINTR, errno.EAGAIN):
+                continue
+            if exc.errno == errno.ENODEV:
+                server.unmounted = True
+                return
+            if exc.errno == errno.ECONNABORTED:
+                return
+            raise
+        reading[0] = False
+        bufs, lookups = dispatch(view[:n])
+        if bufs is None:
+            continue
+        try:
+            writev(fd, bufs)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                server.unmounted = True
+                return
+            if exc.errno != errno.ENOENT:
+                log.error("reply write failed: %s", exc)
+            dispatcher.rollback(lookups)
+        if dispatcher.fatal is not None:
+            return
 
 
 #: restarts of dead serving processes over the life of a mount
@@ -450,8 +520,9 @@ class _Children:
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.restarts = 0
+        self.dead: set[int] = set()
         self.watchers: list[threading.Thread] = []
-        for index in range(1, processes):
+        for index in range(1, processes + 1):
             self.pids[index] = self._spawn(index)
 
     def _spawn(self, index: int) -> int:
@@ -490,7 +561,8 @@ class _Children:
             if self.stopping.is_set():
                 return
             if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-                return                  # unmounted: its loop saw ENODEV
+                self.server.stop()      # unmounted (ENODEV): the others end the same way
+                return
             how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                    else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
             with self.lock:
@@ -505,9 +577,14 @@ class _Children:
                           "requests failed; restarted as pid %d", index, pid, how,
                           self.pids[index])
                 continue
+            with self.lock:
+                self.dead.add(index)
+                left = len(self.pids) - len(self.dead)
             log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                      "requests failed; not restarted (%d restarts used)", index, pid, how,
-                      MAX_RESTARTS)
+                      "requests failed; not restarted (%d restarts used), %d left", index,
+                      pid, how, MAX_RESTARTS, left)
+            if not left:
+                self.server.stop()
             return
 
     def stop(self) -> None:
@@ -532,14 +609,15 @@ class _Children:
 
 
 def serve_processes(server: Server, processes: int, *, install_signals: bool = True) -> None:
-    """Answer INIT, fork ``processes - 1`` children, serve here too; stop them all at the end.
+    """Answer INIT, fork ``processes`` serving children, supervise them; stop them at the end.
 
     Called by :meth:`Server.serve` when the server was built with
-    ``processes > 1``.  A child that dies is reported on the log (its
-    in-flight requests fail with ECONNABORTED; the others keep serving) and
-    restarted, until :data:`MAX_RESTARTS` restarts were used (a crash loop
-    ends there); the children stop on unmount, on
-    SIGTERM/SIGINT, or when this process exits.
+    ``processes > 1``.  This process serves no request itself (a poll
+    waiter here would wake for every request; see :func:`_blocking_loop`).
+    A child that dies is reported on the log (its in-flight requests fail
+    with ECONNABORTED; the others keep serving) and restarted, until
+    :data:`MAX_RESTARTS` restarts were used (a crash loop ends there).  The
+    children stop on unmount, on SIGTERM/SIGINT, or when this process exits.
     """
     fd = server.fd if server.fd is not None else server.mount()
     old: dict[signal.Signals, Any] = {}
@@ -565,6 +643,10 @@ def _serve_processes(server: Server, processes: int, fd: int, install_signals: b
     kids = _Children(server, table, fd, processes)
     kids.watch()
     try:
-        server.serve(install_signals=install_signals)
+        server._stop.wait()     # a stop signal, or the watchers: unmounted / none left
     finally:
         kids.stop()
+        try:
+            server.ops.destroy()
+        except Exception:
+            log.exception("destroy raised")
