@@ -74,7 +74,7 @@ _PR_SET_PDEATHSIG = 1
 
 _MAGIC = b"FWMP0001"
 # magic, log_used, alloc_next, release_gen, slot_base, nslots, pids[64]
-_HEAD = struct.Struct(f"<8sQQQQQ{MAX_PROCESSES}I")
+_HEAD = struct.Struct(f"<8sQQQQQ{MAX_PROCESSES + 1}I")
 _HEAD_SIZE = 4096
 _LOG_SIZE = 32 << 20
 _REC = struct.Struct("<QQQI4x")           # nodeid, dev, ino, handle length
@@ -162,7 +162,7 @@ class SharedTable:
         self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         _HEAD.pack_into(self._map, 0, _MAGIC, 0, 1 << 63, 0, self.slot_base, self.nslots,
-                        *([0] * MAX_PROCESSES))
+                        *([0] * (MAX_PROCESSES + 1)))
         self.index = 0
         self._tlock = threading.RLock()
         self._read_to = 0                       # how far this process read the log
