@@ -244,6 +244,29 @@ def test_every_process_ends_on_sigterm(mp_mount: conftest.FuseServer) -> None:
     assert not conftest.is_fuse_mounted(mp_mount.mountpoint)
 
 
+def test_children_end_when_the_parent_is_killed(mp_mount: conftest.FuseServer) -> None:
+    kids = _serving(mp_mount)
+    mp_mount.proc.kill()
+    mp_mount.proc.wait(10)
+    assert _wait_gone(kids) == set()        # PR_SET_PDEATHSIG: nothing keeps serving
+    # the connection is gone with its last fd: the mount answers ENOTCONN until unmounted
+    with pytest.raises(OSError):
+        os.listdir(mp_mount.mountpoint)
+
+
+def test_processes_auto(tmp_path: Path, passthrough_source: Path) -> None:
+    if not conftest.IS_ROOT:
+        pytest.skip("multi-process passthrough needs root")
+    srv = conftest.start_server(["--processes", "auto", "passthrough", str(passthrough_source)],
+                                tmp_path / "mnt", tmp_path)
+    try:
+        assert len(children(srv.proc.pid)) == len(os.sched_getaffinity(0))
+        (srv.mountpoint / "f").write_text("auto")
+        assert (passthrough_source / "f").read_text() == "auto"
+    finally:
+        srv.close()
+
+
 def test_killed_child_is_reported_and_restarted(mp_mount: conftest.FuseServer,
                                                 passthrough_source: Path) -> None:
     parent = mp_mount.proc.pid
