@@ -1143,6 +1143,7 @@ class Passthrough(Operations):
     def attach_shared(self, table: SharedTable) -> None:
         """Serve as one of several processes sharing ``table`` (called before forking)."""
         self._shared = table
+        self._sweep_lock = threading.Lock()
         self._held: set[int] = set()
         self._seen_release = table.released_gen()
 
@@ -1154,6 +1155,7 @@ class Passthrough(Operations):
         the fork.
         """
         self._lock = threading.Lock()
+        self._sweep_lock = threading.Lock()
         fds = list(self._files) + list(self._dirs)
         self._files.clear()
         self._dirs.clear()
@@ -1348,40 +1350,58 @@ class Passthrough(Operations):
         """RELEASE/RELEASEDIR landed here: free the slot, close our copy, if any."""
         shared = self._shared
         assert shared is not None
-        with self._lock:
-            self._backing.pop(fh, None)
-            self._files.pop(fh, None)
-            self._dirs.pop(fh, None)
-            held = fh in self._held
-            self._held.discard(fh)
-        try:
-            backing_id = shared.release(fh)
-        except OSError:
-            backing_id = -1
+        with self._sweep_lock:
+            with self._lock:
+                self._backing.pop(fh, None)
+                self._files.pop(fh, None)
+                self._dirs.pop(fh, None)
+                held = fh in self._held
+                self._held.discard(fh)
+            if held:            # closed before the number can be given to a new open
+                os.close(fh)
+            try:
+                backing_id = shared.release(fh)
+            except OSError:
+                backing_id = -1
         if backing_id >= 0 and self.notifier is not None:
             try:
                 self.notifier.backing_close(backing_id)
             except (OSError, FUSEError):
                 pass
-        if held:
-            os.close(fh)
         self._sweep()
 
     def _sweep(self) -> None:
-        """Close our copies of handles released through other processes."""
+        """Close our copies of handles released through other processes.
+
+        Each copy is closed before the table stops counting this process as
+        a holder, so its number cannot be handed to a new open while the old
+        file still sits there.
+        """
         shared = self._shared
         if shared is None or shared.released_gen() == self._seen_release:
             return
-        self._seen_release = shared.released_gen()
-        with self._lock:
-            held = list(self._held)
-        for fh in shared.drop_released(held):
+        with self._sweep_lock:
+            gen = shared.released_gen()
+            if gen == self._seen_release:
+                return
             with self._lock:
-                self._held.discard(fh)
-                self._files.pop(fh, None)
-                self._dirs.pop(fh, None)
-                self._backing.pop(fh, None)
-            os.close(fh)
+                held = list(self._held)
+            gone = shared.released(held)
+            for fh in gone:
+                with self._lock:
+                    mine = fh in self._held
+                    self._held.discard(fh)
+                    self._files.pop(fh, None)
+                    self._dirs.pop(fh, None)
+                    self._backing.pop(fh, None)
+                if mine:
+                    os.close(fh)
+            shared.drop(gone)
+            self._seen_release = gen
+
+    def sweep_shared(self) -> None:
+        """Called about twice a second from a helper thread of each serving process."""
+        self._sweep()
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 
 Theory of operation (docs/design.md, "Multi-process serving")
 --------------------------------------------------------------
-The parent mounts and answers INIT alone, then forks ``processes``
-children and supervises them (it serves no request).  Each child clones the
+The parent mounts and negotiates INIT alone, forks ``processes`` children,
+writes the INIT reply, and supervises them (it serves no request).  Each child clones the
 connection's fd with FUSE_DEV_IOC_CLONE, closes the parent's, and runs a
 one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
 with its own copy of the interpreter and of the filesystem object (fork
@@ -49,7 +49,7 @@ import selectors
 import signal
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -359,20 +359,23 @@ class SharedTable:
         """A counter that moves whenever some handle is released."""
         return int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
 
-    def drop_released(self, held: list[int]) -> list[int]:
-        """Of this process's ``held`` handles, the released ones, now given up here."""
-        gone = []
+    def released(self, held: list[int]) -> list[int]:
+        """Of this process's ``held`` handles, those the kernel has released."""
+        m = self._map
+        return [fh for fh in held
+                if struct.unpack_from("<I", m, self._slot_off(fh))[0] != OPEN]
+
+    def drop(self, fhs: list[int]) -> None:
+        """This process no longer holds ``fhs`` (released; call after closing them)."""
         with self.locked():
-            for fh in held:
+            for fh in fhs:
                 off = self._slot_off(fh)
-                state, owner, holders, *_ = _SLOT.unpack_from(self._map, off)
+                state, owner, holders = struct.unpack_from("<IIQ", self._map, off)
                 if state == OPEN:
                     continue
                 holders &= ~(1 << self.index)
                 struct.pack_into("<IIQ", self._map, off, RELEASED if holders else FREE,
                                  owner, holders)
-                gone.append(fh)
-        return gone
 
     def opens_of(self, nodeid: int) -> list[tuple[int, int]]:
         """``(fh, owner)`` of the open handles of ``nodeid`` (a linear scan: rare path)."""
@@ -389,8 +392,12 @@ class SharedTable:
 # -- serving ---------------------------------------------------------------------------------
 
 
-def _answer_init(server: Server, fd: int) -> None:
-    """Read and answer requests until INIT is negotiated (the kernel sends INIT first)."""
+def _answer_init(server: Server, fd: int, before_reply: Callable[[], None]) -> None:
+    """Read and answer requests until INIT is negotiated (the kernel sends INIT first).
+
+    ``before_reply`` runs once the session exists, before the INIT reply is
+    written: the serving processes are there before the mount answers.
+    """
     buf = bytearray(max(8192, server.config.max_write + 4096))
     view = memoryview(buf)
     sel = selectors.DefaultSelector()
@@ -405,6 +412,8 @@ def _answer_init(server: Server, fd: int) -> None:
             except InterruptedError:
                 continue
             bufs, _lookups = server.dispatcher.dispatch(view[:n])
+            if server.conn.session is not None:
+                before_reply()
             if bufs is not None:
                 os.writev(fd, bufs)
     finally:
@@ -447,11 +456,28 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     server.fd = fd
     table.become(index)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
+    sweep = getattr(server.ops, "sweep_shared", None)
+    if sweep is not None:
+        threading.Thread(target=_sweeper, args=(sweep, stop), daemon=True,
+                         name="fusewire-sweep").start()
     try:
         _blocking_loop(server, fd, reading)
     except _StopError:
         pass
     return 0
+
+
+#: seconds between two ``ops.sweep_shared()`` calls in each serving process
+SWEEP_INTERVAL = 0.5
+
+
+def _sweeper(sweep: Any, stop: threading.Event) -> None:
+    """Let an idle process give up what other processes released (a helper thread)."""
+    while not stop.wait(SWEEP_INTERVAL):
+        try:
+            sweep()
+        except Exception:
+            log.exception("sweep_shared raised")
 
 
 def _blocking_loop(server: Server, fd: int, reading: list[bool]) -> None:
@@ -638,14 +664,22 @@ def _serve_processes(server: Server, processes: int, fd: int, install_signals: b
     attach = getattr(server.ops, "attach_shared", None)
     if attach is not None:
         attach(table)
-    if server.conn.session is None:
-        _answer_init(server, fd)
-    kids = _Children(server, table, fd, processes)
-    kids.watch()
+    kids: list[_Children] = []
+
+    def start() -> None:
+        kids.append(_Children(server, table, fd, processes))
+
     try:
+        if server.conn.session is None:
+            _answer_init(server, fd, start)
+        else:
+            start()
+            server.ready.set()
+        kids[0].watch()
         server._stop.wait()     # a stop signal, or the watchers: unmounted / none left
     finally:
-        kids.stop()
+        if kids:
+            kids[0].stop()
         try:
             server.ops.destroy()
         except Exception:
