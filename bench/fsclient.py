@@ -38,6 +38,7 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -238,18 +239,28 @@ class Client:
 
         most = self.p.scaling_max or len(os.sched_getaffinity(0))
         curve: dict[str, float] = {}
+        done: dict[str, int] = {}
         cpu: dict[str, float | None] = {}
-        ops = wall = 0.0
+        client_cpu: dict[str, float] = {}
+        ops = 0
+        wall = 0.0
         try:
             for n in client_counts(most):
                 cpu0 = self.server.cpu()
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 ops, wall, _ = self._forked_storms(n, step, self.p.scaling_cap_s)
-                curve[str(n)] = round(ops / wall) if wall > 0 else 0
-                cpu[str(n)] = _delta(cpu0, self.server.cpu())
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                key = str(n)
+                curve[key] = round(ops / wall) if wall > 0 else 0
+                done[key] = ops
+                cpu[key] = _delta(cpu0, self.server.cpu())
+                client_cpu[key] = round(ru1.ru_utime - ru0.ru_utime
+                                        + ru1.ru_stime - ru0.ru_stime, 3)
         finally:
             os.close(dfd)
         return Result("scaling", ops, wall, "ops/s",
-                      extra={"clients": curve, "server_cpu_s": cpu})
+                      extra={"clients": curve, "ops": done, "server_cpu_s": cpu,
+                             "client_cpu_s": client_cpu})
 
     def _forked_storms(self, procs: int, step_for: Callable[[int], Callable[[], object]],
                        cap_s: float) -> tuple[int, float, list[int]]:

@@ -413,16 +413,30 @@ def targets_table(contenders: dict[str, Any]) -> list[str]:
 SCALING_TARGETS = [("fusewire_pt_2proc", "fusewire_pt", 1.5)]
 
 
-def scaling_curves(contenders: dict[str, Any]) -> dict[str, dict[int, float]]:
-    """Per contender that ran the scaling workload: client count -> median ops/s."""
+def scaling_curves(contenders: dict[str, Any], field: str = "clients"
+                   ) -> dict[str, dict[int, float]]:
+    """Per contender that ran the scaling workload: client count -> median ops/s.
+
+    ``field`` "server_cpu_s" or "client_cpu_s" gives the median CPU µs per op
+    instead (server: its process tree; clients: the forked storm processes).
+    """
     curves: dict[str, dict[int, float]] = {}
     for name, c in contenders.items():
         per: dict[int, list[float]] = {}
         for run in c["runs"]:
             for r in run.get("results", []):
-                if r["workload"] == "scaling" and not r["error"]:
-                    for n, rate in r["extra"].get("clients", {}).items():
-                        per.setdefault(int(n), []).append(float(rate))
+                if r["workload"] != "scaling" or r["error"]:
+                    continue
+                extra = r["extra"]
+                for n, value in extra.get(field, {}).items():
+                    if value is None:
+                        continue
+                    if field != "clients":
+                        ops = extra.get("ops", {}).get(n)
+                        if not ops:
+                            continue
+                        value = value / ops * 1e6
+                    per.setdefault(int(n), []).append(float(value))
         if per:
             curves[name] = {n: statistics.median(v) for n, v in sorted(per.items())}
     return curves
@@ -452,6 +466,23 @@ def scaling_table(contenders: dict[str, Any], pin: str) -> list[str]:
             + ("" if pin == "none" else f" **Pinned (`--pin {pin}`)**: every client shares "
                "the client CPU, so this shows no scaling; use `--pin none`.")), "",
            *table(["clients", *curves], rows), ""]
+    cpu_rows = []
+    server_cpu = scaling_curves(contenders, "server_cpu_s")
+    client_cpu = scaling_curves(contenders, "client_cpu_s")
+    for n in counts:
+        cells = [str(n)]
+        for name in curves:
+            srv = server_cpu.get(name, {}).get(n)
+            cli = client_cpu.get(name, {}).get(n)
+            cells.append("-" if srv is None and cli is None else
+                         f"{fmt(srv) if srv is not None else '-'} / "
+                         f"{fmt(cli) if cli is not None else '-'}")
+        cpu_rows.append(cells)
+    if server_cpu or client_cpu:
+        out += [("CPU per stat, µs (server process tree / the client processes; 10 ms "
+                 "ticks for the server): throughput with N free CPUs is at most "
+                 "N / (server + client)."), "",
+                *table(["clients", *curves], cpu_rows), ""]
     for mine, ref, goal in SCALING_TARGETS:
         if mine in curves and ref in curves:
             for n in counts:
