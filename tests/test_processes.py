@@ -209,6 +209,29 @@ def test_mixed_workload(mp_mount: conftest.FuseServer, passthrough_source: Path,
     assert mp_mount.proc.poll() is None
 
 
+def test_kernel_passthrough(tmp_path: Path, passthrough_source: Path) -> None:
+    """Backing ids are per connection: files opened in any process get one, and no
+    READ or WRITE reaches any serving process (the -d trace of all of them)."""
+    if not conftest.IS_ROOT:
+        pytest.skip("backing files need root")
+    srv = conftest.start_server(["--processes", "2", "-d", "passthrough", str(passthrough_source)],
+                                tmp_path / "mnt", tmp_path,
+                                options=conftest.MOUNT_OPTIONS + ",kernel_passthrough")
+    try:
+        for i in range(10):
+            data = os.urandom(200_000 + i)
+            (srv.mountpoint / f"f{i}").write_bytes(data)
+            assert (srv.mountpoint / f"f{i}").read_bytes() == data
+            assert (passthrough_source / f"f{i}").read_bytes() == data
+        trace = srv.errfile.read_text(errors="replace")
+        if "|PASSTHROUGH|" not in trace.split(" CREATE ", 1)[0]:
+            pytest.skip("the kernel did not negotiate FUSE_PASSTHROUGH")
+        assert " CREATE " in trace and " OPEN " in trace
+        assert " READ " not in trace and " WRITE " not in trace
+    finally:
+        srv.close()
+
+
 def test_unlinked_open_file(mp_mount: conftest.FuseServer) -> None:
     path = mp_mount.mountpoint / "gone"
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
