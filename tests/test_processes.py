@@ -382,3 +382,26 @@ def test_nodes_trimmed_and_revived_from_the_log(tmpfs_dir: Path) -> None:
     finally:
         ops.destroy()
         table.close()
+
+
+def test_shared_node_index() -> None:
+    """The node log's indexes: lookups by nodeid and by key, republishing, allocation."""
+    from fusewire.server.processes import SharedTable
+
+    table = SharedTable()
+    try:
+        for ino in range(2, 5002):
+            assert table.publish_node((5, ino), ino, b"h%d" % ino) == ino
+        assert table.node_handle(777) == b"h777"
+        assert table.known_key((5, 777)) == 777
+        assert table.known((5, 777), b"h777") and not table.known((5, 777), b"other")
+        # the same key with another handle (an inode number reused): newest record wins
+        assert table.publish_node((5, 777), 777, b"new") == 777
+        assert table.node_handle(777) == b"new" and table.known((5, 777), b"new")
+        # ids of other devices come from the shared counter, once per key
+        first = table.publish_node((6, 1), None, b"x")
+        assert first == 1 << 63 and table.publish_node((6, 1), None, b"x") == first
+        assert table.publish_node((6, 2), None, b"y") == first + 1
+        assert table.node_handle(first) == b"x" and table.node_handle(123456789) is None
+    finally:
+        table.close()

@@ -76,7 +76,10 @@ _MAGIC = b"FWMP0001"
 # magic, log_used, alloc_next, release_gen, slot_base, nslots, pids[64]
 _HEAD = struct.Struct(f"<8sQQQQQ{MAX_PROCESSES + 1}I")
 _HEAD_SIZE = 4096
-_LOG_SIZE = 32 << 20
+_LOG_SIZE = 256 << 20                      # sparse: only written pages cost memory
+_IDX_BITS = 22
+_IDX_MASK = (1 << _IDX_BITS) - 1
+_IDX_FULL = (1 << _IDX_BITS) * 3 // 8    # entries in both indexes together: <= 75% each
 _REC = struct.Struct("<QQQI4x")           # nodeid, dev, ino, handle length
 _SLOT = struct.Struct("<IIQQiII")         # state, owner, holders, nodeid, backing, kind, flags
 _SLOT_SIZE = 40
@@ -84,6 +87,12 @@ _OFF_LOG_USED = 8
 _OFF_ALLOC = 16
 _OFF_RELEASE = 24
 _OFF_PIDS = 48
+_OFF_ENTRIES = _OFF_PIDS + 4 * (MAX_PROCESSES + 1)
+
+
+def _hash(x: int) -> int:
+    """Fibonacci hashing of a 64-bit value to an index slot."""
+    return ((x * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - _IDX_BITS)
 
 FREE, OPEN, RELEASED = 0, 1, 2
 
@@ -156,7 +165,10 @@ class SharedTable:
         #: fh values (descriptor numbers) live in [slot_base, slot_base + nslots)
         self.slot_base = max(64, limit // 2)
         self.nslots = limit - self.slot_base
-        self.size = _HEAD_SIZE + _LOG_SIZE + self.nslots * _SLOT_SIZE
+        self._id_idx = _HEAD_SIZE + _LOG_SIZE
+        self._key_idx = self._id_idx + (8 << _IDX_BITS)
+        self._slots_off = self._key_idx + (8 << _IDX_BITS)
+        self.size = self._slots_off + self.nslots * _SLOT_SIZE
         self._fd = os.memfd_create("fusewire-shared", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, self.size)
         self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED,
@@ -165,11 +177,7 @@ class SharedTable:
                         *([0] * (MAX_PROCESSES + 1)))
         self.index = 0
         self._tlock = threading.RLock()
-        self._read_to = 0                       # how far this process read the log
-        self._handles: dict[int, bytes] = {}   # nodeid -> handle
-        self._keys: dict[tuple[int, int], int] = {}  # (dev, ino) -> nodeid
         self._pidfds: dict[int, tuple[int, int]] = {}  # process index -> (pid, pidfd)
-        self._slots_off = _HEAD_SIZE + _LOG_SIZE
         self.seen_release = 0
         self.become(0)
 
@@ -230,36 +238,57 @@ class SharedTable:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
     # -- the node log ------------------------------------------------------------------
+    # Records are appended to the log; two open-addressing indexes (by nodeid
+    # and by (st_dev, st_ino)) hold "record offset + 1" per entry, 0 = empty,
+    # so no process keeps a copy of the log.  Everything here holds the lock.
 
-    def _sync(self) -> None:
-        used = int(struct.unpack_from("<Q", self._map, _OFF_LOG_USED)[0])
-        off = self._read_to
+    def _probe(self, base: int, h: int, match: Callable[[int], bool]) -> tuple[int, int]:
+        """``(index slot offset, record offset or -1)``: the matching entry or the empty slot."""
         m = self._map
-        while off < used:
-            nodeid, dev, ino, hlen = _REC.unpack_from(m, _HEAD_SIZE + off)
-            start = _HEAD_SIZE + off + _REC.size
-            self._handles[nodeid] = bytes(m[start:start + hlen])
-            self._keys[(dev, ino)] = nodeid
-            off += _REC.size + ((hlen + 7) & ~7)
-        self._read_to = off
+        i = h
+        while True:
+            slot = base + 8 * i
+            v = int(struct.unpack_from("<Q", m, slot)[0])
+            if v == 0:
+                return slot, -1
+            if match(v - 1):
+                return slot, v - 1
+            i = (i + 1) & _IDX_MASK
+
+    def _by_id(self, nodeid: int) -> tuple[int, int]:
+        m = self._map
+        return self._probe(self._id_idx, _hash(nodeid), lambda rec: int(
+            struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0]) == nodeid)
+
+    def _by_key(self, key: tuple[int, int]) -> tuple[int, int]:
+        m = self._map
+        return self._probe(self._key_idx, _hash(key[0] * 0x100000001B3 ^ key[1]),
+                           lambda rec: struct.unpack_from("<QQ", m, _HEAD_SIZE + rec + 8)
+                           == key)
+
+    def _handle_at(self, rec: int) -> bytes:
+        hlen = _REC.unpack_from(self._map, _HEAD_SIZE + rec)[3]
+        start = _HEAD_SIZE + rec + _REC.size
+        return bytes(self._map[start:start + hlen])
 
     def node_handle(self, nodeid: int) -> bytes | None:
-        """The handle recorded for ``nodeid`` by any process, or None."""
-        handle = self._handles.get(nodeid)
-        if handle is None:
-            with self.locked():
-                self._sync()
-            handle = self._handles.get(nodeid)
-        return handle
+        """The newest handle recorded for ``nodeid`` by any process, or None."""
+        with self.locked():
+            _slot, rec = self._by_id(nodeid)
+            return None if rec < 0 else self._handle_at(rec)
 
     def known_key(self, key: tuple[int, int]) -> int | None:
-        """The nodeid this process has seen published for ``key`` (no syncing)."""
-        return self._keys.get(key)
+        """The nodeid published for ``key``, or None."""
+        with self.locked():
+            _slot, rec = self._by_key(key)
+            return None if rec < 0 else int(
+                struct.unpack_from("<Q", self._map, _HEAD_SIZE + rec)[0])
 
     def known(self, key: tuple[int, int], handle: bytes) -> bool:
-        """Whether this process saw ``key`` published with exactly ``handle`` (no syncing)."""
-        nodeid = self._keys.get(key)
-        return nodeid is not None and self._handles.get(nodeid) == handle
+        """Whether ``key`` is published with exactly ``handle``."""
+        with self.locked():
+            _slot, rec = self._by_key(key)
+            return rec >= 0 and self._handle_at(rec) == handle
 
     def publish_node(self, key: tuple[int, int], nodeid: int | None, handle: bytes) -> int:
         """Record ``key``'s handle; allocate a nodeid if ``nodeid`` is None.
@@ -267,27 +296,31 @@ class SharedTable:
         If ``key`` was published before, its nodeid is kept; the record is
         appended again only if the handle differs (the inode number was
         reused by a new object: the newest record wins).  Raises
-        OSError(ENOSPC) when the log is full.
+        OSError(ENOSPC) when the log or its indexes are full.
         """
+        m = self._map
         with self.locked():
-            self._sync()
-            known = self._keys.get(key)
-            if known is not None:
-                if self._handles.get(known) == handle:
-                    return known
-                nodeid = known
+            key_slot, rec = self._by_key(key)
+            if rec >= 0:
+                if self._handle_at(rec) == handle:
+                    return int(struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0])
+                nodeid = int(struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0])
             elif nodeid is None:
-                nodeid = int(struct.unpack_from("<Q", self._map, _OFF_ALLOC)[0])
-                struct.pack_into("<Q", self._map, _OFF_ALLOC, nodeid + 1)
-            used = self._read_to
+                nodeid = int(struct.unpack_from("<Q", m, _OFF_ALLOC)[0])
+                struct.pack_into("<Q", m, _OFF_ALLOC, nodeid + 1)
+            used = int(struct.unpack_from("<Q", m, _OFF_LOG_USED)[0])
+            entries = int(struct.unpack_from("<Q", m, _OFF_ENTRIES)[0])
             need = _REC.size + ((len(handle) + 7) & ~7)
-            if used + need > _LOG_SIZE:
+            if used + need > _LOG_SIZE or entries >= _IDX_FULL:
                 raise OSError(errno.ENOSPC, "shared node log full")
             base = _HEAD_SIZE + used
-            _REC.pack_into(self._map, base, nodeid, key[0], key[1], len(handle))
-            self._map[base + _REC.size:base + _REC.size + len(handle)] = handle
-            struct.pack_into("<Q", self._map, _OFF_LOG_USED, used + need)
-            self._sync()
+            _REC.pack_into(m, base, nodeid, key[0], key[1], len(handle))
+            m[base + _REC.size:base + _REC.size + len(handle)] = handle
+            id_slot, old = self._by_id(nodeid)
+            struct.pack_into("<Q", m, id_slot, used + 1)
+            struct.pack_into("<Q", m, key_slot, used + 1)
+            struct.pack_into("<Q", m, _OFF_LOG_USED, used + need)
+            struct.pack_into("<Q", m, _OFF_ENTRIES, entries + (rec < 0) + (old < 0))
         return nodeid
 
     # -- open slots ------------------------------------------------------------------------
