@@ -1233,6 +1233,8 @@ class Passthrough(Operations):
                 except OSError:
                     continue
                 try:
+                    if not self._is_node(copy, nodeid):
+                        continue
                     fd = os.open(_proc(copy), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
                 finally:
                     os.close(copy)
@@ -1314,6 +1316,9 @@ class Passthrough(Operations):
         owner, nodeid, kind, flags = info
         try:
             copy = shared.copy_from(owner, fh)
+            if not self._is_node(copy, nodeid):
+                os.close(copy)
+                raise OSError(errno.ESTALE, "not the file of that handle")
         except OSError:         # the opener died: reopen from the node
             node = self._node(nodeid)
             if kind == stat.S_IFDIR:
@@ -1340,6 +1345,16 @@ class Passthrough(Operations):
             else:
                 self._files[fh] = nodeid
         return True
+
+    def _is_node(self, fd: int, nodeid: int) -> bool:
+        """Whether ``fd`` is the object ``nodeid`` names (as far as the id tells)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        fixed = self._fixed_id(key)
+        if fixed is not None:
+            return fixed == nodeid
+        node = self._nodes.get(nodeid)
+        return node is None or node.key == key
 
     def _shared_dir(self, fh: int) -> _DirHandle:
         if self._shared is not None and self._adopt(fh):

@@ -206,6 +206,10 @@ class SharedTable:
         self._pidfds = {}
         struct.pack_into("<I", self._map, _OFF_PIDS + 4 * index, os.getpid())
 
+    def set_pid(self, index: int, pid: int) -> None:
+        """Record ``pid`` as serving process ``index`` (0: none, it died)."""
+        struct.pack_into("<I", self._map, _OFF_PIDS + 4 * index, pid)
+
     def pid_of(self, index: int) -> int:
         """The pid recorded for process ``index`` (0: none)."""
         return int(struct.unpack_from("<I", self._map, _OFF_PIDS + 4 * index)[0])
@@ -591,6 +595,7 @@ class _Children:
         pid = os.fork()
         if pid:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            self.table.set_pid(index, pid)
         else:                 # pragma: no cover - runs in the child
             code = 1
             try:
@@ -614,6 +619,10 @@ class _Children:
         while True:
             pid = self.pids[index]
             try:
+                # wait without reaping, so that the pid cannot be reused by an
+                # unrelated process while the table still names it
+                os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+                self.table.set_pid(index, 0)
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 return
