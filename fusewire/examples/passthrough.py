@@ -1287,10 +1287,15 @@ class Passthrough(Operations):
         self._sweep()
         try:
             fh = shared.claim(nodeid, kind, flags, self._free_here)
-            os.dup2(fd, fh, inheritable=False)
+            try:
+                os.dup2(fd, fh, inheritable=False)
+            except OSError:
+                shared.release(fh)
+                raise
         finally:
             os.close(fd)
-        self._held.add(fh)
+        with self._lock:
+            self._held.add(fh)
         return fh
 
     def _adopt_handles(self, fhs: list[object]) -> bool:
@@ -1315,6 +1320,23 @@ class Passthrough(Operations):
             return False
         owner, nodeid, kind, flags = info
         try:
+            self._place_copy(fh, owner, nodeid, kind, flags)
+        except BaseException:
+            shared.unhold(fh)       # we hold no descriptor there after all
+            raise
+        with self._lock:
+            self._held.add(fh)
+            if kind == stat.S_IFDIR:
+                self._dirs[fh] = _DirHandle(fh, nodeid)
+            else:
+                self._files[fh] = nodeid
+        return True
+
+    def _place_copy(self, fh: int, owner: int, nodeid: int, kind: int, flags: int) -> None:
+        """Put at number ``fh`` a descriptor of the file process ``owner`` opened there."""
+        shared = self._shared
+        assert shared is not None
+        try:
             copy = shared.copy_from(owner, fh)
             if not self._is_node(copy, nodeid):
                 os.close(copy)
@@ -1338,13 +1360,6 @@ class Passthrough(Operations):
             os.dup2(copy, fh, inheritable=False)
         finally:
             os.close(copy)
-        with self._lock:
-            self._held.add(fh)
-            if kind == stat.S_IFDIR:
-                self._dirs[fh] = _DirHandle(fh, nodeid)
-            else:
-                self._files[fh] = nodeid
-        return True
 
     def _is_node(self, fd: int, nodeid: int) -> bool:
         """Whether ``fd`` is the object ``nodeid`` names (as far as the id tells)."""

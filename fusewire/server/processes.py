@@ -377,6 +377,16 @@ class SharedTable:
             struct.pack_into("<Q", self._map, off + 8, holders | (1 << self.index))
             return owner, nodeid, kind, flags
 
+    def unhold(self, fh: int) -> None:
+        """Take this process out of ``fh``'s holders (it could not place a copy)."""
+        with self.locked():
+            off = self._slot_off(fh)
+            state, owner, holders = struct.unpack_from("<IIQ", self._map, off)
+            holders &= ~(1 << self.index)
+            if state == RELEASED and not holders:
+                state = FREE
+            struct.pack_into("<IIQ", self._map, off, state, owner, holders)
+
     def release(self, fh: int) -> int:
         """Mark ``fh`` released (the kernel is done with it); return its backing id or -1."""
         with self.locked():
