@@ -104,10 +104,16 @@ def mp_mount(tmp_path: Path, passthrough_source: Path) -> Iterator[conftest.Fuse
         pytest.skip("multi-process passthrough needs root (open_by_handle_at, pidfd_getfd)")
     srv = conftest.start_server(["--processes", "2", "passthrough", str(passthrough_source)],
                                 tmp_path / "mnt", tmp_path)
+    started = children(srv.proc.pid)
     try:
         yield srv
     finally:
+        started |= children(srv.proc.pid)
         srv.close()
+        left = _wait_gone(started)
+        for pid in left:            # only ever ours: children of the server we started
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"serving processes {left} outlived their parent"
 
 
 def _serving(srv: conftest.FuseServer) -> set[int]:
