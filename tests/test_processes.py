@@ -450,5 +450,14 @@ def test_shared_node_index() -> None:
         assert first == 1 << 63 and table.publish_node((6, 1), None, b"x") == first
         assert table.publish_node((6, 2), None, b"y") == first + 1
         assert table.node_handle(first) == b"x" and table.node_handle(123456789) is None
+        # a dead process's holder bits go, and released numbers it held become free
+        fh = table.claim(42, 0o100000, os.O_RDONLY, lambda n: True)
+        table.become(3)
+        assert table.hold(fh) == (0, 42, 0o100000, os.O_RDONLY)
+        table.become(0)
+        assert table.release(fh) == -1
+        assert table.slot(fh)[:3] == (2, 0, 1 << 3)     # RELEASED, process 3 still holds it
+        table.forget_process(3)
+        assert table.slot(fh)[0] == 0                   # FREE
     finally:
         table.close()

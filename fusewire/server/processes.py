@@ -402,6 +402,20 @@ class SharedTable:
             struct.pack_into("<Q", self._map, _OFF_RELEASE, gen + 1)
             return int(backing)
 
+    def forget_process(self, index: int) -> None:
+        """Process ``index`` died: it holds no descriptor anywhere any more."""
+        bit = 1 << index
+        with self.locked():
+            m = self._map
+            for i in range(self.nslots):
+                off = self._slots_off + i * _SLOT_SIZE
+                state, owner, holders = struct.unpack_from("<IIQ", m, off)
+                if holders & bit:
+                    holders &= ~bit
+                    if state == RELEASED and not holders:
+                        state = FREE
+                    struct.pack_into("<IIQ", m, off, state, owner, holders)
+
     def released_gen(self) -> int:
         """A counter that moves whenever some handle is released."""
         return int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
@@ -633,6 +647,7 @@ class _Children:
                 # unrelated process while the table still names it
                 os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
                 self.table.set_pid(index, 0)
+                self.table.forget_process(index)
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 return
