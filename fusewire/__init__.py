@@ -1,5 +1,7 @@
 """fusewire: the Linux FUSE wire protocol in pure Python, with crash recovery."""
 
+from typing import TYPE_CHECKING, Any
+
 from fusewire.operations import Notifier, Operations
 from fusewire.types import (
     EntryAttributes,
@@ -10,6 +12,9 @@ from fusewire.types import (
     SetattrFields,
     StatvfsData,
 )
+
+if TYPE_CHECKING:
+    from fusewire.readdir import ReaddirToken
 
 ROOT_INODE = 1
 
@@ -27,3 +32,16 @@ __all__ = [
     "SetattrFields",
     "StatvfsData",
 ]
+
+__all__ += ["ReaddirToken"]
+
+
+def __getattr__(name: str) -> Any:
+    # ReaddirToken is loaded on first use: it needs the struct codecs (construct),
+    # and ``import fusewire`` stays standard-library only for helpers such as
+    # fusewire.server.mount that may run where construct is not importable.
+    if name == "ReaddirToken":
+        from fusewire.readdir import ReaddirToken
+
+        return ReaddirToken
+    raise AttributeError(f"module 'fusewire' has no attribute {name!r}")

@@ -31,41 +31,15 @@ log = logging.getLogger("fusewire")
 PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
 
-def _float(extra: dict[str, str], key: str, default: float) -> float:
-    value = extra.pop(key, None)
-    return default if not value else float(value)
-
-
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
-    """Instantiate an example filesystem from CLI arguments and -o extras.
+    """:func:`fusewire.examples.build_ops`, with a bad spec reported as one line (SystemExit)."""
+    from fusewire.errors import UsageError
+    from fusewire.examples import build_ops as _build
 
-    Consumes the options it understands from ``extra`` (entry_timeout,
-    attr_timeout, negative_timeout, kernel_passthrough).
-    """
-    entry = _float(extra, "entry_timeout", 1.0)
-    attr = _float(extra, "attr_timeout", 1.0)
-    negative = _float(extra, "negative_timeout", 0.0)
-    if kind == "memfs":
-        from fusewire.examples.memfs import MemFS
-
-        return MemFS(entry_timeout=entry, attr_timeout=attr, negative_timeout=negative)
-    if kind == "passthrough":
-        from fusewire.examples.passthrough import Passthrough
-
-        if source is None:
-            raise SystemExit("passthrough needs a SOURCE directory")
-        kp = "kernel_passthrough" in extra
-        extra.pop("kernel_passthrough", None)
-        return Passthrough(source, entry_timeout=entry, attr_timeout=attr,
-                           kernel_passthrough=kp)
-    if ":" in kind:
-        module, _, cls = kind.partition(":")
-        factory: Callable[[], Operations] = getattr(importlib.import_module(module), cls)
-        ops = factory()
-        if not isinstance(ops, Operations):
-            raise SystemExit(f"{kind} is not an Operations subclass")
-        return ops
-    raise SystemExit(f"unknown filesystem {kind!r} (memfs, passthrough or MODULE:CLASS)")
+    try:
+        return _build(kind, source, extra)
+    except UsageError as e:
+        raise SystemExit(f"fusewire: {e}") from None
 
 
 def _add_mount(sub: Any) -> None:

@@ -71,9 +71,11 @@ _OUT = CODECS["out_header"].struct
 _UNPACK_HDR = _HDR.unpack_from
 _PACK_OUT = _OUT.pack
 _RESEND_MASK = ~FUSE_UNIQUE_RESEND & 0xFFFFFFFFFFFFFFFF
-_U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
-_EXT_HDR = struct.Struct("<II")
+_U32 = CODECS["supp_groups"].struct      # supp_groups.nr; also secctx.size
+_U16 = CODECS["file_handle_v3"].head(1)  # fuse_file_handle (v3) size
+_EXT_HDR = CODECS["ext_header"].struct    # also file_handle_v2 {size, type}
+_FORGET_ONE = CODECS["forget_one"].struct
+_VERSION = CODECS["init_in"].head(2)      # major, minor
 
 #: What fusewire asks for by default, before trimming to what a filesystem implements.
 DEFAULT_WANT = (
@@ -341,7 +343,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
     elif trailing is Trailing.DATA:
         data = memoryview(buf)[off:end]
         want = getattr(arg, "size", None)
-        if opcode in (Opcode.WRITE, Opcode.SETXATTR) and want != len(data):
+        if row.sized_data and want != len(data):
             raise _bad(f"{row.name}: {len(data)} data bytes, size says {want}", errno.EINVAL,
                        unique, opcode, row)
     elif trailing is Trailing.FORGETS or trailing is Trailing.MAPPINGS:
@@ -349,7 +351,7 @@ def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) 
         if end - off != 16 * count:
             raise _bad(f"{row.name}: count {count} does not match {end - off} bytes",
                        errno.EINVAL, unique, opcode, row)
-        data = tuple(struct.iter_unpack("<QQ", buf[off:end]))
+        data = tuple(_FORGET_ONE.iter_unpack(buf[off:end]))
     elif trailing is Trailing.HANDLE:
         hb = bytes(buf[off:end])
         if len(hb) < 8:
@@ -378,7 +380,7 @@ def _parse_init(buf: bytes | bytearray | memoryview, unique: int, nodeid: int, u
     if len(body) < 16:
         raise _bad("INIT body shorter than 16 bytes", errno.EPROTO, unique, Opcode.INIT,
                    _INIT_ROW)
-    major, minor = struct.unpack_from("<II", body)
+    major, minor = _VERSION.unpack_from(body)
     want = 64 if (major == 7 and minor >= 36) else 16
     if major != FUSE_KERNEL_VERSION:
         body = body[:16]  # an unknown major's layout: only its first fields are meaningful

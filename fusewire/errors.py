@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno as _errno
 
-__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError", "UsageError"]
 
 
 class ProtocolError(Exception):
@@ -44,3 +44,10 @@ class RemoteProtocolError(ProtocolError):
 
 class LocalProtocolError(ProtocolError):
     """Our side broke the protocol (a bad reply, a request before INIT...)."""
+
+
+class UsageError(ValueError):
+    """A person's mistake in asking for a filesystem or a mount (arguments, options).
+
+    The command line prints it as one line, without a traceback, and exits 1.
+    """

@@ -14,8 +14,10 @@ under /dev/shm): the reference filesystem for the differential POSIX tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -25,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings as _hyp_settings
@@ -44,16 +47,6 @@ MOUNT_OPTIONS = "default_permissions,allow_other" if IS_ROOT else "default_permi
 _hyp_settings.register_profile("ci", deadline=None, derandomize=True)
 _hyp_settings.register_profile("dev", deadline=None, max_examples=50)
 _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    for line in (
-        "fuse: needs /dev/fuse and a real mount",
-        "slow: takes more than a few seconds",
-        "programs: runs real, unmodified programs inside a mount",
-        "root: needs euid 0",
-    ):
-        config.addinivalue_line("markers", line)
 
 
 # --------------------------------------------------------------------------
@@ -310,3 +303,127 @@ def posix_root(request: pytest.FixtureRequest) -> Path:
     fixture = {"memfs": "memfs_mount", "passthrough": "passthrough_mount",
                "tmpfs": "tmpfs_dir"}[kind]
     return request.getfixturevalue(fixture)  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------
+# a throwaway user
+
+#: Names of users the tests create: ``fwtest-<pid of the pytest process>-<random>``.
+THROWAWAY_PREFIX = "fwtest-"
+
+
+def _account_tool(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run useradd/userdel, retrying while another process holds /etc/passwd's lock.
+
+    Several test runs on one host may add or remove users at the same moment;
+    the shadow tools then fail with "cannot lock" (exit 10 for useradd, 10 or
+    1 for userdel) instead of waiting.  The retry waits on nothing but the
+    lock, which is released within milliseconds.
+    """
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    for attempt in range(50):
+        if proc.returncode == 0 or "lock" not in proc.stderr:
+            break
+        time.sleep(0.02 * (attempt + 1))
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return proc
+
+
+def _remove_stale_throwaway_users() -> None:
+    """Delete users left by test runs that died before their teardown (their pid is gone)."""
+    for entry in pwd.getpwall():
+        name = entry.pw_name
+        if not name.startswith(THROWAWAY_PREFIX):
+            continue
+        pid = name[len(THROWAWAY_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _account_tool(["userdel", name])
+
+
+@contextlib.contextmanager
+def make_throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """Create a uniquely named system user; delete it when the block ends.
+
+    The name is ``fwtest-<pid>-<random>``, so concurrent runs on one host
+    never share or delete each other's user; it has no home directory and no
+    login shell.  Skips unless root with useradd/userdel.  Users left by runs
+    that were killed before their teardown are removed first.
+    """
+    import secrets
+
+    if not IS_ROOT:
+        pytest.skip("creating a user needs root")
+    if shutil.which("useradd") is None or shutil.which("userdel") is None:
+        pytest.skip("useradd/userdel are not installed")
+    _remove_stale_throwaway_users()
+    name = f"{THROWAWAY_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+    proc = _account_tool(["useradd", "--system", "--no-create-home",
+                          "--shell", "/usr/sbin/nologin", name])
+    if proc.returncode != 0:
+        pytest.skip(f"cannot create user {name}: {proc.stderr.strip()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        proc = _account_tool(["userdel", name])
+        if proc.returncode != 0:
+            sys.stderr.write(f"conftest: could not remove user {name}: {proc.stderr}\n")
+
+
+@pytest.fixture(scope="session")
+def throwaway_user() -> Iterator[pwd.struct_passwd]:
+    """A system user created for this test session and removed afterwards.
+
+    See :func:`make_throwaway_user`; yields its ``pwd.struct_passwd``.
+    """
+    with make_throwaway_user() as user:
+        yield user
+
+
+# --------------------------------------------------------------------------
+# threads that block
+
+
+@pytest.fixture
+def start_blocked(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """``start_blocked(fn) -> Thread``: run ``fn`` in a thread, return once it blocks.
+
+    "Blocks" means the thread entered ``threading.Condition.wait`` (which
+    ``Event.wait`` uses too): a lock waiter is then queued and parked, so the
+    test can act on it (unlock, interrupt, provoke a deadlock) knowing the
+    order, instead of sleeping and hoping the thread got there.  Fails the
+    test if ``fn`` finishes or has not blocked within 10 s.  Threads still
+    running at teardown are joined (5 s).
+    """
+    original = threading.Condition.wait
+    watched: dict[int, threading.Event] = {}
+    started: list[threading.Thread] = []
+
+    def wait(self: threading.Condition, timeout: float | None = None) -> bool:
+        parked = watched.get(threading.get_ident())
+        if parked is not None:
+            parked.set()
+        return original(self, timeout)
+
+    monkeypatch.setattr(threading.Condition, "wait", wait)
+
+    def start(fn: Any) -> threading.Thread:
+        parked = threading.Event()
+        ready = threading.Event()
+
+        def body() -> None:
+            watched[threading.get_ident()] = parked
+            ready.set()
+            fn()
+
+        t = threading.Thread(target=body, daemon=True)
+        t.start()
+        started.append(t)
+        assert ready.wait(10), "the thread did not start"
+        # ``parked`` is set from inside the thread's Condition.wait; the main
+        # thread's own waits (this one included) are not watched.
+        assert parked.wait(10), "the thread did not block"
+        return t
+
+    yield start
+    for t in started:
+        t.join(5)

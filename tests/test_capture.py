@@ -266,11 +266,14 @@ def test_writer_threads_do_not_interleave(tmp_path: Path) -> None:
 def test_sigkill_mid_capture_leaves_a_readable_file(tmp_path: Path) -> None:
     m = CapturedMount(tmp_path, "kill")
     stop = threading.Event()
+    busy = threading.Event()    # enough traffic recorded to kill the server mid-stream
     errors: list[BaseException] = []
 
     def churn() -> None:
         i = 0
         while not stop.is_set():
+            if i == 30:
+                busy.set()
             try:
                 p = m.mnt / f"f{i % 20}"
                 p.write_bytes(b"x" * (i % 5000))
@@ -286,7 +289,7 @@ def test_sigkill_mid_capture_leaves_a_readable_file(tmp_path: Path) -> None:
     try:
         m.start()
         t.start()
-        time.sleep(0.5)
+        assert busy.wait(60), errors
         assert m.proc is not None
         os.kill(m.proc.pid, signal.SIGKILL)
         m.proc.wait(10)

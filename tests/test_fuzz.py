@@ -3,6 +3,8 @@
 The example count is set by FUSEWIRE_FUZZ_EXAMPLES (default 100000): that
 many cheap mutated messages go through Connection.receive and the
 Dispatcher in a plain loop, and hypothesis adds structured malformed ones.
+``test_fuzz_loop_long`` (marked slow: ``pytest -m slow``) runs twenty times
+as many from four other seeds.
 """
 
 from __future__ import annotations
@@ -145,8 +147,19 @@ def _mutate(rng: random.Random, msg: bytes) -> bytes:
 
 def test_fuzz_loop() -> None:
     """EXAMPLES mutated messages through receive() and a MemFS dispatcher per minor."""
-    rng = random.Random(int(os.environ.get("FUSEWIRE_FUZZ_SEED", "1")))
-    per = max(1, EXAMPLES // 5)
+    _fuzz_loop(EXAMPLES, int(os.environ.get("FUSEWIRE_FUZZ_SEED", "1")))
+
+
+@pytest.mark.slow
+def test_fuzz_loop_long() -> None:
+    """Twenty times the default run's messages, from other seeds (``-m slow``)."""
+    for seed in range(2, 6):
+        _fuzz_loop(5 * EXAMPLES, seed)
+
+
+def _fuzz_loop(examples: int, seed: int) -> None:
+    rng = random.Random(seed)
+    per = max(1, examples // 5)
     for minor in (19, 31, 38, 40, 45):
         fs = MemFS(max_bytes=1 << 22, max_inodes=2000, lock_wait_timeout=0.0)
         emu = KernelEmulator(fs, minor=minor, flags=KERNEL_FLAGS)

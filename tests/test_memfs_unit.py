@@ -12,7 +12,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -847,7 +847,7 @@ def test_posix_lock_mode_check(fs: MemFS) -> None:
     fs.release(ro)
 
 
-def test_posix_lock_blocking_wait(fs: MemFS) -> None:
+def test_posix_lock_blocking_wait(fs: MemFS, start_blocked: Any) -> None:
     ino = mkfile(fs, ROOT, b"f")
     fa = openrw(fs, ino)
     fb = openrw(fs, ino)
@@ -858,9 +858,7 @@ def test_posix_lock_blocking_wait(fs: MemFS) -> None:
         fs.setlk(fb, 2, lk(5, 6, fcntl.F_WRLCK), True, CTX)
         done.set()
 
-    t = threading.Thread(target=waiter)
-    t.start()
-    time.sleep(0.15)
+    t = start_blocked(waiter)       # returns once the waiter is parked on the lock
     assert not done.is_set()
     fs.setlk(fa, 1, lk(0, 10, fcntl.F_UNLCK), False, CTX)
     t.join(5)
@@ -870,7 +868,7 @@ def test_posix_lock_blocking_wait(fs: MemFS) -> None:
     fs.release(fb)
 
 
-def test_posix_lock_interrupt_and_deadlock(fs: MemFS) -> None:
+def test_posix_lock_interrupt_and_deadlock(fs: MemFS, start_blocked: Any) -> None:
     ino = mkfile(fs, ROOT, b"f")
     fa = openrw(fs, ino)
     fb = openrw(fs, ino)
@@ -887,9 +885,7 @@ def test_posix_lock_interrupt_and_deadlock(fs: MemFS) -> None:
         except FUSEError as e:
             errs.append(e.errno)
 
-    t = threading.Thread(target=waiter)
-    t.start()
-    time.sleep(0.1)
+    t = start_blocked(waiter)       # owner 1 is now queued behind owner 2
     # owner 2 now asking for owner 1's byte would deadlock
     with raises(errno.EDEADLK):
         fs.setlk(fb, 2, lk(0, 0, fcntl.F_WRLCK), True, CTX)
@@ -909,7 +905,7 @@ def test_posix_lock_interrupt_and_deadlock(fs: MemFS) -> None:
     fs.release(fb)
 
 
-def test_flock(fs: MemFS) -> None:
+def test_flock(fs: MemFS, start_blocked: Any) -> None:
     ino = mkfile(fs, ROOT, b"f")
     fa, fb, fc = openrw(fs, ino), openrw(fs, ino), openrw(fs, ino)
     fs.flock(fa, 1, fcntl.LOCK_SH, False, CTX)
@@ -933,9 +929,7 @@ def test_flock(fs: MemFS) -> None:
         fs.flock(fb, 2, fcntl.LOCK_EX, True, CTX)
         got.append(1)
 
-    t = threading.Thread(target=waiter)
-    t.start()
-    time.sleep(0.1)
+    t = start_blocked(waiter)
     assert not got
     fs.release(fa)                                    # closing drops its flock
     fs.flock(fc, 3, fcntl.LOCK_UN, False, CTX)

@@ -36,7 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _IN_HEADER_CODEC = CODECS["in_header"]
 IN_HEADER = _IN_HEADER_CODEC.struct
 FUSE_INIT = 26
-TEST_USER = "fusewire-test"
 IS_ROOT = os.geteuid() == 0
 DEFAULT_FLAGS = 0 if IS_ROOT else fm.MS_NOSUID | fm.MS_NODEV
 
@@ -615,27 +614,9 @@ def test_auto_unmount_then_unmount(mounts: Mounts) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_user() -> pwd.struct_passwd:
-    """The system user ``fusewire-test``, created if missing (left in place)."""
-    if not IS_ROOT:
-        pytest.skip("creating a user and switching to it needs root")
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    try:
-        proc = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError as exc:
-        pytest.skip(f"useradd failed: {exc}")
-    if proc.returncode != 0:
-        pytest.skip(f"useradd failed ({proc.returncode}): {proc.stderr.strip()}")
-    return pwd.getpwnam(TEST_USER)
+def test_user(throwaway_user: pwd.struct_passwd) -> pwd.struct_passwd:
+    """A uniquely named system user for this session, removed afterwards (conftest)."""
+    return throwaway_user
 
 
 @pytest.fixture(scope="session")
@@ -698,7 +679,8 @@ def user_python(test_user: pwd.struct_passwd) -> str:
         if proc.returncode == 0:
             return candidate
         problems.append(f"{candidate}: {proc.stderr.strip().splitlines()[-1:]}")
-    pytest.skip(f"user {TEST_USER} cannot run python importing {REPO_ROOT}: {problems}")
+    pytest.skip(f"user {test_user.pw_name} cannot run python importing {REPO_ROOT}: "
+                f"{problems}")
 
 
 @pytest.fixture

@@ -74,3 +74,154 @@ def test_init_flags_cover_64_bit_space_through_745() -> None:
     assert InitFlag.INIT_EXT == 1 << 30 and InitFlag.SECURITY_CTX == 1 << 32
     bits = sorted(f.value.bit_length() - 1 for f in InitFlag)
     assert bits == list(range(44))
+
+
+# --- opcode sets are row fields, never re-declared --------------------------------------
+
+#: The boolean set fields of OpInfo; each one is a set other modules used to spell out.
+SET_FIELDS = ("enosys_cached", "idempotent", "ext", "create_type", "opens", "releases",
+              "namespace", "parent_handle", "background", "sized_data")
+
+
+def test_every_boolean_field_is_a_known_set() -> None:
+    import dataclasses
+
+    from fusewire.opcodes import OpInfo
+
+    bools = {f.name for f in dataclasses.fields(OpInfo) if f.type in ("bool", bool)}
+    assert bools == set(SET_FIELDS), "a new boolean row field: add it to SET_FIELDS " \
+        "and to the protocol reference"
+
+
+def _names(field: str) -> set[str]:
+    from fusewire.opcodes import ops_where
+
+    return {OPS[op].name for op in ops_where(field)}
+
+
+def test_set_fields_match_the_kernel() -> None:
+    # The kernel's own lists (fs/fuse/dir.c, file.c, dev.c), stated once here as
+    # the specification the rows are checked against.
+    assert _names("create_type") == {"MKNOD", "MKDIR", "SYMLINK", "LINK", "CREATE", "TMPFILE"}
+    assert _names("opens") == {"OPEN", "OPENDIR", "CREATE", "TMPFILE"}
+    assert _names("releases") == {"RELEASE", "RELEASEDIR"}
+    assert _names("namespace") == {"MKNOD", "MKDIR", "SYMLINK", "LINK", "CREATE", "UNLINK",
+                                   "RMDIR", "RENAME", "RENAME2"}
+    assert _names("parent_handle") == _names("create_type") | {"LOOKUP"}
+    assert _names("background") == {"FORGET", "BATCH_FORGET", "RELEASE", "RELEASEDIR",
+                                     "INTERRUPT"}
+    assert _names("sized_data") == {"WRITE", "SETXATTR"}
+    assert {r.name for r in OPS.values() if not r.needs_reply} == {
+        "FORGET", "BATCH_FORGET", "NOTIFY_REPLY", "INTERRUPT"}
+
+
+@pytest.mark.parametrize("row", [*OPS.values(), *[r for p in DRAFT_OPS.values()
+                                                   for r in p.values()]],
+                         ids=lambda r: f"{r.draft or 'upstream'}-{r.name}")
+def test_set_fields_are_consistent_with_the_layout(row) -> None:  # type: ignore[no-untyped-def]
+    if row.create_type:
+        assert row.reply in (Reply.ENTRY, Reply.ENTRY_OPEN) and row.names >= 1
+        assert not row.idempotent
+    if row.opens:
+        assert row.reply is Reply.ENTRY_OPEN or row.reply_struct == "open_out"
+    assert (row.reply is Reply.ENTRY_OPEN) <= (row.create_type and row.opens)
+    if row.releases:
+        assert row.request == "release_in"
+    if row.namespace:
+        assert not row.idempotent and row.names >= 1
+    if row.sized_data:
+        assert row.trailing is Trailing.DATA
+    if row.no_reply:
+        assert row.background or row.handler is None
+
+
+def _opcode_literals() -> list[tuple[str, int, frozenset[str]]]:
+    """Every tuple/list/set literal naming two or more ``Opcode.X`` in fusewire."""
+    import ast
+    from pathlib import Path
+
+    import fusewire
+
+    root = Path(fusewire.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).as_posix()
+        if rel == "fusewire/opcodes/table.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                members = frozenset(
+                    e.attr for e in node.elts
+                    if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name)
+                    and e.value.id == "Opcode")
+                if len(members) >= 2:
+                    found.append((rel, node.lineno, members))
+    return found
+
+
+#: Opcode sets that are not protocol facts but one module's own routing, with the reason.
+OWN_SETS: dict[tuple[str, frozenset[str]], str] = {
+    ("fusewire/server/dispatch.py", frozenset({"SETLK", "SETLKW", "RELEASE"})):
+        "the dispatcher's handlers that also call Operations.flock",
+}
+
+
+def test_no_opcode_set_is_redeclared() -> None:
+    field_sets = {f: frozenset(_names(f)) for f in SET_FIELDS}
+    bad = []
+    for rel, line, members in _opcode_literals():
+        if (rel, members) in OWN_SETS:
+            continue
+        same = [f for f, names in field_sets.items() if names == members]
+        if len(members) >= 3 or same:
+            hint = f" (use ops_where({same[0]!r}))" if same else " (make it a row field)"
+            bad.append(f"{rel}:{line}: {sorted(members)}{hint}")
+    assert not bad, "opcode sets spelled out outside the table:\n" + "\n".join(bad)
+
+
+def test_the_redeclaration_check_sees_a_set() -> None:
+    import ast
+
+    tree = ast.parse("X = (Opcode.RELEASE, Opcode.RELEASEDIR)")
+    node = tree.body[0].value  # type: ignore[attr-defined]
+    assert {e.attr for e in node.elts} == _names("releases")
+    assert _opcode_literals(), "the scanner finds the two-opcode comparisons that remain"
+
+
+# --- the protocol reference is generated from the table --------------------------------
+
+
+def test_protocol_reference_is_current() -> None:
+    from pathlib import Path
+
+    from fusewire.opcodes.reference import render
+
+    path = Path(__file__).parent.parent / "docs" / "protocol-reference.md"
+    assert path.read_text() == render(), (
+        "docs/protocol-reference.md is stale: python -m fusewire.opcodes.reference "
+        "> docs/protocol-reference.md")
+
+
+def test_protocol_reference_shows_every_field_and_row() -> None:
+    import dataclasses
+
+    from fusewire.opcodes import OpInfo
+    from fusewire.opcodes.reference import SET_COLUMNS, SHOWN_FIELDS, render
+
+    assert {f.name for f in dataclasses.fields(OpInfo)} == SHOWN_FIELDS
+    assert set(SET_FIELDS) - {"enosys_cached", "idempotent"} == set(SET_COLUMNS)
+    text = render()
+    for row in OPS.values():
+        assert f"| {row.name} | {row.opcode} |" in text
+
+
+def test_protocol_reference_check_command(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fusewire.opcodes.reference import main, render
+
+    good = tmp_path / "ref.md"
+    good.write_text(render())
+    assert main(["--check", str(good)]) == 0
+    good.write_text(render().replace("LOOKUP", "LOOKOUT", 1))
+    assert main(["--check", str(good)]) == 1
+    err = capsys.readouterr().err
+    assert "stale" in err and err.count("\n") == 1

@@ -546,14 +546,24 @@ def _upgrade(m: Mount) -> None:
     m.wait_new_server(old)
 
 
-@pytest.mark.parametrize("fs", FS)
-def test_soak_sigkill(start: Any, tmp_path: Path, fs: str) -> None:
-    kills = int(os.environ.get("FUSEWIRE_SOAK_KILLS", "10"))
+def _soak(start: Any, tmp_path: Path, fs: str, kills: int) -> None:
     m = start(fs=fs)
     total = _workload(m, tmp_path, _kill, kills)
     st = m.status()
     assert st["restarts"] == kills
     print(f"soak {fs}: {kills} SIGKILLs, {total} client operations, 0 errors")
+
+
+@pytest.mark.parametrize("fs", FS)
+def test_soak_sigkill(start: Any, tmp_path: Path, fs: str) -> None:
+    # the default run's short soak; test_soak_sigkill_long is the real one (-m slow)
+    _soak(start, tmp_path, fs, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fs", FS)
+def test_soak_sigkill_long(start: Any, tmp_path: Path, fs: str) -> None:
+    _soak(start, tmp_path, fs, int(os.environ.get("FUSEWIRE_SOAK_KILLS", "30")))
 
 
 @pytest.mark.parametrize("fs", FS)

@@ -1,7 +1,8 @@
 """A non-root user mounts and unmounts memfs through fusermount3.
 
 Runs ``python -m fusewire mount memfs MNT`` (background mode) as the system
-user ``fusewire-test``, writes and reads a file in the mount as that user,
+throwaway user (conftest's ``throwaway_user``: uniquely named, removed
+afterwards), writes and reads a file in the mount as that user,
 then ``python -m fusewire umount MNT`` as that user, and checks the mount and
 the daemon are gone.  The package (and its third-party dependencies) are
 staged in a world-readable temporary directory when the user cannot import
@@ -10,6 +11,7 @@ them from where they are, and an interpreter the user may execute is chosen.
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import os
 import pwd
@@ -27,22 +29,7 @@ from pathlib import Path
 import conftest
 import pytest
 
-TEST_USER = "fusewire-test"
 pytestmark = [pytest.mark.fuse, pytest.mark.root]
-
-
-def _ensure_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pass
-    if shutil.which("useradd") is None:
-        pytest.skip(f"user {TEST_USER!r} is missing and useradd is not installed")
-    r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        TEST_USER], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot create user {TEST_USER!r}: {r.stderr.strip()}")
-    return pwd.getpwnam(TEST_USER)
 
 
 class AsUser:
@@ -76,7 +63,8 @@ def _choose_python(user: AsUser) -> None:
                     return
             except OSError:  # e.g. EACCES: the interpreter lives under /root
                 continue
-    pytest.skip(f"no Python interpreter executable by {TEST_USER} (tried {candidates})")
+    pytest.skip(f"no Python interpreter executable by {user.pw.pw_name} "
+                f"(tried {candidates})")
 
 
 def _stage_package(user: AsUser, staging: Path) -> None:
@@ -97,7 +85,8 @@ def _stage_package(user: AsUser, staging: Path) -> None:
         elif missing is not None:
             spec = importlib.util.find_spec(missing.group(1))
             if spec is None or spec.origin is None:
-                pytest.skip(f"{TEST_USER} cannot import {missing.group(1)!r}: {r.stderr[-500:]}")
+                pytest.skip(f"{user.pw.pw_name} cannot import {missing.group(1)!r}: "
+                            f"{r.stderr[-500:]}")
             src = Path(spec.origin)
             if src.name == "__init__.py":
                 shutil.copytree(src.parent, staging / src.parent.name,
@@ -107,12 +96,12 @@ def _stage_package(user: AsUser, staging: Path) -> None:
             if str(staging) not in user.pythonpath:
                 user.pythonpath.append(str(staging))
         else:
-            pytest.skip(f"{TEST_USER} cannot import fusewire: {r.stderr[-800:]}")
+            pytest.skip(f"{user.pw.pw_name} cannot import fusewire: {r.stderr[-800:]}")
         for dirpath, _dirnames, filenames in os.walk(staging):
             os.chmod(dirpath, 0o755)
             for f in filenames:
                 os.chmod(os.path.join(dirpath, f), 0o644)
-    pytest.skip(f"{TEST_USER} still cannot import fusewire after staging")
+    pytest.skip(f"{user.pw.pw_name} still cannot import fusewire after staging")
 
 
 def _dev_fuse_for_user(user: AsUser) -> int | None:
@@ -130,7 +119,7 @@ def _dev_fuse_for_user(user: AsUser) -> int | None:
         if user.py("-c", probe).returncode == 0:
             return mode
         os.chmod("/dev/fuse", mode)
-    pytest.skip(f"{TEST_USER} cannot open /dev/fuse (mode {oct(mode)}, owner uid "
+    pytest.skip(f"{user.pw.pw_name} cannot open /dev/fuse (mode {oct(mode)}, owner uid "
                 f"{os.stat('/dev/fuse').st_uid}; fusermount3 opens it with the caller's "
                 f"credentials): {r.stderr.strip().splitlines()[-1] if r.stderr else ''}; "
                 "run as root (or with FUSEWIRE_TEST_CHMOD_DEV_FUSE=1) to make it 0666")
@@ -153,7 +142,7 @@ def _server_pids(mountpoint: str) -> list[int]:
 
 
 @pytest.fixture
-def unpriv() -> Iterator[tuple[AsUser, Path]]:
+def unpriv(throwaway_user: pwd.struct_passwd) -> Iterator[tuple[AsUser, Path]]:
     if os.geteuid() != 0:
         pytest.skip("switching to the test user needs root")
     problem = conftest.dev_fuse_problem()
@@ -168,7 +157,7 @@ def unpriv() -> Iterator[tuple[AsUser, Path]]:
     mode = os.stat(fm).st_mode
     if not (mode & stat.S_ISUID and os.stat(fm).st_uid == 0):
         pytest.skip(f"{fm} is not setuid root (mode {oct(mode)})")
-    pw = _ensure_user()
+    pw = throwaway_user
     user = AsUser(pw)
     _choose_python(user)
     restore_mode = _dev_fuse_for_user(user)
@@ -212,7 +201,7 @@ def _mount_entry(mnt: Path) -> str | None:
 def test_unprivileged_mount_write_read_umount(unpriv: tuple[AsUser, Path]) -> None:
     user, mnt = unpriv
     r = user.py("-m", "fusewire", "mount", "memfs", str(mnt), timeout=30)
-    assert r.returncode == 0, f"mount as {TEST_USER} failed: {r.stderr}"
+    assert r.returncode == 0, f"mount as {user.pw.pw_name} failed: {r.stderr}"
     line = _mount_entry(mnt)
     assert line is not None and " fuse" in line, f"not mounted: {line}"
     assert f"user_id={user.pw.pw_uid}" in line, line
@@ -232,7 +221,7 @@ def test_unprivileged_mount_write_read_umount(unpriv: tuple[AsUser, Path]) -> No
     assert r.stdout.splitlines() == ["written by an unprivileged user",
                                      f"{user.pw.pw_uid} {user.pw.pw_gid}", "['d', 'hello.txt']"]
     r = user.py("-m", "fusewire", "umount", str(mnt))
-    assert r.returncode == 0, f"umount as {TEST_USER} failed: {r.stderr}"
+    assert r.returncode == 0, f"umount as {user.pw.pw_name} failed: {r.stderr}"
     assert _mount_entry(mnt) is None, "still mounted after umount"
     deadline = time.monotonic() + 5
     while _server_pids(str(mnt)) and time.monotonic() < deadline:
@@ -253,3 +242,21 @@ def test_other_user_cannot_umount(unpriv: tuple[AsUser, Path]) -> None:
     r = user.py("-m", "fusewire", "umount", str(mnt))
     assert r.returncode == 0, r.stderr
     assert _mount_entry(mnt) is None
+
+
+def test_throwaway_user_is_unique_and_removed() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root")
+    with conftest.make_throwaway_user() as pw:
+        name = pw.pw_name
+        assert name.startswith(f"{conftest.THROWAWAY_PREFIX}{os.getpid()}-")
+        assert pwd.getpwnam(name).pw_uid == pw.pw_uid != 0
+        assert pw.pw_shell.endswith("nologin")
+        with conftest.make_throwaway_user() as other:
+            assert other.pw_name != name and other.pw_uid != pw.pw_uid
+        with pytest.raises(KeyError):
+            pwd.getpwnam(other.pw_name)
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    with pytest.raises(KeyError):  # userdel removed the user's own group too
+        grp.getgrnam(name)

@@ -50,7 +50,7 @@ from fusewire.types import (
 )
 
 if TYPE_CHECKING:
-    from fusewire.server.readdir import ReaddirToken
+    from fusewire.readdir import ReaddirToken
 
 __all__ = ["CHUNK_SIZE", "MemFS"]
 

@@ -60,6 +60,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from fusewire.errors import UsageError
 from fusewire.operations import Operations
 from fusewire.types import (
     EntryAttributes,
@@ -71,8 +72,8 @@ from fusewire.types import (
 )
 
 if TYPE_CHECKING:
+    from fusewire.readdir import ReaddirToken
     from fusewire.server.processes import SharedTable
-    from fusewire.server.readdir import ReaddirToken
 
 __all__ = ["Passthrough"]
 
@@ -1120,13 +1121,13 @@ class Passthrough(Operations):
     # trimmed to ``node_cache``, since any node can be revived again.
 
     def check_multiprocess(self) -> None:
-        """Raise ValueError (one line) if this process cannot serve with several processes."""
+        """Raise UsageError (one line) if this process cannot serve with several processes."""
         if not hasattr(os, "pidfd_open"):
-            raise ValueError("passthrough --processes needs pidfd_open (Linux 5.3, Python 3.9)")
+            raise UsageError("passthrough --processes needs pidfd_open (Linux 5.3, Python 3.9)")
         root = self._nodes[_ROOT]
         handle = self._handle_bytes(root.fd, root.key)
         if handle is None:
-            raise ValueError(f"passthrough --processes: {self.source} has no file handles "
+            raise UsageError(f"passthrough --processes: {self.source} has no file handles "
                              "(name_to_handle_at), so processes cannot share its nodes")
         mount_fd = self._mount_fd()
         try:
@@ -1134,7 +1135,7 @@ class Passthrough(Operations):
             buf = struct.pack("<Ii", size, fh_type) + handle[_HANDLE_HEAD.size:]
             fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
             if fd < 0:
-                raise ValueError("passthrough --processes needs open_by_handle_at "
+                raise UsageError("passthrough --processes needs open_by_handle_at "
                                  f"(CAP_DAC_READ_SEARCH, i.e. root): {_os_error().strerror}")
             os.close(fd)
         finally:

@@ -6,12 +6,14 @@ from fusewire.opcodes.table import (
     DRAFT_OPS,
     NOTIFICATIONS,
     OPS,
+    PARENT_HANDLE_OPS,
     UNSUPPORTED,
     NotifyInfo,
     OpInfo,
     Reply,
     Trailing,
     ops_for_profile,
+    ops_where,
 )
 
 __all__ = [
@@ -19,10 +21,12 @@ __all__ = [
     "DRAFT_OPS",
     "NOTIFICATIONS",
     "OPS",
+    "PARENT_HANDLE_OPS",
     "UNSUPPORTED",
     "NotifyInfo",
     "OpInfo",
     "Reply",
     "Trailing",
     "ops_for_profile",
+    "ops_where",
 ]

@@ -5,11 +5,17 @@ trailing data), the reply (fixed struct or a variable kind), whether the
 kernel waits for a reply at all, the :class:`~fusewire.Operations` handler,
 the minor that introduced the opcode, whether the kernel caches ENOSYS for
 it, whether executing it twice is harmless (recovery's reply journal keys on
-that), and whether it belongs to a draft profile.
+that), whether it belongs to a draft profile, and the opcode sets other
+modules need (create-type, opens, releases, background, namespace-changing,
+parent-handle, sized data): those are row fields, so a set is never
+re-declared as a literal elsewhere (``tests/test_opcodes.py`` fails if one is).
 
-Dispatch, the debug trace, ``fusewire dump``, docs and the hypothesis
-strategies all read this table; nothing about an opcode is declared anywhere
-else.  Opcode numbers without a row are listed in :data:`UNSUPPORTED` with
+The connection's parser, the emulator's checks, the debug trace, ``fusewire
+dump``, the hypothesis strategies, the recovery journal and takeover read this
+table, and ``docs/protocol-reference.md`` is generated from it
+(``python -m fusewire.opcodes.reference``).  The dispatcher still binds
+handlers and packs most replies by opcode itself (issue 14 moves that onto the
+rows).  Opcode numbers without a row are listed in :data:`UNSUPPORTED` with
 the reason.
 """
 
@@ -37,7 +43,9 @@ __all__ = [
     "OpInfo",
     "Reply",
     "Trailing",
+    "PARENT_HANDLE_OPS",
     "ops_for_profile",
+    "ops_where",
 ]
 
 
@@ -85,12 +93,34 @@ class OpInfo:
     enosys_cached: bool = False  # the kernel remembers ENOSYS for this op
     idempotent: bool = True  # safe to execute twice (no reply journal needed)
     draft: str | None = None  # draft profile ("v2"/"v3") or None if upstream
+    #: a new name whose entry the reply returns (the kernel takes one lookup;
+    #: nodeid 0 or 1 is a protocol error): MKNOD, MKDIR, SYMLINK, LINK, CREATE, TMPFILE
+    create_type: bool = False
+    #: the reply carries a file handle that a later RELEASE/RELEASEDIR gives back
+    opens: bool = False
+    #: gives back a file handle (the counterpart of ``opens``)
+    releases: bool = False
+    #: adds, removes or renames directory entries (recovery's intents key on it)
+    namespace: bool = False
+    #: the header nodeid is a directory that a draft handle profile may also
+    #: name by file handle (v2: an in-arg; v3: FUSE_EXT_HANDLE)
+    parent_handle: bool = False
+    #: sent without the caller's credentials (uid, gid and pid are 0): forgets,
+    #: releases and interrupts are issued by the kernel on nobody's behalf
+    background: bool = False
+    #: the fixed struct's ``size`` field counts the trailing data exactly
+    sized_data: bool = False
     doc: str = ""
 
     @property
     def no_reply(self) -> bool:
         """True when the kernel waits for no reply (FORGET, BATCH_FORGET, NOTIFY_REPLY)."""
         return self.reply is Reply.NONE
+
+    @property
+    def needs_reply(self) -> bool:
+        """True when the kernel waits for a reply (not NONE; INTERRUPT's is optional)."""
+        return self.reply is not Reply.NONE and self.reply is not Reply.OPTIONAL
 
 
 def _row(op: Opcode, request: str | None, **kw: object) -> OpInfo:
@@ -100,35 +130,41 @@ def _row(op: Opcode, request: str | None, **kw: object) -> OpInfo:
 _E, _S, _D = Reply.ENTRY, Reply.STRUCT, Reply.DATA
 
 OPS: dict[int, OpInfo] = {r.opcode: r for r in (
-    _row(Opcode.LOOKUP, None, names=1, reply=_E, handler="lookup",
+    _row(Opcode.LOOKUP, None, names=1, reply=_E, handler="lookup", parent_handle=True,
          doc="resolve a name in a directory"),
-    _row(Opcode.FORGET, "forget_in", reply=Reply.NONE, handler="forget",
+    _row(Opcode.FORGET, "forget_in", reply=Reply.NONE, handler="forget", background=True,
          doc="drop nlookup references to nodeid"),
     _row(Opcode.GETATTR, "getattr_in", reply=_S, reply_struct="attr_out", handler="getattr"),
     _row(Opcode.SETATTR, "setattr_in", reply=_S, reply_struct="attr_out", handler="setattr",
          since=1, idempotent=False),
     _row(Opcode.READLINK, None, reply=_D, handler="readlink"),
     _row(Opcode.SYMLINK, None, names=2, reply=_E, handler="symlink", since=1, ext=True,
-         idempotent=False, doc="names: entry name, then link target"),
+         idempotent=False, create_type=True, namespace=True, parent_handle=True,
+         doc="names: entry name, then link target"),
     _row(Opcode.MKNOD, "mknod_in", names=1, reply=_E, handler="mknod", since=1, ext=True,
-         idempotent=False),
+         idempotent=False, create_type=True, namespace=True, parent_handle=True),
     _row(Opcode.MKDIR, "mkdir_in", names=1, reply=_E, handler="mkdir", since=1, ext=True,
-         idempotent=False),
-    _row(Opcode.UNLINK, None, names=1, handler="unlink", since=1, idempotent=False),
-    _row(Opcode.RMDIR, None, names=1, handler="rmdir", since=1, idempotent=False),
-    _row(Opcode.RENAME, "rename_in", names=2, handler="rename", since=1, idempotent=False),
+         idempotent=False, create_type=True, namespace=True, parent_handle=True),
+    _row(Opcode.UNLINK, None, names=1, handler="unlink", since=1, idempotent=False,
+         namespace=True),
+    _row(Opcode.RMDIR, None, names=1, handler="rmdir", since=1, idempotent=False,
+         namespace=True),
+    _row(Opcode.RENAME, "rename_in", names=2, handler="rename", since=1, idempotent=False,
+         namespace=True),
     _row(Opcode.LINK, "link_in", names=1, reply=_E, handler="link", since=1,
-         enosys_cached=True, idempotent=False, doc="header nodeid is the new parent"),
+         enosys_cached=True, idempotent=False, create_type=True, namespace=True,
+         parent_handle=True, doc="header nodeid is the new parent"),
     _row(Opcode.OPEN, "open_in", reply=_S, reply_struct="open_out", handler="open", since=1,
-         enosys_cached=True, idempotent=False),
+         enosys_cached=True, idempotent=False, opens=True),
     _row(Opcode.READ, "read_in", reply=_D, handler="read", since=1),
     _row(Opcode.WRITE, "write_in", trailing=Trailing.DATA, reply=_S, reply_struct="write_out",
-         handler="write", since=1, idempotent=False),
+         handler="write", since=1, idempotent=False, sized_data=True),
     _row(Opcode.STATFS, None, reply=_S, reply_struct="statfs_out", handler="statfs"),
-    _row(Opcode.RELEASE, "release_in", handler="release", since=1, idempotent=False),
+    _row(Opcode.RELEASE, "release_in", handler="release", since=1, idempotent=False,
+         releases=True, background=True),
     _row(Opcode.FSYNC, "fsync_in", handler="fsync", since=1, enosys_cached=True),
     _row(Opcode.SETXATTR, "setxattr_in", names=1, trailing=Trailing.DATA, handler="setxattr",
-         since=1, enosys_cached=True, idempotent=False),
+         since=1, enosys_cached=True, idempotent=False, sized_data=True),
     _row(Opcode.GETXATTR, "getxattr_in", names=1, reply=Reply.XATTR, handler="getxattr",
          since=1, enosys_cached=True),
     _row(Opcode.LISTXATTR, "getxattr_in", reply=Reply.XATTR, handler="listxattr", since=1,
@@ -139,9 +175,10 @@ OPS: dict[int, OpInfo] = {r.opcode: r for r in (
     _row(Opcode.INIT, "init_in", reply=Reply.INIT, handler="init",
          doc="negotiation; handled by the connection, then Operations.init()"),
     _row(Opcode.OPENDIR, "open_in", reply=_S, reply_struct="open_out", handler="opendir",
-         since=1, enosys_cached=True, idempotent=False),
+         since=1, enosys_cached=True, idempotent=False, opens=True),
     _row(Opcode.READDIR, "read_in", reply=Reply.DIRENTS, handler="readdir", since=1),
-    _row(Opcode.RELEASEDIR, "release_in", handler="releasedir", since=1, idempotent=False),
+    _row(Opcode.RELEASEDIR, "release_in", handler="releasedir", since=1, idempotent=False,
+         releases=True, background=True),
     _row(Opcode.FSYNCDIR, "fsync_in", handler="fsyncdir", since=2, enosys_cached=True),
     _row(Opcode.GETLK, "lk_in", reply=_S, reply_struct="lk_out", handler="getlk", since=7),
     _row(Opcode.SETLK, "lk_in", handler="setlk", since=7, idempotent=False,
@@ -149,8 +186,10 @@ OPS: dict[int, OpInfo] = {r.opcode: r for r in (
     _row(Opcode.SETLKW, "lk_in", handler="setlk", since=7, idempotent=False),
     _row(Opcode.ACCESS, "access_in", handler="access", since=3, enosys_cached=True),
     _row(Opcode.CREATE, "create_in", names=1, reply=Reply.ENTRY_OPEN, handler="create",
-         since=3, ext=True, enosys_cached=True, idempotent=False),
+         since=3, ext=True, enosys_cached=True, idempotent=False, create_type=True,
+         opens=True, namespace=True, parent_handle=True),
     _row(Opcode.INTERRUPT, "interrupt_in", reply=Reply.OPTIONAL, handler=None, since=7,
+         background=True,
          doc="handled by the library: marks the target interrupted"),
     _row(Opcode.BMAP, "bmap_in", reply=_S, reply_struct="bmap_out", handler="bmap", since=8,
          enosys_cached=True),
@@ -162,12 +201,12 @@ OPS: dict[int, OpInfo] = {r.opcode: r for r in (
     _row(Opcode.NOTIFY_REPLY, "notify_retrieve_in", trailing=Trailing.DATA, reply=Reply.NONE,
          handler=None, since=15, doc="answer to NOTIFY_RETRIEVE; handled by the library"),
     _row(Opcode.BATCH_FORGET, "batch_forget_in", trailing=Trailing.FORGETS, reply=Reply.NONE,
-         handler="forget", since=16),
+         handler="forget", since=16, background=True),
     _row(Opcode.FALLOCATE, "fallocate_in", handler="fallocate", since=19, enosys_cached=True,
          idempotent=False),
     _row(Opcode.READDIRPLUS, "read_in", reply=Reply.DIRENTSPLUS, handler="readdir", since=21),
     _row(Opcode.RENAME2, "rename2_in", names=2, handler="rename", since=23, enosys_cached=True,
-         idempotent=False),
+         idempotent=False, namespace=True),
     _row(Opcode.LSEEK, "lseek_in", reply=_S, reply_struct="lseek_out", handler="lseek",
          since=24, enosys_cached=True),
     _row(Opcode.COPY_FILE_RANGE, "copy_file_range_in", reply=_S, reply_struct="write_out",
@@ -178,7 +217,8 @@ OPS: dict[int, OpInfo] = {r.opcode: r for r in (
          since=31, doc="virtiofs DAX only; answered ENOSYS"),
     _row(Opcode.SYNCFS, "syncfs_in", handler="syncfs", since=34, enosys_cached=True),
     _row(Opcode.TMPFILE, "create_in", names=1, reply=Reply.ENTRY_OPEN, handler="tmpfile",
-         since=37, ext=True, enosys_cached=True, idempotent=False, doc='name is "/"'),
+         since=37, ext=True, enosys_cached=True, idempotent=False, create_type=True,
+         opens=True, parent_handle=True, doc='name is "/" (an unnamed file: no namespace change)'),
     _row(Opcode.STATX, "statx_in", reply=_S, reply_struct="statx_out", handler="statx",
          since=39, enosys_cached=True),
     _row(Opcode.COPY_FILE_RANGE_64, "copy_file_range_in", reply=_S,
@@ -222,7 +262,7 @@ DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
         DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
             DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
             reply=Reply.ENTRY_OPEN, handler="create", since=46, draft="v3",
-            idempotent=False,
+            idempotent=False, create_type=True, opens=True, namespace=True,
             doc="RFC v3: create-and-open; reply entry2_out + handle + open_out"),
         DRAFT_FUSE_REVALIDATE_FH: OpInfo(
             DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
@@ -242,14 +282,24 @@ def ops_for_profile(profile: str | None) -> dict[int, OpInfo]:
     if profile == "v2":
         # RFC v1/v2: create-type requests and LOOKUP carry the parent's handle
         # as one more in-arg after the names.
-        for op in _V2_PARENT_HANDLE:
+        for op in PARENT_HANDLE_OPS:
             table[op] = dataclasses.replace(OPS[op], trailing=Trailing.HANDLE, draft="v2")
     table.update(DRAFT_OPS[profile])
     return table
 
 
-_V2_PARENT_HANDLE = (Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                     Opcode.LINK, Opcode.TMPFILE)
+def ops_where(field: str, table: dict[int, OpInfo] | None = None) -> frozenset[int]:
+    """The opcodes of ``table`` (default :data:`OPS`) whose boolean row field is true.
+
+    ``ops_where("releases")`` is {RELEASE, RELEASEDIR}; modules that need an
+    opcode set read it here instead of spelling the opcodes out.
+    """
+    rows = OPS if table is None else table
+    return frozenset(op for op, row in rows.items() if getattr(row, field))
+
+
+#: Upstream opcodes whose header nodeid a draft profile may name by handle.
+PARENT_HANDLE_OPS: frozenset[int] = ops_where("parent_handle")
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,12 @@ import hashlib
 import hmac
 import logging
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fusewire.connection import Session
+from fusewire.opcodes import table as _table
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
     DRAFT_FUSE_LOOKUP_HANDLE_V3,
@@ -79,7 +79,7 @@ from fusewire.opcodes.flags import (
     Opcode,
 )
 from fusewire.operations import Operations
-from fusewire.server.readdir import ReaddirToken
+from fusewire.readdir import ReaddirToken
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FUSEError
 from fusewire.types import timeout_parts as _ts
@@ -123,18 +123,16 @@ _ENTRY_OUT = CODECS["entry_out"]
 _ENTRY2_OUT = CODECS["entry2_out"]
 _OPEN_OUT = CODECS["open_out"]
 _DIRENT = CODECS["dirent"].struct
-_V2_HDR = struct.Struct("<II")   # fuse_file_handle (v1/v2): size, type
-_V3_HDR = struct.Struct("<H")    # fuse_file_handle (v3): size
-_EXT_HDR = struct.Struct("<II")  # fuse_ext_header: size, type
+_V2_HDR = CODECS["file_handle_v2"].struct   # fuse_file_handle (v1/v2): size, type
+_V3_HDR = CODECS["file_handle_v3"].struct   # fuse_file_handle (v3): size
+_EXT_HDR = CODECS["ext_header"].struct      # fuse_ext_header: size, type
 
 #: Requests whose header nodeid is a directory the kernel may name by handle
 #: as well (v2: an in-arg; v3: a FUSE_EXT_HANDLE extension).
-PARENT_HANDLE_OPS: tuple[int, ...] = (
-    Opcode.LOOKUP, Opcode.CREATE, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-    Opcode.TMPFILE,
-)
-_CREATE_TYPE = frozenset({Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-                          Opcode.CREATE, Opcode.TMPFILE, DRAFT_FUSE_MKOBJ_HANDLE_V3})
+#: (the table's parent_handle rows)
+PARENT_HANDLE_OPS: frozenset[int] = _table.PARENT_HANDLE_OPS
+_CREATE_TYPE = _table.ops_where("create_type") | _table.ops_where("create_type",
+                                                                  _table.DRAFT_OPS["v3"])
 
 
 class HandleWireError(ValueError):
@@ -428,8 +426,8 @@ def reply_carries_handle(session: Session, opcode: int) -> bool:
             or opcode in (profile.lookup_opcode, profile.revalidate_opcode, profile.mkobj_opcode))
 
 
-_ENTRY_REPLIES = frozenset({Opcode.LOOKUP, Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK,
-                            Opcode.LINK, Opcode.CREATE, Opcode.TMPFILE})
+_ENTRY_REPLIES = frozenset(op for op, row in _table.OPS.items()
+                           if row.reply in (_table.Reply.ENTRY, _table.Reply.ENTRY_OPEN))
 
 
 def _entry_part(body: bytes, pos: int, profile: Profile, slot: int,

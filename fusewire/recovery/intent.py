@@ -30,11 +30,13 @@ locking the source tree.
 from __future__ import annotations
 
 import os
-import struct
 from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import Request
 from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.table import OPS as _TABLE
+from fusewire.opcodes.table import Reply, ops_where
+from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError
 
 if TYPE_CHECKING:
@@ -43,13 +45,14 @@ if TYPE_CHECKING:
 __all__ = ["OPS", "answer_done", "changed", "probe"]
 
 _ABSENT = (-1, -1)
-_WRITE_OUT = struct.Struct("<II")
+_WRITE_OUT = CODECS["write_out"].struct
 _REOPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
 
 #: requests that get an intent
-OPS = frozenset({Opcode.MKDIR, Opcode.MKNOD, Opcode.SYMLINK, Opcode.LINK, Opcode.CREATE,
-                 Opcode.UNLINK, Opcode.RMDIR, Opcode.RENAME, Opcode.RENAME2, Opcode.WRITE})
-_ENTRY_OPS = (Opcode.MKDIR, Opcode.MKNOD, Opcode.SYMLINK, Opcode.LINK)
+#: (the namespace-changing rows of the opcode table, plus appending writes)
+OPS = ops_where("namespace") | {Opcode.WRITE}
+#: create-type requests answered with an entry only (CREATE also opens)
+_ENTRY_OPS = frozenset(op for op in ops_where("create_type") if _TABLE[op].reply is Reply.ENTRY)
 
 
 def _signed(v: int) -> int:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fusewire.server.dispatch import NodeTable
+from fusewire.structs.codec import CODECS
 
 __all__ = [
     "MAGIC",
@@ -47,7 +48,8 @@ MAGIC = b"FWJRNL01"
 GROW_BYTES = 1 << 20
 _HDR = struct.Struct("<IB")
 _CRC = struct.Struct("<I")
-_OUT_HDR = struct.Struct("<IiQ")
+_OUT_HDR = CODECS["out_header"].struct
+_IN_HEAD = CODECS["in_header"].head(3)  # len, opcode, unique
 #: REQ header: time_ns, open fh, open nodeid, open flags, release fh, has_open, has_release,
 #: request length (the reply follows the request bytes)
 _REQ = struct.Struct("<qQQIQBBI")
@@ -149,7 +151,7 @@ class JournalState:
                 body = payload[_REQ.size:]
                 req = bytes(body[:rlen])
                 reply = bytes(body[rlen:])
-                key = struct.unpack_from("<Q", req, 8)[0] & _RESEND_MASK
+                key = _IN_HEAD.unpack_from(req)[2] & _RESEND_MASK
                 self.replies[key] = reply
                 self.requests.append((t, req, reply))
             if has_open:

@@ -38,7 +38,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -48,11 +47,13 @@ from typing import Any
 from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
+from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError
 
 __all__ = ["Control", "CrashHook", "KeeperControl", "RecordingDispatcher", "RecoverableServer",
@@ -64,13 +65,14 @@ log = logging.getLogger("fusewire.recovery")
 COMPACT_BYTES = int(os.environ.get("FUSEWIRE_COMPACT_BYTES", str(64 << 20)))
 COMPACT_RECORDS = int(os.environ.get("FUSEWIRE_COMPACT_RECORDS", "200000"))
 
-_OPENS = (Opcode.OPEN, Opcode.OPENDIR, Opcode.CREATE, Opcode.TMPFILE)
-_RELEASES = (Opcode.RELEASE, Opcode.RELEASEDIR)
-_NO_REPLY = frozenset({Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT,
-                       Opcode.NOTIFY_REPLY})
-_IN_HDR = struct.Struct("<IIQ")
-_OUT_HDR = struct.Struct("<IiQ")
-_IN_HDR_SIZE = 40
+_OPENS = ops_where("opens")
+_RELEASES = ops_where("releases")
+_NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
+_IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
+_OUT_HDR = CODECS["out_header"].struct
+_IN_HDR_SIZE = CODECS["in_header"].size
+_FH = CODECS["open_out"].head(1)          # open_out.fh
+_VERSION = CODECS["init_in"].head(2)      # major, minor
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
 _RESEND_MASK = (1 << 63) - 1
 
@@ -159,8 +161,8 @@ class RecoveryJournal:
         ok = jn.reply_error(reply) == 0
         opened = released = None
         if ok and op in _OPENS:
-            fh = struct.unpack_from("<Q", bufs[-1])[0]
-            node = lookups[0] if op in (Opcode.CREATE, Opcode.TMPFILE) and lookups \
+            fh = _FH.unpack_from(bufs[-1])[0]
+            node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
                 else req.nodeid
             flags = getattr(req.arg, "flags", 0)
             if op == Opcode.OPENDIR:
@@ -493,7 +495,7 @@ class RecoverableServer(Server):
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:
-    from fusewire.cli import build_ops
+    from fusewire.examples import build_ops
     from fusewire.server import mount as _mount
 
     fs = str(meta["fs"])
@@ -517,7 +519,7 @@ def resend_supported(state: jn.JournalState, config: Config) -> bool:
     if state.session is not None:
         return int(state.session["minor"]) >= _RESEND_MINOR
     if state.init_in is not None and len(state.init_in) >= _IN_HDR_SIZE + 8:
-        kernel_minor = int(struct.unpack_from("<II", state.init_in, _IN_HDR_SIZE)[1])
+        kernel_minor = int(_VERSION.unpack_from(state.init_in, _IN_HDR_SIZE)[1])
         return min(kernel_minor, config.max_minor) >= _RESEND_MINOR
     return True     # nothing read yet, or the INIT was lost: RESEND is the only hope
 

@@ -47,8 +47,8 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OpInfo, Reply
 from fusewire.operations import Operations
+from fusewire.readdir import ReaddirToken
 from fusewire.recovery.handles import PARENT_HANDLE_OPS, SessionHandles
-from fusewire.server.readdir import ReaddirToken
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import (
@@ -829,11 +829,4 @@ class Dispatcher:
         assert session is not None
         return self._ok(req, entry_bytes(attr)[:session.sizes["entry_out"]]
                         + handles.element_for(inode))
-
-
-def describe_table() -> list[OpInfo]:
-    """Rows the dispatcher serves (used by docs and tests)."""
-    from fusewire.opcodes.table import OPS
-
-    return [row for row in OPS.values() if row.handler is not None]
 

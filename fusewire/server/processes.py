@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from fusewire.errors import UsageError
 from fusewire.server import mount as _mount
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ _IDX_FULL = (1 << _IDX_BITS) * 3 // 8    # entries in both indexes together: <= 
 _REC = struct.Struct("<QQQI4x")           # nodeid, dev, ino, handle length
 _SLOT = struct.Struct("<IIQQiII")         # state, owner, holders, nodeid, backing, kind, flags
 _SLOT_SIZE = 40
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+_KEY = struct.Struct("<QQ")               # st_dev, st_ino inside a log record
+_SLOT_HEAD = struct.Struct("<IIQ")        # state, owner, holders
+_SLOT_ID = struct.Struct("<IIQQ")         # ... and nodeid
 _OFF_LOG_USED = 8
 _OFF_ALLOC = 16
 _OFF_RELEASE = 24
@@ -112,25 +119,25 @@ def default_processes() -> int:
 
 def check_processes(ops: Operations, processes: int, *, capture: Any = None,
                     workers: int = 0) -> None:
-    """Raise ValueError (one line) if ``ops`` cannot be served by ``processes`` processes."""
+    """Raise UsageError (one line) if ``ops`` cannot be served by ``processes`` processes."""
     if processes < 1 or processes > MAX_PROCESSES:
-        raise ValueError(f"--processes must be between 1 and {MAX_PROCESSES}")
+        raise UsageError(f"--processes must be between 1 and {MAX_PROCESSES}")
     if processes == 1:
         return
     name = type(ops).__name__
     if not getattr(ops, "multiprocess_safe", False):
-        raise ValueError(f"{name} keeps its state in one process's memory; --processes "
+        raise UsageError(f"{name} keeps its state in one process's memory; --processes "
                          "needs a filesystem that declares multiprocess_safe "
                          "(e.g. passthrough)")
     if capture is not None:
-        raise ValueError("--capture records one process; it cannot be combined with "
+        raise UsageError("--capture records one process; it cannot be combined with "
                          "--processes")
     if any(inspect.iscoroutinefunction(getattr(ops, attr, None))
            for attr in dir(type(ops)) if not attr.startswith("_")):
-        raise ValueError(f"{name} has async handlers; --processes serves sync handlers "
+        raise UsageError(f"{name} has async handlers; --processes serves sync handlers "
                          "only (each process runs a blocking one-thread loop)")
     if workers:
-        raise ValueError("use --processes or --workers, not both (each serving process "
+        raise UsageError("use --processes or --workers, not both (each serving process "
                          "runs one thread)")
     check = getattr(ops, "check_multiprocess", None)
     if check is not None:
@@ -204,15 +211,15 @@ class SharedTable:
             except OSError:
                 pass
         self._pidfds = {}
-        struct.pack_into("<I", self._map, _OFF_PIDS + 4 * index, os.getpid())
+        _U32.pack_into(self._map, _OFF_PIDS + 4 * index, os.getpid())
 
     def set_pid(self, index: int, pid: int) -> None:
         """Record ``pid`` as serving process ``index`` (0: none, it died)."""
-        struct.pack_into("<I", self._map, _OFF_PIDS + 4 * index, pid)
+        _U32.pack_into(self._map, _OFF_PIDS + 4 * index, pid)
 
     def pid_of(self, index: int) -> int:
         """The pid recorded for process ``index`` (0: none)."""
-        return int(struct.unpack_from("<I", self._map, _OFF_PIDS + 4 * index)[0])
+        return int(_U32.unpack_from(self._map, _OFF_PIDS + 4 * index)[0])
 
     def _pidfd(self, index: int) -> int:
         pid = self.pid_of(index)
@@ -252,7 +259,7 @@ class SharedTable:
         i = h
         while True:
             slot = base + 8 * i
-            v = int(struct.unpack_from("<Q", m, slot)[0])
+            v = int(_U64.unpack_from(m, slot)[0])
             if v == 0:
                 return slot, -1
             if match(v - 1):
@@ -262,12 +269,12 @@ class SharedTable:
     def _by_id(self, nodeid: int) -> tuple[int, int]:
         m = self._map
         return self._probe(self._id_idx, _hash(nodeid), lambda rec: int(
-            struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0]) == nodeid)
+            _U64.unpack_from(m, _HEAD_SIZE + rec)[0]) == nodeid)
 
     def _by_key(self, key: tuple[int, int]) -> tuple[int, int]:
         m = self._map
         return self._probe(self._key_idx, _hash(key[0] * 0x100000001B3 ^ key[1]),
-                           lambda rec: struct.unpack_from("<QQ", m, _HEAD_SIZE + rec + 8)
+                           lambda rec: _KEY.unpack_from(m, _HEAD_SIZE + rec + 8)
                            == key)
 
     def _handle_at(self, rec: int) -> bytes:
@@ -286,7 +293,7 @@ class SharedTable:
         with self.locked():
             _slot, rec = self._by_key(key)
             return None if rec < 0 else int(
-                struct.unpack_from("<Q", self._map, _HEAD_SIZE + rec)[0])
+                _U64.unpack_from(self._map, _HEAD_SIZE + rec)[0])
 
     def known(self, key: tuple[int, int], handle: bytes) -> bool:
         """Whether ``key`` is published with exactly ``handle``."""
@@ -307,13 +314,13 @@ class SharedTable:
             key_slot, rec = self._by_key(key)
             if rec >= 0:
                 if self._handle_at(rec) == handle:
-                    return int(struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0])
-                nodeid = int(struct.unpack_from("<Q", m, _HEAD_SIZE + rec)[0])
+                    return int(_U64.unpack_from(m, _HEAD_SIZE + rec)[0])
+                nodeid = int(_U64.unpack_from(m, _HEAD_SIZE + rec)[0])
             elif nodeid is None:
-                nodeid = int(struct.unpack_from("<Q", m, _OFF_ALLOC)[0])
-                struct.pack_into("<Q", m, _OFF_ALLOC, nodeid + 1)
-            used = int(struct.unpack_from("<Q", m, _OFF_LOG_USED)[0])
-            entries = int(struct.unpack_from("<Q", m, _OFF_ENTRIES)[0])
+                nodeid = int(_U64.unpack_from(m, _OFF_ALLOC)[0])
+                _U64.pack_into(m, _OFF_ALLOC, nodeid + 1)
+            used = int(_U64.unpack_from(m, _OFF_LOG_USED)[0])
+            entries = int(_U64.unpack_from(m, _OFF_ENTRIES)[0])
             need = _REC.size + ((len(handle) + 7) & ~7)
             if used + need > _LOG_SIZE or entries >= _IDX_FULL:
                 raise OSError(errno.ENOSPC, "shared node log full")
@@ -321,10 +328,10 @@ class SharedTable:
             _REC.pack_into(m, base, nodeid, key[0], key[1], len(handle))
             m[base + _REC.size:base + _REC.size + len(handle)] = handle
             id_slot, old = self._by_id(nodeid)
-            struct.pack_into("<Q", m, id_slot, used + 1)
-            struct.pack_into("<Q", m, key_slot, used + 1)
-            struct.pack_into("<Q", m, _OFF_LOG_USED, used + need)
-            struct.pack_into("<Q", m, _OFF_ENTRIES, entries + (rec < 0) + (old < 0))
+            _U64.pack_into(m, id_slot, used + 1)
+            _U64.pack_into(m, key_slot, used + 1)
+            _U64.pack_into(m, _OFF_LOG_USED, used + need)
+            _U64.pack_into(m, _OFF_ENTRIES, entries + (rec < 0) + (old < 0))
         return nodeid
 
     # -- open slots ------------------------------------------------------------------------
@@ -343,11 +350,11 @@ class SharedTable:
         """Reserve a free handle number for a new open; ``free_here(n)`` says n is unused here."""
         with self.locked():
             m = self._map
-            start = int(struct.unpack_from("<Q", m, _OFF_RELEASE)[0]) % self.nslots
+            start = int(_U64.unpack_from(m, _OFF_RELEASE)[0]) % self.nslots
             for k in range(self.nslots):
                 i = (start + k) % self.nslots
                 off = self._slots_off + i * _SLOT_SIZE
-                if struct.unpack_from("<I", m, off)[0] != FREE:
+                if _U32.unpack_from(m, off)[0] != FREE:
                     continue
                 fh = self.slot_base + i
                 if not free_here(fh):
@@ -361,7 +368,7 @@ class SharedTable:
         """Record the kernel passthrough backing id of ``fh``."""
         with self.locked():
             off = self._slot_off(fh)
-            struct.pack_into("<i", self._map, off + 24, backing_id)
+            _I32.pack_into(self._map, off + 24, backing_id)
 
     def hold(self, fh: int) -> tuple[int, int, int, int] | None:
         """Add this process to ``fh``'s holders.
@@ -374,18 +381,18 @@ class SharedTable:
                 self._map, off)
             if state != OPEN:
                 return None
-            struct.pack_into("<Q", self._map, off + 8, holders | (1 << self.index))
+            _U64.pack_into(self._map, off + 8, holders | (1 << self.index))
             return owner, nodeid, kind, flags
 
     def unhold(self, fh: int) -> None:
         """Take this process out of ``fh``'s holders (it could not place a copy)."""
         with self.locked():
             off = self._slot_off(fh)
-            state, owner, holders = struct.unpack_from("<IIQ", self._map, off)
+            state, owner, holders = _SLOT_HEAD.unpack_from(self._map, off)
             holders &= ~(1 << self.index)
             if state == RELEASED and not holders:
                 state = FREE
-            struct.pack_into("<IIQ", self._map, off, state, owner, holders)
+            _SLOT_HEAD.pack_into(self._map, off, state, owner, holders)
 
     def release(self, fh: int) -> int:
         """Mark ``fh`` released (the kernel is done with it); return its backing id or -1."""
@@ -395,11 +402,11 @@ class SharedTable:
             if state != OPEN:
                 return -1
             holders &= ~(1 << self.index)
-            struct.pack_into("<IIQ", self._map, off, RELEASED if holders else FREE,
+            _SLOT_HEAD.pack_into(self._map, off, RELEASED if holders else FREE,
                              _owner, holders)
-            struct.pack_into("<i", self._map, off + 24, -1)
-            gen = int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
-            struct.pack_into("<Q", self._map, _OFF_RELEASE, gen + 1)
+            _I32.pack_into(self._map, off + 24, -1)
+            gen = int(_U64.unpack_from(self._map, _OFF_RELEASE)[0])
+            _U64.pack_into(self._map, _OFF_RELEASE, gen + 1)
             return int(backing)
 
     def forget_process(self, index: int) -> None:
@@ -409,33 +416,33 @@ class SharedTable:
             m = self._map
             for i in range(self.nslots):
                 off = self._slots_off + i * _SLOT_SIZE
-                state, owner, holders = struct.unpack_from("<IIQ", m, off)
+                state, owner, holders = _SLOT_HEAD.unpack_from(m, off)
                 if holders & bit:
                     holders &= ~bit
                     if state == RELEASED and not holders:
                         state = FREE
-                    struct.pack_into("<IIQ", m, off, state, owner, holders)
+                    _SLOT_HEAD.pack_into(m, off, state, owner, holders)
 
     def released_gen(self) -> int:
         """A counter that moves whenever some handle is released."""
-        return int(struct.unpack_from("<Q", self._map, _OFF_RELEASE)[0])
+        return int(_U64.unpack_from(self._map, _OFF_RELEASE)[0])
 
     def released(self, held: list[int]) -> list[int]:
         """Of this process's ``held`` handles, those the kernel has released."""
         m = self._map
         return [fh for fh in held
-                if struct.unpack_from("<I", m, self._slot_off(fh))[0] != OPEN]
+                if _U32.unpack_from(m, self._slot_off(fh))[0] != OPEN]
 
     def drop(self, fhs: list[int]) -> None:
         """This process no longer holds ``fhs`` (released; call after closing them)."""
         with self.locked():
             for fh in fhs:
                 off = self._slot_off(fh)
-                state, owner, holders = struct.unpack_from("<IIQ", self._map, off)
+                state, owner, holders = _SLOT_HEAD.unpack_from(self._map, off)
                 if state == OPEN:
                     continue
                 holders &= ~(1 << self.index)
-                struct.pack_into("<IIQ", self._map, off, RELEASED if holders else FREE,
+                _SLOT_HEAD.pack_into(self._map, off, RELEASED if holders else FREE,
                                  owner, holders)
 
     def opens_of(self, nodeid: int) -> list[tuple[int, int]]:
@@ -444,7 +451,7 @@ class SharedTable:
         with self.locked():
             for i in range(self.nslots):
                 off = self._slots_off + i * _SLOT_SIZE
-                state, owner, _h, nid = struct.unpack_from("<IIQQ", self._map, off)
+                state, owner, _h, nid = _SLOT_ID.unpack_from(self._map, off)
                 if state == OPEN and nid == nodeid:
                     out.append((self.slot_base + i, owner))
         return out

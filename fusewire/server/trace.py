@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +35,8 @@ from fusewire.structs.codec import CODECS
 
 __all__ = ["FLAG_FIELDS", "flag_str", "format_fields", "format_reply", "format_request",
            "open_flags_str", "request_text"]
+
+_OUT_HEADER = CODECS["out_header"].struct
 
 #: (struct field name) -> the IntFlag family that decodes it
 FLAG_FIELDS: dict[str, type[enum.IntFlag]] = {
@@ -162,7 +163,7 @@ def format_reply(req: Request, bufs: list[Any] | None) -> str:
     if bufs is None:
         return f"   unique={req.unique:#x} (no reply)"
     raw = b"".join(bytes(b) for b in bufs)  # the hot path packs header + struct as one
-    size, err, _unique = struct.unpack_from("<IiQ", raw)
+    size, err, _unique = _OUT_HEADER.unpack_from(raw)
     if err:
         return f"   unique={req.unique:#x} -> {errno.errorcode.get(-err, str(-err))}"
     line = f"   unique={req.unique:#x} -> OK {size - 16} bytes"

@@ -17,6 +17,7 @@ Run ``python -m fusewire.structs.codec`` to regenerate ``records.py``.
 
 from __future__ import annotations
 
+import re
 import struct
 import sys
 from collections.abc import Callable
@@ -83,9 +84,24 @@ class Codec(Generic[T]):
         """The record with every field zero."""
         return self.decode(bytes(self.size))
 
+    def head(self, count: int) -> struct.Struct:
+        """A :class:`struct.Struct` of the first ``count`` flat fields only.
+
+        For reading a few leading fields of a possibly short or foreign buffer
+        (``CODECS["in_header"].head(3)`` is len, opcode, unique: 16 bytes)
+        without re-declaring their format.
+        """
+        items = _FORMAT_ITEM.findall(self.fmt[1:])
+        if not 0 < count <= len(items):
+            raise ValueError(f"{self.name} has {len(items)} format items, not {count}")
+        return struct.Struct(self.fmt[0] + "".join(items[:count]))
+
     def __repr__(self) -> str:
         return f"<Codec {self.name} {self.size} bytes {self.fmt!r}>"
 
+
+#: one item of a struct format: an optional count and a type code ("Q", "44x", "128s")
+_FORMAT_ITEM = re.compile(r"\d*[xcbB?hHiIlLqQnNefdspP]")
 
 #: Every fixed struct's codec, by schema name.
 CODECS: dict[str, Codec[Any]] = {name: Codec(name) for name in FIXED}

@@ -59,6 +59,9 @@ VERSION = 1
 #: reserved, crc32 of the preceding 36 bytes
 FILE_HEADER = struct.Struct("<5sBHHHQQII")
 _FILE_CRC = struct.Struct("<I")
+#: fuse_in_header's len, opcode, unique and fuse_out_header, from the schemas
+_IN_HEAD = CODECS["in_header"].head(3)
+_OUT_HEADER = CODECS["out_header"].struct
 FILE_HEADER_SIZE = FILE_HEADER.size + _FILE_CRC.size  # 40
 #: length, kind, flags, reserved, time_ns, tid
 RECORD_HEADER = struct.Struct("<IBBHQI")
@@ -110,23 +113,23 @@ class Record:
     def unique(self) -> int:
         """The request's or reply's unique (0 for notifications and END)."""
         if self.kind == Kind.REQUEST and len(self.payload) >= 40:
-            return int(struct.unpack_from("<Q", self.payload, 8)[0])
+            return int(_IN_HEAD.unpack_from(self.payload)[2])
         if self.kind in (Kind.REPLY, Kind.NOTIFY) and len(self.payload) >= 16:
-            return int(struct.unpack_from("<Q", self.payload, 8)[0])
+            return int(_OUT_HEADER.unpack_from(self.payload)[2])
         return 0
 
     @property
     def opcode(self) -> int | None:
         """The opcode of a request record, else None."""
         if self.kind == Kind.REQUEST and len(self.payload) >= 40:
-            return int(struct.unpack_from("<I", self.payload, 4)[0])
+            return int(_IN_HEAD.unpack_from(self.payload)[1])
         return None
 
     @property
     def error(self) -> int:
         """``out_header.error`` of a reply (negative errno) or notification (the code)."""
         if self.kind in (Kind.REPLY, Kind.NOTIFY) and len(self.payload) >= 16:
-            return int(struct.unpack_from("<i", self.payload, 4)[0])
+            return int(_OUT_HEADER.unpack_from(self.payload)[1])
         return 0
 
 
@@ -318,7 +321,7 @@ def session_from_init(request: bytes, reply: bytes) -> Session:
     offered = arg.flags
     if arg.minor >= 36 and arg.flags & InitFlag.INIT_EXT:
         offered |= arg.flags2 << 32
-    length, err, _unique = struct.unpack_from("<IiQ", reply)
+    length, err, _unique = _OUT_HEADER.unpack_from(reply)
     if err:
         raise CaptureError(f"INIT was answered with error {-err}")
     body = reply[16:length]

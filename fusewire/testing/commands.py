@@ -68,6 +68,7 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from fusewire.errors import UsageError
     from fusewire.server import mount as _mount
     from fusewire.testing.capture import CaptureError
     from fusewire.testing.replay import ops_factory_from_spec, replay
@@ -75,7 +76,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     extra = dict(_mount.parse_options(args.options).extra) if args.options else {}
     try:
         report = replay(args.file, ops_factory_from_spec(args.ops, extra))
-    except (OSError, CaptureError) as exc:
+    except (OSError, CaptureError, UsageError) as exc:
         return _fail("replay", exc)
     print(report.summary())
     for diff in report.differences[:args.max_diffs]:

@@ -51,7 +51,9 @@ __all__ = [
     "to_jsonable",
 ]
 
-_OUT = struct.Struct("<IiQ")
+_OUT = CODECS["out_header"].struct
+_NODEID = CODECS["in_header"].head(4)  # len, opcode, unique, nodeid
+_XATTR_SIZE = CODECS["getxattr_out"].head(1)
 _DIRENT = CODECS["dirent"]
 _ENTRY = CODECS["entry_out"]
 #: request struct fields that hold nodeids
@@ -283,7 +285,7 @@ def _decode_body(req: Request, body: bytes,
         return {"data": body}, f"+{len(body)} bytes"
     if kind is Reply.XATTR:
         if req.arg is not None and req.arg.size == 0:
-            (size,) = struct.unpack_from("<I", body)
+            (size,) = _XATTR_SIZE.unpack_from(body)
             return {"size": size}, f"size={size}"
         if req.opcode == Opcode.LISTXATTR:
             names = [_name(n) for n in body.split(b"\0") if n]
@@ -406,7 +408,7 @@ def _request_event(rec: Record, session: Session | None,
         row = OPS.get(op or -1)
         name = row.name if row is not None else f"OPCODE_{op}"
         pending[unique] = (None, rec)
-        nodeid = struct.unpack_from("<Q", rec.payload, 16)[0] if len(rec.payload) >= 24 else 0
+        nodeid = _NODEID.unpack_from(rec.payload)[3] if len(rec.payload) >= 24 else 0
         return Event("request", name, unique, rec.offset_ns, rec.tid, nodeid,
                      f"malformed: {exc}", {"error": str(exc)}, nodeids={nodeid}, record=rec)
     if not req.info.no_reply:

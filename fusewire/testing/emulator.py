@@ -84,6 +84,8 @@ __all__ = ["DEFAULT_FLAGS", "KernelEmulator", "NoReplyError", "Pending", "Proces
 DEFAULT_FLAGS = KERNEL_FLAGS
 _RENAME_EXCHANGE = 2
 _R = CODECS  # shorthand for record classes
+_OUT_HEADER = CODECS["out_header"].struct
+_VERSION = CODECS["init_out"].head(2)  # major, minor
 
 
 class NoReplyError(KernelRuleError):
@@ -247,7 +249,7 @@ class KernelEmulator:
             raise OSError(-error, "INIT refused: " + os.strerror(-error))
         if len(body) < 8:
             raise KernelRuleError(f"INIT reply of {len(body)} bytes")
-        major, minor = struct.unpack_from("<II", body)
+        major, minor = _VERSION.unpack_from(body)
         if major != 7 or minor > self.offered_minor:
             raise KernelRuleError(f"INIT reply speaks {major}.{minor}")
         expected = 64 if minor >= 23 else 24
@@ -304,8 +306,7 @@ class KernelEmulator:
             raise KernelRuleError(f"{row.name} does not exist at 7.{self.minor}")
         if self.session.lookup_handle is not None and row is not None:
             data, ext = self._with_handle(opcode, row.trailing, nodeid, data, ext, handle)
-        background = opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.RELEASE,
-                                Opcode.RELEASEDIR, Opcode.INTERRUPT)
+        background = row is not None and row.background
         p = Pending(opcode, self.next_unique(), nodeid, arg, tuple(names), data, ext,
                     0 if background else (self.uid if uid is None else uid),
                     0 if background else (self.gid if gid is None else gid),
@@ -394,7 +395,7 @@ class KernelEmulator:
             if exc.unique is None or not exc.needs_reply:
                 bufs = None
             else:
-                bufs = [struct.pack("<IiQ", 16, -exc.errno_hint, exc.unique)]
+                bufs = [_OUT_HEADER.pack(16, -exc.errno_hint, exc.unique)]
         if no_reply:
             if bufs is not None:
                 raise KernelRuleError(f"{row.name if row else p.opcode} got a reply "
@@ -849,7 +850,8 @@ class KernelEmulator:
 
     def _ext(self) -> bytes:
         if self.minor >= 36 and self.has(InitFlag.SECURITY_CTX):
-            return struct.pack("<II", 8, 0)
+            # an empty FUSE_EXT secctx block: fuse_secctx_header {size 8, nr_secctx 0}
+            return _R["secctx_header"].struct.pack(8, 0)
         return b""
 
     def read(self, h: int, size: int, off: int = 0) -> bytes:

@@ -1,6 +1,6 @@
 """A readdir token for unit tests: call a filesystem's ``readdir`` without a kernel.
 
-:class:`ListingToken` is a :class:`~fusewire.server.readdir.ReaddirToken`
+:class:`ListingToken` is a :class:`~fusewire.readdir.ReaddirToken`
 that keeps each entry as ``(name, attributes, next_id)`` instead of packing
 it, and stops accepting after ``capacity`` entries (to exercise resumption
 at a cookie)::
@@ -13,7 +13,7 @@ at a cookie)::
 
 from __future__ import annotations
 
-from fusewire.server.readdir import ReaddirToken
+from fusewire.readdir import ReaddirToken
 from fusewire.types import EntryAttributes
 
 __all__ = ["ListingToken"]

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from construct import Array, Bytes, Construct, FormatField, Renamed, Struct
 from hypothesis import strategies as st
 
-from fusewire.opcodes.flags import NotifyCode, Opcode
+from fusewire.opcodes.flags import FUSE_EXT_GROUPS, NotifyCode, Opcode
 from fusewire.opcodes.table import NOTIFICATIONS, OPS, Reply, Trailing
 from fusewire.structs.codec import CODECS
 from fusewire.structs.derive import class_name, py_name
@@ -122,12 +122,19 @@ class RequestSpec(NamedTuple):
 
 _FLAGS = st.sampled_from([KERNEL_FLAGS, 0, KERNEL_FLAGS & ~(1 << 29)])
 _U64 = _int("Q")
+_EXT = CODECS["ext_header"].struct
+_GROUPS = CODECS["supp_groups"].struct
+_DIRENT = CODECS["dirent"].struct
+_OUT_HEADER = CODECS["out_header"].struct
+_IN_HEADER = CODECS["in_header"]
 _U32 = _int("I")
 
 
 def _ext_blocks() -> st.SearchStrategy[bytes]:
-    secctx = st.just(struct.pack("<II", 8, 0))
-    groups = _U32.map(lambda g: struct.pack("<IIII", 16, 32, 1, g))
+    # fuse_secctx_header {size 8, nr 0}; ext_header {16, FUSE_EXT_GROUPS} + supp_groups {1} + gid
+    secctx = st.just(CODECS["secctx_header"].struct.pack(8, 0))
+    groups = _U32.map(lambda g: _EXT.pack(16, FUSE_EXT_GROUPS) + _GROUPS.pack(1)
+                      + _GROUPS.pack(g))   # nr = 1, then groups[0] (a u32 too)
     return st.lists(st.one_of(secctx, groups), max_size=2).map(b"".join)
 
 
@@ -153,7 +160,7 @@ def request_specs(draw: st.DrawFn, opcode: int | None = None,
     data: Any = b""
     if row.trailing is Trailing.DATA:
         data = draw(st.binary(max_size=64))
-        if opcode in (Opcode.WRITE, Opcode.SETXATTR):
+        if row.sized_data:
             arg = arg._replace(size=len(data))
     elif row.trailing in (Trailing.FORGETS, Trailing.MAPPINGS):
         data = tuple(draw(st.lists(st.tuples(_U64, _U64), max_size=4)))
@@ -229,14 +236,14 @@ def replies(draw: st.DrawFn, opcode: int | None = None,
                     e = e._replace(nodeid=0)
                 rec[:128] = CODECS["entry_out"].encode(e)
             off = draw(st.integers(1, (1 << 64) - 1))
-            struct.pack_into("<QQII", rec, head - 24, draw(_U64), off, len(name), draw(_DT))
+            _DIRENT.pack_into(rec, head - 24, draw(_U64), off, len(name), draw(_DT))
             rec[head:head + len(name)] = name
             out += rec
         body = bytes(out)
     elif kind is Reply.IOCTL:
         res = draw(_int("i"))
         data = draw(st.binary(max_size=min(arg.out_size, 64)))
-        body = struct.pack("<iIII", res, 0, 0, 0) + data
+        body = CODECS["ioctl_out"].struct.pack(res, 0, 0, 0) + data
     return session, op, arg, body
 
 
@@ -262,7 +269,7 @@ def notifications(draw: st.DrawFn, minor: int = 45) -> bytes:
             rec = rec._replace(count=len(ids))
             extra = struct.pack(f"<{len(ids)}Q", *ids)
         payload = CODECS[info.payload].encode(rec) + extra
-    return struct.pack("<IiQ", 16 + len(payload), int(NotifyCode(code)), 0) + payload
+    return _OUT_HEADER.pack(16 + len(payload), int(NotifyCode(code)), 0) + payload
 
 
 @st.composite
@@ -272,22 +279,23 @@ def malformed_messages(draw: st.DrawFn) -> tuple[int, int, bytes]:
     how = draw(st.sampled_from(["truncate", "len", "nul", "ext", "opcode", "random",
                                 "extend"]))
     buf = bytearray(good)
+    hdr = _IN_HEADER.decode(buf)
     if how == "truncate":
         buf = buf[:draw(st.integers(0, max(0, len(buf) - 1)))]
     elif how == "len":
-        struct.pack_into("<I", buf, 0, draw(_U32.filter(lambda n: n != len(good))))
+        _IN_HEADER.pack_into(buf, 0, hdr._replace(len=draw(_U32.filter(lambda n: n != len(good)))))
     elif how == "nul":
         end = bytes(buf).rfind(b"\0")
         if end >= 40:
             buf[end] = 0x41
     elif how == "ext":
-        struct.pack_into("<H", buf, 36, draw(st.integers(1, 0xFFFF)))
+        _IN_HEADER.pack_into(buf, 0, hdr._replace(total_extlen=draw(st.integers(1, 0xFFFF))))
     elif how == "opcode":
-        struct.pack_into("<I", buf, 4, draw(st.sampled_from([0, 7, 19, 54, 55, 999, 4095,
-                                                              0xFFFFFFFF])))
+        bad = draw(st.sampled_from([0, 7, 19, 54, 55, 999, 4095, 0xFFFFFFFF]))
+        _IN_HEADER.pack_into(buf, 0, hdr._replace(opcode=bad))
     elif how == "extend":
         buf += draw(st.binary(min_size=1, max_size=16))
-        struct.pack_into("<I", buf, 0, len(buf))
+        _IN_HEADER.pack_into(buf, 0, hdr._replace(len=len(buf)))
     else:
         buf = bytearray(draw(st.binary(max_size=200)))
     return m, flags, bytes(buf)

@@ -25,7 +25,14 @@ from fusewire.opcodes.flags import (
     NotifyCode,
     Opcode,
 )
-from fusewire.opcodes.table import NOTIFICATIONS, OpInfo, Reply, Trailing, ops_for_profile
+from fusewire.opcodes.table import (
+    NOTIFICATIONS,
+    OpInfo,
+    Reply,
+    Trailing,
+    ops_for_profile,
+    ops_where,
+)
 from fusewire.structs.codec import CODECS
 from fusewire.structs.layout import decode_sized, encode_sized, sizes_for
 
@@ -58,6 +65,9 @@ READLINK_MAX = 4095
 _HDR = CODECS["in_header"].struct
 _OUT = CODECS["out_header"].struct
 _DIRENT = CODECS["dirent"].struct
+_FORGET_ONE = CODECS["forget_one"].struct
+_HANDLE_V2 = CODECS["file_handle_v2"].struct
+_HANDLE_V3 = CODECS["file_handle_v3"].struct
 
 SessionLike = Session | tuple[int, int]
 
@@ -132,10 +142,10 @@ def _parts(s: SessionLike) -> tuple[int, dict[str, int], dict[int, OpInfo], str 
 def encode_init(minor: int, flags64: int, max_readahead: int = 131072, unique: int = 2) -> bytes:
     """The INIT request a kernel speaking 7.``minor`` sends (16-byte body before 7.36)."""
     flags, flags2 = flags64 & 0xFFFFFFFF, (flags64 >> 32) & 0xFFFFFFFF
-    if minor >= 36:
-        body = struct.pack("<IIIII44x", FUSE_KERNEL_VERSION, minor, max_readahead, flags, flags2)
-    else:
-        body = struct.pack("<IIII", FUSE_KERNEL_VERSION, minor, max_readahead, flags)
+    rec = CODECS["init_in"].zero()._replace(major=FUSE_KERNEL_VERSION, minor=minor,
+                                            max_readahead=max_readahead, flags=flags,
+                                            flags2=flags2 if minor >= 36 else 0)
+    body = CODECS["init_in"].encode(rec)[:64 if minor >= 36 else 16]
     return _HDR.pack(40 + len(body), Opcode.INIT, unique, 0, 0, 0, 0, 0, 0) + body
 
 
@@ -165,7 +175,7 @@ def encode_request(session: SessionLike, opcode: int, unique: int, nodeid: int, 
     if row.trailing in (Trailing.FORGETS, Trailing.MAPPINGS) and not isinstance(
             data, (bytes, bytearray, memoryview)):
         pairs = list(data)
-        tail = b"".join(struct.pack("<QQ", a, b) for a, b in pairs)
+        tail = b"".join(_FORGET_ONE.pack(a, b) for a, b in pairs)
         if arg is None and row.request is not None:
             arg = CODECS[row.request].zero()._replace(count=len(pairs))
     else:
@@ -174,7 +184,7 @@ def encode_request(session: SessionLike, opcode: int, unique: int, nodeid: int, 
         codec = CODECS[row.request]
         if arg is None:
             arg = codec.zero()
-            if hasattr(arg, "size") and opcode in (Opcode.WRITE, Opcode.SETXATTR):
+            if hasattr(arg, "size") and row.sized_data:
                 arg = arg._replace(size=len(tail))
         parts.append(encode_sized(codec, arg, sizes[row.request]))
     for name in names:
@@ -222,13 +232,13 @@ def _decode_entry(body: bytes, sizes: dict[str, int], lookup_handle: str | None,
     if lookup_handle == "v2":
         if len(rest) < 8:
             raise ReplySizeError(f"{what}: missing fuse_file_handle")
-        (hsz,) = struct.unpack_from("<I", rest)
-        used = 8 + hsz
+        (hsz, _type) = _HANDLE_V2.unpack_from(rest)
+        used = _HANDLE_V2.size + hsz
     else:
         if len(rest) < 2:
             raise ReplySizeError(f"{what}: missing fuse_file_handle")
-        (hsz,) = struct.unpack_from("<H", rest)
-        used = 2 + hsz
+        (hsz,) = _HANDLE_V3.unpack_from(rest)
+        used = _HANDLE_V3.size + hsz
     if used > len(rest):
         raise ReplySizeError(f"{what}: handle of {hsz} bytes overruns the reply")
     return EntryWithHandle(entry, bytes(rest[:used])), size + used
@@ -280,8 +290,7 @@ def decode_dirents(body: bytes, plus: bool) -> list[Any]:
     return out
 
 
-_CREATE_TYPE = frozenset({Opcode.MKNOD, Opcode.MKDIR, Opcode.SYMLINK, Opcode.LINK,
-                          Opcode.CREATE, Opcode.TMPFILE})
+_CREATE_TYPE = ops_where("create_type")
 
 
 def decode_reply(session: SessionLike, request_opcode: int, request_arg: Any,

@@ -1,0 +1,101 @@
+"""Directory listing: packing dirent / direntplus records into one reply.
+
+Records are packed into one ``bytearray`` in place (no quadratic copies):
+``fuse_dirent {ino, off, namelen, type}`` + name, zero-padded to 8 bytes;
+READDIRPLUS prefixes each with a ``fuse_entry_out``.  A record never
+splits; when the next one does not fit, :meth:`ReaddirToken.add` returns
+False and the entry is not sent, so it is not counted as a lookup.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+
+from fusewire.structs.codec import CODECS
+from fusewire.types import EntryAttributes
+
+__all__ = ["ReaddirToken", "dirent_type"]
+
+_DIRENT = CODECS["dirent"].struct
+_PACK_DIRENT = _DIRENT.pack
+_NO_ENTRY = bytes(CODECS["entry_out"].size)
+#: zero padding after a name of length n: records are 8-byte aligned and the
+#: fixed parts (24 and 24 + 128 bytes) are multiples of 8
+_PADDING = tuple(bytes((8 - r) & 7) for r in range(8))
+
+
+def dirent_type(mode: int) -> int:
+    """DT_* of a mode: ``(mode & S_IFMT) >> 12``."""
+    return stat.S_IFMT(mode) >> 12
+
+
+class ReaddirToken:
+    """Collects entries for one READDIR or READDIRPLUS reply.
+
+    ``plus`` tells whether this is READDIRPLUS (entries carry attributes and
+    count a lookup each, except "." and "..").  Filesystems call :meth:`add`
+    until it returns False.
+    """
+
+    __slots__ = ("_count", "_entry", "buf", "counted", "plus", "size")
+
+    def __init__(self, size: int, plus: bool,
+                 entry_bytes: Callable[[EntryAttributes], bytes] | None = None) -> None:
+        self.size = size
+        self.plus = plus
+        self.buf = bytearray()
+        #: nodeids that READDIRPLUS entries handed to the kernel (one lookup each)
+        self.counted: list[int] = []
+        self._entry = entry_bytes
+        self._count = 0
+
+    def add(self, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
+        """Append an entry; return False (and drop it) when it does not fit.
+
+        ``next_id`` is the offset (cookie) from which a later call resumes
+        after this entry.
+        """
+        if not self.plus:
+            return self.add_name(name, attr.st_ino, attr.st_mode, next_id)
+        ino = attr.st_ino
+        counted = bool(ino) and name != b"." and name != b".."
+        if counted:
+            assert self._entry is not None
+            entry = self._entry(attr)
+        else:
+            entry = _NO_ENTRY  # nodeid 0: the kernel takes no reference
+        if not self._append(entry, name, ino, attr.st_mode, next_id):
+            return False
+        if counted:
+            self.counted.append(ino)
+        return True
+
+    def add_name(self, name: bytes, ino: int, mode: int, next_id: int) -> bool:
+        """Like :meth:`add` without attributes: enough for READDIR (``plus`` false).
+
+        Saves building an :class:`EntryAttributes` per entry.  When ``plus``
+        is true the kernel wants attributes: use :meth:`add` (this raises).
+        """
+        if self.plus:
+            raise ValueError("READDIRPLUS entries need attributes: use add()")
+        return self._append(b"", name, ino, mode, next_id)
+
+    def _append(self, entry: bytes, name: bytes, ino: int, mode: int, next_id: int) -> bool:
+        """``entry`` (READDIRPLUS's entry_out, or nothing) + fuse_dirent + name + padding."""
+        namelen = len(name)
+        if not name or namelen > 1024 or b"/" in name:
+            raise ValueError(f"invalid directory entry name {name!r}")
+        buf = self.buf
+        if len(buf) + len(entry) + ((24 + namelen + 7) & ~7) > self.size:
+            return False
+        if entry:
+            buf += entry
+        buf += _PACK_DIRENT(ino, next_id, namelen, (mode & 0o170000) >> 12)
+        buf += name
+        buf += _PADDING[namelen & 7]
+        self._count += 1
+        return True
+
+    def __len__(self) -> int:
+        return self._count
