@@ -382,7 +382,10 @@ TARGETS: list[Target] = [
     Target(("seqwrite", "seqread"), "fusewire_memfs", "libfuse_c_st", 0.8),
     Target(("seqwrite", "seqread"), "fusewire_pt_backing", "kernel_backing", 0.9),
     Target(("smallfiles",), "fusewire_memfs", "libfuse_c_st", 0.8),
-    Target((*_META, "fixture"), "fusewire_memfs_recoverable", "fusewire_memfs", 0.9),
+    # issue 10: recoverable memfs side by side with plain memfs
+    Target(_META, "fusewire_memfs_recoverable", "fusewire_memfs", 0.9),
+    Target(("fixture",), "fusewire_memfs_recoverable", "fusewire_memfs", 0.8),
+    Target(("seqwrite",), "fusewire_memfs_recoverable", "fusewire_memfs", 0.5),
 ]
 
 

@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Notifier, Operations
+from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -25,12 +26,16 @@ __all__ = [
     "EntryAttributes",
     "FUSEError",
     "FileInfo",
+    "HandleRecovery",
     "Lock",
     "Notifier",
     "Operations",
+    "RecoveryMode",
+    "ReplayRecovery",
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
+    "now_ns",
 ]
 
 __all__ += ["ReaddirToken"]

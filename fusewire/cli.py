@@ -13,33 +13,59 @@ are registered by the testing and recovery packages.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
+import re
+import signal
+import stat
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fusewire.errors import UsageError
+from fusewire.examples import FS_ARG_PREFIX, FS_OPTIONS
+from fusewire.examples import build_ops as _build_ops
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
 
-__all__ = ["build_ops", "main"]
+__all__ = ["UsageError", "build_ops", "check_options", "main", "mount_fstype"]
 
 log = logging.getLogger("fusewire")
 
 #: CLI modules that add subcommands: each has ``register(subparsers)``.
 PLUGINS = ("fusewire.testing.commands", "fusewire.recovery.commands")
 
+#: ``-o`` options that the server and recovery read from ``MountOptions.extra``
+LIBRARY_OPTIONS = ("allow_root", "max_minor")
+
 
 def build_ops(kind: str, source: str | None, extra: dict[str, str]) -> Operations:
     """:func:`fusewire.examples.build_ops`, with a bad spec reported as one line (SystemExit)."""
-    from fusewire.errors import UsageError
-    from fusewire.examples import build_ops as _build
-
     try:
-        return _build(kind, source, extra)
+        return _build_ops(kind, source, extra)
     except UsageError as e:
         raise SystemExit(f"fusewire: {e}") from None
+
+
+def check_options(kind: str, extra: dict[str, str]) -> None:
+    """Refuse ``-o`` options nobody consumes (libfuse refuses them too)."""
+    valid = set(FS_OPTIONS.get(kind, ())) | set(LIBRARY_OPTIONS)
+    unknown = [k for k in extra if k not in valid
+               and not (":" in kind and k.startswith(FS_ARG_PREFIX))]
+    if unknown:
+        names = sorted(set(_mount.known_options()) | valid)
+        raise UsageError(f"unknown mount option{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)} (valid: {', '.join(names)})")
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _add_mount(sub: Any) -> None:
@@ -55,6 +81,12 @@ def _add_mount(sub: Any) -> None:
                    help="serve from N processes on cloned fds ('auto': one per CPU); "
                    "passthrough only")
     p.add_argument("--capture", metavar="FILE", help="record every message to FILE")
+    p.add_argument("--fs-arg", dest="fs_args", metavar="KEY=VALUE", action="append",
+                   default=[], help="keyword argument (a string) for a MODULE:CLASS "
+                   "filesystem's constructor (repeatable)")
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT, metavar="SECONDS",
+                   help="without -f: how long to wait for the filesystem to answer INIT "
+                   f"(default {READY_TIMEOUT:g}); a mount not ready by then is undone")
     p.add_argument("--recoverable", action="store_true",
                    help="keep the mount alive across server crashes (a keeper holds the fd)")
     p.add_argument("--restart", choices=("auto", "manual"), default="auto",
@@ -68,52 +100,111 @@ def _add_mount(sub: Any) -> None:
     d.set_defaults(func=_cmd_demo)
 
 
+#: seconds a background mount may take to answer INIT before it is undone
+READY_TIMEOUT = 30.0
+
+
 def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
     if args.fs == "passthrough":
         if len(args.paths) != 2:
-            raise SystemExit("usage: fusewire mount passthrough SOURCE MOUNTPOINT")
+            raise UsageError("usage: fusewire mount passthrough SOURCE MOUNTPOINT")
         return os.path.abspath(args.paths[0]), args.paths[1]
     if len(args.paths) != 1:
-        raise SystemExit(f"usage: fusewire mount {args.fs} MOUNTPOINT")
+        raise UsageError(f"usage: fusewire mount {args.fs} MOUNTPOINT")
     return None, args.paths[0]
+
+
+def _check_mountpoint(mountpoint: str) -> None:
+    """A mountpoint must be an existing directory (a file would give a broken mount)."""
+    if _mount.is_mounted(mountpoint):
+        return  # a FUSE mount (stacking, or a keeper waiting): a stat could block on it
+    try:
+        st = os.stat(mountpoint)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNREFUSED, errno.ECONNABORTED):
+            raise UsageError(f"mountpoint {mountpoint}: {os.strerror(exc.errno or 0)} (a dead "
+                             f"mount? `fusewire umount {mountpoint}` removes it)") from None
+        raise UsageError(f"mountpoint {mountpoint}: {os.strerror(exc.errno or 0)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"mountpoint {mountpoint} is not a directory")
+
+
+def _fs_arg_options(args: argparse.Namespace) -> list[str]:
+    """``--fs-arg KEY=VALUE`` as ``-o fsarg.KEY=VALUE`` (they travel with the options)."""
+    out = []
+    for item in args.fs_args:
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise UsageError(f"--fs-arg {item!r}: expected KEY=VALUE with KEY an identifier")
+        if ":" not in args.fs:
+            raise UsageError(f"--fs-arg is for MODULE:CLASS filesystems, not {args.fs}")
+        out.append(FS_ARG_PREFIX + key + "=" + value.replace("\\", "\\\\").replace(",", "\\,"))
+    return out
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
     source, mountpoint = _split_paths(args)
     if args.recoverable and args.processes != "1":
-        raise SystemExit("fusewire: --processes cannot be combined with --recoverable yet "
+        raise UsageError("--processes cannot be combined with --recoverable yet "
                          "(docs/design.md, Multi-process serving)")
+    args.options = list(args.options) + _fs_arg_options(args)
+    options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
+                                   subtype=args.fs if ":" not in args.fs else None)
+    extra = dict(options.extra)
+    check_options(args.fs, extra)
+    _check_mountpoint(mountpoint)
     if args.recoverable:
+        if args.debug:
+            raise UsageError("-d does not work with --recoverable (the server is a child of "
+                             "the keeper): use -f and read the keeper's log, or mount "
+                             "without --recoverable to trace")
         from fusewire.recovery.commands import mount_recoverable
 
         code: int = mount_recoverable(args, source, mountpoint)
         return code
-    options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
-                                   subtype=args.fs if ":" not in args.fs else None)
-    extra = dict(options.extra)
-    ops = build_ops(args.fs, source, extra)
+    ops = _build_ops(args.fs, source, extra)
     if args.processes != "1":
         from fusewire.server.processes import check_processes, default_processes
 
         try:
-            args.processes = (default_processes() if args.processes == "auto"
-                              else int(args.processes))
-            check_processes(ops, args.processes, capture=args.capture, workers=args.workers)
-        except ValueError as exc:
-            text = str(exc) if not str(exc).startswith("invalid literal") else \
-                f"--processes takes a number or 'auto', not {args.processes!r}"
-            raise SystemExit(f"fusewire: {text}") from None
+            n = default_processes() if args.processes == "auto" else int(args.processes)
+        except ValueError:
+            raise UsageError(f"--processes takes a number or 'auto', not "
+                             f"{args.processes!r}") from None
+        check_processes(ops, n, capture=args.capture, workers=args.workers)
+        args.processes = n
     else:
         args.processes = 1
     if args.debug:
         args.foreground = True
     if args.foreground:
         return _serve(ops, mountpoint, args, None)
-    return _daemonize(lambda ready_w: _serve(ops, mountpoint, args, ready_w))
+    return _daemonize(lambda report: _serve(ops, mountpoint, args, report), mountpoint)
+
+
+class _Report:
+    """The child's one message to the waiting parent: ready, or why not (once)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+
+    def send(self, ok: bool, why: str = "") -> bool:
+        """Send the report unless one was sent; True if this call sent it."""
+        with self.lock:
+            if self.fd < 0:
+                return False
+            fd, self.fd = self.fd, -1
+        try:
+            os.write(fd, b"1" if ok else b"0" + why.encode(errors="replace")[:4000])
+        except OSError:
+            pass
+        os.close(fd)
+        return True
 
 
 def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
-           ready_w: int | None) -> int:
+           report: _Report | None) -> int:
     from fusewire.server.loop import Server
 
     capture = None
@@ -124,18 +215,37 @@ def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
     server = Server(ops, mountpoint, args.options, debug=args.debug, workers=args.workers,
                     capture=capture, processes=args.processes, fsname=f"fusewire-{args.fs}",
                     subtype=args.fs if ":" not in args.fs else None)
-    server.mount()
-    if ready_w is not None:
-        import threading
+    try:
+        server.mount()
+    except OSError as exc:
+        if capture is not None:
+            capture.close()
+        why = " ".join(str(exc.strerror or exc).split())
+        raise UsageError(f"cannot mount {mountpoint}: {why}") from None
+    if report is not None:
+        timeout = args.ready_timeout
 
-        def report() -> None:
-            ok = server.ready.wait(30)
-            os.write(ready_w, b"1" if ok else b"0")
-            os.close(ready_w)
+        def watch() -> None:
+            if server.ready.wait(timeout):
+                report.send(True)
+            elif report.send(False, f"{args.fs} did not answer INIT within {timeout:g} s "
+                                    "(init() too slow?); mount undone"):
+                # init() is still running in the serving thread: undo the mount, end it all
+                try:
+                    _mount.unmount(server.mountpoint, lazy=True)
+                except OSError:
+                    pass
+                os._exit(1)
 
-        threading.Thread(target=report, daemon=True).start()
+        threading.Thread(target=watch, daemon=True).start()
     try:
         server.serve()
+    except RuntimeError:
+        failed = server.dispatcher.init_error
+        if failed is None:
+            raise
+        raise UsageError(f"{args.fs}: init() raised {_describe(failed)}; "
+                         "mount undone") from failed
     finally:
         server.close()
         if capture is not None:
@@ -143,34 +253,109 @@ def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
     return 0
 
 
-def _daemonize(body: Callable[[int], int]) -> int:
-    """Fork; the child serves in a new session, the parent returns once the mount is ready."""
+def _daemonize(body: Callable[[_Report], int], mountpoint: str) -> int:
+    """Fork; the child serves in a new session, the parent returns once the mount is ready.
+
+    A child that fails before that sends one line saying why; the parent
+    prints it, waits for the child to end, and makes sure nothing is left
+    mounted.
+    """
+    was_mounted = _mount.is_mounted(mountpoint)  # stacking: never unmount what was there
     r, w = os.pipe()
     pid = os.fork()
     if pid:
         os.close(w)
-        status = os.read(r, 1)
+        chunks = []
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
         os.close(r)
-        if status != b"1":
-            sys.stderr.write("fusewire: the mount did not become ready\n")
-            return 1
-        return 0
+        status = b"".join(chunks)
+        if status == b"1":
+            return 0
+        why = status[1:].decode(errors="replace").strip()
+        _reap(pid)
+        if not was_mounted and _mount.is_mounted(mountpoint):
+            try:
+                _mount.unmount(mountpoint, lazy=True)
+            except OSError:
+                pass
+        raise UsageError(why or "the server exited before the mount was ready")
     os.close(r)
     os.setsid()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
+    report = _Report(w)
     code = 1
     try:
-        code = body(w)
-    except BaseException:
+        code = body(report)
+    except UsageError as exc:
+        report.send(False, str(exc))
+    except BaseException as exc:
         log.exception("server failed")
+        report.send(False, f"the server failed: {_describe(exc)}")
     finally:
+        report.send(False, "the server stopped before the mount was ready")
         os._exit(code)
 
 
+def _reap(pid: int, timeout: float = 10.0) -> None:
+    """Wait for our child ``pid``; SIGKILL it after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def mount_fstype(path: str) -> str | None:
+    """The fstype of the topmost mount whose mountpoint is ``path`` (None: not a mount)."""
+    wanted = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            left, _, right = line.partition(b" - ")
+            fields = left.split(b" ")
+            if len(fields) < 5 or not right:
+                continue
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            if os.fsdecode(point) == wanted:
+                found = right.split(b" ")[0].decode(errors="replace")
+    return found
+
+
 def _cmd_umount(args: argparse.Namespace) -> int:
-    _mount.unmount(args.mountpoint, lazy=args.lazy)
+    if not _mount.is_mounted(args.mountpoint):   # reads mountinfo: never blocks on a mount
+        fstype = mount_fstype(args.mountpoint)
+        if fstype is not None:
+            raise UsageError(f"{args.mountpoint} is a {fstype} mount, not FUSE: "
+                             "not unmounting it")
+        if not os.path.exists(args.mountpoint):
+            raise UsageError(f"{args.mountpoint}: no such directory")
+        raise UsageError(f"{args.mountpoint} is not a mountpoint")
+    from fusewire.recovery.commands import umount_via_keeper
+
+    done = umount_via_keeper(args.mountpoint, args.lazy)     # a recoverable mount
+    if done is not None:
+        return done
+    try:
+        _mount.unmount(args.mountpoint, lazy=args.lazy)
+    except OSError as exc:
+        hint = " (in use: try -z for a lazy unmount)" if exc.errno == errno.EBUSY else ""
+        raise UsageError(f"cannot unmount {args.mountpoint}: {exc.strerror or exc}{hint}")\
+            from None
     return 0
 
 
@@ -201,7 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if getattr(args, "debug", False) else (
         logging.INFO if args.verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except ValueError as exc:  # UsageError and option parsing
+        # a mistake a person can fix: one line, no traceback
+        sys.stderr.write(f"fusewire: {exc}\n")
+        if args.verbose:
+            log.error("details", exc_info=exc)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"fusewire:{where} {exc.strerror or exc}\n")
+        return 1
     return result
 
 

@@ -868,3 +868,177 @@ def check_posix_acl_minimal(root: Path) -> Any:
     if res == "EOPNOTSUPP":
         return UNSUPPORTED
     return {"set": res, "mode": oct(stat.S_IMODE(os.stat(p).st_mode))}
+
+
+# --------------------------------------------------------------------------
+# chattr flags (FS_IOC_GETFLAGS / FS_IOC_SETFLAGS), as chattr(1) sets them
+
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_IMMUTABLE_FL = 0x10
+FS_APPEND_FL = 0x20
+FS_NODUMP_FL = 0x40
+FS_NOATIME_FL = 0x80
+FS_COMPR_FL = 0x04
+
+
+def get_flags(p: Path) -> int:
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        return int(struct.unpack_from("<I", buf)[0])
+    finally:
+        os.close(fd)
+
+
+def set_flags(p: Path, flags: int) -> None:
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("<I", flags) + bytes(4))
+    finally:
+        os.close(fd)
+
+
+def _chattr_file_ops(root: Path, flag: int) -> Any:
+    """What each operation on a file with ``flag`` (+i or +a) gives; flags removed after."""
+    f = root / "f"
+    write_file(f, b"data")
+    os.setxattr(f, "user.pre", b"1")
+    write_file(root / "other", b"o")
+    if attempt(get_flags, f) in ("ENOTTY", "EOPNOTSUPP"):
+        return UNSUPPORTED
+    res: dict[str, Any] = {"set": attempt(set_flags, f, flag), "flags": attempt(get_flags, f)}
+
+    def write_append() -> Any:
+        fd = os.open(f, os.O_WRONLY | os.O_APPEND)
+        try:
+            return os.write(fd, b"+")
+        finally:
+            os.close(fd)
+
+    try:
+        res.update({
+            "open_read": attempt(lambda: read_file(f).decode()),
+            "open_write": attempt(lambda: os.close(os.open(f, os.O_WRONLY))),
+            "open_rdwr": attempt(lambda: os.close(os.open(f, os.O_RDWR))),
+            "open_append": attempt(write_append),
+            "open_trunc": attempt(lambda: os.close(os.open(f, os.O_WRONLY | os.O_APPEND
+                                                           | os.O_TRUNC))),
+            "truncate": attempt(os.truncate, f, 1),
+            "chmod": attempt(os.chmod, f, 0o600),
+            "chown": attempt(os.chown, f, NOBODY, NOBODY),
+            "touch": attempt(os.utime, f),
+            "utime": attempt(os.utime, f, (1, 1)),
+            "setxattr": attempt(os.setxattr, f, "user.new", b"2"),
+            "removexattr": attempt(os.removexattr, f, "user.pre"),
+            "link": attempt(os.link, f, root / "link"),
+            "rename": attempt(os.rename, f, root / "g"),
+            "rename_over": attempt(os.rename, root / "other", f),
+            "unlink": attempt(os.unlink, f),
+            "content": read_file(f).decode(),
+        })
+    finally:
+        set_flags(f, 0)
+    res["after"] = [get_flags(f), attempt(os.unlink, f)]
+    return res
+
+
+@check
+def check_chattr_immutable_file(root: Path) -> Any:
+    return _chattr_file_ops(root, FS_IMMUTABLE_FL)
+
+
+@check
+def check_chattr_append_only_file(root: Path) -> Any:
+    return _chattr_file_ops(root, FS_APPEND_FL)
+
+
+def _chattr_dir_ops(root: Path, flag: int) -> Any:
+    """Namespace operations in and on a directory with ``flag`` (+i or +a)."""
+    d = root / "d"
+    d.mkdir()
+    write_file(d / "c", b"c")
+    write_file(root / "y", b"y")
+    if attempt(get_flags, d) in ("ENOTTY", "EOPNOTSUPP"):
+        return UNSUPPORTED
+    res: dict[str, Any] = {"set": attempt(set_flags, d, flag), "flags": attempt(get_flags, d)}
+    try:
+        res.update({
+            "list": attempt(lambda: sorted(os.listdir(d))),
+            "read_child": attempt(lambda: read_file(d / "c").decode()),
+            "write_child": attempt(write_file, d / "c", b"C"),
+            "create": attempt(open_create, d / "new"),
+            "create_existing": attempt(lambda: os.close(os.open(d / "c", os.O_RDONLY
+                                                                | os.O_CREAT))),
+            "mkdir": attempt(os.mkdir, d / "sub"),
+            "symlink": attempt(os.symlink, "c", d / "s"),
+            "link_in": attempt(os.link, root / "y", d / "y2"),
+            "rename_in": attempt(os.rename, root / "y", d / "y"),
+            "rename_within": attempt(os.rename, d / "c", d / "c2"),
+            "rename_out": attempt(os.rename, d / "c", root / "c"),
+            "unlink": attempt(os.unlink, d / "c"),
+            "rmdir_self": attempt(os.rmdir, d),
+            "rename_self": attempt(os.rename, d, root / "e"),
+            "chmod_self": attempt(os.chmod, d, 0o700),
+        })
+    finally:
+        set_flags(d, 0)
+    res["after"] = sorted(os.listdir(d))
+    return res
+
+
+@check
+def check_chattr_immutable_dir(root: Path) -> Any:
+    return _chattr_dir_ops(root, FS_IMMUTABLE_FL)
+
+
+@check
+def check_chattr_append_only_dir(root: Path) -> Any:
+    return _chattr_dir_ops(root, FS_APPEND_FL)
+
+
+@check
+def check_chattr_flags_roundtrip(root: Path) -> Any:
+    """+d and +A are kept, an unsupported flag is refused, and only root sets +i/+a."""
+    f = root / "f"
+    write_file(f, b"x")
+    if attempt(get_flags, f) in ("ENOTTY", "EOPNOTSUPP"):
+        return UNSUPPORTED
+    res: dict[str, Any] = {
+        "initial": get_flags(f),
+        "nodump_noatime": attempt(set_flags, f, FS_NODUMP_FL | FS_NOATIME_FL),
+        "kept": get_flags(f),
+        "compress": attempt(set_flags, f, FS_COMPR_FL),
+        "after_compress": get_flags(f),
+        "clear": attempt(set_flags, f, 0),
+        "cleared": get_flags(f),
+    }
+    os.chown(f, NOBODY, NOBODY)
+
+    def child() -> Any:
+        os.chdir(root)
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        f = Path("f")
+        return {
+            "owner_sets_nodump": attempt(set_flags, f, FS_NODUMP_FL),
+            "owner_sets_immutable": attempt(set_flags, f, FS_IMMUTABLE_FL),
+            "owner_sets_append": attempt(set_flags, f, FS_APPEND_FL),
+            "flags": get_flags(f),
+        }
+
+    res["as_owner"] = in_child(child)
+    other = root / "other"
+    write_file(other, b"o")
+
+    def stranger() -> Any:
+        os.chdir(root)
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        return attempt(set_flags, Path("other"), FS_NODUMP_FL)
+
+    res["stranger_sets_nodump"] = in_child(stranger)
+    return res

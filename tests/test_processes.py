@@ -215,70 +215,6 @@ def test_mixed_workload(mp_mount: conftest.FuseServer, passthrough_source: Path,
     assert mp_mount.proc.poll() is None
 
 
-def test_kernel_passthrough(tmp_path: Path, passthrough_source: Path) -> None:
-    """Backing ids are per connection: files opened in any process get one, and no
-    READ or WRITE reaches any serving process (the -d trace of all of them)."""
-    if not conftest.IS_ROOT:
-        pytest.skip("backing files need root")
-    srv = conftest.start_server(["--processes", "2", "-d", "passthrough", str(passthrough_source)],
-                                tmp_path / "mnt", tmp_path,
-                                options=conftest.MOUNT_OPTIONS + ",kernel_passthrough")
-    try:
-        for i in range(10):
-            data = os.urandom(200_000 + i)
-            (srv.mountpoint / f"f{i}").write_bytes(data)
-            assert (srv.mountpoint / f"f{i}").read_bytes() == data
-            assert (passthrough_source / f"f{i}").read_bytes() == data
-        trace = srv.errfile.read_text(errors="replace")
-        if "|PASSTHROUGH|" not in trace.split(" CREATE ", 1)[0]:
-            pytest.skip("the kernel did not negotiate FUSE_PASSTHROUGH")
-        assert " CREATE " in trace and " OPEN " in trace
-        assert " READ " not in trace and " WRITE " not in trace
-    finally:
-        srv.close()
-
-
-CHURN = textwrap.dedent("""
-    import os, sys
-    root, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    held = {}
-    for n in range(rounds):
-        name = os.path.join(root, f"{tag}-{n % 7}")
-        data = f"{tag}:{n}:".encode() * (1 + n % 50)
-        fd = os.open(name, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
-        os.write(fd, data)
-        os.close(fd)
-        held[n % 3] = held.get(n % 3) or os.open(name, os.O_RDONLY)
-        fd = os.open(name, os.O_RDONLY)
-        got = os.read(fd, len(data) + 10)
-        os.close(fd)
-        assert got == data, (name, n, got[:40], data[:40])
-        if n % 5 == 0:
-            os.fstat(held[n % 3])
-            os.close(held.pop(n % 3))
-        if n % 11 == 0:
-            os.rename(name, name + ".r")
-            os.unlink(name + ".r")
-    print("ok")
-""")
-
-
-@pytest.mark.slow
-def test_handle_churn(mp_mount: conftest.FuseServer) -> None:
-    """Thousands of opens and releases from 4 clients at once: a number is never
-    reused while another process still holds the old file (each read is checked)."""
-    rounds = int(os.environ.get("FUSEWIRE_CHURN_ROUNDS", "1000"))
-    procs = [subprocess.Popen([sys.executable, "-c", CHURN, str(mp_mount.mountpoint),
-                               f"c{k}", str(rounds)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for k in range(4)]
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err.decode()[-2000:]
-        assert out.strip() == b"ok"
-    assert "Traceback" not in mp_mount.stderr()
-
-
 def test_unlinked_open_file(mp_mount: conftest.FuseServer) -> None:
     path = mp_mount.mountpoint / "gone"
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
@@ -375,7 +311,9 @@ def _mount_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "two", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--workers", "2", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--recoverable"],
-], ids=["memfs", "not-a-number", "with-workers", "with-recoverable"])
+    lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "-o", "kernel_passthrough",
+                      "-f"],
+], ids=["memfs", "not-a-number", "with-workers", "with-recoverable", "with-kernel-passthrough"])
 def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
                                argv: Callable[[str, str], list[str]]) -> None:
     problem = conftest.dev_fuse_problem()

@@ -95,7 +95,9 @@ def _start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash: str | None = 
     m = Mount(mnt, keeper, fs, source, logpath)
     if wait:
         st = commands.wait_ready(str(mnt), 20.0, keeper=keeper)
-        assert st is not None, logpath.read_text()
+        if st is None:          # not handed to the fixture yet: clean up here
+            _cleanup(m)
+            pytest.fail("the recoverable mount did not become ready\n" + logpath.read_text())
         m.status()
     return m
 

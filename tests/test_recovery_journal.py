@@ -142,6 +142,7 @@ def test_node_table_journals_forget_and_pending_adds() -> None:
     assert nt.take_pending() == b""
     assert nt.forget(2, 5) == 2
     assert nt.forget(9, 1) == 0
+    nt.flush_forgets()                  # one FORGET record per request
     st = jn.load(jn.read_all(fd))
     assert st.nodes == {3: 1} == nt.counts
     os.close(fd)
@@ -182,6 +183,7 @@ def test_node_keys_follow_the_counts() -> None:
     assert st.keys == {5: b"K5", 6: b"K6", 7: b"K7"} == nt.keys
     assert st.nodes == {5: 3, 6: 1, 7: 1, 99: 1}
     assert nt.forget(6, 1) == 1 and nt.forget(5, 1) == 1
+    nt.flush_forgets()
     st = jn.load(jn.read_all(fd))
     assert st.keys == {5: b"K5", 7: b"K7"} == nt.keys
     # a compacted journal carries the keys of the nodes in the table, nothing else
@@ -263,3 +265,72 @@ def test_resend_decided_by_the_negotiated_minor() -> None:
     old = _req(2, 26, struct.pack("<IIII", 7, 38, 0, 0))    # a 7.38 kernel
     assert not resend_supported(jn.JournalState(init_in=old), Config())
     assert resend_supported(jn.JournalState(), Config())     # nothing known: try RESEND
+
+
+def test_follower_sees_a_new_journal_under_a_reused_fd_number() -> None:
+    # The keeper closes the old journal after taking the compacted one, so the
+    # descriptor numbers alternate: after two compactions the number is the same.
+    fd, w = _journal_with(3)
+    f = jn.JournalFollower(fd)
+    assert f.update(fd).records == 4
+    new = jn.new_memfd()
+    os.pwrite(new, jn.encode_snapshot(None, {}, None, {7: 1, 8: 2}, {}), 0)
+    w.close()
+    os.dup2(new, fd)                    # same number, another file
+    os.close(new)
+    st = f.update(fd)
+    assert st.nodes == {7: 1, 8: 2} and st.records == _fold(fd)[3]
+    os.close(fd)
+
+
+def test_compaction_accounting_survives_a_new_writer() -> None:
+    # the log since the snapshot counts for a successor, whoever appended it
+    fd = jn.new_memfd()
+    body = jn.encode_snapshot({"minor": 45}, {}, b"fs", {1: 1}, {})
+    os.pwrite(fd, body, 0)
+    w = jn.JournalWriter(fd, len(body))
+    for i in range(10):
+        w.append(jn.RecordType.REQ, jn.encode_req(i, _req(2 * i + 2), _reply(2 * i + 2),
+                                                  None, None))
+    state = jn.load(jn.read_all(fd))
+    assert state.log_start == len(body) and state.since_snapshot == 10
+    w2 = jn.JournalWriter(fd, state.valid_len)
+    w2.inherit(state)
+    w2.append(jn.RecordType.ADD, struct.pack("<Q", 5))
+    assert w2.log_records == 11
+    assert w2.log_bytes == w2.offset - len(body)
+    os.close(fd)
+
+
+def test_append_parts_writes_the_same_record_as_encode() -> None:
+    fd = jn.new_memfd()
+    w = jn.JournalWriter(fd)
+    prefix = jn.encode_record(jn.RecordType.ADD, struct.pack("<Q", 9))
+    head = jn.req_head(5, 41, (3, 9, 2), None)
+    raw = memoryview(_req(4, 16, b"y"))
+    w.append_parts(prefix, jn.RecordType.REQ, (head, raw, _reply(4)))
+    data = jn.read_all(fd)
+    want = jn.MAGIC + prefix + jn.encode_record(
+        jn.RecordType.REQ, jn.encode_req(5, bytes(raw), _reply(4), (3, 9, 2), None))
+    assert data[:len(want)] == want
+    st = jn.load(data)
+    assert st.nodes == {9: 1} and st.handles == {3: (9, 2)} and st.requests[0][0] == 5
+    os.close(fd)
+
+
+def test_backing_ids_follow_opens_releases_and_snapshots() -> None:
+    fd = jn.new_memfd()
+    w = jn.JournalWriter(fd)
+    open_out = struct.pack("<QIi", 700, 1 << 7, 3)         # FOPEN_PASSTHROUGH, id 3
+    w.append(jn.RecordType.REQ, jn.encode_req(1, _req(2, 14), _reply(2, 0, open_out),
+                                              (700, 5, 2), None))
+    plain = struct.pack("<QIi", 701, 0, 0)
+    w.append(jn.RecordType.REQ, jn.encode_req(2, _req(4, 14), _reply(4, 0, plain),
+                                              (701, 6, 0), None))
+    st = jn.load(jn.read_all(fd))
+    assert st.backing == {700: 3}
+    snap = jn.encode_snapshot(None, {}, None, {5: 1}, st.handles, None, st.backing)
+    assert jn.load(snap).backing == {700: 3} and jn.load(snap).since_snapshot == 0
+    w.append(jn.RecordType.REQ, jn.encode_req(3, _req(6, 18), _reply(6), None, 700))
+    assert jn.load(jn.read_all(fd)).backing == {}
+    os.close(fd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import grp
 import importlib.util
+import json
 import os
 import pwd
 import re
@@ -260,3 +261,52 @@ def test_throwaway_user_is_unique_and_removed() -> None:
         pwd.getpwnam(name)
     with pytest.raises(KeyError):  # userdel removed the user's own group too
         grp.getgrnam(name)
+
+
+def test_unprivileged_recoverable_mount_needs_no_environment(
+        unpriv: tuple[AsUser, Path]) -> None:
+    """A normal user's ``--recoverable`` works with no FUSEWIRE_RUN_DIR or XDG_RUNTIME_DIR:
+    the keeper's socket and log go to a per-user directory; a crash is recovered."""
+    from fusewire.testing.procs import children
+
+    user, mnt = unpriv
+    env = user.env()
+    assert "FUSEWIRE_RUN_DIR" not in env and "XDG_RUNTIME_DIR" not in env
+    pids: set[int] = set()
+    status = [user.python, "-c", "import json, sys; from fusewire.recovery import commands; "
+              "print(json.dumps(commands.status(sys.argv[1])))", str(mnt)]
+    try:
+        r = user.py("-m", "fusewire", "mount", "memfs", str(mnt), "--recoverable", timeout=60)
+        assert r.returncode == 0, f"--recoverable as {user.pw.pw_name} failed: {r.stderr}"
+        st = json.loads(user.run(status).stdout)
+        pids |= {st["keeper_pid"]} | children(st["keeper_pid"])
+        assert os.stat(f"/proc/{st['keeper_pid']}").st_uid == user.pw.pw_uid
+        r = user.py("-c", "import sys; open(sys.argv[1] + '/f', 'w').write('kept')", str(mnt))
+        assert r.returncode == 0, r.stderr
+        os.kill(st["server_pid"], signal.SIGKILL)
+        r = user.py("-c", "import sys; print(open(sys.argv[1] + '/f').read())", str(mnt))
+        assert r.returncode == 0 and r.stdout.strip() == "kept", r.stderr
+        st2 = json.loads(user.run(status).stdout)
+        assert st2["restarts"] == 1 and st2["server_pid"] != st["server_pid"]
+        pids |= children(st["keeper_pid"])
+        r = user.py("-m", "fusewire", "umount", str(mnt))
+        assert r.returncode == 0, r.stderr
+        assert _mount_entry(mnt) is None
+        deadline = time.monotonic() + 10
+        while [p for p in pids if _running(p)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if _running(p)], "processes left after umount"
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -9,6 +9,7 @@ Supported: regular files, directories, hard links, symlinks, fifos, sockets
 and device nodes; ownership and permission bits (with setgid-directory
 inheritance); POSIX timestamps; xattrs; rename flags; truncate, fallocate,
 SEEK_DATA/SEEK_HOLE; copy_file_range; POSIX record locks and flock; O_TMPFILE;
+chattr flags (immutable, append-only, nodump, noatime: ``ioctl``);
 unlinked-but-open files; stable readdir cookies; statfs accounting; stable
 handles and a state dump for hand-over to a successor process.
 
@@ -35,10 +36,11 @@ import threading
 import time
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Operations
+from fusewire.recovery_api import ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -78,6 +80,24 @@ _DAY_NS = 86400 * 10**9
 _BLOCK = 4096
 _LOCK_POLL = 0.05
 _STATE_VERSION = 1
+
+# chattr(1) flags (FS_IOC_GETFLAGS/SETFLAGS) and their FS_IOC_FSGETXATTR twins
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_IOC32_GETFLAGS = 0x80046601
+FS_IOC32_SETFLAGS = 0x40046602
+FS_IOC_FSGETXATTR = 0x801C581F
+FS_IOC_FSSETXATTR = 0x401C5820
+FS_IMMUTABLE_FL = 0x10
+FS_APPEND_FL = 0x20
+FS_NODUMP_FL = 0x40
+FS_NOATIME_FL = 0x80
+#: the flags memfs keeps and honours (tmpfs's set): i, a, d, A
+SUPPORTED_FLAGS = FS_IMMUTABLE_FL | FS_APPEND_FL | FS_NODUMP_FL | FS_NOATIME_FL
+#: FS_*_FL -> FS_XFLAG_* (struct fsxattr's fsx_xflags)
+_XFLAGS = ((FS_IMMUTABLE_FL, 0x8), (FS_APPEND_FL, 0x10), (FS_NOATIME_FL, 0x40),
+           (FS_NODUMP_FL, 0x80))
+_FSXATTR = struct.Struct("<IIIII8x")
 _S_IFMT = 0o170000
 _INO_MASK = (1 << 64) - 1
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
@@ -89,7 +109,8 @@ def _err(code: int) -> FUSEError:
 
 
 def _now() -> int:
-    return time.time_ns()
+    # the library's clock: pinned to the recorded time when a request is replayed
+    return now_ns()
 
 
 class _Dir:
@@ -250,8 +271,12 @@ def _check_new_name(name: bytes) -> None:
         raise _err(errno.EEXIST)
 
 
-class MemFS(Operations):
+class MemFS(ReplayRecovery, Operations):
     """A tmpfs-like in-memory filesystem.
+
+    Recoverable by replay (:class:`fusewire.ReplayRecovery`): its timestamps
+    come from :func:`fusewire.now_ns`, its inode and fh numbers from counters
+    in the snapshot.
 
     ``entry_timeout``/``attr_timeout`` are handed to the kernel with every
     entry; ``negative_timeout > 0`` makes failed lookups cacheable.
@@ -285,9 +310,11 @@ class MemFS(Operations):
         self._next_fh = 1
         self._used = 0                              # bytes held in chunks
         self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
+        self._iflags: dict[int, int] = {}           # inode -> chattr flags (when not 0)
         self._plocks: dict[int, list[_PosixLock]] = {}
         self._flocks: dict[int, dict[int, tuple[int, int]]] = {}   # ino -> owner -> (op, fh)
         self._waits_for: dict[int, int] = {}        # blocked lock owner -> holder
+        self._replaying = False                     # keep lookup-only inodes (replay)
         root = _Inode(_ROOT, stat.S_IFDIR | (root_mode & 0o7777),
                       os.getuid() if root_uid is None else root_uid,
                       os.getgid() if root_gid is None else root_gid, _now())
@@ -386,17 +413,28 @@ class MemFS(Operations):
         parent.mtime = parent.ctime = node.ctime
 
     def _maybe_free(self, node: _Inode) -> None:
-        if node.nlink or node.nlookup or node.ino in self._nopen or node.ino == _ROOT:
+        if (node.nlink or node.nlookup or node.ino in self._nopen or node.ino == _ROOT
+                or self._replaying):
             return
         del self._inodes[node.ino]
         if node.chunks:
             self._used -= sum(len(c) for c in node.chunks.values())
         self._linkable.discard(node.ino)
+        self._iflags.pop(node.ino, None)
         self._plocks.pop(node.ino, None)
         self._flocks.pop(node.ino, None)
 
+    def _immutable(self, node: _Inode, *, append_ok: bool = False) -> None:
+        """EPERM if ``node`` is immutable, or append-only and ``append_ok`` is false."""
+        if self._iflags:
+            f = self._iflags.get(node.ino, 0)
+            if f & FS_IMMUTABLE_FL or (f & FS_APPEND_FL and not append_ok):
+                raise _err(errno.EPERM)
+
     def _touch_atime(self, node: _Inode) -> None:
-        """relatime: update atime if older than mtime/ctime or a day old."""
+        """relatime: update atime if older than mtime/ctime or a day old (never with +A)."""
+        if self._iflags and self._iflags.get(node.ino, 0) & FS_NOATIME_FL:
+            return
         now = _now()
         if node.atime <= node.mtime or node.atime <= node.ctime or now - node.atime >= _DAY_NS:
             node.atime = now
@@ -560,6 +598,12 @@ class MemFS(Operations):
             root = ctx.uid == 0
             owner = root or ctx.uid == node.uid
             # -- validate everything first, then apply
+            if self._iflags:
+                touch = not (fields.update_mode or fields.update_uid or fields.update_gid
+                             or fields.update_size
+                             or (fields.update_atime and not fields.atime_now)
+                             or (fields.update_mtime and not fields.mtime_now))
+                self._immutable(node, append_ok=touch)   # +a: only utimes(NULL)
             if fields.update_uid and attr.st_uid != node.uid and not root:
                 raise _err(errno.EPERM)
             if fields.update_uid and not owner:
@@ -672,6 +716,7 @@ class MemFS(Operations):
         parent, d = self._live_dir(parent_inode)
         if name in d.entries:
             raise _err(errno.EEXIST)
+        self._immutable(parent, append_ok=True)
         node = self._new_inode(parent, mode, ctx)
         return node, parent, d
 
@@ -726,6 +771,8 @@ class MemFS(Operations):
             parent, d = self._live_dir(new_parent_inode)
             if new_name in d.entries:
                 raise _err(errno.EEXIST)
+            self._immutable(node)
+            self._immutable(parent, append_ok=True)
             if node.nlink == 0:
                 if node.ino not in self._linkable:
                     raise _err(errno.ENOENT)
@@ -746,6 +793,8 @@ class MemFS(Operations):
             if ino is None:
                 raise _err(errno.ENOENT)
             node = self._inodes[ino]
+            self._immutable(parent)
+            self._immutable(node)
             if node.dir is not None:
                 raise _err(errno.EISDIR)
             d.remove(name)
@@ -766,6 +815,8 @@ class MemFS(Operations):
             if ino is None:
                 raise _err(errno.ENOENT)
             node = self._inodes[ino]
+            self._immutable(parent)
+            self._immutable(node)
             if node.dir is None:
                 raise _err(errno.ENOTDIR)
             if len(node.dir):
@@ -808,6 +859,14 @@ class MemFS(Operations):
             src = self._inodes[src_ino]
             dst_ino = nd.get(name_new)
             now = _now()
+            if self._iflags and dst_ino != src_ino:
+                self._immutable(op)
+                self._immutable(src)
+                if dst_ino is not None:
+                    self._immutable(np_)
+                    self._immutable(self._inodes[dst_ino])
+                else:
+                    self._immutable(np_, append_ok=True)
             if flags & RENAME_EXCHANGE:
                 if dst_ino is None:
                     raise _err(errno.ENOENT)
@@ -876,6 +935,14 @@ class MemFS(Operations):
 
     # -- files -----------------------------------------------------------------
 
+    def _open_check(self, node: _Inode, flags: int) -> None:
+        """chattr: no writing open of +i; +a opens for writing only with O_APPEND."""
+        if self._iflags:
+            writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+            if writing:
+                self._immutable(node, append_ok=bool(flags & os.O_APPEND
+                                                     and not flags & os.O_TRUNC))
+
     def _truncate_on_open(self, node: _Inode, flags: int) -> None:
         # Linux truncates on O_TRUNC even for O_RDONLY (tmpfs and ext4 do).
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
@@ -888,6 +955,7 @@ class MemFS(Operations):
             node = self._get(inode)
             if node.dir is not None:
                 raise _err(errno.EISDIR)
+            self._open_check(node, flags)
             self._truncate_on_open(node, flags)
             return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
 
@@ -904,8 +972,10 @@ class MemFS(Operations):
                 node = self._inodes[ino]
                 if node.dir is not None:
                     raise _err(errno.EISDIR)
+                self._open_check(node, flags)
                 self._truncate_on_open(node, flags)
             else:
+                self._immutable(parent, append_ok=True)
                 node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
                 self._link_into(parent, d, name, node)
             fh = self._open_handle(node, flags, False)
@@ -916,6 +986,7 @@ class MemFS(Operations):
         """O_TMPFILE: an open regular file with no name (linkable unless O_EXCL)."""
         with self._lock:
             parent, _ = self._live_dir(parent_inode)
+            self._immutable(parent, append_ok=True)
             node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
             node.nlink = 0
             if not flags & os.O_EXCL:
@@ -937,6 +1008,7 @@ class MemFS(Operations):
         """Write at ``off`` (at end of file for O_APPEND handles)."""
         with self._lock:
             h, node = self._file_handle(fh, write=True)
+            self._immutable(node, append_ok=bool(h.flags & os.O_APPEND))
             if h.flags & os.O_APPEND:
                 off = node.size
             if off < 0:
@@ -977,6 +1049,7 @@ class MemFS(Operations):
             _, node = self._file_handle(fh, write=True)
             if not stat.S_ISREG(node.mode):
                 raise _err(errno.ENODEV)
+            self._immutable(node, append_ok=mode & ~FALLOC_FL_KEEP_SIZE == 0)
             end = offset + length
             if end > OFFSET_MAX:
                 raise _err(errno.EFBIG)
@@ -1034,6 +1107,7 @@ class MemFS(Operations):
             hout, dst = self._file_handle(fh_out, write=True)
             if hout.flags & os.O_APPEND:
                 raise _err(errno.EBADF)
+            self._immutable(dst)
             if not stat.S_ISREG(src.mode) or not stat.S_ISREG(dst.mode):
                 raise _err(errno.EINVAL)
             n = max(0, min(length, src.size - off_in))
@@ -1263,6 +1337,51 @@ class MemFS(Operations):
 
     # -- filesystem-wide ---------------------------------------------------------
 
+    # -- chattr flags ---------------------------------------------------------------
+
+    def ioctl(self, fh: int, cmd: int, arg: int, in_data: bytes, out_size: int,
+              flags: int, ctx: RequestContext) -> tuple[int, bytes]:
+        """``chattr``/``lsattr``: FS_IOC_GETFLAGS/SETFLAGS and FS_IOC_FSGETXATTR/FSSETXATTR.
+
+        Honours immutable (+i), append-only (+a), no-dump (+d, kept only) and
+        no-atime (+A), as tmpfs does; other flags are EOPNOTSUPP, other
+        ioctls ENOTTY.  Only the owner may change flags and only root may
+        change +i and +a (the kernel checks CAP_LINUX_IMMUTABLE first).
+        """
+        with self._lock:
+            node = self._get(self._handle(fh).ino)
+            have = self._iflags.get(node.ino, 0)
+            if cmd in (FS_IOC_GETFLAGS, FS_IOC32_GETFLAGS):
+                return 0, struct.pack("<I", have)[:out_size]
+            if cmd == FS_IOC_FSGETXATTR:
+                xflags = sum(x for f, x in _XFLAGS if have & f)
+                return 0, _FSXATTR.pack(xflags, 0, 0, 0, 0)[:out_size]
+            if cmd in (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS):
+                if len(in_data) < 4:
+                    raise _err(errno.EINVAL)
+                want = struct.unpack_from("<I", in_data)[0]
+            elif cmd == FS_IOC_FSSETXATTR:
+                if len(in_data) < _FSXATTR.size:
+                    raise _err(errno.EINVAL)
+                xflags, extsize, _, projid, cowextsize = _FSXATTR.unpack_from(in_data)
+                if extsize or projid or cowextsize or xflags & ~sum(x for _, x in _XFLAGS):
+                    raise _err(errno.EOPNOTSUPP)
+                want = sum(f for f, x in _XFLAGS if xflags & x) | (have & ~SUPPORTED_FLAGS)
+            else:
+                raise _err(errno.ENOTTY)
+            if want & ~SUPPORTED_FLAGS:
+                raise _err(errno.EOPNOTSUPP)
+            if ctx.uid not in (0, node.uid):
+                raise _err(errno.EPERM)
+            if (want ^ have) & (FS_IMMUTABLE_FL | FS_APPEND_FL) and ctx.uid != 0:
+                raise _err(errno.EPERM)
+            if want:
+                self._iflags[node.ino] = want
+            else:
+                self._iflags.pop(node.ino, None)
+            node.ctime = _now()
+            return 0, b""
+
     def statfs(self, ctx: RequestContext) -> StatvfsData:
         """Capacity and usage (blocks of 4 KiB, inodes)."""
         with self._lock:
@@ -1302,6 +1421,7 @@ class MemFS(Operations):
         with self._lock:
             node = self._get(inode)
             self._check_xattr(node, name, ctx, True)
+            self._immutable(node)
             present = node.xattrs is not None and name in node.xattrs
             if flags & XATTR_CREATE and present:
                 raise _err(errno.EEXIST)
@@ -1335,6 +1455,7 @@ class MemFS(Operations):
         with self._lock:
             node = self._get(inode)
             self._check_xattr(node, name, ctx, True)
+            self._immutable(node)
             if node.xattrs is None or name not in node.xattrs:
                 raise _err(errno.ENODATA)
             del node.xattrs[name]
@@ -1371,7 +1492,8 @@ class MemFS(Operations):
         with self._lock:
             inodes = []
             for n in self._inodes.values():
-                chunks = None if n.chunks is None else {i: bytes(c) for i, c in n.chunks.items()}
+                # the bytearrays themselves: pickled at once, under the lock (no copy)
+                chunks = None if n.chunks is None else dict(n.chunks)
                 dirstate = None
                 if n.dir is not None:
                     dirstate = (n.dir.parent, n.dir.next_cookie,
@@ -1395,8 +1517,31 @@ class MemFS(Operations):
                                   for lk in locks]) for ino, locks in self._plocks.items()],
                 "flocks": [(ino, [(o, t, f) for o, (t, f) in fl.items()])
                            for ino, fl in self._flocks.items()],
+                "iflags": dict(self._iflags),
             }
             return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def replay_started(self) -> None:
+        """Keep unlinked inodes until :meth:`replay_finished` (the log has no FORGETs)."""
+        with self._lock:
+            self._replaying = True
+
+    def replay_finished(self, lookups: Mapping[int, int],
+                        changed: Collection[int] | None = None) -> None:
+        """Take the kernel's lookup counts; free unlinked inodes nothing holds."""
+        with self._lock:
+            self._replaying = False
+            inodes = self._inodes
+            if changed is None:
+                for ino, node in inodes.items():
+                    node.nlookup = lookups.get(ino, 0)
+            else:
+                for ino in changed:
+                    found = inodes.get(ino)
+                    if found is not None:
+                        found.nlookup = lookups.get(ino, 0)
+            for node in [n for n in inodes.values() if n.nlink == 0]:
+                self._maybe_free(node)
 
     def load_state(self, data: bytes) -> None:
         """Replace this filesystem's contents with a :meth:`dump_state` blob."""
@@ -1416,7 +1561,9 @@ class MemFS(Operations):
             elif target is not None:
                 n.data = target
             if chunks is not None:
-                n.data = {i: bytearray(c) for i, c in chunks.items()}
+                # chunks are pickled bytearrays: take them as they are (no copy)
+                n.data = {i: c if isinstance(c, bytearray) else bytearray(c)
+                          for i, c in chunks.items()}
                 used += sum(len(c) for c in chunks.values())
             if dirstate is not None:
                 parent, next_cookie, entries = dirstate
@@ -1440,6 +1587,7 @@ class MemFS(Operations):
             for h in self._handles.values():
                 self._nopen[h.ino] = self._nopen.get(h.ino, 0) + 1
             self._linkable = set(state["linkable"])
+            self._iflags = dict(state.get("iflags") or {})
             self._plocks = {ino: [_PosixLock(*t) for t in locks]
                             for ino, locks in state["plocks"]}
             self._flocks = {ino: {o: (t, f) for o, t, f in fl} for ino, fl in state["flocks"]}

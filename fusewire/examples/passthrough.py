@@ -57,11 +57,12 @@ import resource
 import stat
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from fusewire.errors import UsageError
 from fusewire.operations import Operations
+from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -91,6 +92,10 @@ _MAX_HANDLE_SZ = 128
 _HANDLE_MAGIC = b"FWP1"
 _HANDLE_HEAD = struct.Struct("<4sQQQiii")   # magic, nodeid, dev, ino, mount_id, type, size
 _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+#: chattr(1)'s ioctls (FS_IOC_GETFLAGS/SETFLAGS, their 32-bit forms, FS_IOC_FSGETXATTR/
+#: FSSETXATTR): the only ones forwarded to backing files
+_FLAG_IOCTLS = frozenset({0x80086601, 0x40086602, 0x80046601, 0x40046602,
+                          0x801C581F, 0x401C5820})
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 _REOPEN_STRIP = _OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE
 _DOTS = (b".", b"..")
@@ -158,7 +163,7 @@ _statx = _bind("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_u
 #: handler name -> positions of its fh arguments (multi-process: EBADF may mean
 #: "opened by another serving process"; see Passthrough._adopt_handles)
 _FH_ARGS = {"read": (1,), "write": (1,), "flush": (1,), "fsync": (1,), "fallocate": (1,),
-            "lseek": (1,), "copy_file_range": (1, 4), "setattr": (4,)}
+            "lseek": (1,), "copy_file_range": (1, 4), "setattr": (4,), "ioctl": (1,)}
 
 
 def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -230,8 +235,11 @@ def _entry_kind(entry: os.DirEntry[str]) -> int:
     return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
 
 
-class Passthrough(Operations):
-    """Mirror the directory ``source`` (see the module docstring)."""
+class Passthrough(HandleRecovery, Operations):
+    """Mirror the directory ``source`` (see the module docstring).
+
+    Recoverable by stable handles (:class:`fusewire.HandleRecovery`).
+    """
 
     #: state lives in the source tree: several serving processes may share it
     #: (``Server(processes=N)``; see "Multi-process serving" below)
@@ -258,6 +266,11 @@ class Passthrough(Operations):
         self._next_alloc = _ALLOC_BASE
         self._files: dict[int, int] = {}            # open fd (fh) -> nodeid
         self._backing: dict[int, int] = {}          # fh -> kernel backing id
+        # one backing id per inode, shared by all its opens (the kernel refuses a
+        # second, different backing file for an inode with open files: EIO)
+        self._inode_backing: dict[int, int] = {}    # inode -> backing id for new opens
+        self._backing_refs: dict[int, int] = {}     # backing id -> handles using it
+        self._recoverable = False
         self._dirs: dict[int, _DirHandle] = {}
         self._root_mount_id = self._mount_id(fd)
 
@@ -564,14 +577,20 @@ class Passthrough(Operations):
         with self._lock:
             self._files[fd] = nodeid
         if self.kernel_passthrough and self.notifier is not None:
-            try:
-                backing_id = self.notifier.backing_open(fd)
-            except (OSError, FUSEError):
-                return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
             with self._lock:
-                self._backing[fd] = backing_id
-            if self._shared is not None:
-                self._shared.set_backing(fd, backing_id)
+                backing_id = self._inode_backing.get(nodeid)
+                if backing_id is not None:
+                    self._backing[fd] = backing_id
+                    self._backing_refs[backing_id] += 1
+            if backing_id is None:
+                try:
+                    backing_id = self.notifier.backing_open(fd)
+                except (OSError, FUSEError):
+                    return FileInfo(fh=fd)        # the kernel refused: serve I/O ourselves
+                with self._lock:
+                    self._backing[fd] = backing_id
+                    self._backing_refs[backing_id] = 1
+                    self._inode_backing[nodeid] = backing_id
             return FileInfo(fh=fd, passthrough=True, backing_id=backing_id)
         return FileInfo(fh=fd)
 
@@ -664,7 +683,17 @@ class Passthrough(Operations):
             return
         with self._lock:
             backing_id = self._backing.pop(fh, None)
-            known = self._files.pop(fh, None) is not None
+            nodeid = self._files.pop(fh, None)
+            known = nodeid is not None
+            if backing_id is not None:
+                left = self._backing_refs.get(backing_id, 1) - 1
+                if left > 0:
+                    self._backing_refs[backing_id] = left
+                    backing_id = None           # other opens still use it
+                else:
+                    self._backing_refs.pop(backing_id, None)
+                    if self._inode_backing.get(nodeid or 0) == backing_id:
+                        del self._inode_backing[nodeid or 0]
         if backing_id is not None and self.notifier is not None:
             try:
                 self.notifier.backing_close(backing_id)
@@ -705,6 +734,17 @@ class Passthrough(Operations):
         if flags:
             raise FUSEError(errno.EINVAL)
         return os.copy_file_range(fh_in, fh_out, length, off_in, off_out)
+
+    @_errmap
+    def ioctl(self, fh: int, cmd: int, arg: int, in_data: bytes, out_size: int,
+              flags: int, ctx: RequestContext) -> tuple[int, bytes]:
+        """``chattr``/``lsattr`` flags, forwarded to the backing file (others: ENOTTY)."""
+        if cmd not in _FLAG_IOCTLS:
+            raise FUSEError(errno.ENOTTY)
+        buf = bytearray(max(out_size, len(in_data), 32))
+        buf[:len(in_data)] = in_data
+        result = fcntl.ioctl(fh, cmd, buf)   # fh: the file's (or directory's) own fd
+        return int(result), bytes(buf[:out_size])
 
     # -- directories -----------------------------------------------------------
 
@@ -999,6 +1039,17 @@ class Passthrough(Operations):
                 pass
         limit = soft if soft != resource.RLIM_INFINITY else want
         self._fh_base = max(64, limit // 2)
+        self._recoverable = True
+
+    def import_backing(self, handles: Mapping[int, tuple[int, int]]) -> None:
+        """Adopt the kernel backing ids of reopened handles: ``fh -> (inode, id)``."""
+        with self._lock:
+            for fh, (inode, backing_id) in handles.items():
+                if fh not in self._files:
+                    continue
+                self._backing[fh] = backing_id
+                self._backing_refs[backing_id] = self._backing_refs.get(backing_id, 0) + 1
+                self._inode_backing.setdefault(inode, backing_id)
 
     def _place(self, fd: int) -> int:
         """``fd`` moved to a number >= the handle base (unchanged without one)."""
@@ -1022,7 +1073,7 @@ class Passthrough(Operations):
             return None
         return st.st_dev, st.st_ino
 
-    def import_nodes(self, nodes: dict[int, tuple[bytes, int]]) -> list[int]:
+    def import_nodes(self, nodes: Mapping[int, tuple[bytes, int]]) -> list[int]:
         """Make the node table ``nodeid -> (handle, lookup count)``; return what is lost.
 
         Nodes already known keep their descriptor and take the given count;
@@ -1124,6 +1175,11 @@ class Passthrough(Operations):
         """Raise UsageError (one line) if this process cannot serve with several processes."""
         if not hasattr(os, "pidfd_open"):
             raise UsageError("passthrough --processes needs pidfd_open (Linux 5.3, Python 3.9)")
+        if self.kernel_passthrough:
+            # the kernel takes one backing file per inode; the ids would have to be
+            # shared per inode across the processes (docs/design.md)
+            raise UsageError("passthrough: -o kernel_passthrough cannot be combined with "
+                             "--processes yet")
         root = self._nodes[_ROOT]
         handle = self._handle_bytes(root.fd, root.key)
         if handle is None:
@@ -1441,7 +1497,10 @@ class Passthrough(Operations):
         with self._lock:
             fds = [n.fd for n in self._nodes.values()]
             fds += list(self._files) + [d.fd for d in self._dirs.values()]
-            backing = list(self._backing.values())
+            # a recoverable server's backing ids outlive it: its successor reuses them
+            backing = [] if self._recoverable else list(self._backing_refs)
+            self._inode_backing.clear()
+            self._backing_refs.clear()
             self._nodes.clear()
             self._by_key.clear()
             self._files.clear()

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fusewire.recovery import wire
@@ -66,8 +67,13 @@ def status(mountpoint: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 def wait_ready(mountpoint: str, timeout: float = 30.0, *, after_pid: int | None = None,
-               keeper: subprocess.Popen[bytes] | None = None) -> dict[str, Any] | None:
-    """Wait until a server (other than ``after_pid``) reports ready."""
+               keeper: subprocess.Popen[bytes] | None = None,
+               give_up: Callable[[dict[str, Any]], bool] | None = None
+               ) -> dict[str, Any] | None:
+    """Wait until a server (other than ``after_pid``) reports ready.
+
+    None on timeout, when ``keeper`` exits, or when ``give_up(status)`` is true.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if keeper is not None and keeper.poll() is not None:
@@ -78,6 +84,8 @@ def wait_ready(mountpoint: str, timeout: float = 30.0, *, after_pid: int | None 
             st = None
         if st and st.get("ready") and st.get("server_pid") not in (None, after_pid):
             return st
+        if st and give_up is not None and give_up(st):
+            return None
         time.sleep(0.02)
     return None
 
@@ -92,10 +100,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2))
         return 0
     for key in ("mountpoint", "fs", "source", "state", "state_reason", "keeper_pid",
-                "server_pid", "ready", "protocol", "recovery", "restart", "restarts",
+                "server_pid", "ready", "protocol", "recovery", "recovery_why", "restart",
+                "restarts",
                 "fast_failures", "max_fast_restarts", "upgrades", "nodes", "node_keys", "handles",
-                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid"):
-        if key == "source" and st.get(key) is None:
+                "journal_bytes", "journal_records", "compactions", "takeover_ms", "spare_pid",
+                "code_version", "replayed_code_version", "failed_calls"):
+        if key in ("source", "replayed_code_version") and st.get(key) is None:
             continue
         if key == "state_reason" and not st.get(key):
             continue
@@ -115,6 +125,19 @@ def _ask_keeper(mountpoint: str, *ops: str) -> list[dict[str, Any]] | None:
         sys.stderr.write(f"fusewire: {replies[-1].get('error')}\n")
         return None
     return replies
+
+
+def umount_via_keeper(mountpoint: str, lazy: bool = False) -> int | None:
+    """``fusewire umount`` of a recoverable mount: the keeper unmounts (it fails the calls
+    that wait for a server first, so a stopped mount unmounts too).  None: no keeper."""
+    try:
+        reply = wire.request(wire.socket_path(mountpoint), {"op": "umount", "lazy": lazy}, 15.0)
+    except OSError:
+        return None
+    if not reply.get("ok"):
+        sys.stderr.write(f"fusewire: cannot unmount {mountpoint}: {reply.get('error')}\n")
+        return 1
+    return 0
 
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
@@ -175,14 +198,90 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
     os.makedirs(wire.run_dir(), mode=0o700, exist_ok=True)
     logpath = path[:-5] + ".log"
     with open(logpath, "ab") as logf:
+        logstart = logf.tell()
         keeper = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                   start_new_session=True, close_fds=True)
-    st = wait_ready(mountpoint, 30.0, keeper=keeper)
-    if st is None:
-        sys.stderr.write(f"fusewire: the recoverable mount did not become ready "
-                         f"(log: {logpath})\n")
+    # the first server dying before it is ready is a broken filesystem (constructor or
+    # init() raising): stop there instead of restarting it over and over
+    timeout = getattr(args, "ready_timeout", 30.0)
+    st = wait_ready(mountpoint, timeout, keeper=keeper,
+                    give_up=lambda s: bool(s.get("fast_failures") or s.get("restarts")))
+    broken = _probe(mountpoint) if st is not None else None
+    if st is None or broken:
+        why = (_last_error(logpath, logstart) or broken
+               or f"no server was ready within {timeout:g} s")
+        _undo(keeper, mountpoint)
+        sys.stderr.write(f"fusewire: the recoverable mount did not become ready: {why}; "
+                         f"mount undone (log: {logpath})\n")
         return 1
-    if st.get("recovery") == "upgrade-only":
-        sys.stderr.write(f"fusewire: warning: {args.fs} implements neither dump_state nor "
-                         "handle_of: graceful upgrade works, crash recovery does NOT\n")
+    sys.stderr.write(recovery_line(st))
     return 0
+
+
+def recovery_line(st: dict[str, Any]) -> str:
+    """The line ``mount --recoverable`` prints: which recovery mode the class gets, and why."""
+    mode, why = st.get("recovery"), st.get("recovery_why")
+    warn = "warning: " if mode == "upgrade-only" else ""
+    return f"fusewire: {warn}recovery mode {mode}: {why}\n"
+
+
+def _undo(keeper: subprocess.Popen[bytes], mountpoint: str) -> None:
+    """Stop a keeper we started (its session: it and its servers) and unmount."""
+    import signal
+
+    from fusewire.server import mount as _mount
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(keeper.pid, sig)  # the keeper leads the session it was started in
+        except ProcessLookupError:
+            break
+        try:
+            keeper.wait(5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if _mount.is_mounted(mountpoint):
+        try:
+            _mount.unmount(mountpoint, lazy=True)
+        except OSError:
+            pass
+
+
+def _last_error(logpath: str, start: int) -> str:
+    """The last ``SomeError: message`` line the keeper's log got since ``start``."""
+    import re
+
+    try:
+        with open(logpath, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    found = ""
+    for line in text.splitlines():
+        m = re.match(r"^([\w.]+(?:Error|Exception|Exit)): (.*)$", line.strip())
+        if m:
+            found = m.group(2) if m.group(1).endswith("UsageError") else \
+                f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    return found
+
+
+def _probe(mountpoint: str, timeout: float = 5.0) -> str | None:
+    """None if the mount answers a stat of its root, else why not (INIT refused...)."""
+    import threading
+
+    box: list[str | None] = []
+
+    def stat() -> None:
+        try:
+            os.stat(mountpoint)
+        except OSError as exc:
+            box.append(exc.strerror or str(exc))
+        else:
+            box.append(None)
+
+    t = threading.Thread(target=stat, daemon=True)
+    t.start()
+    t.join(timeout)
+    return box[0] if box else f"the mount did not answer a stat within {timeout:g} s"

@@ -55,8 +55,12 @@ _IN_HEAD = CODECS["in_header"].head(3)  # len, opcode, unique
 _REQ = struct.Struct("<qQQIQBBI")
 _HANDLE = struct.Struct("<QQI")
 _KEY = struct.Struct("<QH")
-_INTENT = struct.Struct("<QI")
-_INFLIGHT = struct.Struct("<QI")
+_U64_U32 = struct.Struct("<QI")
+_INTENT = _U64_U32                  # key, opcode
+_INFLIGHT = _U64_U32                # unique, opcode
+_BACKING = _U64_U32                 # fh, kernel backing id
+_OPEN_OUT = CODECS["open_out"].struct
+_FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
 
 
@@ -76,11 +80,16 @@ class RecordType:
     INFLIGHT = 11      # u64 unique, u32 opcode: read, not yet answered (kernels < 7.40)
     INIT_IN = 12       # the raw INIT request, written when it is read
     HANDOVER = 13      # empty: the owner stopped gracefully after this point
+    BACKING = 14       # snapshot of kernel passthrough backing ids: (u64 fh, u32 id)...
+
+
+#: crc32 of each one-byte record type: the start of every record's checksum
+_TYPE_CRC = [zlib.crc32(bytes((t,))) for t in range(256)]
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
     """One record, ready to append."""
-    crc = zlib.crc32(payload, zlib.crc32(bytes((rtype,))))
+    crc = zlib.crc32(payload, _TYPE_CRC[rtype])
     return _HDR.pack(len(payload), rtype) + payload + _CRC.pack(crc)
 
 
@@ -124,7 +133,10 @@ class JournalState:
     snapshot_end: int = 0
     valid_len: int = len(MAGIC)
     records: int = 0
+    #: records after the last snapshot, whoever wrote them (compaction accounting)
     since_snapshot: int = 0
+    #: where the log after the last snapshot starts (its size: the snapshot's bytes)
+    log_start: int = len(MAGIC)
     #: nodeids whose count changed after the last NODES snapshot
     touched: set[int] = field(default_factory=set)
     #: nodeid -> stable handle (``handle_of``), for nodes with a count ("handles" mode)
@@ -137,6 +149,8 @@ class JournalState:
     init_in: bytes | None = None
     #: the last record is HANDOVER: the previous owner stopped gracefully
     graceful: bool = False
+    #: fh -> kernel passthrough backing id of open files (what a successor reuses)
+    backing: dict[int, int] = field(default_factory=dict)
     #: keep only what status needs (no request log, no recorded replies)
     light: bool = False
 
@@ -156,8 +170,12 @@ class JournalState:
                 self.requests.append((t, req, reply))
             if has_open:
                 self.handles[ofh] = (onode, oflags)
+                bid = open_backing(payload[_REQ.size + rlen:])
+                if bid:
+                    self.backing[ofh] = bid
             if has_rel:
                 self.handles.pop(rfh, None)
+                self.backing.pop(rfh, None)
         elif rtype == RecordType.ADD:
             nodes = self.nodes
             added = array("Q", bytes(payload))
@@ -187,9 +205,12 @@ class JournalState:
             self.replies.clear()
             self.intents.clear()
             self.since_snapshot = 0
+        elif rtype == RecordType.BACKING:
+            self.backing = dict(_BACKING.iter_unpack(payload))
         elif rtype == RecordType.NODES:
             a = array("Q", bytes(payload))
             self.nodes = dict(zip(a[0::2], a[1::2], strict=True))
+            self.backing = {}
             self.touched = set()
             self.keys = {}
             self.requests.clear()
@@ -197,8 +218,10 @@ class JournalState:
             self.intents.clear()
             self.since_snapshot = 0
         elif rtype == RecordType.HANDLES:
+            # only snapshots write HANDLES, as their last record
             self.handles = {fh: (node, flags) for fh, node, flags
                             in _HANDLE.iter_unpack(payload)}
+            self.since_snapshot = 0
         elif rtype == RecordType.NODE_KEYS:
             self.keys.update(decode_keys(payload))
         elif rtype == RecordType.INTENT:
@@ -213,14 +236,17 @@ class JournalState:
             self.init_in = bytes(payload)
 
 
-def load(data: bytes | memoryview) -> JournalState:
-    """Fold a whole journal (a torn or corrupt tail is ignored)."""
-    state = JournalState()
+def load(data: bytes | memoryview, *, light: bool = False) -> JournalState:
+    """Fold a whole journal (a torn or corrupt tail is ignored); ``light``: without
+    the request log and recorded replies (enough for a snapshot and the node table)."""
+    state = JournalState(light=light)
     for rtype, payload, end in iter_records(data):
         state.apply(rtype, payload)
         state.valid_len = end
         if rtype == RecordType.FS_SNAPSHOT:
             state.snapshot_end = end
+        if state.since_snapshot == 0:
+            state.log_start = end
     return state
 
 
@@ -233,14 +259,23 @@ class JournalFollower:
         self.light = light
         self.state = JournalState(light=light)
         self.offset = 0
+        self.ino = os.fstat(fd).st_ino
 
     def update(self, fd: int | None = None) -> JournalState:
-        """The state now; a different ``fd`` (a compacted journal) starts over."""
-        if fd is not None and fd != self.fd:
+        """The state now; another file (a compacted journal) starts over.
+
+        The file is told apart by its inode, not its descriptor number: a
+        keeper that closes the old journal after receiving the new one gets
+        the same numbers back every other compaction.
+        """
+        if fd is not None:
             self.fd = fd
+        info = os.fstat(self.fd)
+        if info.st_ino != self.ino:
+            self.ino = info.st_ino
             self.state = JournalState(light=self.light)
             self.offset = 0
-        size = os.fstat(self.fd).st_size
+        size = info.st_size
         if size < self.offset:          # cannot happen with our writers: start over
             self.state = JournalState(light=self.light)
             self.offset = 0
@@ -259,8 +294,27 @@ class JournalFollower:
             if rtype == RecordType.FS_SNAPSHOT:
                 st.snapshot_end = start + end
                 st.fs_snapshot = None       # do not pin the buffer
+            if st.since_snapshot == 0:
+                st.log_start = start + end
         self.offset = max(st.valid_len, len(MAGIC)) if st.valid_len else 0
         return st
+
+
+def load_snapshot(fd: int) -> tuple[JournalState, bytes | None]:
+    """The light state of a journal fd and its filesystem snapshot, read through a
+    mapping: no copy of the log (a warm spare's pre-load)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return JournalState(light=True), None
+    with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        view = memoryview(m)
+        try:
+            state = load(view, light=True)
+            blob = bytes(state.fs_snapshot) if state.fs_snapshot is not None else None
+            state.fs_snapshot = None
+        finally:
+            view.release()
+    return state, blob
 
 
 def read_all(fd: int) -> bytes:
@@ -309,6 +363,11 @@ class JournalWriter:
         self.start = offset
         self.offset = offset
         self.records = 0
+        #: where the log after the last snapshot starts, and how many records that log
+        #: had before this writer: compaction counts what every server appended since
+        #: the snapshot, not only this one (else servers that die often never compact)
+        self.log_start = offset
+        self.prior_records = 0
         self._map: mmap.mmap | None = None
         self._cap = 0
         self._grow(offset)
@@ -325,6 +384,32 @@ class JournalWriter:
         """Append one record; durable (in the memfd) when this returns."""
         self.append_raw(encode_record(rtype, payload))
 
+    def append_parts(self, prefix: bytes, rtype: int,
+                     parts: tuple[bytes | bytearray | memoryview, ...]) -> None:
+        """Append ``prefix`` (encoded records, may be empty) and one record whose payload
+        is the concatenation of ``parts``, copying each part once into the mapping
+        (a WRITE's data is not concatenated first)."""
+        size = sum(len(p) for p in parts)
+        off = self.offset
+        end = off + len(prefix) + _HDR.size + size + _CRC.size
+        if end > self._cap:
+            self._grow(end)
+        m = self._map
+        assert m is not None
+        pos = off + len(prefix)
+        m[off:pos] = prefix
+        m[pos:pos + _HDR.size] = _HDR.pack(size, rtype)
+        pos += _HDR.size
+        crc = _TYPE_CRC[rtype]
+        for p in parts:
+            n = len(p)
+            m[pos:pos + n] = p
+            crc = zlib.crc32(p, crc)
+            pos += n
+        m[pos:end] = _CRC.pack(crc)
+        self.offset = end
+        self.records += 1 + (_count(prefix) if prefix else 0)
+
     def append_raw(self, blob: bytes) -> None:
         """Append already-encoded records with one copy into the mapping."""
         off = self.offset
@@ -334,12 +419,27 @@ class JournalWriter:
         assert self._map is not None
         self._map[off:end] = blob
         self.offset = end
-        self.records += 1
+        self.records += _count(blob)
 
     @property
     def appended(self) -> int:
-        """Bytes this writer appended (what a compaction would fold away)."""
+        """Bytes this writer appended."""
         return self.offset - self.start
+
+    def inherit(self, state: JournalState) -> None:
+        """Count the log ``state`` folded (written by earlier servers) as this one's."""
+        self.log_start = max(len(MAGIC), min(state.log_start, self.offset))
+        self.prior_records = state.since_snapshot
+
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of log since the last snapshot (what a compaction would fold away)."""
+        return self.offset - self.log_start
+
+    @property
+    def log_records(self) -> int:
+        """Records since the last snapshot, by this writer and those before it."""
+        return self.prior_records + self.records
 
     def close(self) -> None:
         """Unmap (the fd stays open: it belongs to the caller)."""
@@ -348,13 +448,36 @@ class JournalWriter:
             self._map = None
 
 
+def _count(blob: bytes) -> int:
+    """How many encoded records ``blob`` holds (the compaction trigger counts records)."""
+    n = pos = 0
+    size = len(blob)
+    while pos + _HDR.size <= size:
+        pos += _HDR.size + _HDR.unpack_from(blob, pos)[0] + _CRC.size
+        n += 1
+    return n
+
+
 def encode_req(time_ns: int, raw: bytes, reply: bytes, opened: tuple[int, int, int] | None,
                released: int | None) -> bytes:
     """The payload of a REQ record."""
+    return req_head(time_ns, len(raw), opened, released) + raw + reply
+
+
+def req_head(time_ns: int, raw_len: int, opened: tuple[int, int, int] | None,
+             released: int | None) -> bytes:
+    """The fixed part of a REQ payload (the request and reply bytes follow)."""
     ofh, onode, oflags = opened if opened is not None else (0, 0, 0)
-    head = _REQ.pack(time_ns, ofh, onode, oflags & 0xFFFFFFFF, released or 0,
-                     opened is not None, released is not None, len(raw))
-    return head + raw + reply
+    return _REQ.pack(time_ns, ofh, onode, oflags & 0xFFFFFFFF, released or 0,
+                     opened is not None, released is not None, raw_len)
+
+
+def open_backing(reply: bytes | memoryview) -> int:
+    """The kernel passthrough backing id an OPEN/CREATE reply hands out (0: none)."""
+    if len(reply) < _OUT_HDR.size + _OPEN_OUT.size:
+        return 0
+    _, flags, bid = _OPEN_OUT.unpack_from(reply, len(reply) - _OPEN_OUT.size)
+    return int(bid) if flags & _FOPEN_PASSTHROUGH and bid > 0 else 0
 
 
 def encode_nodes(counts: dict[int, int]) -> bytes:
@@ -401,18 +524,33 @@ def encode_inflight(unique: int, opcode: int) -> bytes:
 def encode_snapshot(session: dict[str, Any] | None, meta: dict[str, Any],
                     fs_blob: bytes | None, nodes: dict[int, int],
                     handles: dict[int, tuple[int, int]],
-                    keys: dict[int, bytes] | None = None) -> bytes:
+                    keys: dict[int, bytes] | None = None,
+                    backing: dict[int, int] | None = None) -> bytes:
     """MAGIC + a complete snapshot: the body of a compacted journal."""
+    return b"".join(snapshot_parts(session, meta, fs_blob, nodes, handles, keys, backing))
+
+
+def snapshot_parts(session: dict[str, Any] | None, meta: dict[str, Any],
+                   fs_blob: bytes | None, nodes: dict[int, int],
+                   handles: dict[int, tuple[int, int]],
+                   keys: dict[int, bytes] | None = None,
+                   backing: dict[int, int] | None = None) -> list[bytes]:
+    """:func:`encode_snapshot` as a list of buffers to write in turn: the filesystem
+    blob is one of them, not copied into a record first."""
     parts = [MAGIC, encode_record(RecordType.META, json.dumps(meta).encode())]
     if session is not None:
         parts.append(encode_record(RecordType.SESSION, json.dumps(session).encode()))
     if fs_blob is not None:
-        parts.append(encode_record(RecordType.FS_SNAPSHOT, fs_blob))
+        crc = zlib.crc32(fs_blob, _TYPE_CRC[RecordType.FS_SNAPSHOT])
+        parts += [_HDR.pack(len(fs_blob), RecordType.FS_SNAPSHOT), fs_blob, _CRC.pack(crc)]
     parts.append(encode_record(RecordType.NODES, encode_nodes(nodes)))
     if keys:
         parts.append(encode_record(RecordType.NODE_KEYS, encode_keys(keys.items())))
+    if backing:
+        parts.append(encode_record(RecordType.BACKING, b"".join(
+            _BACKING.pack(fh, bid) for fh, bid in backing.items())))
     parts.append(encode_record(RecordType.HANDLES, encode_handles(handles)))
-    return b"".join(parts)
+    return parts
 
 
 class JournaledNodeTable(NodeTable):
@@ -435,6 +573,8 @@ class JournaledNodeTable(NodeTable):
             self.counts = counts        # taken over, not copied
         self.writer: JournalWriter | None = None
         self.pending: list[int] = []
+        #: (nodeid, count) pairs forgotten and not journaled yet
+        self.forgotten = array("Q")
         self.keys: dict[int, bytes] = keys if keys is not None else {}
         self.key_of = key_of
 
@@ -472,11 +612,17 @@ class JournaledNodeTable(NodeTable):
     def forget(self, nodeid: int, nlookup: int) -> int:
         taken = super().forget(nodeid, nlookup)
         if taken:
-            if self.writer is not None:
-                self.writer.append(RecordType.FORGET, struct.pack("<QQ", nodeid, taken))
+            # buffered: one FORGET record per request (a BATCH_FORGET names many nodes)
+            self.forgotten.extend((nodeid, taken))
             if nodeid not in self.counts:
                 self.keys.pop(nodeid, None)
         return taken
+
+    def flush_forgets(self) -> None:
+        """Journal the forgets buffered since the last call as one FORGET record."""
+        if self.forgotten and self.writer is not None:
+            self.writer.append(RecordType.FORGET, self.forgotten.tobytes())
+        del self.forgotten[:]
 
     def key_snapshot(self) -> dict[int, bytes]:
         """Keys of the nodes in the table."""

@@ -14,6 +14,7 @@ after ``max_fast_restarts`` the keeper stops restarting (manual mode).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import select
@@ -26,9 +27,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fusewire.opcodes.table import OPS
 from fusewire.recovery import journal as jn
 from fusewire.recovery import wire
 from fusewire.server import mount as _mount
+from fusewire.structs.codec import CODECS
 
 __all__ = ["Keeper", "main"]
 
@@ -37,6 +40,15 @@ log = logging.getLogger("fusewire.keeper")
 #: an owner that dies sooner than this after taking over, without having answered a
 #: single request that was not re-sent, counts as a fast failure (a crash loop)
 FAST_DEATH = 2.0
+#: a mount left without a server (``stopped``) this long gets its waiting calls failed
+STOPPED_GRACE = 10.0
+#: the longest an upgrade waits for the spare to re-load changed code
+UPGRADE_WAIT = 30.0
+_NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
+_IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
+_OUT_HDR = CODECS["out_header"].struct
+#: larger than any request (max_write is at most 1 MiB (256 pages) + headers)
+_READ_SIZE = (1 << 20) + (64 << 10)
 
 
 @dataclass
@@ -47,6 +59,8 @@ class _Client:
     role: str = "new"       # new | waiting | owner
     since: float = 0.0
     progressed: bool = False    # answered a request that was not re-sent
+    preloaded: bool = False     # a queued spare that has loaded the journal offered
+    code: str | None = None     # the code version it loaded
 
 
 class Keeper:
@@ -54,7 +68,7 @@ class Keeper:
 
     def __init__(self, mountpoint: str, fs: str, source: str | None, options: list[str],
                  restart: str = "auto", max_fast_restarts: int = 20,
-                 spare: bool = True) -> None:
+                 spare: bool = True, stopped_grace: float = STOPPED_GRACE) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
         self.fs = fs
         self.source = source
@@ -87,6 +101,17 @@ class Keeper:
         self.owner_info: dict[str, Any] = {}
         self.died_at = 0.0
         self.quit = False
+        #: set by SIGINT/SIGTERM: unmount and stop the servers on the way out
+        self.signalled = False
+        self.stopped_grace = stopped_grace
+        #: when the mount was left without a server that will come by itself
+        self.stopped_since: float | None = None
+        #: a clone of the /dev/fuse fd (O_NONBLOCK) on which the keeper answers every
+        #: request with ENOTCONN while stopped past the grace period
+        self.fail_fd = -1
+        self.failed_calls = 0
+        #: an upgrade waits (until then) for the spare to check its code
+        self.upgrade_at: float | None = None
 
     # -- setup ----------------------------------------------------------------------
 
@@ -129,7 +154,9 @@ class Keeper:
         if self.ever_owned or spare:
             env.pop("FUSEWIRE_CRASH_AT", None)  # test hook: only the first server crashes
         cmd = [sys.executable, "-m", "fusewire.recovery.successor", "--socket", self.path]
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        # own session: a terminal's Ctrl-C reaches the keeper only, which stops them
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, close_fds=True,
+                                start_new_session=True)
         self.children.append(proc)
         log.info("started %s server pid %d", "spare" if spare else "a", proc.pid)
         return proc
@@ -166,6 +193,7 @@ class Keeper:
 
     def _offer(self, c: _Client) -> None:
         """Let a queued spare pre-load the current journal (read only, no /dev/fuse)."""
+        c.preloaded = False
         try:
             wire.send_msg(c.sock, {"ok": True, "queued": True, "meta": self._meta()},
                           [self.journal_fd])
@@ -173,6 +201,7 @@ class Keeper:
             self._drop(c)
 
     def _grant(self, c: _Client) -> None:
+        self._stop_failing()
         meta = self._meta()
         first = not self.ever_owned
         graceful = self.handover
@@ -288,7 +317,8 @@ class Keeper:
         if op == "attach":
             if self.unmounted:
                 reply = {"ok": False, "error": "unmounted"}
-            elif self.owner is None and self.grant_at is None and not self.waiting:
+            elif (self.owner is None and self.grant_at is None and not self.waiting
+                  and self.state()[0] != "stopped"):
                 self._grant(c)
                 reply = None
             else:
@@ -307,6 +337,13 @@ class Keeper:
             self.ready = True
             self.owner_info = dict(msg)
             self._ensure_spare()
+        elif op == "preloaded":         # never answered: the spare waits for its grant
+            if c in self.waiting:
+                c.preloaded = True
+                c.code = msg.get("code")
+                if self.upgrade_at is not None:
+                    self._signal_upgrade()
+            reply = None
         elif op == "progress" and c is self.owner:
             c.progressed = True
             self.fast_failures = 0
@@ -316,15 +353,26 @@ class Keeper:
             self.unmounted = True
         elif op == "status":
             reply = self.status()
+        elif op == "umount":
+            reply = self._umount(bool(msg.get("lazy")))
         elif op == "upgrade":
             if self.owner is None:
                 reply = {"ok": False, "error": "no server is running"}
             else:
-                os.kill(self.owner.pid, signal.SIGUSR2)
+                self._upgrade()
+        elif op == "fresh":             # the spare checked its code: nothing changed
+            reply = None
+            if self.upgrade_at is not None:
+                self._signal_upgrade()
+        elif op == "reoffer":           # a spare re-executed into new code (no reply)
+            reply = None
+            if c in self.waiting:
+                self._offer(c)
         elif op == "restart":
             if self.owner is None:
                 self.fast_failures = 0
                 self.gave_up = False
+                self.stopped_since = None
                 self.grant_at = time.monotonic()
                 self._tick_grant()
             else:
@@ -345,11 +393,14 @@ class Keeper:
             return "unmounted", ""
         if self.owner is not None:
             return ("serving", "") if self.ready else ("starting", "taking over")
+        failing = (f"; calls fail with ENOTCONN since {self.stopped_grace:g} s"
+                   if self.fail_fd >= 0 else "")
         if self.gave_up:
             return "stopped", (f"restart limit reached: {self.fast_failures} servers died "
-                               f"within {FAST_DEATH:g} s in a row; run `fusewire takeover`")
-        if self.restart != "auto" and self.grant_at is None:
-            return "stopped", "restart=manual: run `fusewire takeover`"
+                               f"within {FAST_DEATH:g} s in a row; run `fusewire takeover`"
+                               + failing)
+        if self.restart != "auto" and self.grant_at is None and self.pending_spawn is None:
+            return "stopped", "restart=manual: run `fusewire takeover`" + failing
         wait = (self.grant_at or 0.0) - time.monotonic()
         if self.grant_at is not None and wait > 0:
             return "restarting", f"back-off, next server in {wait:.2f} s"
@@ -367,11 +418,16 @@ class Keeper:
             "fast_failures": self.fast_failures, "max_fast_restarts": self.max_fast_restarts,
             "upgrades": self.upgrades, "compactions": self.compactions,
             "spare_pid": self.spare_proc.pid if self.spare_proc else None,
+            "spare_ready": any(w.preloaded for w in self.waiting),
+            "failing_calls": self.fail_fd >= 0, "failed_calls": self.failed_calls,
+            "code_version": self.owner_info.get("code"),
+            "replayed_code_version": self.owner_info.get("journal_code"),
             "journal_bytes": st.valid_len, "journal_records": st.records,
             "nodes": len(st.nodes), "handles": len(st.handles), "node_keys": len(st.keys),
             "protocol": (f"{st.session.get('major')}.{st.session.get('minor')}"
                          if st.session else None),
             "recovery": self.owner_info.get("recovery"),
+            "recovery_why": self.owner_info.get("recovery_why"),
             "takeover_ms": self.owner_info.get("takeover_ms"),
         }
 
@@ -384,7 +440,8 @@ class Keeper:
 
     def run(self) -> int:
         self.setup()
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "quit", True))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.pending_spawn = self._spawn(spare=False)
         try:
@@ -392,10 +449,17 @@ class Keeper:
                 for key, _ in self.sel.select(0.2):
                     if key.data is None:
                         self._accept()
+                    elif key.data == "fuse":
+                        self._fail_calls()
                     else:
                         self._handle(key.data)
                 self._reap()
                 self._tick_grant()
+                self._check_stopped()
+                if self.upgrade_at is not None and (time.monotonic() > self.upgrade_at
+                                                    or self.owner is None
+                                                    or not self.waiting):
+                    self._signal_upgrade()
                 if self.owner is not None and self.ready:
                     self._ensure_spare()
                 if self._connection_dead():
@@ -406,7 +470,133 @@ class Keeper:
             self.shutdown()
         return 0
 
+    def _upgrade(self) -> None:
+        """Hand over to the spare, once it runs the code on disk (it checks first)."""
+        spare = next((w for w in self.waiting if w.preloaded), None)
+        if spare is None:
+            self._signal_upgrade()
+            return
+        self.upgrade_at = time.monotonic() + UPGRADE_WAIT
+        try:
+            wire.send_msg(spare.sock, {"op": "check"})
+        except OSError:
+            self._signal_upgrade()
+
+    def _signal_upgrade(self) -> None:
+        self.upgrade_at = None
+        if self.owner is not None:
+            os.kill(self.owner.pid, signal.SIGUSR2)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.info("signal %d: unmounting %s and stopping its servers", signum, self.mountpoint)
+        self.signalled = True
+        self.quit = True
+
+    # -- a mount nobody serves --------------------------------------------------------------
+
+    def _check_stopped(self) -> None:
+        """Past the grace period in ``stopped``, fail the calls that wait (see module doc)."""
+        if self.state()[0] != "stopped":
+            self.stopped_since = None
+            self._stop_failing()
+            return
+        now = time.monotonic()
+        if self.stopped_since is None:
+            self.stopped_since = now
+        if self.fail_fd < 0 and now - self.stopped_since >= self.stopped_grace:
+            if self._start_failing():
+                log.warning("no server for %g s: failing calls on %s with ENOTCONN until "
+                            "`fusewire takeover`", self.stopped_grace, self.mountpoint)
+            else:
+                self.stopped_since = float("inf")
+
+    def _start_failing(self) -> bool:
+        if self.fail_fd >= 0:
+            return True
+        try:
+            fd = _mount.clone_fd(self.fuse_fd)
+        except OSError as exc:
+            log.error("cannot fail the waiting calls: %s", exc)
+            return False
+        os.set_blocking(fd, False)
+        self.fail_fd = fd
+        self.sel.register(fd, selectors.EVENT_READ, "fuse")
+        self._fail_calls()
+        return True
+
+    def _umount(self, lazy: bool) -> dict[str, Any]:
+        """``fusewire umount``: works in every state, within seconds.
+
+        Without a server, the calls waiting on the mount would keep it busy:
+        they are failed first (ENOTCONN), then the unmount is retried.
+        """
+        deadline = time.monotonic() + 3.0
+        while True:
+            if self.owner is None:
+                self._start_failing()
+                self._fail_calls()
+            try:
+                _mount.unmount(self.mountpoint, lazy=lazy)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and self.owner is None \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.05)        # the failed callers are leaving
+                    continue
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True}
+
+    def _fail_calls(self) -> None:
+        """Answer every request queued on the connection with ENOTCONN."""
+        fd = self.fail_fd
+        for _ in range(256):
+            try:
+                msg = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:       # interrupted before we read it
+                    continue
+                if exc.errno == errno.ENODEV:       # unmounted
+                    self._stop_failing()
+                    return
+                raise
+            if len(msg) < _IN_HDR.size:
+                continue
+            _, opcode, unique = _IN_HDR.unpack_from(msg)
+            if opcode in _NO_REPLY:
+                continue
+            self.failed_calls += 1
+            try:
+                os.write(fd, _OUT_HDR.pack(_OUT_HDR.size, -errno.ENOTCONN, unique))
+            except OSError:
+                pass                                # the caller went away (ENOENT)
+
+    def _stop_failing(self) -> None:
+        if self.fail_fd < 0:
+            return
+        self.sel.unregister(self.fail_fd)
+        os.close(self.fail_fd)
+        self.fail_fd = -1
+
     def shutdown(self) -> None:
+        self._stop_failing()
+        if self.signalled and not self.unmounted:
+            # SIGINT/SIGTERM: the mount goes with the keeper; its servers see ENODEV
+            try:
+                _mount.unmount(self.mountpoint, lazy=True)
+            except OSError as exc:
+                log.warning("unmounting %s: %s", self.mountpoint, exc)
+        if self.signalled:
+            for p in self.children:
+                if p.poll() is None:
+                    p.terminate()
+            deadline = time.monotonic() + 5.0
+            for p in self.children:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
         if self.spare_proc is not None and self.spare_proc.poll() is None:
             self.spare_proc.terminate()
         for c in list(self.clients.values()):
@@ -434,6 +624,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--restart", choices=("auto", "manual"), default="auto")
     p.add_argument("--max-fast-restarts", type=int, default=20)
     p.add_argument("--no-spare", action="store_true", help="do not keep a warm spare server")
+    p.add_argument("--stopped-grace", type=float, default=STOPPED_GRACE, metavar="SECONDS",
+                   help="with no server for this long, fail waiting calls with ENOTCONN "
+                   f"(default {STOPPED_GRACE:g})")
     return p
 
 
@@ -445,7 +638,8 @@ def run_keeper(args: argparse.Namespace) -> int:
     else:
         source, mountpoint = None, args.paths[0]
     k = Keeper(mountpoint, args.fs, source, args.options, args.restart,
-               args.max_fast_restarts, spare=not args.no_spare)
+               args.max_fast_restarts, spare=not args.no_spare,
+               stopped_grace=args.stopped_grace)
     return k.run()
 
 

@@ -44,13 +44,24 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from fusewire import recovery_api as _clock
 from fusewire.connection import Config, Connection, Request
 from fusewire.errors import LocalProtocolError
-from fusewire.opcodes.flags import Opcode
+from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.operations import Operations
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
+from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
+from fusewire.recovery.isolate import isolate
+from fusewire.recovery_api import (
+    HandleRecovery,
+    ReplayRecovery,
+    pin_clock,
+    pinned_time,
+    sticky_clock,
+)
+from fusewire.recovery_api import recovery_mode as declared_mode
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
@@ -108,11 +119,19 @@ class CrashHook:
             os._exit(137)
 
 
-def _crash_file_check() -> None:
+def _crash_file_check(when: str = "grant") -> None:
     """Test hook: while ``$FUSEWIRE_CRASH_FILE`` exists, a server dies as soon as it owns
-    the mount (a server that cannot start; the keeper's restart limit is tested with it)."""
+    the mount (a server that cannot start; the keeper's restart limit is tested with it),
+    or, if the file says ``ready``, right after it reported ready (a poison request)."""
     path = os.environ.get("FUSEWIRE_CRASH_FILE")
-    if path and os.path.exists(path):
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            what = f.read().strip() or "grant"
+    except OSError:
+        return
+    if what == when:
         os._exit(137)
 
 
@@ -125,6 +144,8 @@ class RecoveryJournal:
         self.nodes = nodes
         self.replies = state.replies
         self.handles = dict(state.handles)
+        #: fh -> kernel passthrough backing id (see HandleRecovery.import_backing)
+        self.backing = dict(state.backing)
         #: intents of requests that may have run but have no recorded reply
         self.intents = {k: v for k, v in state.intents.items() if k not in state.replies}
         self.crash = crash
@@ -137,6 +158,8 @@ class RecoveryJournal:
         self.track_inflight = False
         #: the last message :meth:`note_read` saw (the loop passes one object per message)
         self.noted: object = None
+        #: called after a request that has no reply (the server's compaction check)
+        self.no_reply: Callable[[], None] | None = None
 
     def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
         """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
@@ -169,13 +192,20 @@ class RecoveryJournal:
                 flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
             opened = (fh, node, flags)
             self.handles[fh] = (node, flags)
+            bid = jn.open_backing(reply)
+            if bid:
+                self.backing[fh] = bid
         elif op in _RELEASES:
             released = req.arg.fh
             self.handles.pop(released, None)
+            self.backing.pop(released, None)
         raw = self.raw if self.keep_body else self.raw[:_IN_HDR_SIZE]
-        payload = jn.encode_req(time.time_ns(), bytes(raw), reply, opened, released)
-        self.writer.append_raw(self.nodes.take_pending()
-                               + jn.encode_record(jn.RecordType.REQ, payload))
+        t = pinned_time()
+        if t is None:
+            t = time.time_ns()
+        # one copy of the request (a WRITE's data) into the journal, no concatenation
+        self.writer.append_parts(self.nodes.take_pending(), jn.RecordType.REQ,
+                                 (jn.req_head(t, len(raw), opened, released), raw, reply))
         self.crash.check("journal", op)
 
 
@@ -190,26 +220,46 @@ class RecordingDispatcher(Dispatcher):
         rj.raw = buf
         if rj.track_inflight and rj.noted is not buf:
             rj.note_read(buf, False)
-        return super().dispatch(buf)
+        # the handler's clock (fusewire.now_ns) pins itself at its first reading; the
+        # REQ record keeps that time, so a re-execution produces the same timestamps
+        _clock._pinned = None
+        return Dispatcher.dispatch(self, buf)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         rj = self.rjournal
-        was_init = self.conn.session is None
-        if was_init and req.opcode == Opcode.INIT and rj.noted is not rj.raw:
-            rj.note_read(rj.raw, True)
+        if self.conn.session is None:
+            return self._handle_init(req)
         if rj.probing and req.opcode in intent.OPS and not (
                 req.unique >> 63 and req.key in rj.replies):
             done = self._intent(req)
             if done is not None:
                 return done
-        bufs, lookups = super().handle(req)
-        session = self.conn.session
-        if was_init and session is not None:
-            rj.writer.append(jn.RecordType.SESSION, json.dumps(session.to_dict()).encode())
-            rj.track_inflight = session.minor < _RESEND_MINOR
+        bufs, lookups = Dispatcher.handle(self, req)
         nodes = rj.nodes
         if nodes.pending:
             rj.writer.append_raw(nodes.take_pending())
+        if nodes.forgotten:
+            nodes.flush_forgets()
+        if bufs is None and rj.no_reply is not None:
+            rj.no_reply()           # no reply, no on_reply: check compaction here
+        return bufs, lookups
+
+    def rollback(self, lookups: list[int]) -> None:
+        super().rollback(lookups)
+        self.rjournal.nodes.flush_forgets()
+
+    def _handle_init(self, req: Request) -> tuple[Buffers | None, list[int]]:
+        """Before the session exists: journal the INIT as read, then the session."""
+        rj = self.rjournal
+        if req.opcode == Opcode.INIT and rj.noted is not rj.raw:
+            rj.note_read(rj.raw, True)
+        bufs, lookups = Dispatcher.handle(self, req)
+        session = self.conn.session
+        if session is not None:
+            rj.writer.append(jn.RecordType.SESSION, json.dumps(session.to_dict()).encode())
+            rj.track_inflight = session.minor < _RESEND_MINOR
+        if rj.nodes.pending:
+            rj.writer.append_raw(rj.nodes.take_pending())
         return bufs, lookups
 
     def _intent(self, req: Request) -> tuple[Buffers | None, list[int]] | None:
@@ -246,76 +296,42 @@ class RecordingDispatcher(Dispatcher):
 
 
 def recovery_mode(ops: Operations) -> str:
-    """'replay' (state rebuilt from the journal), 'handles' (state outside the process,
-    node table restored), or 'upgrade-only' (no crash recovery)."""
-    if callable(getattr(ops, "dump_state", None)) and callable(getattr(ops, "load_state",
-                                                                       None)):
-        return "replay"
-    if getattr(type(ops), "handle_of", None) is not getattr(Operations, "handle_of", None):
-        return "handles"
-    return "upgrade-only"
+    """'replay', 'handles' or 'upgrade-only': what ``ops`` declares
+    (:func:`fusewire.recovery_api.recovery_mode`)."""
+    return declared_mode(ops)[0]
 
 
-def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False,
-            fixed_below: int = 0) -> None:
-    """Bring ``ops`` to the state the journal describes (replay mode)."""
-    anyops: Any = ops
+def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = False) -> None:
+    """Bring a :class:`~fusewire.ReplayRecovery` filesystem to the state the journal
+    describes: load the snapshot, re-execute the log with the clock pinned to each
+    request's recorded time, then hand it the kernel's lookup counts."""
+    assert isinstance(ops, ReplayRecovery)
     if state.fs_snapshot is not None and not snapshot_loaded:
-        anyops.load_state(state.fs_snapshot)
-    if state.requests and state.session is not None:
-        conn = Connection.restore({"session": state.session})
-        scratch = Dispatcher(ops, conn)
-        module = sys.modules.get(type(ops).__module__)
-        clock: Callable[[], int] | None = getattr(module, "_now", None)
-        has_free = hasattr(anyops, "_maybe_free")
-        if has_free:
-            anyops._maybe_free = lambda node: None
-        try:
-            for t, raw, reply in state.requests:
-                if jn.reply_error(reply) != 0:
-                    continue  # a failed request changed nothing
-                if clock is not None:
-                    vars(module)["_now"] = lambda t=t: t
-                scratch.dispatch(raw)
-        finally:
-            if clock is not None:
-                vars(module)["_now"] = clock
-            if has_free:
-                del anyops._maybe_free
-    inodes = getattr(anyops, "_inodes", None)
-    if isinstance(inodes, dict) and hasattr(anyops, "_maybe_free"):
-        # MemFS counts lookups itself: make it agree with the journaled table,
-        # then free what an unlink left only to lookups the kernel gave back.
-        # A warm spare already did this for the snapshot (fix_lookups); then only
-        # the nodes touched since and the ones the replay created need it.
-        nodes = state.nodes
-        if snapshot_loaded and fixed_below:
-            for ino in state.touched:
-                node = inodes.get(ino)
-                if node is not None:
-                    node.nlookup = nodes.get(ino, 0)
-            for ino, node in inodes.items():
-                if ino >= fixed_below:
-                    node.nlookup = nodes.get(ino, 0)
-        else:
-            for ino, node in inodes.items():
-                node.nlookup = nodes.get(ino, 0)
-        for node in [n for n in inodes.values() if n.nlink == 0]:
-            anyops._maybe_free(node)
+        ops.load_state(bytes(state.fs_snapshot))
+    ops.replay_started()
+    try:
+        if state.requests and state.session is not None:
+            conn = Connection.restore({"session": state.session})
+            scratch = Dispatcher(ops, conn)
+            try:
+                for t, raw, reply in state.requests:
+                    if jn.reply_error(reply) != 0:
+                        continue  # a failed request changed nothing
+                    pin_clock(t)
+                    scratch.dispatch(raw)
+            finally:
+                pin_clock(None)
+    finally:
+        # a warm spare already gave the snapshot's counts (fix_lookups): only the
+        # nodes whose count changed since can differ (new nodes are among them)
+        ops.replay_finished(state.nodes, state.touched if snapshot_loaded else None)
 
 
-def fix_lookups(ops: Operations, nodes: dict[int, int]) -> int:
-    """Set MemFS lookup counts from a node table (a spare, ahead of takeover).
-
-    Returns the first inode number not covered (0 if not applicable).
-    """
-    anyops: Any = ops
-    inodes = getattr(anyops, "_inodes", None)
-    if not isinstance(inodes, dict):
-        return 0
-    for ino, node in inodes.items():
-        node.nlookup = nodes.get(ino, 0)
-    return int(getattr(anyops, "_next_ino", 0))
+def fix_lookups(ops: Operations, nodes: dict[int, int]) -> None:
+    """A spare, ahead of takeover: the snapshot's lookup counts."""
+    if isinstance(ops, ReplayRecovery):
+        ops.replay_started()
+        ops.replay_finished(nodes)
 
 
 class Control:
@@ -397,12 +413,19 @@ class RecoverableServer(Server):
         self.crash = rj.crash
         self.handing_over = False
         self.reported = False
+        #: code version of this server, and of the journal it replayed if different
+        self.code: str | None = None
+        self.journal_code: str | None = None
+        self.mode_why = ""
         self.progressed = False
         # the base loop calls these around each request: on_read only for the
         # test crash points (None keeps the hot path free of the call); on_reply
         # for ready, progress and compaction
         self.on_read = self._on_read if self.crash.active else None
         self.on_reply = self._on_reply
+        rj.no_reply = self.maybe_compact
+        self.compact_at = 0
+        self.compact_records = 0
 
     def request_handover(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.handing_over = True
@@ -415,23 +438,32 @@ class RecoverableServer(Server):
         self.reported = True
         ms = (time.monotonic() - self.t0) * 1000
         self.control.ready({"pid": os.getpid(), "recovery": self.mode,
-                            "takeover_ms": round(ms, 2)})
+                            "recovery_why": self.mode_why,
+                            "takeover_ms": round(ms, 2), "code": self.code,
+                            "journal_code": self.journal_code})
 
     def compact(self) -> None:
         """Write a snapshot into a new memfd and swap it in (keeper or fd store)."""
         rj = self.rj
         session = self.conn.session.to_dict() if self.conn.session is not None else None
-        anyops: Any = self.ops
-        blob = anyops.dump_state() if self.mode == "replay" else None
+        blob = self.ops.dump_state() if isinstance(self.ops, ReplayRecovery) else None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
-        body = jn.encode_snapshot(session, {"fs": self.meta.get("fs")}, blob,
-                                  rj.nodes.snapshot(), rj.handles, keys)
+        parts = jn.snapshot_parts(session, {"fs": self.meta.get("fs"), "code": self.code},
+                                  blob, rj.nodes.snapshot(), rj.handles, keys, rj.backing)
+        del blob
         fd = jn.new_memfd()
-        os.pwrite(fd, body, 0)
+        size = 0
+        for part in parts:          # no joined copy of the (possibly big) snapshot
+            view = memoryview(part)
+            while view:
+                n = os.pwrite(fd, view, size)
+                size += n
+                view = view[n:]
+        del parts
         self.control.swap_journal(fd)
         old = rj.writer.fd
         rj.writer.close()
-        rj.writer = jn.JournalWriter(fd, len(body))
+        rj.writer = jn.JournalWriter(fd, size)
         rj.nodes.writer = rj.writer
         rj.replies.clear()
         rj.intents.clear()
@@ -478,20 +510,38 @@ class RecoverableServer(Server):
         if self.crash.active:
             self.crash.check("reply", _IN_HDR.unpack_from(msg)[1])
         if not self.progressed:
-            if not self.reported and self.conn.session is not None:
+            if (not self.reported and self.conn.session is not None
+                    and self.dispatcher.fatal is None):  # init() raising: not ready
                 self.report_ready()
             if self.reported and not _IN_HDR.unpack_from(msg)[2] >> 63:
                 self.progressed = True
                 self.control.progress()
+        self.maybe_compact()
+
+    def maybe_compact(self) -> None:
+        """Compact if the log since the snapshot passed a threshold (a request boundary:
+        after a reply was written, or after a request that has none, like FORGET)."""
         w = self.rj.writer
-        # Bytes appended since the snapshot, not the file size: a snapshot of a
+        if w.offset < self.compact_at and w.records < self.compact_records:
+            return
+        # Bytes of log since the snapshot, not the file size: a snapshot of a
         # big filesystem is itself bigger than the threshold (compacting again
         # after every reply would never end).  And at least the snapshot's own
         # size: a compaction writes the whole filesystem, so its cost stays a
         # constant factor of what was appended (64, 128, 256 MiB... for a file
-        # being written, not one dump per 64 MiB of data).
-        if w.appended > max(COMPACT_BYTES, w.start) or w.records > COMPACT_RECORDS:
+        # being written, not one dump per 64 MiB of data).  The log counts what
+        # every server since the snapshot appended (``JournalWriter.inherit``):
+        # a successor's replay is bounded by these thresholds however often
+        # servers die.
+        if w.log_bytes > max(COMPACT_BYTES, w.log_start) or w.log_records > COMPACT_RECORDS:
             self.compact()
+        self.set_thresholds()
+
+    def set_thresholds(self) -> None:
+        """Precompute the writer offset and record count that call for a compaction."""
+        w = self.rj.writer
+        self.compact_at = w.log_start + max(COMPACT_BYTES, w.log_start) + 1
+        self.compact_records = COMPACT_RECORDS - w.prior_records + 1
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:
@@ -526,41 +576,57 @@ def resend_supported(state: jn.JournalState, config: Config) -> bool:
 
 def restore_handles(ops: Operations, state: jn.JournalState) -> None:
     """Handles mode: revive every node the kernel holds and reopen every open handle."""
-    anyops: Any = ops
-    importer = getattr(anyops, "import_nodes", None)
-    if callable(importer):
-        table = {n: (state.keys[n], c) for n, c in state.nodes.items() if n in state.keys}
-        lost = importer(table)
-        missing = [n for n in state.nodes if n not in state.keys]
-        if lost or missing:
-            log.warning("%d node(s) could not be restored (ESTALE from now on)",
-                        len(lost) + len(missing))
-    reopen = getattr(anyops, "reopen_handle", None)
-    if callable(reopen):
-        failed = 0
-        for fh, (node, flags) in state.handles.items():
-            try:
-                reopen(fh, node, flags)
-            except (OSError, FUSEError) as exc:
-                failed += 1
-                log.warning("handle %d (node %d) could not be reopened: %s", fh, node, exc)
-        if failed:
-            log.warning("%d of %d open handle(s) lost", failed, len(state.handles))
+    assert isinstance(ops, HandleRecovery)
+    table = {n: (state.keys[n], c) for n, c in state.nodes.items() if n in state.keys}
+    lost = ops.import_nodes(table)
+    missing = [n for n in state.nodes if n not in state.keys]
+    if lost or missing:
+        log.warning("%d node(s) could not be restored (ESTALE from now on)",
+                    len(lost) + len(missing))
+    failed = 0
+    for fh, (node, flags) in state.handles.items():
+        try:
+            ops.reopen_handle(fh, node, flags)
+        except (OSError, FUSEError, NotImplementedError) as exc:
+            failed += 1
+            log.warning("handle %d (node %d) could not be reopened: %s", fh, node, exc)
+    if failed:
+        log.warning("%d of %d open handle(s) lost", failed, len(state.handles))
+
+
+def close_unused_backing(server: Server, used: set[int]) -> None:
+    """Close the kernel backing ids a dead server registered that no open file uses.
+
+    An id whose OPEN reply was journaled is in ``used``; any other one was never
+    handed to the kernel's files (the reply is journaled before it is written), so
+    closing it frees the backing file.  Ids are small and allocated in turn: the
+    range up to the highest known one, and a margin above it, is probed.
+    """
+    closed = 0
+    for bid in range(1, max(used, default=0) + 65):
+        if bid in used:
+            continue
+        try:
+            server.backing_close(bid)
+            closed += 1
+        except OSError:
+            pass                    # ENOENT: not registered
+    if closed:
+        log.info("closed %d kernel backing id(s) nobody uses", closed)
 
 
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
               first: bool, graceful: bool, t0: float, crash: CrashHook,
-              preloaded: tuple[Operations, tuple[int, int], int] | None = None) -> int:
+              preloaded: tuple[Operations, tuple[int, int], int] | None = None,
+              code: str | None = None) -> int:
     """Rebuild from the journal, take the connection over, serve until unmount or handover."""
     state = jn.load(jn.read_all(journal_fd))
     graceful = graceful or state.graceful
     ident = (os.fstat(journal_fd).st_ino, state.snapshot_end)
-    fixed_below = 0
     warm = False
     if preloaded is not None and preloaded[1] == ident:
         ops, options = preloaded[0], list(meta.get("options") or [])
         warm = True
-        fixed_below = preloaded[2]
     elif preloaded is not None and recovery_mode(preloaded[0]) == "handles":
         ops, options = preloaded[0], list(meta.get("options") or [])  # nodes re-synced below
     else:
@@ -568,21 +634,32 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     mode = recovery_mode(ops)
     config = _config(meta)
     crashed = not first and not graceful
+    if code is None:
+        code = code_version(type(ops).__module__)
+    journal_code = state.meta.get("code")
+    if journal_code is not None and journal_code != code:
+        log.warning("code %s replays a journal written by code %s", code, journal_code)
     if crashed and mode == "upgrade-only":
-        log.error("%s cannot recover from a crash (no handle_of/dump_state): state is lost",
+        log.error("%s cannot recover from a crash (no recovery contract): state is lost",
                   meta["fs"])
-    anyops: Any = ops
-    if mode == "replay":
-        rebuild(ops, state, snapshot_loaded=warm, fixed_below=fixed_below)
-    elif mode == "handles":
-        prepare = getattr(anyops, "prepare_recovery", None)
-        if callable(prepare):
-            prepare()
+    server_why = declared_mode(ops)[1]
+    isolated = mode == "upgrade-only" and not first
+    if isolated:
+        # a fresh filesystem object: nothing the kernel holds from before may reach it
+        ops = isolate(ops, max(state.nodes, default=1) + 1, max(state.handles, default=0) + 1)
+    if isinstance(ops, ReplayRecovery):
+        rebuild(ops, state, snapshot_loaded=warm)
+    elif isinstance(ops, HandleRecovery):
+        ops.prepare_recovery()
         restore_handles(ops, state)
+        ops.import_backing({fh: (state.handles[fh][0], bid)
+                            for fh, bid in state.backing.items() if fh in state.handles})
+    # upgrade-only keeps the old counts too: they are the nodeids a later successor
+    # must not hand out again
     nodes = jn.JournaledNodeTable(
-        state.nodes if mode != "upgrade-only" or not crashed else None,
+        state.nodes,
         dict(state.keys) if mode == "handles" else None,
-        anyops.handle_of if mode == "handles" else None)
+        ops.handle_of if mode == "handles" else None)
     conn = None
     if state.session is not None:
         conn = Connection.restore({"session": state.session})
@@ -591,30 +668,42 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     if conn is not None:
         conn.config = server.config
     writer = jn.JournalWriter(journal_fd, state.valid_len)
+    writer.inherit(state)
     nodes.writer = writer
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
-    rj.probing = mode == "handles" and callable(getattr(anyops, "entry_identity", None))
+    rj.probing = (isinstance(ops, HandleRecovery)
+                  and type(ops).entry_identity is not HandleRecovery.entry_identity)
     resend = resend_supported(state, config)
     rj.track_inflight = not resend and state.session is not None
     server.setup_recovery(rj, control, meta, mode, t0)
+    sticky_clock(True)
     if state.records == 0:
-        writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"]}).encode())
-        if mode == "replay":
-            writer.append(jn.RecordType.FS_SNAPSHOT, anyops.dump_state())
+        writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"], "code": code}).encode())
+        if isinstance(ops, ReplayRecovery):
+            writer.append(jn.RecordType.FS_SNAPSHOT, ops.dump_state())
+        writer.log_start, writer.records = writer.offset, 0
+    elif journal_code != code:
+        writer.append(jn.RecordType.META, json.dumps({"code": code}).encode())
+    server.code = code
+    server.mode_why = server_why
+    server.journal_code = journal_code if journal_code != code else None
     server.mount()
+    if not first and InitFlag.PASSTHROUGH in server.session_flags:
+        close_unused_backing(server, set(state.backing.values()))
     if threading_main():
         signal.signal(signal.SIGUSR2, server.request_handover)
     if resend:
         server.notify_resend()
     else:
         server.answer_orphans(state)
-    if crashed and server.conn.session is not None:
+    if (crashed or isolated) and server.conn.session is not None:
         try:
             server.notify_inc_epoch()
         except LocalProtocolError:
             pass        # 7.44 needed: cached names stay as they are
     if server.conn.session is not None:
         server.report_ready()
+        _crash_file_check("ready")
     try:
         server.serve()
     finally:
@@ -630,12 +719,23 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     return 0
 
 
-def run_owner(sock_path: str) -> int:
-    """Attach to the keeper at ``sock_path``, take over, serve until unmount or handover."""
+def run_owner(sock_path: str, control_fd: int | None = None) -> int:
+    """Attach to the keeper at ``sock_path``, take over, serve until unmount or handover.
+
+    ``control_fd``: an attached control connection (a queued spare that re-executed
+    itself into new code asks for the journal again instead of attaching).
+    """
     crash = CrashHook(os.environ.get("FUSEWIRE_CRASH_AT"))
-    control = wire.connect(sock_path, None)
-    wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
+    if control_fd is None:
+        control = wire.connect(sock_path, None)
+        wire.send_msg(control, {"op": "attach", "pid": os.getpid()})
+    else:
+        os.set_inheritable(control_fd, False)
+        control = socket.socket(fileno=control_fd)
+        wire.send_msg(control, {"op": "reoffer"})
     preloaded: tuple[Operations, tuple[int, int], int] | None = None
+    files: dict[str, tuple[int, int, int]] = {}
+    code: str | None = None
     while True:
         grant, fds = wire.recv_msg(control)      # a spare blocks here until needed
         if grant is not None and grant.get("queued") and fds:
@@ -643,14 +743,51 @@ def run_owner(sock_path: str) -> int:
             if preloaded is not None:
                 preloaded[0].destroy()      # passthrough: close the nodes it reopened
             preloaded = None
+            _idle(True)         # never take CPU from the serving process to pre-load
             try:
                 preloaded = _preload(grant["meta"], fds[0])
             finally:
+                _idle(False)
                 for fd in fds:
                     os.close(fd)
+            # what this process imported: the first stat of each file counts (a later
+            # offer, e.g. after the compaction of a handover, imports nothing again)
+            for path, st in loaded_files().items():
+                files.setdefault(path, st)
+            if code is None:
+                code = code_version(type(preloaded[0]).__module__)
+            try:        # no reply comes: the next message is still the grant
+                wire.send_msg(control, {"op": "preloaded", "code": code})
+            except OSError:
+                pass
+            continue
+        if grant is not None and grant.get("op") == "check" and not fds:
+            # an upgrade is coming: serve it with the code on disk, warm
+            stale = changed_files(files)
+            if stale:
+                log.warning("%d file(s) changed since this spare loaded them (%s): "
+                            "re-executing into the code on disk before the upgrade",
+                            len(stale), stale[0])
+                drop_bytecode(stale)
+                os.set_inheritable(control.fileno(), True)
+                os.execv(sys.executable, [sys.executable, "-m", "fusewire.recovery.successor",
+                                          "--socket", sock_path, "--queued",
+                                          str(control.fileno())])
+            try:
+                wire.send_msg(control, {"op": "fresh"})
+            except OSError:
+                pass
             continue
         break
     t0 = time.monotonic()
+    if grant is not None and grant.get("ok") and preloaded is not None:
+        stale = changed_files(files)
+        if stale:
+            # the code on disk is not what this spare imported: serve the new code
+            log.warning("%d file(s) changed since this spare loaded them (%s): "
+                        "re-executing into the code on disk", len(stale), stale[0])
+            drop_bytecode(stale)
+            _reexec(sock_path, control, fds, grant, t0)
     if grant is None or not grant.get("ok"):
         for fd in fds:
             os.close(fd)
@@ -663,25 +800,62 @@ def run_owner(sock_path: str) -> int:
     fuse_fd, journal_fd = fds
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
-                     t0=t0, crash=crash, preloaded=preloaded)
+                     t0=t0, crash=crash, preloaded=preloaded, code=code)
+
+
+def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[str, Any],
+            t0: float) -> None:
+    """Replace this process by a fresh interpreter that takes over with ``fds``.
+
+    The pid, the control connection (the keeper's owner) and the granted fds
+    stay; only the imported code is new.
+    """
+    keep = [control.fileno(), *fds]
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    argv = [sys.executable, "-m", "fusewire.recovery.successor", "--socket", sock_path,
+            "--granted", json.dumps(grant), "--fds", ",".join(map(str, keep)),
+            "--t0", repr(t0)]
+    os.execv(sys.executable, argv)
+
+
+def _run_granted(args: argparse.Namespace) -> int:
+    """The second half of :func:`_reexec`: take over with the fds it passed."""
+    cfd, fuse_fd, journal_fd = (int(x) for x in args.fds.split(","))
+    for fd in (cfd, fuse_fd, journal_fd):
+        os.set_inheritable(fd, False)
+    control = socket.socket(fileno=cfd)
+    grant = json.loads(args.granted)
+    _crash_file_check()
+    return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
+                     first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
+                     t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")))
 
 
 def _preload(meta: dict[str, Any],
              journal_fd: int) -> tuple[Operations, tuple[int, int], int]:
     """Build the filesystem and load the journal's snapshot ahead of a takeover."""
     ops, _ = _build_ops(meta)
-    state = jn.load(jn.read_all(journal_fd))
-    fixed = 0
-    mode = recovery_mode(ops)
-    anyops: Any = ops
-    if state.fs_snapshot is not None and mode == "replay":
-        anyops.load_state(state.fs_snapshot)
-        fixed = fix_lookups(ops, state.nodes)
-    elif mode == "handles" and callable(getattr(anyops, "import_nodes", None)):
+    state, blob = jn.load_snapshot(journal_fd)       # no copy of the request log
+    if isinstance(ops, ReplayRecovery):
+        if blob is not None:
+            ops.load_state(blob)
+        del blob
+        fix_lookups(ops, state.nodes)
+    elif isinstance(ops, HandleRecovery):
         # reopen the nodes now; the takeover only reopens the ones added since
-        anyops.import_nodes({n: (state.keys[n], c) for n, c in state.nodes.items()
-                             if n in state.keys})
-    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), fixed
+        ops.import_nodes({n: (state.keys[n], c) for n, c in state.nodes.items()
+                          if n in state.keys})
+    return ops, (os.fstat(journal_fd).st_ino, state.snapshot_end), 0
+
+
+def _idle(on: bool) -> None:
+    """Run this process under SCHED_IDLE (on) or SCHED_OTHER again (off), if allowed."""
+    try:
+        policy = os.SCHED_IDLE if on else os.SCHED_OTHER
+        os.sched_setscheduler(0, policy, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
 
 
 def threading_main() -> bool:
@@ -701,7 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m fusewire.recovery.successor --socket PATH``."""
     p = argparse.ArgumentParser(prog="fusewire-successor")
     p.add_argument("--socket", required=True)
+    p.add_argument("--granted", help=argparse.SUPPRESS)
+    p.add_argument("--fds", help=argparse.SUPPRESS)
+    p.add_argument("--t0", help=argparse.SUPPRESS)
+    p.add_argument("--queued", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s server[{os.getpid()}] %(levelname)s %(message)s")
-    return run_owner(args.socket)
+    if args.granted:
+        return _run_granted(args)
+    return run_owner(args.socket, args.queued)

@@ -16,8 +16,20 @@ _MAXMSG = 1 << 20
 
 
 def run_dir() -> str:
-    """Where keeper sockets live (``FUSEWIRE_RUN_DIR`` overrides /run/fusewire)."""
-    return os.environ.get("FUSEWIRE_RUN_DIR", "/run/fusewire")
+    """Where keeper sockets and logs live, one directory per user.
+
+    ``$FUSEWIRE_RUN_DIR`` if set; else ``$XDG_RUNTIME_DIR/fusewire``; else
+    ``/run/fusewire`` for root and ``/tmp/fusewire-<uid>`` for other users.
+    """
+    explicit = os.environ.get("FUSEWIRE_RUN_DIR")
+    if explicit:
+        return explicit
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "fusewire")
+    if os.geteuid() == 0:
+        return "/run/fusewire"
+    return f"/tmp/fusewire-{os.geteuid()}"
 
 
 def socket_path(mountpoint: str) -> str:

@@ -84,6 +84,9 @@ _RESEND_MASK = (1 << 63) - 1
 _LK_OFFSET_MAX = (1 << 63) - 1
 
 Buffers = list[Any]
+#: source files whose frames build replies from a handler's value (see _raised_here)
+_ENCODER_FILES = frozenset({_ts.__code__.co_filename, os.path.abspath(__file__),
+                            __file__})
 
 
 class Journal(Protocol):
@@ -197,6 +200,38 @@ def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
     return want
 
 
+def _raised_here(exc: BaseException) -> bool:
+    """Whether ``exc`` came from building the reply (a handler's value), not the handler.
+
+    A handler's own bug raises with the handler's frame in the traceback; a
+    value of the wrong type makes the reply building fail with only this
+    module's frames (and the timeout helper's) in it.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename not in _ENCODER_FILES:
+            return False
+        tb = tb.tb_next
+    return True
+
+
+def _data(value: Any, handler: str) -> bytes | bytearray | memoryview:
+    """``value`` if it can go to writev as reply data with ``len()`` its size in bytes.
+
+    A ``str``, a list or any other object is a TypeError here, where the
+    dispatcher turns it into EIO, instead of in ``writev``.
+    """
+    if isinstance(value, (bytes, bytearray)):
+        return value
+    if isinstance(value, memoryview):
+        if value.itemsize == 1 and value.ndim == 1 and value.c_contiguous:
+            return value
+        return value.tobytes()
+    raise TypeError(f"{handler}() must return bytes, not {type(value).__name__}")
+
+
 class Dispatcher:
     """Turns raw messages into Operations calls and reply buffers."""
 
@@ -209,8 +244,10 @@ class Dispatcher:
         self.on_error = on_error
         self.nodes = nodes or NodeTable()
         self.journal = journal
-        #: set when a handler raised and on_error == "raise"
+        #: set when a handler raised and on_error == "raise", or init() raised
         self.fatal: BaseException | None = None
+        #: what the filesystem's init() raised (the mount is unusable then)
+        self.init_error: BaseException | None = None
         self.initialized = conn.session is not None
         #: called with each decoded Request (capture, tests); None for speed
         self.observer: Callable[[Request], None] | None = None
@@ -284,12 +321,25 @@ class Dispatcher:
                 fn = self._resolve(info)
             bufs = fn(req)
         except FUSEError as exc:
+            lookups.clear()
             bufs = self._error(req, exc.errno)
         except LocalProtocolError as exc:
-            log.error("%s %#x: %s", info.name, req.unique, exc)
+            lookups.clear()
+            log.error("%s: %s", self._which(req), exc)
             bufs = self._error(req, exc.errno_hint)
         except Exception as exc:
-            log.exception("handler %s raised; answering EIO", info.handler)
+            lookups.clear()
+            if _raised_here(exc):
+                # Building the reply from the handler's value failed: a wrong type
+                # (or the handler's signature does not fit the call).
+                kind = type(exc)
+                what = ("could not be called" if isinstance(exc, TypeError)
+                        and "argument" in str(exc) else "returned an unusable value")
+                log.error("%s %s (%s: %s); answering EIO", self._which(req), what,
+                          kind.__name__ if kind.__module__ == "builtins"
+                          else f"{kind.__module__}.{kind.__name__}", exc)
+            else:
+                log.exception("%s raised; answering EIO", self._which(req))
             if self.on_error == "raise":
                 self.fatal = exc
             bufs = self._error(req, errno.EIO)
@@ -300,6 +350,13 @@ class Dispatcher:
         if self.debug:
             log.debug("%s", format_reply(req, bufs))
         return bufs, lookups
+
+    def _which(self, req: Request) -> str:
+        """``OPCODE unique=0x.. nodeid=N handler Class.method``: names a failed request."""
+        info = req.info
+        handler = (f" handler {type(self.ops).__name__}.{info.handler}"
+                   if info.handler is not None else "")
+        return f"{info.name} unique={req.unique:#x} nodeid={req.nodeid}{handler}"
 
     @property
     def _lookups(self) -> list[int]:
@@ -394,7 +451,13 @@ class Dispatcher:
         if self.conn.session is not None and not self.initialized:
             self.initialized = True
             self._install_draft()
-            self.ops.init()
+            try:
+                self.ops.init()
+            except Exception as exc:
+                # INIT is answered with an error, which leaves the connection
+                # unusable: stop serving (the server raises from ``fatal``)
+                self.init_error = self.fatal = exc
+                raise
         return bufs
 
     def _op_destroy(self, req: Request) -> Buffers:
@@ -474,7 +537,7 @@ class Dispatcher:
         return self._attr_reply(req, new)
 
     def _op_readlink(self, req: Request) -> Buffers:
-        return self._ok(req, self.ops.readlink(req.nodeid, self._ctx(req)))
+        return self._ok(req, _data(self.ops.readlink(req.nodeid, self._ctx(req)), "readlink"))
 
     def _op_statx(self, req: Request) -> Buffers:
         a = req.arg
@@ -553,6 +616,9 @@ class Dispatcher:
     def _op_read(self, req: Request) -> Buffers:
         a = req.arg
         data = self.ops.read(a.fh, a.offset, a.size)
+        kind = type(data)
+        if kind is not bytes and kind is not bytearray:
+            data = _data(data, "read")
         if len(data) > a.size:
             raise LocalProtocolError(f"read returned {len(data)} bytes for size {a.size}")
         return self._ok(req, data)
@@ -560,6 +626,8 @@ class Dispatcher:
     def _op_write(self, req: Request) -> Buffers:
         a = req.arg
         n = self.ops.write(a.fh, a.offset, req.data)
+        if n > len(req.data):
+            raise LocalProtocolError(f"write returned {n} for {len(req.data)} bytes")
         return self._ok(req, _WRITE_OUT.pack(n, 0))
 
     def _op_flush(self, req: Request) -> Buffers:
@@ -596,6 +664,8 @@ class Dispatcher:
         a = req.arg
         n = self.ops.copy_file_range(a.fh_in, a.off_in, a.nodeid_out, a.fh_out, a.off_out,
                                      a.len, a.flags, self._ctx(req))
+        if n > a.len:
+            raise LocalProtocolError(f"copy_file_range returned {n} for len {a.len}")
         if req.opcode == Opcode.COPY_FILE_RANGE:
             return self._ok(req, _WRITE_OUT.pack(min(n, 0xFFFFFFFF), 0))
         return self._ok(req, struct.pack("<Q", n))
@@ -606,9 +676,10 @@ class Dispatcher:
         a = req.arg
         result, out = self.ops.ioctl(a.fh, a.cmd, a.arg, bytes(req.data), a.out_size, a.flags,
                                      self._ctx(req))
-        if len(out) > a.out_size:
-            raise LocalProtocolError(f"ioctl returned {len(out)} bytes > out_size {a.out_size}")
-        return self._ok(req, struct.pack("<iIII", result, 0, 0, 0), out)
+        data = _data(out, "ioctl")
+        if len(data) > a.out_size:
+            raise LocalProtocolError(f"ioctl returned {len(data)} bytes > out_size {a.out_size}")
+        return self._ok(req, struct.pack("<iIII", result, 0, 0, 0), data)
 
     def _op_poll(self, req: Request) -> Buffers:
         a = req.arg
@@ -694,7 +765,7 @@ class Dispatcher:
                           self._ctx(req))
         return self._ok(req)
 
-    def _xattr_reply(self, req: Request, value: bytes) -> Buffers:
+    def _xattr_reply(self, req: Request, value: bytes | bytearray | memoryview) -> Buffers:
         size = req.arg.size
         if size == 0:
             return self._ok(req, struct.pack("<II", len(value), 0))
@@ -703,8 +774,8 @@ class Dispatcher:
         return self._ok(req, value)
 
     def _op_getxattr(self, req: Request) -> Buffers:
-        return self._xattr_reply(req, self.ops.getxattr(req.nodeid, req.names[0],
-                                                        self._ctx(req)))
+        return self._xattr_reply(req, _data(self.ops.getxattr(req.nodeid, req.names[0],
+                                                              self._ctx(req)), "getxattr"))
 
     def _op_listxattr(self, req: Request) -> Buffers:
         names = self.ops.listxattr(req.nodeid, self._ctx(req))

@@ -45,6 +45,7 @@ from fusewire.opcodes.flags import InitFlag, NotifyCode
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
 from fusewire.server.dispatch import Dispatcher, NodeTable, wanted_flags
+from fusewire.structs.codec import CODECS
 
 __all__ = ["Server"]
 
@@ -156,8 +157,10 @@ class Server:
             except Exception:
                 log.exception("destroy raised")
             if self.dispatcher.fatal is not None:
-                raise RuntimeError("handler failed with on_error='raise'") \
-                    from self.dispatcher.fatal
+                failed = self.dispatcher.init_error
+                what = (f"init() failed: {type(failed).__name__}: {failed}"
+                        if failed is not None else "handler failed with on_error='raise'")
+                raise RuntimeError(what) from self.dispatcher.fatal
 
     def stop(self) -> None:
         """Ask every loop to return (thread-safe, signal-safe)."""
@@ -263,6 +266,9 @@ class Server:
                     capture.reply(bufs)
                 try:
                     writev(fd, bufs)
+                except (TypeError, ValueError) as exc:
+                    # a reply part the dispatcher let through: never fatal
+                    self._bad_reply(fd, bufs, lookups, exc)
                 except OSError as exc:
                     if exc.errno == errno.ENOENT:
                         # The kernel stopped waiting (interrupt or abort).
@@ -275,7 +281,8 @@ class Server:
                     else:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
-                if not is_ready and self.conn.session is not None:
+                if (not is_ready and self.conn.session is not None
+                        and self.dispatcher.fatal is None):
                     ready.set()
                     is_ready = True
                 if on_reply is not None:
@@ -286,6 +293,19 @@ class Server:
                     return
         finally:
             sel.close()
+
+    def _bad_reply(self, fd: int, bufs: list[Any], lookups: list[int],
+                   exc: Exception) -> None:
+        """A reply writev could not send: answer its request with EIO instead."""
+        self.dispatcher.rollback(lookups)
+        out_header = CODECS["out_header"].struct
+        try:
+            _, _, unique = out_header.unpack_from(bufs[0])
+            log.error("reply to unique=%#x could not be written (%s); answering EIO",
+                      unique, exc)
+            os.write(fd, out_header.pack(16, -errno.EIO, unique))
+        except Exception as again:
+            log.error("unwritable reply dropped: %s (%s)", exc, again)
 
     # -- notifications (the Notifier protocol) ---------------------------------------------
 

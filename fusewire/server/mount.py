@@ -73,6 +73,7 @@ __all__ = [
     "connection_id",
     "fusermount_path",
     "is_mounted",
+    "known_options",
     "mount",
     "parse_options",
     "release",
@@ -302,6 +303,15 @@ def parse_options(
         auto_unmount=auto_unmount,
         extra=extra,
     )
+
+
+def known_options() -> tuple[str, ...]:
+    """Every option name :func:`parse_options` itself understands (not ``extra``).
+
+    The four that :func:`mount` sets itself (fd, rootmode, user_id, group_id)
+    are not among them.
+    """
+    return tuple(sorted(_NO_VALUE_OPTIONS | _STR_VALUE_OPTIONS | _KERNEL_INT_OPTIONS))
 
 
 # --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -31,6 +32,9 @@ def register(subparsers: Any) -> None:
     r.add_argument("--ops", default="memfs", metavar="MODULE:CLASS",
                    help="filesystem to replay into: memfs, passthrough or MODULE:CLASS "
                         "(default memfs)")
+    r.add_argument("--source", metavar="DIR",
+                   help="with --ops passthrough: the directory to replay into (the replay "
+                        "writes there: give it an empty one)")
     r.add_argument("-o", dest="options", action="append", default=[],
                    help="filesystem options as at mount time (entry_timeout=...)")
     r.add_argument("--max-diffs", type=int, default=50, help="print at most this many")
@@ -68,15 +72,22 @@ def _cmd_dump(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from fusewire.errors import UsageError
     from fusewire.server import mount as _mount
     from fusewire.testing.capture import CaptureError
     from fusewire.testing.replay import ops_factory_from_spec, replay
 
-    extra = dict(_mount.parse_options(args.options).extra) if args.options else {}
+    if args.ops == "passthrough" and not args.source:
+        return _fail("replay", ValueError("--ops passthrough needs --source DIR (an empty "
+                                          "directory the replay may write into)"))
+    if args.source and args.ops != "passthrough":
+        return _fail("replay", ValueError("--source is for --ops passthrough"))
+    source = os.path.abspath(args.source) if args.source else None
     try:
-        report = replay(args.file, ops_factory_from_spec(args.ops, extra))
-    except (OSError, CaptureError, UsageError) as exc:
+        extra = dict(_mount.parse_options(args.options).extra) if args.options else {}
+        factory = ops_factory_from_spec(args.ops, extra, source)
+        factory()  # a mistake (module, class, source, options) shows here, in one line
+        report = replay(args.file, factory)
+    except (OSError, CaptureError, ValueError) as exc:  # UsageError is a ValueError
         return _fail("replay", exc)
     print(report.summary())
     for diff in report.differences[:args.max_diffs]:

@@ -312,12 +312,13 @@ def assert_replay_matches(capture_path: str | os.PathLike[str],
     return report
 
 
-def ops_factory_from_spec(spec: str, extra: Mapping[str, str] | None = None
-                          ) -> Callable[[], Operations]:
-    """``memfs`` or ``MODULE:CLASS`` (with ``-o`` style extras) as a factory."""
+def ops_factory_from_spec(spec: str, extra: Mapping[str, str] | None = None,
+                          source: str | None = None) -> Callable[[], Operations]:
+    """``memfs``, ``passthrough`` (over ``source``) or ``MODULE:CLASS`` (with ``-o``
+    style extras) as a factory."""
     from fusewire.examples import build_ops
 
     def factory() -> Operations:
-        return build_ops(spec, None, dict(extra or {}))
+        return build_ops(spec, source, dict(extra or {}))
 
     return factory
