@@ -215,6 +215,47 @@ def test_mixed_workload(mp_mount: conftest.FuseServer, passthrough_source: Path,
     assert mp_mount.proc.poll() is None
 
 
+CHURN = textwrap.dedent("""
+    import os, sys
+    root, tag, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    held = {}
+    for n in range(rounds):
+        name = os.path.join(root, f"{tag}-{n % 7}")
+        data = f"{tag}:{n}:".encode() * (1 + n % 50)
+        fd = os.open(name, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        held[n % 3] = held.get(n % 3) or os.open(name, os.O_RDONLY)
+        fd = os.open(name, os.O_RDONLY)
+        got = os.read(fd, len(data) + 10)
+        os.close(fd)
+        assert got == data, (name, n, got[:40], data[:40])
+        if n % 5 == 0:
+            os.fstat(held[n % 3])
+            os.close(held.pop(n % 3))
+        if n % 11 == 0:
+            os.rename(name, name + ".r")
+            os.unlink(name + ".r")
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+def test_handle_churn(mp_mount: conftest.FuseServer) -> None:
+    """Thousands of opens and releases from 4 clients at once: a number is never
+    reused while another process still holds the old file (each read is checked)."""
+    rounds = int(os.environ.get("FUSEWIRE_CHURN_ROUNDS", "1000"))
+    procs = [subprocess.Popen([sys.executable, "-c", CHURN, str(mp_mount.mountpoint),
+                               f"c{k}", str(rounds)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for k in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+        assert out.strip() == b"ok"
+    assert "Traceback" not in mp_mount.stderr()
+
+
 def test_unlinked_open_file(mp_mount: conftest.FuseServer) -> None:
     path = mp_mount.mountpoint / "gone"
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
