@@ -622,7 +622,8 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
                              if vals else "-")
             if any(cell != "-" for cell in cells[1:]):
                 rows.append(cells)
-        out += ["### Min-max over runs", "", *table(header, rows), ""]
+        if rows:
+            out += ["### Min-max over runs", "", *table(header, rows), ""]
 
     fuse_ran = [n for n in ran if contenders[n]["kind"] != "kernel"]
     rows = []
