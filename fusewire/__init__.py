@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Notifier, Operations
+from fusewire.pathops import PathAdapter, PathOperations
 from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
@@ -30,6 +31,8 @@ __all__ = [
     "Lock",
     "Notifier",
     "Operations",
+    "PathAdapter",
+    "PathOperations",
     "RecoveryMode",
     "ReplayRecovery",
     "RequestContext",

@@ -71,7 +71,7 @@ def _describe(exc: BaseException) -> str:
 def _add_mount(sub: Any) -> None:
     p = sub.add_parser("mount", help="mount a filesystem",
                        description="Mount memfs, passthrough, or MODULE:CLASS.")
-    p.add_argument("fs", help="memfs, passthrough, or MODULE:CLASS")
+    p.add_argument("fs", help="memfs, passthrough, or MODULE:CLASS (CLASS(SOURCE) with a SOURCE)")
     p.add_argument("paths", nargs="+", help="[SOURCE] MOUNTPOINT")
     p.add_argument("-o", dest="options", action="append", default=[], help="mount options")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
@@ -105,6 +105,8 @@ READY_TIMEOUT = 30.0
 
 
 def _split_paths(args: argparse.Namespace) -> tuple[str | None, str]:
+    if ":" in args.fs and len(args.paths) == 2:      # MODULE:CLASS SOURCE MOUNTPOINT
+        return os.path.abspath(args.paths[0]), args.paths[1]
     if args.fs == "passthrough":
         if len(args.paths) != 2:
             raise UsageError("usage: fusewire mount passthrough SOURCE MOUNTPOINT")
@@ -365,10 +367,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _version() -> str:
+    from fusewire import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree, with plugin subcommands."""
     parser = argparse.ArgumentParser(prog="fusewire", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    parser.add_argument("--version", action="version", version=f"fusewire {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_mount(sub)
     for name in PLUGINS:

@@ -17,6 +17,7 @@ from collections.abc import Callable, MutableMapping
 
 from fusewire.errors import UsageError
 from fusewire.operations import Operations
+from fusewire.pathops import PathAdapter, PathOperations
 
 __all__ = ["EXAMPLES", "FS_ARG_PREFIX", "FS_OPTIONS", "build_ops", "fs_args"]
 
@@ -69,9 +70,10 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
 
     ``kind`` is ``memfs``, ``passthrough`` (which needs ``source``, the
     directory to mirror) or ``MODULE:CLASS`` (any callable returning an
-    :class:`~fusewire.Operations`; ``fsarg.KEY=VALUE`` entries of ``extra``
-    become its keyword arguments).  Consumes the options it understands from
-    ``extra`` (:data:`FS_OPTIONS`: entry_timeout, attr_timeout,
+    :class:`~fusewire.Operations` or a :class:`~fusewire.PathOperations`;
+    ``source``, when given, is its first argument, and ``fsarg.KEY=VALUE``
+    entries of ``extra`` become its keyword arguments).  Consumes the options
+    it understands from ``extra`` (:data:`FS_OPTIONS`: entry_timeout, attr_timeout,
     negative_timeout in seconds; kernel_passthrough) and leaves the rest.
 
     Raises :class:`UsageError` for an unknown kind, a missing source, a
@@ -111,10 +113,12 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
             factory: Callable[..., object] = getattr(module, cls)
         except AttributeError:
             raise UsageError(f"{kind}: module {module_name!r} has no {cls!r}") from None
-        if isinstance(factory, type) and not issubclass(factory, Operations):
+        if isinstance(factory, type) and not issubclass(factory,
+                                                        (Operations, PathOperations)):
             raise UsageError(f"{kind} is not an Operations subclass")
+        args = () if source is None else (source,)
         try:
-            ops = factory(**kwargs)
+            ops = factory(*args, **kwargs)
         except TypeError as e:
             if "argument" not in str(e):
                 raise UsageError(f"{kind}: the constructor raised {_describe(e)}") from e
@@ -122,6 +126,8 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
                              "with --fs-arg KEY=VALUE)") from e
         except Exception as e:
             raise UsageError(f"{kind}: the constructor raised {_describe(e)}") from e
+        if isinstance(ops, PathOperations):
+            ops = PathAdapter(ops)          # a path-based filesystem
         if not isinstance(ops, Operations):
             raise UsageError(f"{kind} is not an Operations subclass")
         return ops

@@ -20,7 +20,7 @@ import os
 import struct
 import zlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -608,6 +608,25 @@ class JournaledNodeTable(NodeTable):
                 self.keys[n] = key
                 found.append((n, key))
         return encode_record(RecordType.NODE_KEYS, encode_keys(found)) if found else b""
+
+    def rekey(self, nodeids: Iterable[int], keys: Mapping[int, bytes] | None = None) -> None:
+        """Journal, at once, the handles of nodes whose handle changed or is about
+        to (a path filesystem's rename): ``keys[n]`` if given, else ``key_of(n)``."""
+        if self.key_of is None:
+            return
+        found = []
+        for n in nodeids:
+            if n not in self.counts and n not in self.pending:
+                continue
+            try:
+                key = keys[n] if keys is not None and n in keys else self.key_of(n)
+            except Exception:
+                key = None
+            if key and self.keys.get(n) != key:
+                self.keys[n] = key
+                found.append((n, key))
+        if found and self.writer is not None:
+            self.writer.append(RecordType.NODE_KEYS, encode_keys(found))
 
     def forget(self, nodeid: int, nlookup: int) -> int:
         taken = super().forget(nodeid, nlookup)

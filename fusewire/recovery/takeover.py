@@ -50,6 +50,7 @@ from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.operations import Operations
+from fusewire.pathops import PathAdapter
 from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
 from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
@@ -670,6 +671,8 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     writer = jn.JournalWriter(journal_fd, state.valid_len)
     writer.inherit(state)
     nodes.writer = writer
+    if mode == "handles" and isinstance(ops, PathAdapter):
+        ops.key_changed = nodes.rekey        # a rename changes a path node's handle
     rj = RecoveryJournal(writer, nodes, state, crash, keep_body=mode == "replay")
     rj.probing = (isinstance(ops, HandleRecovery)
                   and type(ops).entry_identity is not HandleRecovery.entry_identity)
