@@ -259,6 +259,8 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("libfuse_c_pt", "passthrough", "bench/peers/ptfs_ll.c: passthrough of SRC on "
               "libfuse3's low-level API, single-threaded loop (-s)", _ptfs_ll("-s"),
               prepare=prepare_c("ptfs_ll")),
+    Contender("libfuse_c_pt_mt", "passthrough", "bench/peers/ptfs_ll.c, libfuse's "
+              "multi-threaded loop (its defaults)", _ptfs_ll(), prepare=prepare_c("ptfs_ll")),
     Contender("pyfuse3_mem", "memfs", "bench/peers/pyfuse3_memfs.py on pyfuse3 (libfuse3 "
               "low-level API, trio)", _bench_peer("pyfuse3_memfs.py"), prepare=prepare_pyfuse3),
     Contender("mfusepy_mem", "memfs", "bench/peers/mfusepy_memfs.py on mfusepy (libfuse3 "
@@ -282,6 +284,10 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("fusewire_pt_workers", "passthrough", "fusewire's passthrough of SRC with 2 "
               "worker threads on cloned fds (--workers 2)",
               _fusewire("--workers", "2", passthrough=True), env=FUSEWIRE_ENV,
+              prepare=prepare_fusewire),
+    Contender("fusewire_pt_2proc", "passthrough", "fusewire's passthrough of SRC served by "
+              "2 processes on cloned fds (--processes 2)",
+              _fusewire("--processes", "2", passthrough=True), env=FUSEWIRE_ENV,
               prepare=prepare_fusewire),
     Contender("fusewire_pt_backing", "passthrough", "fusewire's passthrough with kernel "
               "passthrough of reads and writes (backing files)",

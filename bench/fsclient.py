@@ -27,13 +27,18 @@ smallfiles   N x (create + write 4 KiB + close), then unlink them all
 lookup       fixture: N empty files in a fresh directory (its create rate is
              reported as "fixture"); then os.stat of each name, several passes
 readdir      os.listdir of that directory, repeatedly
+scaling      1, 2, 4, ... forked client processes (up to the CPU count) each
+             stat()ing 64 names in turn for a few seconds: aggregate ops/s per
+             client count (run unpinned, --pin none, to see the curve)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +49,7 @@ from typing import Any
 MiB = 1 << 20
 BLOCK = 128 * 1024
 WORKLOADS = ("getattr", "fstat", "pgetattr", "seqwrite", "seqread", "seqread_cold",
-             "smallfiles", "lookup", "readdir")
+             "smallfiles", "lookup", "readdir", "scaling")
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,19 @@ class Params:
     small_size: int = 4096
     small_cap_s: float = 10.0
     fixture_cap_s: float = 20.0
+    scaling_cap_s: float = 2.0     # per client count
+    scaling_max: int = 0           # most client processes; 0: the CPU count
+    scaling_names: int = 64
+
+
+def client_counts(most: int) -> list[int]:
+    """1, 2, 4, ... up to ``most``, and ``most`` itself."""
+    counts = []
+    n = 1
+    while n < most:
+        counts.append(n)
+        n *= 2
+    return [*counts, most]
 
 
 @dataclass
@@ -202,18 +220,66 @@ class Client:
 
     def pgetattr(self) -> Result:
         name = self.stat_target()
+        rfd = self.root_fd
+        ops, wall, per_proc = self._forked_storms(
+            self.p.procs, lambda _i: partial(os.stat, name, dir_fd=rfd), self.p.storm_cap_s)
+        return Result("pgetattr", ops, wall, "ops/s", extra={"per_process_ops_s": per_proc})
+
+    def scaling(self) -> Result:
+        """Stat/lookup storms from 1, 2, 4, ... client processes at once."""
+        os.mkdir("scaling", dir_fd=self.root_fd)
+        dfd = os.open("scaling", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self.root_fd)
+        names = [f"s{i:03d}" for i in range(self.p.scaling_names)]
+        for name in names:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=dfd))
+
+        def step(i: int) -> Callable[[], object]:
+            cycle = itertools.cycle(names[i % len(names):] + names[:i % len(names)])
+            return lambda: os.stat(next(cycle), dir_fd=dfd)
+
+        most = self.p.scaling_max or len(os.sched_getaffinity(0))
+        curve: dict[str, float] = {}
+        done: dict[str, int] = {}
+        cpu: dict[str, float | None] = {}
+        client_cpu: dict[str, float] = {}
+        ops = 0
+        wall = 0.0
+        try:
+            for n in client_counts(most):
+                cpu0 = self.server.cpu()
+                ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                ops, wall, _ = self._forked_storms(n, step, self.p.scaling_cap_s)
+                ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                key = str(n)
+                curve[key] = round(ops / wall) if wall > 0 else 0
+                done[key] = ops
+                cpu[key] = _delta(cpu0, self.server.cpu())
+                client_cpu[key] = round(ru1.ru_utime - ru0.ru_utime
+                                        + ru1.ru_stime - ru0.ru_stime, 3)
+        finally:
+            os.close(dfd)
+        return Result("scaling", ops, wall, "ops/s",
+                      extra={"clients": curve, "ops": done, "server_cpu_s": cpu,
+                             "client_cpu_s": client_cpu})
+
+    def _forked_storms(self, procs: int, step_for: Callable[[int], Callable[[], object]],
+                       cap_s: float) -> tuple[int, float, list[int]]:
+        """``procs`` forked processes run ``step_for(i)`` for ``cap_s`` from one start signal.
+
+        Returns (total ops, wall seconds, per-process ops/s).
+        """
         go_r, go_w = os.pipe()
         res_r, res_w = os.pipe()
         pids = []
-        for _ in range(self.p.procs):
+        for i in range(procs):
             pid = os.fork()
             if pid == 0:  # child: wait for the start byte, storm, report, exit
                 code = 1
                 try:
                     os.close(go_w)
+                    step = step_for(i)
                     os.read(go_r, 1)
-                    ops, secs = timed_loop(partial(os.stat, name, dir_fd=self.root_fd),
-                                           10**12, self.p.storm_cap_s)
+                    ops, secs = timed_loop(step, 10**12, cap_s)
                     os.write(res_w, f"{ops} {secs}\n".encode())
                     code = 0
                 finally:
@@ -234,7 +300,7 @@ class Client:
             raise RuntimeError(f"only {len(reports)} of {len(pids)} processes reported")
         ops = sum(int(r[0]) for r in reports)
         per_proc = [round(int(r[0]) / float(r[1])) for r in reports]
-        return Result("pgetattr", ops, wall, "ops/s", extra={"per_process_ops_s": per_proc})
+        return ops, wall, per_proc
 
     def seqwrite(self) -> Result:
         block = os.urandom(BLOCK)

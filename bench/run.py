@@ -53,7 +53,7 @@ rewritten by each run; text outside it is kept.
 FULL = Params()
 QUICK = Params(storm_cap_s=1.0, storm_max_ops=50_000, names=2_000, lookup_passes=3,
                readdir_max=20, readdir_cap_s=1.0, seq_mib=32, seq_cap_s=5.0,
-               small_files=500, small_cap_s=3.0, fixture_cap_s=5.0)
+               small_files=500, small_cap_s=3.0, fixture_cap_s=5.0, scaling_cap_s=1.0)
 
 # Where the server and the client run: (server CPUs, client CPUs) for taskset.
 PINNING: dict[str, tuple[str | None, str | None]] = {
@@ -412,6 +412,91 @@ def targets_table(contenders: dict[str, Any]) -> list[str]:
             *table(["workload", "contender / reference", "goal", "measured", "status"], rows), ""]
 
 
+#: (contender, reference, goal): at every client count >= 2 of the scaling workload
+SCALING_TARGETS = [("fusewire_pt_2proc", "fusewire_pt", 1.5)]
+
+
+def scaling_curves(contenders: dict[str, Any], field: str = "clients"
+                   ) -> dict[str, dict[int, float]]:
+    """Per contender that ran the scaling workload: client count -> median ops/s.
+
+    ``field`` "server_cpu_s" or "client_cpu_s" gives the median CPU µs per op
+    instead (server: its process tree; clients: the forked storm processes).
+    """
+    curves: dict[str, dict[int, float]] = {}
+    for name, c in contenders.items():
+        per: dict[int, list[float]] = {}
+        for run in c["runs"]:
+            for r in run.get("results", []):
+                if r["workload"] != "scaling" or r["error"]:
+                    continue
+                extra = r["extra"]
+                for n, value in extra.get(field, {}).items():
+                    if value is None:
+                        continue
+                    if field != "clients":
+                        ops = extra.get("ops", {}).get(n)
+                        if not ops:
+                            continue
+                        value = value / ops * 1e6
+                    per.setdefault(int(n), []).append(float(value))
+        if per:
+            curves[name] = {n: statistics.median(v) for n, v in sorted(per.items())}
+    return curves
+
+
+def scaling_table(contenders: dict[str, Any], pin: str) -> list[str]:
+    """Aggregate stat/lookup ops/s per client count; ratio to the contender's 1 client."""
+    curves = scaling_curves(contenders)
+    if not curves:
+        return []
+    counts = sorted({n for curve in curves.values() for n in curve})
+    rows = []
+    for n in counts:
+        cells = [str(n)]
+        for curve in curves.values():
+            if n not in curve:
+                cells.append("-")
+                continue
+            one = curve.get(1)
+            ratio = f" (\N{MULTIPLICATION SIGN}{curve[n] / one:.2f})" if one else ""
+            cells.append(fmt(curve[n]) + ratio)
+        rows.append(cells)
+    out = ["### Scaling: stat/lookup storms from N client processes", "",
+           ("Aggregate ops/s of N forked clients each stat()ing 64 names in turn (timeouts 0: "
+            "LOOKUP + GETATTR per stat), median over runs; in brackets the ratio to the same "
+            "contender with 1 client."
+            + ("" if pin == "none" else f" **Pinned (`--pin {pin}`)**: every client shares "
+               "the client CPU, so this shows no scaling; use `--pin none`.")), "",
+           *table(["clients", *curves], rows), ""]
+    cpu_rows = []
+    server_cpu = scaling_curves(contenders, "server_cpu_s")
+    client_cpu = scaling_curves(contenders, "client_cpu_s")
+    for n in counts:
+        cells = [str(n)]
+        for name in curves:
+            srv = server_cpu.get(name, {}).get(n)
+            cli = client_cpu.get(name, {}).get(n)
+            cells.append("-" if srv is None and cli is None else
+                         f"{fmt(srv) if srv is not None else '-'} / "
+                         f"{fmt(cli) if cli is not None else '-'}")
+        cpu_rows.append(cells)
+    if server_cpu or client_cpu:
+        out += [("CPU per stat, µs (server process tree / the client processes; 10 ms "
+                 "ticks for the server): throughput with N free CPUs is at most "
+                 "N / (server + client)."), "",
+                *table(["clients", *curves], cpu_rows), ""]
+    for mine, ref, goal in SCALING_TARGETS:
+        if mine in curves and ref in curves:
+            for n in counts:
+                if n >= 2 and n in curves[mine] and curves[ref].get(n):
+                    ratio = curves[mine][n] / curves[ref][n]
+                    out.append(f"- `{mine}` / `{ref}` at {n} clients: {ratio:.2f} (goal >= "
+                               f"{goal:g}: {'met' if ratio >= goal else '**not met**'})")
+            out.append("")
+    return out
+
+
 def value_of(result: dict[str, Any], key: str) -> float | None:
     """A result's rate, or for "workload.field" keys that field of its extras."""
     if result.get("error"):
@@ -522,8 +607,10 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
             cells.append(fmt(med) + ratio)
         if any(cell != "-" for cell in cells[1:]):
             rows.append(cells)
-    out += ["### Median", "", *table(header, rows), ""]
+    if rows:
+        out += ["### Median", "", *table(header, rows), ""]
     out += targets_table(contenders)
+    out += scaling_table(contenders, meta["pin"])
 
     if any(len(contenders[name]["runs"]) > 1 for name in ran):
         rows = []
@@ -535,7 +622,8 @@ def summarize(data: dict[str, Any], override: str | None = None) -> list[str]:
                              if vals else "-")
             if any(cell != "-" for cell in cells[1:]):
                 rows.append(cells)
-        out += ["### Min-max over runs", "", *table(header, rows), ""]
+        if rows:
+            out += ["### Min-max over runs", "", *table(header, rows), ""]
 
     fuse_ran = [n for n in ran if contenders[n]["kind"] != "kernel"]
     rows = []

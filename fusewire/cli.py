@@ -77,6 +77,9 @@ def _add_mount(sub: Any) -> None:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-d", "--debug", action="store_true", help="trace every message (implies -f)")
     p.add_argument("--workers", type=int, default=0, help="extra threads on cloned fds")
+    p.add_argument("--processes", default="1", metavar="N",
+                   help="serve from N processes on cloned fds ('auto': one per CPU); "
+                   "passthrough only")
     p.add_argument("--capture", metavar="FILE", help="record every message to FILE")
     p.add_argument("--fs-arg", dest="fs_args", metavar="KEY=VALUE", action="append",
                    default=[], help="keyword argument (a string) for a MODULE:CLASS "
@@ -143,6 +146,9 @@ def _fs_arg_options(args: argparse.Namespace) -> list[str]:
 
 def _cmd_mount(args: argparse.Namespace) -> int:
     source, mountpoint = _split_paths(args)
+    if args.recoverable and args.processes != "1":
+        raise UsageError("--processes cannot be combined with --recoverable yet "
+                         "(docs/design.md, Multi-process serving)")
     args.options = list(args.options) + _fs_arg_options(args)
     options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
                                    subtype=args.fs if ":" not in args.fs else None)
@@ -178,6 +184,22 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         return code
     if ops is None:
         ops = _build_ops(args.fs, source, extra)
+    if args.processes != "1":
+        from fusewire.server.processes import check_processes, default_processes
+
+        try:
+            n = default_processes() if args.processes == "auto" else int(args.processes)
+            check_processes(ops, n, capture=args.capture, workers=args.workers)
+        except ValueError:
+            ops.destroy()
+            raise UsageError(f"--processes takes a number or 'auto', not "
+                             f"{args.processes!r}") from None
+        except UsageError:
+            ops.destroy()
+            raise
+        args.processes = n
+    else:
+        args.processes = 1
     if args.debug:
         args.foreground = True
     if args.foreground:
@@ -227,7 +249,7 @@ def _serve(ops: Operations, mountpoint: str, args: argparse.Namespace,
 
     capture = _open_capture(args)
     server = Server(ops, mountpoint, args.options, debug=args.debug, workers=args.workers,
-                    capture=capture, fsname=f"fusewire-{args.fs}",
+                    capture=capture, processes=args.processes, fsname=f"fusewire-{args.fs}",
                     subtype=args.fs if ":" not in args.fs else None)
     try:
         server.mount()

@@ -1,5 +1,7 @@
 """Differential POSIX tests: memfs and passthrough must behave exactly like tmpfs.
 
+passthrough runs twice: served by one process and by two (``--processes 2``).
+
 Every check in tests/posix.py runs on a private tmpfs (the reference), on
 memfs and on passthrough (whose source directory is itself a private tmpfs),
 each in a fresh subdirectory; the normalised results must be equal.  The
@@ -58,7 +60,7 @@ class _Roots:
             self.roots[fs] = d
             return d
         problem = conftest.dev_fuse_problem()
-        if problem is None and fs == "passthrough":
+        if problem is None and fs.startswith("passthrough"):
             problem = conftest.passthrough_problem()
         if problem is not None:
             self.problems[fs] = problem
@@ -69,6 +71,8 @@ class _Roots:
             src, mounted = conftest.make_tmpfs()
             self.tmpfs.append((src, mounted))
             argv = ["passthrough", str(src)]
+            if fs == "passthrough-2proc":     # multi-process serving (issue 15)
+                argv = ["--processes", "2", *argv]
         srv = conftest.start_server(argv, self.tmp / f"{fs}-mnt", self.tmp)
         self.servers.append(srv)
         self.roots[fs] = srv.mountpoint
@@ -122,7 +126,7 @@ def _diff(ref: Any, got: Any, path: str = "") -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("fs", ["memfs", "passthrough"])
+@pytest.mark.parametrize("fs", ["memfs", "passthrough", "passthrough-2proc"])
 @pytest.mark.parametrize("check", CHECKS)
 def test_same_as_tmpfs(roots: _Roots, check: str, fs: str, request: pytest.FixtureRequest) -> None:
     reason = KNOWN_BUGS.get((fs, check))

@@ -68,6 +68,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from fusewire.errors import UsageError
 from fusewire.examples.caller import CallerIdentity
 from fusewire.operations import Operations
 from fusewire.recovery_api import HandleRecovery
@@ -82,6 +83,7 @@ from fusewire.types import (
 
 if TYPE_CHECKING:
     from fusewire.readdir import ReaddirToken
+    from fusewire.server.processes import SharedTable
 
 __all__ = ["Passthrough"]
 
@@ -108,6 +110,12 @@ _REOPEN_STRIP = _OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE
 _DOTS = (b".", b"..")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                ("d_name", ctypes.c_char * 256)]
 
 
 class _Timespec(ctypes.Structure):
@@ -146,18 +154,44 @@ _name_to_handle_at = _bind("name_to_handle_at", [ctypes.c_int, ctypes.c_char_p,
                                                  ctypes.c_char_p,
                                                  ctypes.POINTER(ctypes.c_int), ctypes.c_int])
 _open_by_handle_at = _bind("open_by_handle_at", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
+_fdopendir = _libc.fdopendir
+_fdopendir.argtypes = [ctypes.c_int]
+_fdopendir.restype = ctypes.c_void_p
+_readdir_c = _libc.readdir
+_readdir_c.argtypes = [ctypes.c_void_p]
+_readdir_c.restype = ctypes.POINTER(_Dirent)
+_seekdir = _libc.seekdir
+_seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+_seekdir.restype = None
+_closedir = _libc.closedir
+_closedir.argtypes = [ctypes.c_void_p]
 _statx = _bind("statx", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                          ctypes.c_char_p])
 
 
+#: handler name -> positions of its fh arguments (multi-process: EBADF may mean
+#: "opened by another serving process"; see Passthrough._adopt_handles)
+_FH_ARGS = {"read": (1,), "write": (1,), "flush": (1,), "fsync": (1,), "fallocate": (1,),
+            "lseek": (1,), "copy_file_range": (1, 4), "setattr": (4,), "ioctl": (1,)}
+
+
 def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn any OSError escaping ``fn`` into ``FUSEError(errno)``."""
+    positions = _FH_ARGS.get(fn.__name__, ())
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except OSError as e:
+            if e.errno == errno.EBADF and positions:
+                self = args[0]
+                if isinstance(self, Passthrough) and self._shared is not None \
+                        and self._adopt_handles([args[i] for i in positions if i < len(args)]):
+                    try:
+                        return fn(*args, **kwargs)
+                    except OSError as e2:
+                        raise FUSEError(e2.errno or errno.EIO) from None
             raise FUSEError(e.errno or errno.EIO) from None
 
     return wrapper
@@ -235,6 +269,13 @@ class Passthrough(HandleRecovery, Operations):
     Recoverable by stable handles (:class:`fusewire.HandleRecovery`).
     """
 
+    #: state lives in the source tree: several serving processes may share it
+    #: (``Server(processes=N)``; see "Multi-process serving" below)
+    multiprocess_safe = True
+    #: multi-process: most node descriptors a process keeps beyond those in use
+    node_cache = 4096
+    _shared: SharedTable | None = None
+
     def __init__(self, source: str, *, entry_timeout: float = 0.0,
                  attr_timeout: float = 0.0, kernel_passthrough: bool = False) -> None:
         self.source = source
@@ -278,23 +319,29 @@ class Passthrough(HandleRecovery, Operations):
     def _node(self, nodeid: int) -> _Node:
         node = self._nodes.get(nodeid)
         if node is None:
+            if self._shared is not None:
+                return self._shared_node(nodeid)
             raise FUSEError(errno.ESTALE)
         return node
 
     def _register(self, fd: int, st: os.stat_result, count: int) -> _Node:
         """Adopt ``fd`` (an O_PATH descriptor) as the node for its inode."""
         key = (st.st_dev, st.st_ino)
+        shared = self._shared
+        if shared is not None and key not in self._by_key:
+            self._publish(fd, key)
         with self._lock:
             node = self._by_key.get(key)
             if node is not None:
                 node.nlookup += count
             else:
-                nodeid = self._nodeid_for(key)
+                nodeid = self._nodeid_for(key) if shared is None else self._shared_id(key)
                 node = _Node(nodeid, fd, key, stat.S_IFMT(st.st_mode), count)
                 self._nodes[nodeid] = node
                 self._by_key[key] = node
-                return node
-        os.close(fd)
+                fd = -1
+        if fd >= 0:
+            os.close(fd)
         return node
 
     def _unref(self, node: _Node, count: int) -> None:
@@ -337,6 +384,8 @@ class Passthrough(HandleRecovery, Operations):
     @_as_caller
     def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         """Open ``name`` under the parent's descriptor (no symlink following)."""
+        if self._shared is not None and len(self._nodes) > self.node_cache:
+            self._trim()
         node, st = self._lookup(self._node(parent_inode), name, 1)
         return self._attr(node.nodeid, st)
 
@@ -349,6 +398,9 @@ class Passthrough(HandleRecovery, Operations):
                     self._unref(node, count)
                 except OSError:
                     pass
+        if self._shared is not None:
+            self._sweep()
+            self._trim()
 
     @_errmap
     def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
@@ -566,8 +618,9 @@ class Passthrough(HandleRecovery, Operations):
 
     # -- files -----------------------------------------------------------------
 
-    def _file_info(self, fd: int, nodeid: int) -> FileInfo:
-        fd = self._place(fd)
+    def _file_info(self, fd: int, nodeid: int, flags: int = 0) -> FileInfo:
+        fd = self._place(fd) if self._shared is None else self._shared_place(
+            fd, nodeid, stat.S_IFREG, flags)
         with self._lock:
             self._files[fd] = nodeid
         if self.kernel_passthrough and self.notifier is not None:
@@ -601,7 +654,7 @@ class Passthrough(HandleRecovery, Operations):
         if node.kind != stat.S_IFREG:
             raise FUSEError(errno.EINVAL)      # the kernel opens special files itself
         fd = os.open(_proc(node.fd), (flags & ~_OPEN_STRIP) | os.O_CLOEXEC)
-        return self._file_info(fd, inode)
+        return self._file_info(fd, inode, flags)
 
     @_errmap
     @_as_caller
@@ -622,13 +675,13 @@ class Passthrough(HandleRecovery, Operations):
             fd = os.open(name, base, dir_fd=parent.fd)
             created = False
         try:
-            return self._finish_create(fd, mode, created and not exact)
+            return self._finish_create(fd, mode, created and not exact, flags)
         except BaseException:
             os.close(fd)
             raise
 
-    def _finish_create(self, fd: int, mode: int,
-                       fix_mode: bool) -> tuple[FileInfo, EntryAttributes]:
+    def _finish_create(self, fd: int, mode: int, fix_mode: bool,
+                       flags: int = 0) -> tuple[FileInfo, EntryAttributes]:
         """Register the created file; ``fix_mode``: fchmod what the umask removed.
 
         The only adjustment is made on ``fd``, the descriptor of the object
@@ -648,7 +701,7 @@ class Passthrough(HandleRecovery, Operations):
         except OSError:
             self._unref(node, 1)
             raise
-        return self._file_info(fd, node.nodeid), attr
+        return self._file_info(fd, node.nodeid, flags), attr
 
     @_errmap
     @_as_caller
@@ -661,7 +714,7 @@ class Passthrough(HandleRecovery, Operations):
         with self._identity.no_umask() as exact:
             fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
         try:
-            return self._finish_create(fd, mode, not exact)
+            return self._finish_create(fd, mode, not exact, flags)
         except BaseException:
             os.close(fd)
             raise
@@ -684,6 +737,9 @@ class Passthrough(HandleRecovery, Operations):
     @_errmap
     def release(self, fh: int) -> None:
         """Close the handle (and its kernel backing id)."""
+        if self._shared is not None:
+            self._shared_release(fh, dirs=False)
+            return
         with self._lock:
             backing_id = self._backing.pop(fh, None)
             nodeid = self._files.pop(fh, None)
@@ -757,7 +813,9 @@ class Passthrough(HandleRecovery, Operations):
         """Open the directory for reading; the descriptor number is the handle."""
         node = self._node(inode)
         # through /proc: read permission on the directory itself, as opendir(3)
-        fd = self._place(os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        fd = os.open(_proc(node.fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self._place(fd) if self._shared is None else self._shared_place(
+            fd, inode, stat.S_IFDIR, os.O_RDONLY | os.O_DIRECTORY)
         with self._lock:
             self._dirs[fd] = _DirHandle(fd, inode)
         return fd
@@ -777,9 +835,14 @@ class Passthrough(HandleRecovery, Operations):
     @_errmap
     def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
         """List a snapshot taken at offset 0; cookies are index + 1."""
+        if self._shared is not None and len(self._nodes) > self.node_cache:
+            self._trim()
         d = self._dirs.get(fh)
         if d is None:
-            raise FUSEError(errno.EBADF)
+            d = self._shared_dir(fh)
+        if self._shared is not None:
+            self._readdir_cookies(d, start_id, token)
+            return
         if start_id == 0 or d.entries is None:
             d.entries = self._snapshot(d)
         plus = bool(getattr(token, "plus", False))
@@ -808,6 +871,63 @@ class Passthrough(HandleRecovery, Operations):
                 self._unref(node, 0)
                 return
 
+    def _readdir_cookies(self, d: _DirHandle, start_id: int, token: ReaddirToken) -> None:
+        """List from the source's own directory offsets (multi-process serving).
+
+        Any process can resume a listing another one started, so the cookies
+        are the source filesystem's ``d_off`` values, not indexes into one
+        process's snapshot; a directory changed meanwhile behaves as on the
+        source (tmpfs and ext4 keep offsets stable under deletion).
+        """
+        plus = bool(getattr(token, "plus", False))
+        dev = os.fstat(d.fd).st_dev
+        parent = self._node(d.nodeid)
+        dirp = _fdopendir(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+                                  dir_fd=d.fd))
+        if not dirp:
+            raise _os_error()
+        try:
+            if start_id:
+                _seekdir(dirp, start_id)
+            while True:
+                ctypes.set_errno(0)
+                ent = _readdir_c(dirp)
+                if not ent:
+                    if ctypes.get_errno():
+                        raise _os_error()
+                    return
+                e = ent.contents
+                name, ino, off = e.d_name, int(e.d_ino), int(e.d_off)
+                kind = (e.d_type << 12) if e.d_type else 0
+                if name in _DOTS:
+                    nodeid = d.nodeid if name == b"." or d.nodeid == _ROOT else 0
+                    attr = EntryAttributes(nodeid or self._dotdot_ino(d), st_mode=stat.S_IFDIR)
+                    if not token.add(name, attr, off):
+                        return
+                    continue
+                if not plus:
+                    if not kind:
+                        try:
+                            kind = stat.S_IFMT(os.stat(name, dir_fd=d.fd,
+                                                       follow_symlinks=False).st_mode)
+                        except OSError:
+                            continue
+                    if not token.add_name(name, self._plain_ino(dev, ino), kind, off):
+                        return
+                    continue
+                try:
+                    node, st = self._lookup(parent, name, 0)
+                except (OSError, FUSEError):
+                    continue
+                if token.add(name, self._attr(node.nodeid, st), off):
+                    with self._lock:
+                        node.nlookup += 1
+                else:
+                    self._unref(node, 0)
+                    return
+        finally:
+            _closedir(dirp)
+
     def _dotdot_ino(self, d: _DirHandle) -> int:
         try:
             st = os.stat("..", dir_fd=d.fd, follow_symlinks=False)
@@ -818,6 +938,9 @@ class Passthrough(HandleRecovery, Operations):
     @_errmap
     def releasedir(self, fh: int) -> None:
         """Close the directory descriptor."""
+        if self._shared is not None:
+            self._shared_release(fh, dirs=True)
+            return
         with self._lock:
             d = self._dirs.pop(fh, None)
         if d is not None:
@@ -828,7 +951,7 @@ class Passthrough(HandleRecovery, Operations):
         """fsync the directory."""
         d = self._dirs.get(fh)
         if d is None:
-            raise FUSEError(errno.EBADF)
+            d = self._shared_dir(fh)
         os.fsync(d.fd)
 
     # -- filesystem-wide ---------------------------------------------------------
@@ -1103,6 +1226,334 @@ class Passthrough(HandleRecovery, Operations):
                 self._files[fh] = inode
         if failed:
             raise FUSEError(err)
+
+    # -- multi-process serving (fusewire.server.processes) ---------------------------
+    # Each serving process has its own node table and descriptors.  A node it
+    # has not seen is revived from the handle another process published in the
+    # shared node log (before that process replied to the kernel); an fh it does
+    # not hold is copied from the opener with pidfd_getfd and placed at the same
+    # descriptor number.  Lookup counts are per process and only approximate the
+    # kernel's: FORGET drops what this process holds, and the node cache is
+    # trimmed to ``node_cache``, since any node can be revived again.
+
+    def check_multiprocess(self) -> None:
+        """Raise UsageError (one line) if this process cannot serve with several processes."""
+        if not hasattr(os, "pidfd_open"):
+            raise UsageError("passthrough --processes needs pidfd_open (Linux 5.3, Python 3.9)")
+        if self.kernel_passthrough:
+            # the kernel takes one backing file per inode; the ids would have to be
+            # shared per inode across the processes (docs/design.md)
+            raise UsageError("passthrough: -o kernel_passthrough cannot be combined with "
+                             "--processes yet")
+        root = self._nodes[_ROOT]
+        handle = self._handle_bytes(root.fd, root.key)
+        if handle is None:
+            raise UsageError(f"passthrough --processes: {self.source} has no file handles "
+                             "(name_to_handle_at), so processes cannot share its nodes")
+        mount_fd = self._mount_fd()
+        try:
+            fh_type, size = struct.unpack_from("<ii", handle, _HANDLE_HEAD.size - 8)
+            buf = struct.pack("<Ii", size, fh_type) + handle[_HANDLE_HEAD.size:]
+            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
+            if fd < 0:
+                raise UsageError("passthrough --processes needs open_by_handle_at "
+                                 f"(CAP_DAC_READ_SEARCH, i.e. root): {_os_error().strerror}")
+            os.close(fd)
+        finally:
+            os.close(mount_fd)
+
+    def attach_shared(self, table: SharedTable) -> None:
+        """Serve as one of several processes sharing ``table`` (called before forking)."""
+        self._shared = table
+        self._sweep_lock = threading.Lock()
+        self._held: set[int] = set()
+        self._seen_release = table.released_gen()
+
+    def after_fork(self) -> None:
+        """In a serving process forked from a running one: drop the handles it copied.
+
+        The parent's open handles are the parent's (the shared slots do not
+        list this process as a holder), and its lock may have been held at
+        the fork.
+        """
+        self._lock = threading.Lock()
+        self._sweep_lock = threading.Lock()
+        fds = list(self._files) + list(self._dirs)
+        self._files.clear()
+        self._dirs.clear()
+        self._backing.clear()
+        self._held = set()
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _handle_bytes(self, fd: int, key: tuple[int, int]) -> bytes | None:
+        buf = ctypes.create_string_buffer(8 + _MAX_HANDLE_SZ)
+        struct.pack_into("<I", buf, 0, _MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(-1)
+        if _name_to_handle_at(fd, b"", buf, ctypes.byref(mount_id), _AT_EMPTY_PATH) < 0:
+            return None
+        size, fh_type = struct.unpack_from("<Ii", buf.raw, 0)
+        return _HANDLE_HEAD.pack(_HANDLE_MAGIC, 0, key[0], key[1], mount_id.value, fh_type,
+                                 size) + buf.raw[8:8 + size]
+
+    def _fixed_id(self, key: tuple[int, int]) -> int | None:
+        if key == self._root_key:
+            return _ROOT
+        if key[0] == self._root_key[0] and 1 < key[1] < _ALLOC_BASE:
+            return key[1]
+        return None
+
+    def _publish(self, fd: int, key: tuple[int, int]) -> None:
+        """Put ``key``'s handle in the shared node log unless it is there already.
+
+        Runs once per object new to this process; the handle is compared, not
+        just the key, so an inode number reused by a new object is republished.
+        """
+        shared = self._shared
+        assert shared is not None
+        if key == self._root_key:
+            return
+        handle = self._handle_bytes(fd, key)
+        if handle is None:
+            raise FUSEError(errno.ESTALE)
+        if not shared.known(key, handle):
+            shared.publish_node(key, self._fixed_id(key), handle)
+
+    def _shared_id(self, key: tuple[int, int]) -> int:
+        nodeid = self._fixed_id(key)
+        if nodeid is None:
+            assert self._shared is not None
+            nodeid = self._shared.known_key(key)
+            if nodeid is None:
+                raise FUSEError(errno.ESTALE)
+        return nodeid
+
+    def _shared_node(self, nodeid: int) -> _Node:
+        """A node another process registered: revive it by handle, else from an open file."""
+        shared = self._shared
+        assert shared is not None
+        self._sweep()
+        handle = shared.node_handle(nodeid)
+        if handle is not None:
+            head = _HANDLE_HEAD.unpack_from(handle)
+            handle = _HANDLE_HEAD.pack(head[0], nodeid, *head[2:]) + handle[_HANDLE_HEAD.size:]
+            mount_fd = self._mount_fd()
+            try:
+                self._revive(handle, mount_fd, 0)
+            except FUSEError:
+                pass
+            finally:
+                os.close(mount_fd)
+        node = self._nodes.get(nodeid)
+        if node is None:        # gone from the tree (unlinked) but still open somewhere
+            for fh, owner in shared.opens_of(nodeid):
+                try:
+                    copy = shared.copy_from(owner, fh)
+                except OSError:
+                    continue
+                try:
+                    if not self._is_node(copy, nodeid):
+                        continue
+                    fd = os.open(_proc(copy), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+                finally:
+                    os.close(copy)
+                st = os.fstat(fd)
+                with self._lock:
+                    node = self._nodes.get(nodeid)
+                    if node is None and (st.st_dev, st.st_ino) not in self._by_key:
+                        node = _Node(nodeid, fd, (st.st_dev, st.st_ino),
+                                     stat.S_IFMT(st.st_mode), 0)
+                        self._nodes[nodeid] = node
+                        self._by_key[node.key] = node
+                        fd = -1
+                if fd >= 0:
+                    os.close(fd)
+                break
+        if node is None:
+            raise FUSEError(errno.ESTALE)
+        return node
+
+    def _trim(self) -> None:
+        """Keep at most ``node_cache`` idle node descriptors (any can be revived).
+
+        Called only where no handler of this process holds a node: after
+        FORGET and at the start of LOOKUP and READDIR (multi-process serving
+        runs one thread per process).
+        """
+        if len(self._nodes) <= self.node_cache:
+            return
+        with self._lock:
+            used = set(self._files.values()) | {d.nodeid for d in self._dirs.values()}
+            drop = [n for nid, n in self._nodes.items() if nid != _ROOT and nid not in used]
+            drop = drop[:len(self._nodes) - self.node_cache // 2]
+            for n in drop:
+                del self._nodes[n.nodeid]
+                del self._by_key[n.key]
+        for n in drop:
+            os.close(n.fd)
+
+    def _free_here(self, number: int) -> bool:
+        try:
+            fcntl.fcntl(number, fcntl.F_GETFD)
+        except OSError:
+            return True
+        return False
+
+    def _shared_place(self, fd: int, nodeid: int, kind: int, flags: int) -> int:
+        """Move a new open's ``fd`` to a handle number free in every process."""
+        shared = self._shared
+        assert shared is not None
+        self._sweep()
+        try:
+            fh = shared.claim(nodeid, kind, flags, self._free_here)
+            try:
+                os.dup2(fd, fh, inheritable=False)
+            except OSError:
+                shared.release(fh)
+                raise
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._held.add(fh)
+        return fh
+
+    def _adopt_handles(self, fhs: list[object]) -> bool:
+        """Take over the handles in ``fhs`` this process does not hold; True if any."""
+        adopted = False
+        for fh in fhs:
+            if isinstance(fh, int) and fh not in self._files and fh not in self._dirs:
+                adopted = self._adopt(fh) or adopted
+        return adopted
+
+    def _adopt(self, fh: int) -> bool:
+        """Hold handle ``fh`` of another process here (pidfd_getfd, else reopen)."""
+        shared = self._shared
+        if shared is None:
+            return False
+        self._sweep()
+        try:
+            info = shared.hold(fh)
+        except OSError:
+            return False
+        if info is None:
+            return False
+        owner, nodeid, kind, flags = info
+        try:
+            self._place_copy(fh, owner, nodeid, kind, flags)
+        except BaseException:
+            shared.unhold(fh)       # we hold no descriptor there after all
+            raise
+        with self._lock:
+            self._held.add(fh)
+            if kind == stat.S_IFDIR:
+                self._dirs[fh] = _DirHandle(fh, nodeid)
+            else:
+                self._files[fh] = nodeid
+        return True
+
+    def _place_copy(self, fh: int, owner: int, nodeid: int, kind: int, flags: int) -> None:
+        """Put at number ``fh`` a descriptor of the file process ``owner`` opened there."""
+        shared = self._shared
+        assert shared is not None
+        try:
+            copy = shared.copy_from(owner, fh)
+            if not self._is_node(copy, nodeid):
+                os.close(copy)
+                raise OSError(errno.ESTALE, "not the file of that handle")
+        except OSError:         # the opener died: reopen from the node
+            node = self._node(nodeid)
+            if kind == stat.S_IFDIR:
+                copy = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+            else:
+                copy = os.open(_proc(node.fd), (flags & ~_REOPEN_STRIP) | os.O_CLOEXEC)
+        if kind == stat.S_IFDIR:    # a description of our own: scandir moves the offset
+            try:
+                own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=copy)
+            except OSError:
+                pass
+            else:
+                os.close(copy)
+                copy = own
+        try:
+            self._claim_number(fh)
+            os.dup2(copy, fh, inheritable=False)
+        finally:
+            os.close(copy)
+
+    def _is_node(self, fd: int, nodeid: int) -> bool:
+        """Whether ``fd`` is the object ``nodeid`` names (as far as the id tells)."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        fixed = self._fixed_id(key)
+        if fixed is not None:
+            return fixed == nodeid
+        node = self._nodes.get(nodeid)
+        return node is None or node.key == key
+
+    def _shared_dir(self, fh: int) -> _DirHandle:
+        if self._shared is not None and self._adopt(fh):
+            return self._dirs[fh]
+        raise FUSEError(errno.EBADF)
+
+    def _shared_release(self, fh: int, *, dirs: bool) -> None:
+        """RELEASE/RELEASEDIR landed here: free the slot, close our copy, if any."""
+        shared = self._shared
+        assert shared is not None
+        with self._sweep_lock:
+            with self._lock:
+                self._backing.pop(fh, None)
+                self._files.pop(fh, None)
+                self._dirs.pop(fh, None)
+                held = fh in self._held
+                self._held.discard(fh)
+            if held:            # closed before the number can be given to a new open
+                os.close(fh)
+            try:
+                backing_id = shared.release(fh)
+            except OSError:
+                backing_id = -1
+        if backing_id >= 0 and self.notifier is not None:
+            try:
+                self.notifier.backing_close(backing_id)
+            except (OSError, FUSEError):
+                pass
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Close our copies of handles released through other processes.
+
+        Each copy is closed before the table stops counting this process as
+        a holder, so its number cannot be handed to a new open while the old
+        file still sits there.
+        """
+        shared = self._shared
+        if shared is None or shared.released_gen() == self._seen_release:
+            return
+        with self._sweep_lock:
+            gen = shared.released_gen()
+            if gen == self._seen_release:
+                return
+            with self._lock:
+                held = list(self._held)
+            gone = shared.released(held)
+            for fh in gone:
+                with self._lock:
+                    mine = fh in self._held
+                    self._held.discard(fh)
+                    self._files.pop(fh, None)
+                    self._dirs.pop(fh, None)
+                    self._backing.pop(fh, None)
+                if mine:
+                    os.close(fh)
+            shared.drop(gone)
+            self._seen_release = gen
+
+    def sweep_shared(self) -> None:
+        """Called about twice a second from a helper thread of each serving process."""
+        self._sweep()
 
     # -- lifecycle -------------------------------------------------------------------
 

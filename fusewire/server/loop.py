@@ -114,6 +114,8 @@ class Server:
 
     ``options`` are libfuse-style ``-o`` options (see :mod:`fusewire.server.mount`).
     ``workers`` > 0 starts that many extra threads, each on a cloned fd.
+    ``processes`` > 1 serves from that many processes (a multiprocess_safe
+    filesystem only; see :mod:`fusewire.server.processes`).
     ``fd`` and ``connection`` let a successor serve an already-mounted,
     already-initialised connection (recovery).  ``capture`` receives every
     message crossing the fd (see :mod:`fusewire.testing.capture`).
@@ -124,7 +126,11 @@ class Server:
                  on_error: str = "log", fd: int | None = None,
                  connection: Connection | None = None, nodes: NodeTable | None = None,
                  capture: Any = None, fsname: str = "fusewire",
-                 subtype: str | None = None) -> None:
+                 subtype: str | None = None, processes: int = 1) -> None:
+        if processes != 1:
+            from fusewire.server.processes import check_processes
+
+            check_processes(ops, processes, capture=capture, workers=workers)
         self.ops = ops
         self.mountpoint = os.path.abspath(mountpoint)
         self.options = _mount.parse_options(options, fsname=fsname, subtype=subtype)
@@ -138,6 +144,7 @@ class Server:
         self.dispatcher = Dispatcher(ops, self.conn, debug=debug, on_error=on_error,
                                      nodes=nodes)
         self.workers = workers
+        self.processes = processes   # > 1: see fusewire.server.processes
         self.fd = fd
         self._owns_mount = fd is None
         self.capture = capture
@@ -176,8 +183,16 @@ class Server:
         """Serve until unmount, :meth:`stop`, SIGINT or SIGTERM.
 
         With ``async def`` handlers this runs :meth:`serve_async` on a new
-        asyncio event loop; otherwise the plain loop below, without asyncio.
+        asyncio event loop; with ``processes > 1`` it forks the other
+        serving processes first (:mod:`fusewire.server.processes`);
+        otherwise the plain loop below, without asyncio.
         """
+        if self.processes > 1:
+            from fusewire.server.processes import serve_processes
+
+            n, self.processes = self.processes, 1   # this process serves as one of them
+            serve_processes(self, n, install_signals=install_signals)
+            return
         if self.dispatcher.async_handlers:
             import asyncio
 
