@@ -56,10 +56,13 @@ from fusewire.server.loop import Server, serve_in_thread
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending
 from fusewire.testing.wire import KERNEL_FLAGS, ReplySizeError, encode_init, split_reply
+from fusewire.types import RequestContext
 
 SECRET = bytes(range(32))
 ROOT = 1
 UID, GID, PID = 1000, 1000, 4242
+#: the emulated caller, for direct handler calls
+CALLER = RequestContext(UID, GID, PID)
 #: a MemFS handle: format byte, length byte, 16 inner bytes, 16-byte tag
 MEMFS_HANDLE = 34
 LOOKUP_HANDLE_V2, COMPOUND, LOOKUP_HANDLE_V3, MKOBJ_HANDLE = 54, 54, 55, 56
@@ -83,11 +86,16 @@ def out_header(length: int, error: int, unique: int) -> bytes:
     return struct.pack("<IiQ", length, error, unique)
 
 
+def _memfs() -> MemFS:
+    """A memfs whose root the emulated caller (uid 1000, not root) owns."""
+    return MemFS(root_uid=UID, root_gid=GID)
+
+
 def rfc_emu(profile: str, fs: Any = None, **cfg: Any) -> KernelEmulator:
     """A posted-RFC kernel (never offers bit 43) and a server asserting the profile."""
     config = Config(lookup_handle=profile, handle_secret=SECRET, assert_lookup_handle=True,
                     **cfg)
-    return KernelEmulator(fs if fs is not None else MemFS(), lookup_handle=profile,
+    return KernelEmulator(fs if fs is not None else _memfs(), lookup_handle=profile,
                           config=config, uid=UID, gid=GID, pid=PID)
 
 
@@ -111,7 +119,7 @@ def sent_bytes(emu: KernelEmulator) -> list[bytes]:
 
 
 def init_body(config: Config, offered: int, minor: int = 45) -> bytes:
-    d = Dispatcher(MemFS(), Connection(config))
+    d = Dispatcher(_memfs(), Connection(config))
     bufs, _ = d.dispatch(encode_init(minor, offered))
     assert bufs is not None
     error, _unique, body = split_reply(b"".join(bytes(b) for b in bufs))
@@ -151,7 +159,7 @@ def test_negotiation_strict_and_asserted(profile: str, opcode: int) -> None:
         # a 7.45 kernel (6.18) cannot run the v3 series: nothing is asserted
         assert not flags_of(init_body(asserting, offered, 45)) & BIT43
     # the emulated posted kernel: strict server -> no profile; asserting server -> profile
-    emu = KernelEmulator(MemFS(), lookup_handle=profile,
+    emu = KernelEmulator(_memfs(), lookup_handle=profile,
                          config=Config(lookup_handle=profile, handle_secret=SECRET))
     assert emu.session is not None and emu.session.lookup_handle is None
     emu = rfc_emu(profile)
@@ -179,7 +187,7 @@ def v2_element(handle: bytes) -> bytes:
 
 @pytest.mark.parametrize("slot", [128, 64])
 def test_v2_lookup_handle_bytes(slot: int) -> None:
-    fs = MemFS()
+    fs = _memfs()
     emu = rfc_emu("rfc-v2", fs, max_handle_sz=slot)
     handles = emu.dispatcher.handles
     assert handles is not None and handles.max_size == slot - 1
@@ -213,7 +221,7 @@ def test_v2_lookup_handle_bytes(slot: int) -> None:
 
 
 def test_v2_lookup_in_the_root_has_no_parent_handle() -> None:
-    fs = MemFS()
+    fs = _memfs()
     emu = rfc_emu("rfc-v2", fs)
     f = emu.mknod("/f", stat.S_IFREG | 0o644)
     msg = in_header(40 + 2, LOOKUP_HANDLE_V2, 0x1000, ROOT) + b"f\0"
@@ -349,7 +357,7 @@ def statx_out_for(fs: MemFS, ino: int) -> bytes:
 
 
 def test_v3_lookup_handle_statx_compound_bytes() -> None:
-    fs = MemFS()
+    fs = _memfs()
     emu = rfc_emu("rfc-v3", fs)
     d = emu.mkdir("/d")
     f = emu.mknod("/d/f", stat.S_IFREG | 0o644)
@@ -393,7 +401,7 @@ def test_v3_lookup_handle_statx_compound_bytes() -> None:
 
 
 def test_v3_mkobj_handle_statx_open_atomic_bytes() -> None:
-    fs = MemFS()
+    fs = _memfs()
     emu = rfc_emu("rfc-v3", fs)
     d = emu.mkdir("/d")
     emu.inc_epoch()
@@ -417,7 +425,7 @@ def test_v3_mkobj_handle_statx_open_atomic_bytes() -> None:
     reply = exchange(emu, compound(0x4000, COMPOUND_ATOMIC, subs, 170 + 256 + 16))
     error, parts = split_subs(reply)
     assert error == 0 and [(e, u) for e, u, _ in parts] == [(0, 0), (0, 0), (0, 0)]
-    two = fs.lookup(d, b"two", None)  # type: ignore[arg-type]
+    two = fs.lookup(d, b"two", CALLER)
     entry, statx, opened = (b for _e, _u, b in parts)
     fhandle = emu.dispatcher.handles.handle_of(two.st_ino)  # type: ignore[union-attr]
     assert entry == struct.pack("<QQQIIQ", two.st_ino, two.generation,
@@ -437,11 +445,11 @@ def test_v3_mkobj_handle_statx_open_atomic_bytes() -> None:
 def test_v3_mkobj_handle_alone() -> None:
     # the posted kernel sends MKOBJ_HANDLE only inside the atomic compound; alone it
     # creates the file and answers entry2_out + handle (no fuse_open_out, nothing open)
-    fs = MemFS()
+    fs = _memfs()
     emu = rfc_emu("rfc-v3", fs)
     body = struct.pack("<IIII", os.O_RDWR | os.O_CREAT, stat.S_IFREG | 0o600, 0, 0) + b"m\0"
     reply = exchange(emu, in_header(40 + len(body), MKOBJ_HANDLE, 0x7000, ROOT) + body)
-    m = fs.lookup(ROOT, b"m", None)  # type: ignore[arg-type]
+    m = fs.lookup(ROOT, b"m", CALLER)
     h = emu.dispatcher.handles.handle_of(m.st_ino)  # type: ignore[union-attr]
     assert reply == out_header(16 + 42 + len(h), 0, 0x7000) + struct.pack(
         "<QQQIIQ", m.st_ino, m.generation, int(m.entry_timeout), 0, 0, 0) + \
@@ -461,7 +469,7 @@ def test_v3_other_atomic_shapes_fall_back_to_mknod() -> None:
     assert reply == out_header(16, -errno.ENOSYS, 0x5000)
     # a filesystem without create: the atomic create compound is ENOSYS, and the
     # posted kernel sets fc->no_create and creates through MKNOD + OPEN
-    emu2 = rfc_emu("rfc-v3", MemFS())
+    emu2 = rfc_emu("rfc-v3", _memfs())
     emu2.dispatcher._implemented["create"] = False
     h = emu2.open("/f", os.O_RDWR | os.O_CREAT)
     assert emu2.no_create and emu2.write(h, b"ok") == 2
@@ -576,7 +584,7 @@ class SaltFS(MemFS):
     object's salt serves another object under the same nodeid and generation."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(root_uid=UID, root_gid=GID)
         self.salt: dict[int, int] = {}
 
     def handle_of(self, inode: int) -> bytes | None:
@@ -620,7 +628,7 @@ def test_restart_revalidates_dentries(profile: str) -> None:
     # deleted and "other" is another object under the same nodeid and generation.
     fs2 = SaltFS()
     fs2.load_state(fs.dump_state())
-    fs2.unlink(d, b"gone", None)  # type: ignore[arg-type]
+    fs2.unlink(d, b"gone", CALLER)
     fs2.forget([(gone, 1 << 30)])
     fs2.salt = {other: 1}
     report = emu.restart(successor(emu, fs2))
