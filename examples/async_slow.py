@@ -21,9 +21,8 @@ import errno
 import stat
 from collections.abc import Sequence
 
-from fusewire import EntryAttributes, FileInfo, FUSEError, Operations, RequestContext
+from fusewire import EntryAttributes, FileInfo, FUSEError, Operations, ReaddirToken, RequestContext
 from fusewire.server import Server
-from fusewire.server.readdir import ReaddirToken
 
 
 class Service:

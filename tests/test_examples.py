@@ -95,9 +95,9 @@ def test_mirror(tmp_path: Path, tmpfs_factory: Any) -> None:
         srv.close()
 
 
-def test_slow_async(tmp_path: Path) -> None:
+def test_pyfuse3_slow(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
-    srv = start_script([str(EXAMPLES / "slow_async.py"), str(mnt), "0.2"], mnt, tmp_path)
+    srv = start_script([str(EXAMPLES / "pyfuse3_slow.py"), str(mnt), "0.2"], mnt, tmp_path)
     try:
         assert sorted(_run("ls", cwd=mnt).split()) == ["alpha", "beta", "gamma", "ticks"]
         t0 = time.monotonic()

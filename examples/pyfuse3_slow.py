@@ -1,6 +1,6 @@
 """An async filesystem over a slow source, with asyncio.
 
-Usage: python examples/slow_async.py MOUNTPOINT [LATENCY_SECONDS]
+Usage: python examples/pyfuse3_slow.py MOUNTPOINT [LATENCY_SECONDS]
 
 Each file's contents come from ``SlowSource.fetch``, which takes LATENCY
 seconds (a stand-in for a network store); the filesystem keeps what it
@@ -114,14 +114,14 @@ async def serve(source: SlowSource) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
-        sys.stderr.write("usage: python slow_async.py MOUNTPOINT [LATENCY_SECONDS]\n")
+        sys.stderr.write("usage: python pyfuse3_slow.py MOUNTPOINT [LATENCY_SECONDS]\n")
         return 2
     source = SlowSource(float(argv[1]) if len(argv) > 1 else 0.2)
     pyfuse3_asyncio.enable()
     try:
-        pyfuse3.init(SlowFS(source), argv[0], {"fsname=slow_async", "ro"})
+        pyfuse3.init(SlowFS(source), argv[0], {"fsname=pyfuse3_slow", "ro"})
     except RuntimeError as exc:
-        sys.stderr.write(f"slow_async.py: {exc}\n")
+        sys.stderr.write(f"pyfuse3_slow.py: {exc}\n")
         return 1
     try:
         asyncio.run(serve(source))
