@@ -241,3 +241,17 @@ def test_mount_failure_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot mount" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("module", ["fusewire.compat.fusepy", "fusewire.compat.pyfuse3"])
+def test_runner_mistakes_are_one_line(module: str, tmp_path: Path) -> None:
+    """No script, or a script that is not there: exit 2 with a usage line or one error line."""
+    r = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith(f"usage: python -m {module} SCRIPT.py")
+    assert "Traceback" not in r.stderr
+    missing = tmp_path / "nope.py"
+    r = subprocess.run([sys.executable, "-m", module, str(missing)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"{module}: {missing}: no such file"]

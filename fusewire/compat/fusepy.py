@@ -758,29 +758,10 @@ def install() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fusewire.compat.fusepy SCRIPT ARGS...``: run a fusepy script on fusewire."""
-    import builtins
-    import runpy
+    from fusewire.compat._runner import run_script
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        sys.stderr.write("usage: python -m fusewire.compat.fusepy SCRIPT.py [ARGS...]\n"
-                         "Runs SCRIPT.py with 'import fuse' and 'import mfusepy' "
-                         "resolving to fusewire.compat.fusepy.\n")
-        return 2
-    script = args[0]
-    if not os.path.isfile(script):
-        sys.stderr.write(f"fusewire.compat.fusepy: {script}: no such file\n")
-        return 2
-    install()
-    sys.argv = args
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    # as "python SCRIPT" would: __builtins__ is the module, not its dict (fusepy's
-    # memory.py tests hasattr(__builtins__, "bytes"))
-    try:
-        runpy.run_path(script, init_globals={"__builtins__": builtins}, run_name="__main__")
-    except MountError:
-        return 1            # the reason is already on stderr, in one line
-    return 0
+    return run_script("fusewire.compat.fusepy", argv, "'import fuse' and 'import mfusepy'",
+                      install, (MountError,))
 
 
 if __name__ == "__main__":
