@@ -101,22 +101,16 @@ def test_defaults_none_and_call_routing(caplog: pytest.LogCaptureFixture) -> Non
     assert "-> mkdir /d" in caplog.text                     # LoggingMixIn
 
 
-def test_install_aliases_fuse_and_mfusepy() -> None:
-    saved = {k: sys.modules.get(k) for k in ("fuse", "mfusepy")}
-    try:
-        fusepy.install()
-        import fuse  # type: ignore[import-not-found]
-        import mfusepy  # type: ignore[import-not-found]
+def test_install_aliases_fuse_and_mfusepy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("fuse", "mfusepy"):   # restored (or removed) by monkeypatch
+        monkeypatch.setitem(sys.modules, k, None)
+    fusepy.install()
+    import fuse  # type: ignore[import-not-found]
+    import mfusepy  # type: ignore[import-not-found]
 
-        assert fuse is fusepy and mfusepy is fusepy
-        assert fuse.ENOTSUP == errno.EOPNOTSUPP
-        assert issubclass(fuse.FuseOSError, OSError)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    assert fuse is fusepy and mfusepy is fusepy
+    assert fuse.ENOTSUP == errno.EOPNOTSUPP
+    assert issubclass(fuse.FuseOSError, OSError)
 
 
 # -- real mounts -------------------------------------------------------------------------------

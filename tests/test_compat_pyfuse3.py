@@ -234,24 +234,18 @@ def test_bridge_semantics() -> None:
     assert type(bridge).unlink is fusewire.Operations.unlink   # ENOSYS without a thread hop
 
 
-def test_install_aliases() -> None:
-    saved = {k: sys.modules.get(k) for k in ("pyfuse3", "pyfuse3.asyncio", "pyfuse3_asyncio")}
-    try:
-        pyfuse3.install()
-        import pyfuse3 as aliased  # type: ignore[import-not-found]
-        import pyfuse3.asyncio as aio  # type: ignore[import-not-found]
+def test_install_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k in ("pyfuse3", "pyfuse3.asyncio", "pyfuse3_asyncio"):  # monkeypatch restores them
+        monkeypatch.setitem(sys.modules, k, None)
+    pyfuse3.install()
+    import pyfuse3 as aliased  # type: ignore[import-not-found]
+    import pyfuse3.asyncio as aio  # type: ignore[import-not-found]
 
-        assert aliased is pyfuse3
-        aio.enable()
-        assert pyfuse3._asyncio_mode()
-        aio.disable()
-        assert pyfuse3.default_options == frozenset({"default_permissions"})
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    assert aliased is pyfuse3
+    aio.enable()
+    assert pyfuse3._asyncio_mode()
+    aio.disable()
+    assert pyfuse3.default_options == frozenset({"default_permissions"})
 
 
 @pytest.mark.fuse
