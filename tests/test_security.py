@@ -150,7 +150,9 @@ def build_tree(root: Path, user: Intruder) -> None:
     os.chmod(root / "null", 0o666)
 
 
-PROBE = textwrap.dedent('''
+#: What every probe script starts with: R (the mount), out, t(name, fn) records
+#: "ok", fn's result or the errno name, cat(p) and create(p).
+PROBE_PRELUDE = textwrap.dedent('''
     import errno, json, os, struct, subprocess, sys
     R = sys.argv[1]
     out = {}
@@ -163,11 +165,14 @@ PROBE = textwrap.dedent('''
     def cat(p):
         with open(p, "rb") as f:
             f.read()
-    def append(p):
-        with open(p, "ab") as f:
-            f.write(b"x")
     def create(p):
         with open(p, "xb") as f:
+            f.write(b"x")
+''')
+
+PROBE = PROBE_PRELUDE + textwrap.dedent('''
+    def append(p):
+        with open(p, "ab") as f:
             f.write(b"x")
     def run_euid(p):
         r = subprocess.run([p, "-u"], capture_output=True, text=True)
@@ -280,24 +285,11 @@ def test_mount_flags_nosuid_nodev(public_dir: Path, tmp_path: Path, intruder: In
         srv.close()
 
 
-GROUP_PROBE = textwrap.dedent('''
-    import errno, json, os, sys
-    R = sys.argv[1]
-    out = {}
-    def t(name, fn):
-        try:
-            fn()
-            out[name] = "ok"
-        except OSError as e:
-            out[name] = errno.errorcode.get(e.errno, str(e.errno))
-    def cat(p):
-        with open(p, "rb") as f:
-            f.read()
-    def create(p):
-        with open(p, "xb") as f:
-            f.write(b"x")
+GROUP_PROBE = PROBE_PRELUDE + textwrap.dedent('''
+    def ls(p):
+        os.listdir(p)
     t("read group 0640", lambda: cat(R + "/team/notes"))
-    t("list group 0770", lambda: os.listdir(R + "/team"))
+    t("list group 0770", lambda: ls(R + "/team"))
     t("create in group 0770", lambda: create(R + "/team/new-%d" % os.getpid()))
     t("access W group 0770", lambda: None if os.access(R + "/team", os.W_OK)
       else (_ for _ in ()).throw(PermissionError(errno.EACCES, "")))
