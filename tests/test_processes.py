@@ -440,3 +440,40 @@ def test_shared_node_index() -> None:
         assert table.slot(fh)[0] == 0                   # FREE
     finally:
         table.close()
+
+
+def test_node_revived_for_a_non_root_caller(tmpfs_dir: Path) -> None:
+    """A process that has not seen a node revives it by handle even while it acts as
+    a non-root caller (which has dropped CAP_DAC_READ_SEARCH): no ESTALE.
+
+    Regression: chmod of a file another process created, by its non-root owner,
+    failed with ESTALE about half the time on ``passthrough-2proc`` (whichever
+    process the kernel happened to pick).
+    """
+    if not conftest.IS_ROOT:
+        pytest.skip("open_by_handle_at needs CAP_DAC_READ_SEARCH")
+    from fusewire.examples.passthrough import Passthrough
+    from fusewire.server.processes import SharedTable
+    from fusewire.types import RequestContext
+
+    root = RequestContext(uid=0, gid=0, pid=1, umask=0o022)
+    nobody = RequestContext(uid=65534, gid=65534, pid=1, umask=0o022)
+    (tmpfs_dir / "d").mkdir(mode=0o755)
+    (tmpfs_dir / "d" / "f").write_text("x")
+    (tmpfs_dir / "d" / "f").chmod(0o644)
+    first, second = Passthrough(str(tmpfs_dir)), Passthrough(str(tmpfs_dir))
+    first.check_multiprocess()
+    table = SharedTable()
+    first.attach_shared(table)
+    second.attach_shared(table)
+    try:
+        if not second._identity.enabled:
+            pytest.skip("this machine cannot switch a thread's credentials")
+        dir_id = first.lookup(1, b"d", root).st_ino      # published by the first only
+        entry = second.lookup(dir_id, b"f", nobody)     # the second revives "d" as nobody
+        assert entry.st_ino == os.stat(tmpfs_dir / "d" / "f").st_ino
+        assert second.getattr(dir_id, nobody).st_mode & 0o777 == 0o755
+    finally:
+        first.destroy()
+        second.destroy()
+        table.close()

@@ -1058,7 +1058,10 @@ class Passthrough(HandleRecovery, Operations):
             if nodeid in self._nodes or not fh or mount_id != self._root_mount_id:
                 raise FUSEError(errno.ESTALE)
         buf = struct.pack("<Ii", size, fh_type) + fh
-        fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
+        # open_by_handle_at needs CAP_DAC_READ_SEARCH, which a handler running
+        # as a non-root caller has dropped (caller.py): revive as the server
+        with self._identity.as_server():
+            fd = _open_by_handle_at(mount_fd, buf, os.O_PATH | os.O_CLOEXEC)
         if fd < 0:
             raise FUSEError(errno.ESTALE)
         try:
@@ -1351,7 +1354,8 @@ class Passthrough(HandleRecovery, Operations):
         if node is None:        # gone from the tree (unlinked) but still open somewhere
             for fh, owner in shared.opens_of(nodeid):
                 try:
-                    copy = shared.copy_from(owner, fh)
+                    with self._identity.as_server():     # pidfd_getfd: CAP_SYS_PTRACE
+                        copy = shared.copy_from(owner, fh)
                 except OSError:
                     continue
                 try:
@@ -1459,7 +1463,8 @@ class Passthrough(HandleRecovery, Operations):
         shared = self._shared
         assert shared is not None
         try:
-            copy = shared.copy_from(owner, fh)
+            with self._identity.as_server():     # pidfd_getfd: CAP_SYS_PTRACE
+                copy = shared.copy_from(owner, fh)
             if not self._is_node(copy, nodeid):
                 os.close(copy)
                 raise OSError(errno.ESTALE, "not the file of that handle")
