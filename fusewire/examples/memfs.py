@@ -27,26 +27,69 @@ deferred replies), a blocking call blocks the calling thread instead, and
 from __future__ import annotations
 
 import errno
-import fcntl
-import io
 import os
-import pickle
 import stat
 import struct
 import threading
-from array import array
-from bisect import bisect_left, bisect_right
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from fusewire.locks import LockTable, PosixLock
+from fusewire.examples.memfs_data import MemFSData
+from fusewire.examples.memfs_locks import MemFSLocks
+from fusewire.examples.memfs_nodes import (
+    _BLOCK,
+    _BOGO_DIRENT_SIZE,
+    _DAY_NS,
+    _INO_MASK,
+    _PROTECTED_HARDLINKS,
+    _ROOT,
+    _S_IFMT,
+    _XATTR_PREFIXES,
+    _XFLAGS,
+    CHUNK_SIZE,
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_ZERO_RANGE,
+    FS_APPEND_FL,
+    FS_IMMUTABLE_FL,
+    FS_IOC32_GETFLAGS,
+    FS_IOC32_SETFLAGS,
+    FS_IOC_FSGETXATTR,
+    FS_IOC_FSSETXATTR,
+    FS_IOC_GETFLAGS,
+    FS_IOC_SETFLAGS,
+    FS_NOATIME_FL,
+    FS_NODUMP_FL,
+    NAME_MAX,
+    OFFSET_MAX,
+    PATH_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    RENAME_WHITEOUT,
+    SEEK_DATA,
+    SEEK_HOLE,
+    SUPPORTED_FLAGS,
+    XATTR_CREATE,
+    XATTR_NAME_MAX,
+    XATTR_REPLACE,
+    XATTR_SIZE_MAX,
+    _check_name,
+    _check_new_name,
+    _Dir,
+    _err,
+    _Handle,
+    _in_group,
+    _Inode,
+    _now,
+    _xattr_bytes,
+)
+from fusewire.examples.memfs_state import MemFSState
+from fusewire.locks import LockTable
 from fusewire.operations import Operations
-from fusewire.recovery_api import ReplayRecovery, now_ns
+from fusewire.recovery_api import ReplayRecovery
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
-    FUSEError,
-    Lock,
     RequestContext,
     SetattrFields,
     StatvfsData,
@@ -55,225 +98,13 @@ from fusewire.types import (
 if TYPE_CHECKING:
     from fusewire.readdir import ReaddirToken
 
-__all__ = ["CHUNK_SIZE", "MemFS"]
+__all__ = ["CHUNK_SIZE", "FS_NODUMP_FL", "MemFS"]
 
-CHUNK_SIZE = 64 * 1024
-NAME_MAX = 255
-PATH_MAX = 4096
-XATTR_NAME_MAX = 255
-XATTR_SIZE_MAX = 65536
-XATTR_CREATE = 1
-XATTR_REPLACE = 2
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-RENAME_WHITEOUT = 4
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-SEEK_DATA = 3
-SEEK_HOLE = 4
-OFFSET_MAX = 2**63 - 1
 
-_ROOT = 1
-_FIRST_COOKIE = 3          # 1 and 2 are "." and ".."
-_BOGO_DIRENT_SIZE = 20     # tmpfs reports directory sizes in these units
-_DAY_NS = 86400 * 10**9
-_BLOCK = 4096
-_STATE_VERSION = 1
-
-# chattr(1) flags (FS_IOC_GETFLAGS/SETFLAGS) and their FS_IOC_FSGETXATTR twins
-FS_IOC_GETFLAGS = 0x80086601
-FS_IOC_SETFLAGS = 0x40086602
-FS_IOC32_GETFLAGS = 0x80046601
-FS_IOC32_SETFLAGS = 0x40046602
-FS_IOC_FSGETXATTR = 0x801C581F
-FS_IOC_FSSETXATTR = 0x401C5820
-FS_IMMUTABLE_FL = 0x10
-FS_APPEND_FL = 0x20
-FS_NODUMP_FL = 0x40
-FS_NOATIME_FL = 0x80
-#: the flags memfs keeps and honours (tmpfs's set): i, a, d, A
-SUPPORTED_FLAGS = FS_IMMUTABLE_FL | FS_APPEND_FL | FS_NODUMP_FL | FS_NOATIME_FL
-#: FS_*_FL -> FS_XFLAG_* (struct fsxattr's fsx_xflags)
-_XFLAGS = ((FS_IMMUTABLE_FL, 0x8), (FS_APPEND_FL, 0x10), (FS_NOATIME_FL, 0x40),
-           (FS_NODUMP_FL, 0x80))
 _FSXATTR = struct.Struct("<IIIII8x")
-_S_IFMT = 0o170000
-_INO_MASK = (1 << 64) - 1
-_XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
-_XATTR_SYSTEM = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
-def _err(code: int) -> FUSEError:
-    return FUSEError(code)
-
-
-def _now() -> int:
-    # the library's clock: pinned to the recorded time when a request is replayed
-    return now_ns()
-
-
-class _Dir:
-    """Entries of one directory, in insertion order, each with a stable cookie.
-
-    ``entries`` maps name -> ``cookie << 64 | inode`` (one int per entry keeps
-    big directories small).  ``cookies``/``names`` are parallel sequences
-    sorted by cookie; a removed entry leaves a ``None`` tombstone until they
-    are compacted.  Cookies never change, so a listing can always resume
-    with the first live entry after a cookie.
-    """
-
-    __slots__ = ("cookies", "dead", "entries", "names", "next_cookie", "parent")
-
-    def __init__(self, parent: int) -> None:
-        self.parent = parent
-        self.entries: dict[bytes, int] = {}
-        self.cookies = array("Q")
-        self.names: list[bytes | None] = []
-        self.dead = 0
-        self.next_cookie = _FIRST_COOKIE
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def get(self, name: bytes) -> int | None:
-        ent = self.entries.get(name)
-        return None if ent is None else ent & _INO_MASK
-
-    def add(self, name: bytes, ino: int, cookie: int | None = None) -> None:
-        if cookie is None:
-            cookie = self.next_cookie
-        self.next_cookie = max(self.next_cookie, cookie + 1)
-        self.entries[name] = cookie << 64 | ino
-        self.cookies.append(cookie)
-        self.names.append(name)
-
-    def set(self, name: bytes, ino: int) -> None:
-        """Point an existing ``name`` at ``ino``, keeping its cookie."""
-        self.entries[name] = (self.entries[name] & ~_INO_MASK) | ino
-
-    def remove(self, name: bytes) -> int:
-        ent = self.entries.pop(name)
-        self.names[bisect_left(self.cookies, ent >> 64)] = None
-        self.dead += 1
-        if self.dead > 64 and self.dead * 2 > len(self.names):
-            live = [(c, n) for c, n in zip(self.cookies, self.names, strict=True) if n is not None]
-            self.cookies = array("Q", [c for c, _ in live])
-            self.names = [n for _, n in live]
-            self.dead = 0
-        return ent & _INO_MASK
-
-    def iter_after(self, cookie: int) -> Iterator[tuple[bytes, int, int]]:
-        """Yield ``(name, inode, cookie)`` for live entries with a cookie > ``cookie``."""
-        i = bisect_right(self.cookies, cookie)
-        while i < len(self.names):
-            name = self.names[i]
-            if name is not None:
-                yield name, self.entries[name] & _INO_MASK, self.cookies[i]
-            i += 1
-
-
-class _Inode:
-    """One filesystem object.
-
-    ``data`` holds the type-specific part, created lazily: the chunk dict of
-    a regular file (None while it has no data), the :class:`_Dir` of a
-    directory, the target of a symlink, the rdev of a device node.
-    """
-
-    __slots__ = (
-        "atime", "blocks", "btime", "ctime", "data", "gid", "ino", "mode", "mtime",
-        "nlink", "nlookup", "size", "uid", "xattrs",
-    )
-
-    def __init__(self, ino: int, mode: int, uid: int, gid: int, now: int) -> None:
-        self.ino = ino
-        self.mode = mode
-        self.nlink = 1
-        self.uid = uid
-        self.gid = gid
-        self.size = 0
-        self.atime = self.mtime = self.ctime = self.btime = now
-        self.nlookup = 0
-        self.data: dict[int, bytearray] | _Dir | bytes | int | None = None
-        self.xattrs: dict[bytes, bytes] | None = None
-        #: st_blocks of the chunk map, or -1 when a write changed it since
-        self.blocks = -1
-
-    @property
-    def chunks(self) -> dict[int, bytearray] | None:
-        data = self.data
-        return data if isinstance(data, dict) else None
-
-    @property
-    def dir(self) -> _Dir | None:
-        data = self.data
-        return data if isinstance(data, _Dir) else None
-
-    @property
-    def target(self) -> bytes | None:
-        data = self.data
-        return data if isinstance(data, bytes) else None
-
-    @property
-    def rdev(self) -> int:
-        data = self.data
-        return data if isinstance(data, int) else 0
-
-
-class _Handle:
-    """An open file or directory (one per OPEN/CREATE/OPENDIR)."""
-
-    __slots__ = ("flags", "ino", "is_dir")
-
-    def __init__(self, ino: int, flags: int, is_dir: bool) -> None:
-        self.ino = ino
-        self.flags = flags
-        self.is_dir = is_dir
-
-
-class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Only plain builtin containers may appear in a state dump."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"global {module}.{name} not allowed in MemFS state")
-
-
-def _sysctl_on(path: str, default: bool) -> bool:
-    try:
-        with open(path) as f:
-            return f.read().strip() != "0"
-    except OSError:
-        return default
-
-
-#: The kernel's fs.protected_hardlinks, which memfs applies like the VFS does.
-_PROTECTED_HARDLINKS = _sysctl_on("/proc/sys/fs/protected_hardlinks", True)
-
-
-def _xattr_bytes(xattrs: dict[bytes, bytes]) -> int:
-    """What a node's xattrs count against the memory cap: names and values."""
-    return sum(len(k) + len(v) for k, v in xattrs.items())
-
-
-def _in_group(ctx: RequestContext, gid: int) -> bool:
-    return gid == ctx.gid or gid in ctx.groups
-
-
-def _check_name(name: bytes) -> None:
-    if len(name) > NAME_MAX:
-        raise _err(errno.ENAMETOOLONG)
-    if not name or b"/" in name or b"\0" in name:
-        raise _err(errno.EINVAL)
-
-
-def _check_new_name(name: bytes) -> None:
-    _check_name(name)
-    if name in (b".", b".."):
-        raise _err(errno.EEXIST)
-
-
-class MemFS(ReplayRecovery, Operations):
+class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
     """A tmpfs-like in-memory filesystem.
 
     Recoverable by replay (:class:`fusewire.ReplayRecovery`): its timestamps
@@ -457,103 +288,6 @@ class MemFS(ReplayRecovery, Operations):
         self._handles[fh] = _Handle(node.ino, flags, is_dir)
         self._nopen[node.ino] = self._nopen.get(node.ino, 0) + 1
         return fh
-
-    # -- file data -------------------------------------------------------------
-
-    def _chunks(self, node: _Inode) -> dict[int, bytearray]:
-        chunks = node.chunks
-        if chunks is None:
-            chunks = node.data = {}
-        return chunks
-
-    def _read_data(self, node: _Inode, off: int, size: int) -> bytes | bytearray:
-        """``size`` bytes at ``off`` (short at EOF), holes as zeros, copied once."""
-        if off >= node.size or size <= 0:
-            return b""
-        size = min(size, node.size - off)
-        chunks = node.chunks
-        if not chunks:
-            return bytes(size)
-        idx, coff = divmod(off, CHUNK_SIZE)
-        chunk = chunks.get(idx)
-        if chunk is not None and coff + size <= len(chunk):
-            return chunk[coff:coff + size]  # within one chunk: one copy
-        pieces: list[bytes | memoryview] = []  # views of the chunks, zeros for holes
-        pos = 0
-        while pos < size:
-            idx, coff = divmod(off + pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - coff, size - pos)
-            chunk = chunks.get(idx)
-            got = 0
-            if chunk is not None and coff < len(chunk):
-                piece = memoryview(chunk)[coff:coff + n]
-                got = len(piece)
-                pieces.append(piece)
-            if got < n:
-                pieces.append(bytes(n - got))
-            pos += n
-        return b"".join(pieces)  # the one copy (the views die with ``pieces``)
-
-    def _write_data(self, node: _Inode, off: int, data: bytes | bytearray | memoryview) -> None:
-        total = len(data)
-        if not total:
-            return
-        chunks = self._chunks(node)
-        growth = 0
-        pos = 0
-        while pos < total:
-            idx, coff = divmod(off + pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - coff, total - pos)
-            chunk = chunks.get(idx)
-            growth += max(0, coff + n - (0 if chunk is None else len(chunk)))
-            pos += n
-        if self._used + growth > self.max_bytes:
-            raise _err(errno.ENOSPC)
-        node.blocks = -1
-        pos = 0
-        while pos < total:
-            idx, coff = divmod(off + pos, CHUNK_SIZE)
-            n = min(CHUNK_SIZE - coff, total - pos)
-            chunk = chunks.get(idx)
-            if chunk is None:
-                chunk = chunks[idx] = bytearray()
-            if len(chunk) < coff:
-                chunk.extend(bytes(coff - len(chunk)))
-            chunk[coff:coff + n] = data[pos:pos + n]
-            pos += n
-        self._used += growth
-        node.size = max(node.size, off + total)
-
-    def _zero_range(self, node: _Inode, off: int, end: int) -> None:
-        """Make [off, end) read as zeros; whole chunks become holes."""
-        chunks = node.chunks
-        if not chunks or end <= off:
-            return
-        node.blocks = -1
-        for idx in [i for i in chunks if off < (i + 1) * CHUNK_SIZE and i * CHUNK_SIZE < end]:
-            chunk = chunks[idx]
-            base = idx * CHUNK_SIZE
-            a = max(off - base, 0)
-            b = min(end - base, len(chunk))
-            if a == 0 and b >= len(chunk):
-                self._used -= len(chunk)
-                del chunks[idx]
-                continue
-            if a < b:
-                chunk[a:b] = bytes(b - a)
-            if chunk.count(0) == len(chunk):
-                self._used -= len(chunk)
-                del chunks[idx]
-            elif b == len(chunk) and a < b:
-                # trailing zeros need not be stored
-                stripped = len(chunk.rstrip(b"\0"))
-                self._used -= len(chunk) - stripped
-                del chunk[stripped:]
-
-    def _set_size(self, node: _Inode, size: int) -> None:
-        if size < node.size and node.chunks:
-            self._zero_range(node, size, node.size)
-        node.size = size
 
     # -- names and attributes ----------------------------------------------------
 
@@ -1210,52 +944,6 @@ class MemFS(ReplayRecovery, Operations):
             self._touch_atime(src)
             return n
 
-    # -- POSIX record locks and flock (fusewire.locks) ---------------------------------
-
-    @property
-    def _plocks(self) -> dict[int, list[PosixLock]]:
-        """POSIX locks by inode (the lock table's)."""
-        return self.locks.posix
-
-    @property
-    def _flocks(self) -> dict[int, dict[int, tuple[int, int]]]:
-        """flock locks by inode: owner -> (op, fh) (the lock table's)."""
-        return self.locks.flocks
-
-    def getlk(self, fh: int, owner: int, lock: Lock, ctx: RequestContext) -> Lock:
-        """Return the first conflicting lock of another owner, or an F_UNLCK lock."""
-        with self._lock:
-            ino = self._handle(fh).ino
-        return self.locks.getlk(ino, owner, lock)
-
-    def setlk(self, fh: int, owner: int, lock: Lock, sleep: bool,
-              ctx: RequestContext) -> None:
-        """Set, change or release a byte-range lock; EAGAIN on conflict unless ``sleep``,
-        then a wait that does not hold the serving thread (see :mod:`fusewire.locks`)."""
-        with self._lock:
-            h = self._handle(fh)
-            if lock.type != fcntl.F_UNLCK:
-                acc = h.flags & os.O_ACCMODE
-                need = os.O_WRONLY if lock.type == fcntl.F_WRLCK else os.O_RDONLY
-                if acc != os.O_RDWR and acc != need:
-                    raise _err(errno.EBADF)
-        self.locks.setlk(h.ino, owner, lock, sleep, ctx, fh=fh, timeout=self.lock_wait_timeout)
-
-    def flock(self, fh: int, owner: int, op: int, sleep: bool, ctx: RequestContext) -> None:
-        """BSD flock: shared/exclusive whole-file locks per open file."""
-        with self._lock:
-            ino = self._handle(fh).ino
-        self.locks.flock(ino, owner, op, sleep, ctx, fh=fh, timeout=self.lock_wait_timeout)
-
-    def flush(self, fh: int, lock_owner: int = 0) -> None:
-        """close(2) of a descriptor: the closing owner's POSIX locks on the file go."""
-        with self._lock:
-            h = self._handles.get(fh)
-            if h is None or h.is_dir:
-                return
-            ino = h.ino
-        self.locks.unlock_owner(ino, lock_owner)
-
     # -- directories -----------------------------------------------------------
 
     def opendir(self, inode: int, ctx: RequestContext) -> int:
@@ -1457,105 +1145,3 @@ class MemFS(ReplayRecovery, Operations):
         """An entry for ``inode`` named by its handle: counts one lookup, like lookup."""
         with self._lock:
             return self._entry(self._get(inode))
-
-    def dump_state(self) -> bytes:
-        """Serialize the whole filesystem: tree, data, counts, open handles and locks."""
-        with self._lock:
-            inodes = []
-            for n in self._inodes.values():
-                # the bytearrays themselves: pickled at once, under the lock (no copy)
-                chunks = None if n.chunks is None else dict(n.chunks)
-                dirstate = None
-                if n.dir is not None:
-                    dirstate = (n.dir.parent, n.dir.next_cookie,
-                                [(name, ino, cookie)
-                                 for name, ino, cookie in n.dir.iter_after(0)])
-                inodes.append((n.ino, n.mode, n.nlink, n.uid, n.gid, n.rdev, n.size,
-                               n.atime, n.mtime, n.ctime, n.btime, n.nlookup,
-                               chunks, dirstate, n.target,
-                               None if n.xattrs is None else dict(n.xattrs)))
-            state = {
-                "version": _STATE_VERSION,
-                "generation": self._generation,
-                "next_ino": self._next_ino,
-                "next_fh": self._next_fh,
-                "max_bytes": self.max_bytes,
-                "max_inodes": self.max_inodes,
-                "inodes": inodes,
-                "handles": [(fh, h.ino, h.flags, h.is_dir) for fh, h in self._handles.items()],
-                "linkable": sorted(self._linkable),
-                **self.locks.export(),
-                "iflags": dict(self._iflags),
-            }
-            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def replay_started(self) -> None:
-        """Keep unlinked inodes until :meth:`replay_finished` (the log has no FORGETs)."""
-        with self._lock:
-            self._replaying = True
-
-    def replay_finished(self, lookups: Mapping[int, int],
-                        changed: Collection[int] | None = None) -> None:
-        """Take the kernel's lookup counts; free unlinked inodes nothing holds."""
-        with self._lock:
-            self._replaying = False
-            inodes = self._inodes
-            if changed is None:
-                for ino, node in inodes.items():
-                    node.nlookup = lookups.get(ino, 0)
-            else:
-                for ino in changed:
-                    found = inodes.get(ino)
-                    if found is not None:
-                        found.nlookup = lookups.get(ino, 0)
-            for node in [n for n in inodes.values() if n.nlink == 0]:
-                self._maybe_free(node)
-
-    def load_state(self, data: bytes) -> None:
-        """Replace this filesystem's contents with a :meth:`dump_state` blob."""
-        state = _NoGlobalsUnpickler(io.BytesIO(data)).load()
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError("not a MemFS state of a supported version")
-        inodes: dict[int, _Inode] = {}
-        used = 0
-        for (ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,
-             nlookup, chunks, dirstate, target, xattrs) in state["inodes"]:
-            n = _Inode(ino, mode, uid, gid, 0)
-            n.nlink, n.size = nlink, size
-            n.atime, n.mtime, n.ctime, n.btime = atime, mtime, ctime, btime
-            n.nlookup, n.xattrs = nlookup, xattrs
-            if xattrs:
-                used += _xattr_bytes(xattrs)
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                n.data = rdev
-            elif target is not None:
-                n.data = target
-            if chunks is not None:
-                # chunks are pickled bytearrays: take them as they are (no copy)
-                n.data = {i: c if isinstance(c, bytearray) else bytearray(c)
-                          for i, c in chunks.items()}
-                used += sum(len(c) for c in chunks.values())
-            if dirstate is not None:
-                parent, next_cookie, entries = dirstate
-                d = _Dir(parent)
-                for name, child, cookie in entries:
-                    d.add(name, child, cookie)
-                d.next_cookie = next_cookie
-                n.data = d
-            inodes[ino] = n
-        with self._lock:
-            self._generation = state["generation"]
-            self._next_ino = state["next_ino"]
-            self._next_fh = state["next_fh"]
-            self.max_bytes = state["max_bytes"]
-            self.max_inodes = state["max_inodes"]
-            self._inodes = inodes
-            self._used = used
-            self._handles = {fh: _Handle(ino, flags, is_dir)
-                             for fh, ino, flags, is_dir in state["handles"]}
-            self._nopen = {}
-            for h in self._handles.values():
-                self._nopen[h.ino] = self._nopen.get(h.ino, 0) + 1
-            self._linkable = set(state["linkable"])
-            self._iflags = dict(state.get("iflags") or {})
-            self.locks.load(state["plocks"], state["flocks"])
