@@ -62,6 +62,8 @@ _BACKING = _U64_U32                 # fh, kernel backing id
 _OPEN_OUT = CODECS["open_out"].struct
 _FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
+#: a FORGET record's count for "the node left the table" (whatever it was)
+_ALL = (1 << 63) - 1
 
 
 class RecordType:
@@ -247,6 +249,12 @@ def load(data: bytes | memoryview, *, light: bool = False) -> JournalState:
             state.snapshot_end = end
         if state.since_snapshot == 0:
             state.log_start = end
+    # Only a node's first lookup is journaled (JournaledNodeTable): a successor
+    # counts every node the kernel holds as looked up once, and the kernel's
+    # final FORGET of it (whatever its count) releases it.
+    nodes = state.nodes
+    for n in nodes:
+        nodes[n] = 1
     return state
 
 
@@ -579,9 +587,21 @@ class JournaledNodeTable(NodeTable):
         self.key_of = key_of
 
     def add(self, nodeids: Iterable[int]) -> None:
-        ids = list(nodeids)
-        super().add(ids)
-        self.pending.extend(ids)
+        """Count the lookups; buffer an ADD only for nodes entering the table.
+
+        The journal records presence, not exact counts: a successor starts every
+        node the kernel holds at one lookup (see :meth:`forget` and
+        docs/recovery.md, "Lookup counts").  Repeated lookups of a known node
+        therefore cost no journal write.
+        """
+        counts = self.counts
+        pending = self.pending
+        with self.lock:
+            for n in nodeids:
+                have = counts.get(n, 0)
+                counts[n] = have + 1
+                if not have:
+                    pending.append(n)
 
     def take_pending(self) -> bytes:
         """Encoded ADD record for the buffered lookups (empty if none)."""
@@ -629,12 +649,17 @@ class JournaledNodeTable(NodeTable):
             self.writer.append(RecordType.NODE_KEYS, encode_keys(found))
 
     def forget(self, nodeid: int, nlookup: int) -> int:
+        """Release ``nlookup``; journal only a node leaving the table (count 0).
+
+        Counts read back from the journal are "at least one" (only a node's
+        first lookup is journaled), so a partial forget is not journaled and a
+        final one is journaled as releasing everything.
+        """
         taken = super().forget(nodeid, nlookup)
-        if taken:
+        if taken and nodeid not in self.counts:
             # buffered: one FORGET record per request (a BATCH_FORGET names many nodes)
-            self.forgotten.extend((nodeid, taken))
-            if nodeid not in self.counts:
-                self.keys.pop(nodeid, None)
+            self.forgotten.extend((nodeid, _ALL))
+            self.keys.pop(nodeid, None)
         return taken
 
     def flush_forgets(self) -> None:
