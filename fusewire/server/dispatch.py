@@ -75,7 +75,7 @@ from fusewire.opcodes.flags import (
     InitFlag,
     Opcode,
 )
-from fusewire.opcodes.table import OpInfo, Reply
+from fusewire.opcodes.table import OPS, OpInfo, Reply, ops_for_profile
 from fusewire.operations import Operations
 from fusewire.readdir import ReaddirToken
 from fusewire.server import handles as _fh
@@ -226,8 +226,6 @@ def _takes_lock_owner(ops: Operations) -> bool:
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
 
-#: opcodes whose _op_* also calls ``flock`` besides the row's handler
-_CALLS_FLOCK = frozenset({Opcode.SETLK, Opcode.SETLKW, Opcode.RELEASE})
 def _eager_task() -> Any:
     """asyncio.Task where it can start eagerly (Python 3.12+), else None."""
     if sys.version_info < (3, 12):
@@ -449,8 +447,8 @@ class Dispatcher:
         self._flush_owner = _takes_lock_owner(ops)
         self._handlers: dict[int, Callable[[Request], Buffers | None]] = {}
         self._implemented: dict[str, bool] = {}
-        for code in list(Opcode):
-            self._bind(int(code))
+        for code, row in OPS.items():
+            self._bind(code, row)
         #: opcode -> what handle() calls, with the ENOSYS-without-calling rule
         #: already applied (filled on first use of each opcode)
         self._resolved: dict[int, Callable[[Request], Buffers | None]] = {}
@@ -463,11 +461,10 @@ class Dispatcher:
         self.handles: SessionHandles | None = None
         self._install_draft()
 
-    def _bind(self, code: int) -> None:
-        name = Opcode(code).name if code in Opcode._value2member_map_ else str(code)
-        method = getattr(self, f"_op_{name.lower()}", None)
-        if method is not None:
-            self._handlers[code] = method
+    def _bind(self, code: int, row: OpInfo) -> None:
+        """Bind ``code`` to the server function its row names (``serve``)."""
+        if row.serve is not None:
+            self._handlers[code] = getattr(self, row.serve)
 
     def implemented(self, handler: str) -> bool:
         """Whether the Operations subclass overrides ``handler``."""
@@ -644,7 +641,8 @@ class Dispatcher:
         """Run ``fn``'s ``_op_*`` function once more with ``ops`` standing in."""
         func = getattr(fn, "__func__", None)
         if func is None:  # a wrapped draft handler: the plain one
-            func = getattr(type(self), "_op_" + req.info.name.lower())
+            assert req.info.serve is not None
+            func = getattr(type(self), req.info.serve)
         result: Buffers | None = func(_Replay(self, ops), req)
         return result
 
@@ -656,7 +654,7 @@ class Dispatcher:
             # FORGET gives counts back before it calls the handler: never run in
             # passes (an async ``forget`` is started as a background task instead)
             return False
-        return info.handler in names or ("flock" in names and info.opcode in _CALLS_FLOCK)
+        return info.handler in names or ("flock" in names and info.calls_flock)
 
     def _launcher(self, fn: Callable[[Request], Buffers | None]
                   ) -> Callable[[Request], Buffers | None]:
@@ -1242,19 +1240,12 @@ class Dispatcher:
                 fn = table.get(op)
                 if fn is not None:
                     table[op] = self._with_parent(fn)
-        if name == "rfc-v2":
-            table[profile.lookup_opcode] = self._op_lookup_handle_rfc_v2
-        elif name == "rfc-v3":
-            table[profile.lookup_opcode] = self._op_lookup_handle_rfc_v3
-            assert profile.mkobj_opcode is not None and profile.compound_opcode is not None
-            table[profile.mkobj_opcode] = self._op_mkobj_handle_rfc_v3
-            table[profile.compound_opcode] = self._op_compound
-        else:
-            table[Opcode.READDIRPLUS] = self._op_readdirplus_handles
-            table[profile.lookup_opcode] = self._op_lookup_handle_fw
-            assert profile.mkobj_opcode is not None and profile.revalidate_opcode is not None
-            table[profile.revalidate_opcode] = self._op_revalidate_fh
-            table[profile.mkobj_opcode] = self._op_mkobj_handle_fw
+        # the profile's own rows (and any upstream row it serves differently)
+        # name their server functions, as the upstream rows do
+        for code, row in ops_for_profile(name).items():
+            upstream = OPS.get(code)
+            if row.serve is not None and (upstream is None or upstream.serve != row.serve):
+                self._bind(code, row)
         self._resolved.clear()
 
     def _with_parent(self, fn: Callable[[Request], Buffers | None]
