@@ -299,10 +299,6 @@ def test_cli_turns_a_bad_spec_into_one_line() -> None:
 #: here) fails: take it from fusewire.structs.codec.CODECS (``.struct``, or
 #: ``.head(n)`` for the leading fields) instead.
 LITERAL_FORMATS: dict[str, tuple[int, str]] = {
-    "fusewire/server/dispatch.py": (8, "reply bodies packed inline; they move onto the rows' "
-                                       "reply codecs with the dispatcher rewrite (issue 14)"),
-    "fusewire/server/loop.py": (9, "notification payloads and the backing-map ioctl; they "
-                                    "move into the sans-IO encoder (issue 14)"),
     "fusewire/server/mount.py": (3, "native C ints of SCM_RIGHTS and FUSE_DEV_IOC_CLONE's "
                                     "argument: the host's ABI, not the FUSE wire"),
     "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
@@ -316,10 +312,9 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/server/processes.py": (20, "the multi-process nodeid table's own layout in "
                                          "shared memory"),
     "fusewire/pathops.py": (1, "the path API's own file-handle bytes"),
-    "fusewire/connection.py": (1, "supp_groups' gid array: its length is in the message"),
-    "fusewire/testing/dump.py": (1, "notify_prune's nodeid array: length in the message"),
-    "fusewire/testing/wire.py": (1, "notify_prune's nodeid array: length in the message"),
-    "fusewire/testing/strategies.py": (1, "notify_prune's nodeid array: length in the message"),
+    "fusewire/connection.py": (3, "counted arrays whose length is in the message: "
+                                  "supp_groups' gids, and notify_prune's nodeids "
+                                  "(pack_u64s/unpack_u64s, which the decoders share)"),
 }
 
 _STRUCT_CALLS = {"Struct", "pack", "pack_into", "unpack", "unpack_from", "iter_unpack",

@@ -102,6 +102,14 @@ _ENTRY = CODECS["entry_out"].struct
 _ATTR_OUT = CODECS["attr_out"].struct
 _OPEN_OUT = CODECS["open_out"].struct
 _WRITE_OUT = CODECS["write_out"].struct
+_LSEEK_OUT = CODECS["lseek_out"].struct
+_COPY_OUT_64 = CODECS["copy_file_range_out"].struct
+_IOCTL_OUT = CODECS["ioctl_out"].struct
+_POLL_OUT = CODECS["poll_out"].struct
+_BMAP_OUT = CODECS["bmap_out"].struct
+_LK_OUT = CODECS["lk_out"].struct
+_STATFS_OUT = CODECS["statfs_out"].struct
+_GETXATTR_OUT = CODECS["getxattr_out"].struct
 _OUT_HDR = CODECS["out_header"].struct
 _PACK_HDR = _OUT_HDR.pack
 _STATX_OUT = CODECS["statx_out"].struct
@@ -1089,7 +1097,7 @@ class Dispatcher:
         # loff_t travels as u64: a negative offset from the caller arrives >= 2**63
         offset = a.offset - (1 << 64) if a.offset >> 63 else a.offset
         off = self.ops.lseek(a.fh, offset, a.whence, self._ctx(req))
-        return self._ok(req, struct.pack("<Q", off))
+        return self._ok(req, _LSEEK_OUT.pack(off))
 
     def _op_copy_file_range(self, req: Request) -> Buffers:
         a = req.arg
@@ -1099,7 +1107,7 @@ class Dispatcher:
             raise LocalProtocolError(f"copy_file_range returned {n} for len {a.len}")
         if req.opcode == Opcode.COPY_FILE_RANGE:
             return self._ok(req, _WRITE_OUT.pack(min(n, 0xFFFFFFFF), 0))
-        return self._ok(req, struct.pack("<Q", n))
+        return self._ok(req, _COPY_OUT_64.pack(n))
 
     _op_copy_file_range_64 = _op_copy_file_range
 
@@ -1110,17 +1118,17 @@ class Dispatcher:
         data = _data(out, "ioctl")
         if len(data) > a.out_size:
             raise LocalProtocolError(f"ioctl returned {len(data)} bytes > out_size {a.out_size}")
-        return self._ok(req, struct.pack("<iIII", result, 0, 0, 0), data)
+        return self._ok(req, _IOCTL_OUT.pack(result, 0, 0, 0), data)
 
     def _op_poll(self, req: Request) -> Buffers:
         a = req.arg
         revents = self.ops.poll(a.fh, a.kh, a.events, a.flags, self._ctx(req))
-        return self._ok(req, struct.pack("<II", revents, 0))
+        return self._ok(req, _POLL_OUT.pack(revents, 0))
 
     def _op_bmap(self, req: Request) -> Buffers:
         a = req.arg
         block = self.ops.bmap(req.nodeid, a.blocksize, a.block, self._ctx(req))
-        return self._ok(req, struct.pack("<Q", block))
+        return self._ok(req, _BMAP_OUT.pack(block))
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -1129,7 +1137,7 @@ class Dispatcher:
         lk = a.lk
         got = self.ops.getlk(a.fh, a.owner, Lock(lk.start, lk.end, lk.type, lk.pid),
                              self._ctx(req))
-        return self._ok(req, struct.pack("<QQII", got.start, got.end, got.type, got.pid))
+        return self._ok(req, _LK_OUT.pack(got.start, got.end, got.type, got.pid))
 
     def _op_setlk(self, req: Request) -> Buffers:
         a = req.arg
@@ -1174,8 +1182,8 @@ class Dispatcher:
 
     def _op_statfs(self, req: Request) -> Buffers:
         s = self.ops.statfs(self._ctx(req))
-        body = struct.pack("<QQQQQIII", s.f_blocks, s.f_bfree, s.f_bavail, s.f_files,
-                           s.f_ffree, s.f_bsize, s.f_namemax, s.f_frsize) + bytes(28)
+        body = _STATFS_OUT.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
+                                s.f_bsize, s.f_namemax, s.f_frsize, 0, 0, 0, 0, 0, 0, 0)
         session = self.conn.session
         assert session is not None
         return self._ok(req, body[:session.sizes["statfs_out"]])
@@ -1199,7 +1207,7 @@ class Dispatcher:
     def _xattr_reply(self, req: Request, value: bytes | bytearray | memoryview) -> Buffers:
         size = req.arg.size
         if size == 0:
-            return self._ok(req, struct.pack("<II", len(value), 0))
+            return self._ok(req, _GETXATTR_OUT.pack(len(value), 0))
         if len(value) > size:
             raise FUSEError(errno.ERANGE)
         return self._ok(req, value)

@@ -49,7 +49,6 @@ import logging
 import os
 import selectors
 import signal
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -584,10 +583,11 @@ class Server:
 
     # -- notifications (the Notifier protocol) ---------------------------------------------
 
-    def _notify(self, code: NotifyCode, *payload: bytes) -> int:
+    def _notify(self, code: NotifyCode, *fields: int, tail: bytes | Sequence[int] = b"") -> int:
         if self.fd is None:
             raise OSError(errno.ENOTCONN, "not serving")
-        bufs = self.conn.notify(code, *payload)
+        # encoded by the sans-IO core from the NOTIFICATIONS row's payload schema
+        bufs = self.conn.notification(code, *fields, tail=tail)
         if self.capture is not None:
             self.capture.notify(bufs)
         try:
@@ -598,29 +598,25 @@ class Server:
 
     def notify_poll(self, kh: int) -> int:
         """Wake pollers waiting on poll handle ``kh``."""
-        return self._notify(NotifyCode.POLL, struct.pack("<Q", kh))
+        return self._notify(NotifyCode.POLL, kh)
 
     def notify_inval_inode(self, inode: int, off: int = 0, length: int = 0) -> int:
         """Invalidate attributes (and page cache from ``off`` unless ``off < 0``)."""
-        return self._notify(NotifyCode.INVAL_INODE, struct.pack("<Qqq", inode, off, length))
+        return self._notify(NotifyCode.INVAL_INODE, inode, off, length)
 
     def notify_inval_entry(self, parent_inode: int, name: bytes,
                            expire_only: bool = False) -> int:
         """Invalidate (or with ``expire_only`` just expire) a cached dentry."""
-        return self._notify(NotifyCode.INVAL_ENTRY,
-                            struct.pack("<QII", parent_inode, len(name), int(expire_only)),
-                            name + b"\0")
+        return self._notify(NotifyCode.INVAL_ENTRY, parent_inode, len(name), int(expire_only),
+                            tail=name)
 
     def notify_delete(self, parent_inode: int, inode: int, name: bytes) -> int:
         """Tell the kernel a name was deleted (inotify sees it)."""
-        return self._notify(NotifyCode.DELETE,
-                            struct.pack("<QQII", parent_inode, inode, len(name), 0),
-                            name + b"\0")
+        return self._notify(NotifyCode.DELETE, parent_inode, inode, len(name), 0, tail=name)
 
     def notify_store(self, inode: int, offset: int, data: bytes) -> int:
         """Push ``data`` into the page cache of ``inode``."""
-        return self._notify(NotifyCode.STORE, struct.pack("<QQII", inode, offset, len(data), 0),
-                            data)
+        return self._notify(NotifyCode.STORE, inode, offset, len(data), 0, tail=data)
 
     def notify_retrieve(self, inode: int, offset: int, size: int,
                         timeout: float = 5.0) -> bytes | None:
@@ -633,8 +629,7 @@ class Server:
         event = threading.Event()
         box: list[bytes] = []
         self._retrieved[ident] = (event, box)
-        err = self._notify(NotifyCode.RETRIEVE,
-                           struct.pack("<QQQII", ident, inode, offset, size, 0))
+        err = self._notify(NotifyCode.RETRIEVE, ident, inode, offset, size, 0)
         if err:
             self._retrieved.pop(ident, None)
             raise OSError(err, os.strerror(err))
@@ -652,8 +647,7 @@ class Server:
     def notify_prune(self, inodes: Sequence[int]) -> int:
         """Ask the kernel to forget unused inodes (7.45)."""
         ids = list(inodes)
-        return self._notify(NotifyCode.PRUNE, struct.pack("<IIQ", len(ids), 0, 0),
-                            struct.pack(f"<{len(ids)}Q", *ids))
+        return self._notify(NotifyCode.PRUNE, len(ids), 0, 0, tail=ids)
 
     def notify_inc_epoch(self) -> int:
         """Make every cached dentry revalidate on next use (7.44)."""
@@ -669,7 +663,7 @@ class Server:
         """Register ``fd`` as a passthrough backing file; return the backing id."""
         if self.fd is None:
             raise OSError(errno.ENOTCONN, "not serving")
-        arg = ctypes.create_string_buffer(struct.pack("<iIQ", fd, 0, 0), 16)
+        arg = ctypes.create_string_buffer(CODECS["backing_map"].struct.pack(fd, 0, 0), 16)
         res = _libc.ioctl(self.fd, ctypes.c_ulong(_FUSE_DEV_IOC_BACKING_OPEN), arg)
         if res < 0:
             err = ctypes.get_errno()
