@@ -545,7 +545,13 @@ class Connection:
         """Whether an INTERRUPT arrived for the request ``unique`` (still in flight)."""
         return (unique & _RESEND_MASK) in self._interrupted
 
-    def _done(self, unique: int) -> None:
+    def retire(self, unique: int) -> None:
+        """Forget request ``unique``: it is answered (its reply is encoded).
+
+        :meth:`reply`, :meth:`reply_error` and :meth:`reply_struct` call this
+        themselves; only a caller that packs a whole reply in one fused format
+        (the server's GETATTR/LOOKUP fast paths) calls it directly.
+        """
         key = unique & _RESEND_MASK
         self.inflight.pop(key, None)
         if self._interrupted:
@@ -619,7 +625,7 @@ class Connection:
         except LocalProtocolError as exc:
             return self.reply_error(req.unique, exc.errno_hint)
         self.session = session
-        self._done(req.unique)
+        self.retire(req.unique)
         return [self._init_reply(req.unique, session)]
 
     @staticmethod
@@ -646,7 +652,7 @@ class Connection:
 
     def reply(self, unique: int, *payload: bytes | bytearray | memoryview) -> list[Any]:
         """A success reply carrying ``payload`` (already encoded), for writev."""
-        self._done(unique)
+        self.retire(unique)
         size = 16
         for p in payload:
             size += len(p)
@@ -656,7 +662,7 @@ class Connection:
         """An error reply (header only; ``err`` is a positive errno, 1..511)."""
         if not 0 < err < 512:
             raise LocalProtocolError(f"errno {err} outside 1..511", errno.EINVAL)
-        self._done(unique)
+        self.retire(unique)
         return [_PACK_OUT(16, -err, unique)]
 
     def reply_struct(self, unique: int, name: str, rec: Any, *extra: bytes) -> list[Any]:
@@ -667,7 +673,7 @@ class Connection:
 
     def forget_inflight(self, unique: int) -> None:
         """Drop bookkeeping for a request that will never be answered here."""
-        self._done(unique)
+        self.retire(unique)
 
     # -- notifications ------------------------------------------------------------
 

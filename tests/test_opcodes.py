@@ -256,3 +256,10 @@ def test_protocol_reference_check_command(tmp_path, capsys) -> None:  # type: ig
     assert main(["--check", str(good)]) == 1
     err = capsys.readouterr().err
     assert "stale" in err and err.count("\n") == 1
+
+
+def test_the_connection_retires_requests_itself() -> None:
+    # the dispatcher answers through Connection.reply/reply_error (which retire the
+    # request) or, on its fused fast paths, Connection.retire: never a private member
+    src = (Path(__file__).parent.parent / "fusewire" / "server" / "dispatch.py").read_text()
+    assert "conn._" not in src

@@ -463,7 +463,10 @@ class Dispatcher:
         #: per thread (worker threads share the dispatcher): the nodeids the
         #: request being handled hands to the kernel, one lookup each
         self._tls = threading.local()
-        self._done = conn._done
+        #: the fused fast paths retire their request themselves (see _attr_reply)
+        self._retire = conn.retire
+        self._reply = conn.reply
+        self._reply_error = conn.reply_error
         self._interrupted = conn.is_interrupted
         #: DRAFT: the stable-handle profile in force (None: none negotiated)
         self.handles: SessionHandles | None = None
@@ -807,17 +810,11 @@ class Dispatcher:
     def _error(self, req: Request, err: int) -> Buffers | None:
         if req.info.reply is Reply.NONE:
             return None
-        if not 0 < err < 512:
-            err = errno.EIO
-        self._done(req.unique)
-        return [_PACK_HDR(16, -err, req.unique)]
+        # a handler's errno outside 1..511 is its bug: the kernel gets EIO
+        return self._reply_error(req.unique, err if 0 < err < 512 else errno.EIO)
 
     def _ok(self, req: Request, *payload: Any) -> Buffers:
-        self._done(req.unique)
-        size = 16
-        for p in payload:
-            size += len(p)
-        return [_PACK_HDR(size, 0, req.unique), *payload]
+        return self._reply(req.unique, *payload)
 
     def _ctx(self, req: Request, umask: int = 0) -> RequestContext:
         ext = req.ext
@@ -857,7 +854,7 @@ class Dispatcher:
             return self._ok(req, attr_out_bytes(a)[:size])
         # The hot path (GETATTR at 7.9+): header and attr_out in one pack.
         unique = req.unique
-        self._done(unique)
+        self._retire(unique)
         t = a.attr_timeout
         if t > 0:
             whole = int(t)
@@ -911,7 +908,7 @@ class Dispatcher:
         if a.st_ino:
             self._tls.lookups.append(a.st_ino)
         unique = req.unique
-        self._done(unique)
+        self._retire(unique)
         ev, evn = _ts(a.entry_timeout)
         av, avn = _ts(a.attr_timeout)
         return [_HDR_ENTRY.pack(_HDR_ENTRY_SIZE, 0, unique, a.st_ino, a.generation, ev, av,
