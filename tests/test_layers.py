@@ -304,7 +304,7 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
     "fusewire/recovery/journal.py": (8, "the journal's own on-disk records (docs/recovery.md)"),
     "fusewire/testing/capture.py": (4, "the capture file's own format (docs/capture-format.md)"),
-    "fusewire/testing/emulator.py": (1, "length prefix of its own subprocess pipe"),
+    "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "
                                       "the host's FS_IOC_* ioctl arguments (fsxattr)"),
     "fusewire/examples/passthrough.py": (11, "struct file_handle and statx of the host's "
