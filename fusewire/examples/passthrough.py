@@ -129,6 +129,9 @@ class Passthrough(PassthroughRecovery, Operations):
     #: state lives in the source tree: several serving processes may share it
     #: (``Server(processes=N)``; see "Multi-process serving" below)
     multiprocess_safe = True
+    #: the kernel leaves the umask to us (FUSE_DONT_MASK): the source applies the
+    #: caller's umask, or the parent's default ACL instead, as it would locally
+    applies_umask = True
 
     def __init__(self, source: str, *, entry_timeout: float = 0.0,
                  attr_timeout: float = 0.0, kernel_passthrough: bool = False) -> None:
@@ -399,7 +402,7 @@ class Passthrough(PassthroughRecovery, Operations):
         """mknodat relative to the parent."""
         parent = self._node(parent_inode)
         _check_name(name)
-        with self._identity.no_umask():
+        with self._identity.umask(ctx.umask):
             os.mknod(name, mode, rdev, dir_fd=parent.fd)
         return self._created(parent, name)
 
@@ -410,7 +413,7 @@ class Passthrough(PassthroughRecovery, Operations):
         """mkdirat relative to the parent."""
         parent = self._node(parent_inode)
         _check_name(name)
-        with self._identity.no_umask():
+        with self._identity.umask(ctx.umask):
             os.mkdir(name, mode & 0o7777, dir_fd=parent.fd)
         return self._created(parent, name)
 
@@ -520,7 +523,7 @@ class Passthrough(PassthroughRecovery, Operations):
         base = (flags & ~_OPEN_STRIP) | os.O_NOFOLLOW | os.O_CLOEXEC
         created = True
         try:
-            with self._identity.no_umask() as exact:
+            with self._identity.umask(ctx.umask) as exact:
                 fd = os.open(name, base | os.O_CREAT | os.O_EXCL, mode & 0o7777,
                              dir_fd=parent.fd)
         except FileExistsError:
@@ -529,7 +532,7 @@ class Passthrough(PassthroughRecovery, Operations):
             fd = os.open(name, base, dir_fd=parent.fd)
             created = False
         try:
-            return self._finish_create(fd, mode, created and not exact, flags)
+            return self._finish_create(fd, mode & ~ctx.umask, created and not exact, flags)
         except BaseException:
             os.close(fd)
             raise
@@ -565,10 +568,10 @@ class Passthrough(PassthroughRecovery, Operations):
         parent = self._node(parent_inode)
         oflags = os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_EXCL | os.O_APPEND)) \
             | os.O_CLOEXEC
-        with self._identity.no_umask() as exact:
+        with self._identity.umask(ctx.umask) as exact:
             fd = os.open(".", oflags, mode & 0o7777, dir_fd=parent.fd)
         try:
-            return self._finish_create(fd, mode, not exact, flags)
+            return self._finish_create(fd, mode & ~ctx.umask, not exact, flags)
         except BaseException:
             os.close(fd)
             raise
@@ -582,6 +585,26 @@ class Passthrough(PassthroughRecovery, Operations):
     def write(self, fh: int, off: int, buf: memoryview) -> int:
         """pwrite (an O_APPEND handle appends, as pwrite does on Linux)."""
         return os.pwrite(fh, buf, off)
+
+    @_errmap
+    def write_kill_suidgid(self, fh: int, ctx: RequestContext) -> None:
+        """An unprivileged write is coming: clear the set-ID bits as write(2) does.
+
+        The write itself runs as the server (which may keep the bits), so the
+        rule is applied here: S_ISUID goes, S_ISGID too if the group may
+        execute or the writer is not in the file's group.
+        """
+        st = os.fstat(fh)
+        mode = st.st_mode
+        if not mode & (stat.S_ISUID | stat.S_ISGID):
+            return
+        new = mode & ~stat.S_ISUID
+        if mode & stat.S_IXGRP or (st.st_gid != ctx.gid and st.st_gid not in ctx.groups):
+            new &= ~stat.S_ISGID
+        try:
+            os.fchmod(fh, new & 0o7777)
+        except PermissionError:
+            pass        # a non-root server that does not own the file cannot
 
     @_errmap
     def flush(self, fh: int, lock_owner: int = 0) -> None:

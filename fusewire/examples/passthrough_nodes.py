@@ -38,7 +38,8 @@ _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 _REOPEN_STRIP = _OPEN_STRIP | os.O_TRUNC | os.O_TMPFILE
 _DOTS = (b".", b"..")
 
-_FH_ARGS = {"read": (1,), "write": (1,), "flush": (1,), "fsync": (1,), "fallocate": (1,),
+_FH_ARGS = {"read": (1,), "write": (1,), "write_kill_suidgid": (1,), "flush": (1,),
+            "fsync": (1,), "fallocate": (1,),
             "lseek": (1,), "copy_file_range": (1, 4), "setattr": (4,), "ioctl": (1,)}
 
 

@@ -72,6 +72,7 @@ from fusewire.opcodes.flags import (
     GETATTR,
     LK,
     RELEASE,
+    WRITE,
     InitFlag,
     Opcode,
 )
@@ -93,6 +94,9 @@ from fusewire.types import (
     SetattrFields,
 )
 from fusewire.types import timeout_parts as _ts
+
+#: FUSE_WRITE_KILL_SUIDGID as a plain int (tested on every WRITE)
+_WRITE_KILL_SUIDGID = int(WRITE.KILL_SUIDGID)
 
 __all__ = ["Dispatcher", "Journal", "NodeTable", "wanted_flags"]
 
@@ -258,6 +262,8 @@ def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
         want |= InitFlag.WRITEBACK_CACHE
     if ops.enable_acl:
         want |= InitFlag.POSIX_ACL
+    if ops.applies_umask:
+        want |= InitFlag.DONT_MASK
     return want
 
 
@@ -1054,6 +1060,8 @@ class Dispatcher:
 
     def _op_write(self, req: Request) -> Buffers:
         a = req.arg
+        if a.write_flags & _WRITE_KILL_SUIDGID:
+            self.ops.write_kill_suidgid(a.fh, self._ctx(req))
         n = self.ops.write(a.fh, a.offset, req.data)
         if n > len(req.data):
             raise LocalProtocolError(f"write returned {n} for {len(req.data)} bytes")
