@@ -61,16 +61,20 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
 import stat
 import struct
+import sys
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fusewire.examples.caller import CallerIdentity
+from fusewire.examples.passthrough_fdcache import DescriptorCache
 from fusewire.examples.passthrough_libc import (
     _AT_EMPTY_PATH,
     _AT_SYMLINK_NOFOLLOW,
+    _MAX_HANDLE_SZ,
     _STATX_BTIME,
     _UTIME_NOW,
     _UTIME_OMIT,
@@ -80,6 +84,7 @@ from fusewire.examples.passthrough_libc import (
     _fchownat,
     _fdopendir,
     _linkat,
+    _name_to_handle_at,
     _os_error,
     _readdir_c,
     _renameat2,
@@ -160,8 +165,38 @@ class Passthrough(PassthroughRecovery, Operations):
         self._recoverable = False
         self._dirs: dict[int, _DirHandle] = {}
         self._root_mount_id = self._mount_id(fd)
+        self._fdcache = self._descriptor_cache()
 
     # -- node table ----------------------------------------------------------
+
+    def _descriptor_cache(self) -> DescriptorCache | None:
+        """Lazy node descriptors where handles can be reopened (root, file handles)."""
+        if os.geteuid() != 0:
+            return None
+        root = self._nodes[_ROOT]
+        if self._handle_bytes(root.raw_fd, root.key) is None:
+            return None
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limit = self.node_cache
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft // 4)
+        return DescriptorCache(limit, self._mount_fd(), self._identity.as_server)
+
+    def _make_lazy(self, node: _Node) -> None:
+        """Let the cache close ``node``'s descriptor while idle (it has a handle)."""
+        cache = self._fdcache
+        if cache is None:
+            return
+        # struct file_handle: u32 handle_bytes, int handle_type, f_handle[]
+        buf = ctypes.create_string_buffer(_MAX_HANDLE_SZ.to_bytes(4, sys.byteorder),
+                                          8 + _MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(-1)
+        if _name_to_handle_at(node.raw_fd, b"", buf, ctypes.byref(mount_id),
+                              _AT_EMPTY_PATH) != 0:
+            return
+        node.handle = buf.raw[:8 + int.from_bytes(buf.raw[:4], sys.byteorder)]
+        node.cache = cache
+        cache.track(node)
 
     def _nodeid_for(self, key: tuple[int, int]) -> int:
         if key == self._root_key:
@@ -197,6 +232,7 @@ class Passthrough(PassthroughRecovery, Operations):
                 self._nodes[nodeid] = node
                 self._by_key[key] = node
                 fd = -1
+                self._make_lazy(node)
         if fd >= 0:
             os.close(fd)
         return node
@@ -209,7 +245,13 @@ class Passthrough(PassthroughRecovery, Operations):
             if self._nodes.get(node.nodeid) is node:
                 del self._nodes[node.nodeid]
                 del self._by_key[node.key]
-        os.close(node.fd)
+        cache = node.cache
+        if cache is not None:
+            fd = cache.discard(node)
+        else:
+            fd, node.raw_fd = node.raw_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _lookup(self, parent: _Node, name: bytes, count: int) -> tuple[_Node, os.stat_result]:
         _check_name(name)
@@ -874,7 +916,10 @@ class Passthrough(PassthroughRecovery, Operations):
     def destroy(self) -> None:
         """Close every descriptor this filesystem holds."""
         with self._lock:
-            fds = [n.fd for n in self._nodes.values()]
+            fds = [n.raw_fd for n in self._nodes.values() if n.raw_fd >= 0]
+            cache, self._fdcache = self._fdcache, None
+            if cache is not None:
+                cache.close()
             fds += list(self._files) + [d.fd for d in self._dirs.values()]
             # a recoverable server's backing ids outlive it: its successor reuses them
             backing = [] if self._recoverable else list(self._backing_refs)

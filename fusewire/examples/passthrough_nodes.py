@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from fusewire.examples.caller import CallerIdentity
+from fusewire.examples.passthrough_fdcache import DescriptorCache
 from fusewire.types import FUSEError, RequestContext
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        cache = getattr(args[0], "_fdcache", None) if args else None
+        if cache is not None:
+            cache.enter()
         try:
             return fn(*args, **kwargs)
         except OSError as e:
@@ -61,6 +65,9 @@ def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
                     except OSError as e2:
                         raise FUSEError(e2.errno or errno.EIO) from None
             raise FUSEError(e.errno or errno.EIO) from None
+        finally:
+            if cache is not None:
+                cache.leave()
 
     return wrapper
 
@@ -97,17 +104,36 @@ def _check_name(name: bytes) -> None:
 
 
 class _Node:
-    """An object the kernel holds a reference to."""
+    """An object the kernel holds a reference to.
 
-    __slots__ = ("fd", "key", "kind", "nlookup", "nodeid")
+    ``fd`` is its ``O_PATH`` descriptor; with a descriptor ``cache`` it may
+    have been closed while idle (``raw_fd`` -1) and is reopened from
+    ``handle`` on first use (see :mod:`.passthrough_fdcache`).
+    """
+
+    __slots__ = ("cache", "handle", "key", "kind", "nlookup", "nodeid", "raw_fd")
 
     def __init__(self, nodeid: int, fd: int, key: tuple[int, int], kind: int,
                  nlookup: int) -> None:
         self.nodeid = nodeid
-        self.fd = fd
+        self.raw_fd = fd
         self.key = key
         self.kind = kind
         self.nlookup = nlookup
+        self.handle: bytes | None = None
+        self.cache: DescriptorCache | None = None
+
+    @property
+    def fd(self) -> int:
+        """The node's descriptor, reopened by handle if the cache closed it."""
+        fd = self.raw_fd
+        if fd < 0 and self.cache is not None:
+            return self.cache.reopen(self)
+        return fd
+
+    @fd.setter
+    def fd(self, value: int) -> None:
+        self.raw_fd = value
 
 
 class _DirHandle:
@@ -140,6 +166,8 @@ class PassthroughState:
     #: multi-process: most node descriptors a process keeps beyond those in use
     node_cache = 4096
     _shared: SharedTable | None = None
+    #: node descriptors opened lazily by handle (root, one process); None: all kept open
+    _fdcache: DescriptorCache | None = None
     _identity: CallerIdentity
     _lock: threading.Lock
     _root_key: tuple[int, int]

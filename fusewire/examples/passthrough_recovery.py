@@ -244,8 +244,8 @@ class PassthroughRecovery(PassthroughState, HandleRecovery):
             return                      # free
         with self._lock:
             for node in self._nodes.values():
-                if node.fd == number:
-                    node.fd = fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, 0)
+                if node.raw_fd == number:
+                    node.raw_fd = fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, 0)
                     os.close(number)
                     return
         raise FUSEError(errno.EBUSY)
@@ -329,6 +329,13 @@ class PassthroughRecovery(PassthroughState, HandleRecovery):
     def attach_shared(self, table: SharedTable) -> None:
         """Serve as one of several processes sharing ``table`` (called before forking)."""
         self._shared = table
+        cache, self._fdcache = self._fdcache, None     # processes trim their own nodes
+        if cache is not None:
+            for node in self._nodes.values():
+                node.cache = None
+                if node.raw_fd < 0:
+                    node.raw_fd = cache.reopen(node)
+            cache.close()
         self._sweep_lock = threading.Lock()
         self._held: set[int] = set()
         self._seen_release = table.released_gen()

@@ -1,0 +1,111 @@
+"""Passthrough serves a tree with more nodes than its descriptor limit (issue 13).
+
+Nodes keep the source's file handles and open their descriptors lazily through
+a bounded cache (fusewire/examples/passthrough_fdcache.py).  The default run
+lowers the server's RLIMIT_NOFILE to 1024 and walks a 3,000-file tree: every
+file is stat'ed, opened and read through a real mount, and the node
+descriptors the server holds stay within the cache's limit.  The full
+100,000-file case is ``@pytest.mark.slow`` (and bench/fdlimit.py measures it).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import conftest
+import pytest
+
+from fusewire.examples.passthrough import Passthrough
+from fusewire.server import mount as fm
+from fusewire.server.loop import Server, serve_in_thread
+
+pytestmark = [pytest.mark.fuse,
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="reopening nodes by handle needs CAP_DAC_READ_SEARCH")]
+
+LIMIT = 1024
+
+
+@pytest.fixture
+def low_nofile() -> Iterator[int]:
+    """This process's soft RLIMIT_NOFILE at ``LIMIT`` (server and client share it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, hard))
+    try:
+        yield LIMIT
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _make_tree(src: Path, count: int) -> None:
+    per_dir = 1000
+    for i in range(count):
+        d = src / f"d{i // per_dir}"
+        if i % per_dir == 0:
+            d.mkdir()
+        (d / f"f{i}").write_bytes(b"%d\n" % i)
+
+
+def _walk(src: Path, mnt: Path, count: int, limit: int) -> Passthrough:
+    fs = Passthrough(str(src))
+    assert fs._fdcache is not None, "no descriptor cache: source without file handles?"
+    assert fs._fdcache.limit <= limit // 4
+    server = Server(fs, str(mnt))
+    thread = serve_in_thread(server)
+    dog = threading.Timer(conftest.WATCHDOG * 4, lambda: fm.abort_connection(str(mnt)))
+    dog.daemon = True
+    dog.start()
+    try:
+        per_dir = 1000
+        for i in range(count):
+            p = mnt / f"d{i // per_dir}" / f"f{i}"
+            assert os.stat(p).st_size == len(b"%d\n" % i)
+        for i in range(count):
+            p = mnt / f"d{i // per_dir}" / f"f{i}"
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                assert os.read(fd, 64) == b"%d\n" % i
+            finally:
+                os.close(fd)
+        held = fs._fdcache.open_count()
+        assert held <= fs._fdcache.limit, held
+        assert len(os.listdir("/proc/self/fd")) < limit
+        assert fs._fdcache.reopened > 0        # descriptors were closed and reopened
+        assert len(fs._nodes) > limit          # more nodes known than descriptors allowed
+    finally:
+        dog.cancel()
+        server.stop()
+        thread.join(10)
+        server.close()
+    return fs
+
+
+def test_tree_larger_than_the_descriptor_limit(tmp_path: Path, tmpfs_dir: Path,
+                                               low_nofile: int) -> None:
+    if conftest.dev_fuse_problem() is not None:
+        pytest.skip(conftest.dev_fuse_problem() or "")
+    _make_tree(tmpfs_dir, 3000)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    _walk(tmpfs_dir, mnt, 3000, low_nofile)
+
+
+@pytest.mark.slow
+def test_hundred_thousand_files_under_the_default_limit(tmp_path: Path,
+                                                        tmpfs_dir: Path) -> None:
+    if conftest.dev_fuse_problem() is not None:
+        pytest.skip(conftest.dev_fuse_problem() or "")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = min(20000, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        _make_tree(tmpfs_dir, 100_000)
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        _walk(tmpfs_dir, mnt, 100_000, limit)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
