@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +23,10 @@ import conftest
 import pytest
 
 from fusewire.examples.passthrough import Passthrough
+from fusewire.recovery import commands
 from fusewire.server import mount as fm
 from fusewire.server.loop import Server, serve_in_thread
+from fusewire.testing.procs import children, unmount_and_kill
 
 pytestmark = [pytest.mark.fuse,
               pytest.mark.skipif(os.geteuid() != 0,
@@ -92,6 +97,62 @@ def test_tree_larger_than_the_descriptor_limit(tmp_path: Path, tmpfs_dir: Path,
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     _walk(tmpfs_dir, mnt, 3000, low_nofile)
+
+
+def _read_all(mnt: Path, count: int) -> None:
+    for i in range(count):
+        p = mnt / f"d{i // 1000}" / f"f{i}"
+        assert os.stat(p).st_size == len(b"%d\n" % i)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            assert os.read(fd, 64) == b"%d\n" % i
+        finally:
+            os.close(fd)
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_recoverable_tree_larger_than_the_descriptor_limit(
+        tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--recoverable`` with RLIMIT_NOFILE 1024 (soft and hard, so recovery cannot raise
+    it): 3,000 files read before and after the server is killed and its successor
+    revives the nodes by handle; both servers stay under the limit."""
+    if conftest.dev_fuse_problem() is not None:
+        pytest.skip(conftest.dev_fuse_problem() or "")
+    count = 3000
+    _make_tree(tmpfs_dir, count)
+    run, mnt = tmp_path / "run", tmp_path / "mnt"
+    run.mkdir(mode=0o700)
+    mnt.mkdir()
+    monkeypatch.setenv("FUSEWIRE_RUN_DIR", str(run))
+    env = dict(os.environ, PYTHONPATH=str(conftest.REPO_ROOT))
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (LIMIT, LIMIT))
+
+    r = subprocess.run([sys.executable, "-m", "fusewire", "mount", "passthrough",
+                        str(tmpfs_dir), str(mnt), "--recoverable"], env=env, timeout=60,
+                       capture_output=True, text=True, preexec_fn=low)
+    pids: set[int] = set()
+    st: dict[str, int] = {}
+    try:
+        assert r.returncode == 0, r.stderr
+        st = commands.status(str(mnt))
+        pids |= {st["keeper_pid"], st["server_pid"]} | children(st["keeper_pid"])
+        _read_all(mnt, count)
+        assert _fd_count(st["server_pid"]) < LIMIT
+        os.kill(st["server_pid"], signal.SIGKILL)
+        st2 = commands.wait_ready(str(mnt), 30.0, after_pid=st["server_pid"])
+        assert st2 is not None
+        pids |= children(st["keeper_pid"])
+        _read_all(mnt, count)
+        assert _fd_count(st2["server_pid"]) < LIMIT
+    finally:
+        if st:
+            pids |= children(st["keeper_pid"])
+        unmount_and_kill(mnt, pids)
 
 
 @pytest.mark.slow

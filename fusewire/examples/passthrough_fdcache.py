@@ -94,9 +94,14 @@ class DescriptorCache:
 
     def leave(self) -> None:
         """A handler ends; the last one out trims the idle descriptors."""
-        close: list[int] = []
         with self._lock:
             self._active -= 1
+        self.trim_if_idle()
+
+    def trim_if_idle(self) -> None:
+        """Close idle descriptors beyond the limit, if no handler is running now."""
+        close: list[int] = []
+        with self._lock:
             if self._active == 0 and len(self._open) > self.limit:
                 keep = self.limit // 2
                 for key in list(self._open)[:len(self._open) - keep]:

@@ -140,7 +140,18 @@ class PassthroughRecovery(PassthroughState, HandleRecovery):
                 self._by_key[key] = node
                 if nodeid >= self._next_alloc:
                     self._next_alloc = nodeid + 1
-                return nodeid
+                cache = self._fdcache
+                if cache is None:
+                    return nodeid
+                node.handle, node.cache = buf, cache
+                cache.track(node)
+            else:
+                cache = None
+        if cache is not None:
+            # a successor reviving many nodes stays bounded: its import runs
+            # outside handlers, so the cache trims here when none is running
+            cache.trim_if_idle()
+            return nodeid
         os.close(fd)
         if node is not None and node.nodeid == nodeid:
             return nodeid
