@@ -10,6 +10,7 @@ descriptors the server holds stay within the cache's limit.  The full
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -170,3 +171,33 @@ def test_hundred_thousand_files_under_the_default_limit(tmp_path: Path,
         _walk(tmpfs_dir, mnt, 100_000, limit)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_flush_at_the_descriptor_limit_succeeds(tmp_path: Path) -> None:
+    """flush's dup has no descriptor left (EMFILE): the client's close(2) still succeeds."""
+    from fusewire.types import RequestContext
+
+    (tmp_path / "f").write_bytes(b"x")
+    fs = Passthrough(str(tmp_path))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        ctx = RequestContext(uid=0, gid=0, pid=os.getpid())
+        attr = fs.lookup(1, b"f", ctx)
+        fh = fs.open(attr.st_ino, os.O_RDONLY, ctx).fh
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        with pytest.raises(OSError) as exc:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        assert exc.value.errno == errno.EMFILE
+        fs.flush(fh, 0)                         # no FUSEError(EMFILE)
+        for fd in fillers:
+            os.close(fd)
+        fillers.clear()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fs.release(fh)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        fs.destroy()

@@ -2,8 +2,12 @@
 
 Every object the kernel knows is a node holding an ``O_PATH | O_NOFOLLOW``
 file descriptor, obtained by opening one name relative to the parent node's
-descriptor.  Names "." and ".." and names containing "/" are refused, and
-nothing ever follows a symlink, so no request can reach outside the source
+descriptor.  When the server is root, a node also keeps the source's file
+handle, and idle node descriptors beyond a bound are closed and reopened by
+handle on next use (:mod:`.passthrough_fdcache`), so a tree with more nodes
+than the descriptor limit is served with a bounded number of descriptors.
+Names "." and ".." and names containing "/" are refused, and nothing ever
+follows a symlink, so no request can reach outside the source
 tree.  Operations use the ``*at()`` calls relative to those descriptors, or
 reopen the node's inode through ``/proc/self/fd/N`` (that magic link names
 the very inode the descriptor holds; for a symlink it names the link itself).
@@ -650,8 +654,19 @@ class Passthrough(PassthroughRecovery, Operations):
 
     @_errmap
     def flush(self, fh: int, lock_owner: int = 0) -> None:
-        """close(dup(fh)): report close-time errors (locks are the kernel's)."""
-        os.close(os.dup(fh))
+        """close(dup(fh)): report close-time errors (locks are the kernel's).
+
+        Without a free descriptor for the dup (EMFILE, ENFILE) there is no
+        close-time error to collect: the client's close(2) must not fail for
+        the server's descriptor limit, so that is success.
+        """
+        try:
+            dup = os.dup(fh)
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                return
+            raise
+        os.close(dup)
 
     @_errmap
     def release(self, fh: int) -> None:
