@@ -99,12 +99,13 @@ __all__ = ["Dispatcher", "Journal", "NodeTable", "wanted_flags"]
 
 log = logging.getLogger(__name__)
 
+#: FUSE_WRITE_KILL_SUIDGID as a plain int (tested on every WRITE)
+_WRITE_KILL_SUIDGID = int(WRITE.KILL_SUIDGID)
+
 _ENTRY = CODECS["entry_out"].struct
 _ATTR_OUT = CODECS["attr_out"].struct
 _OPEN_OUT = CODECS["open_out"].struct
 _WRITE_OUT = CODECS["write_out"].struct
-#: FUSE_WRITE_KILL_SUIDGID as a plain int (tested on every WRITE)
-_WRITE_KILL_SUIDGID = int(WRITE.KILL_SUIDGID)
 _OUT_HDR = CODECS["out_header"].struct
 _PACK_HDR = _OUT_HDR.pack
 _STATX_OUT = CODECS["statx_out"].struct
