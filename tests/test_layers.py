@@ -307,8 +307,11 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "
                                       "the host's FS_IOC_* ioctl arguments (fsxattr)"),
-    "fusewire/examples/passthrough.py": (11, "struct file_handle and statx of the host's "
-                                             "syscalls, passthrough's own handle bytes"),
+    "fusewire/examples/passthrough.py": (2, "statx of the host's syscall"),
+    "fusewire/examples/passthrough_nodes.py": (1, "passthrough's own handle bytes"),
+    "fusewire/examples/passthrough_recovery.py": (8, "struct file_handle of the host's "
+                                                     "syscalls, passthrough's own handle "
+                                                     "bytes"),
     "fusewire/server/processes.py": (20, "the multi-process nodeid table's own layout in "
                                          "shared memory"),
     "fusewire/pathops.py": (1, "the path API's own file-handle bytes"),

@@ -671,7 +671,7 @@ class MemFS(ReplayRecovery, Operations):
                 changed = True
             if fields.update_size:
                 if fields.kill_suidgid:
-                    self._kill_suid(node)
+                    self._kill_suid(node, ctx)
                 if attr.st_size != node.size:
                     self._set_size(node, attr.st_size)
                     node.mtime = now
@@ -689,9 +689,11 @@ class MemFS(ReplayRecovery, Operations):
             return self._attr(node)
 
     @staticmethod
-    def _kill_suid(node: _Inode) -> None:
+    def _kill_suid(node: _Inode, writer: RequestContext | None = None) -> None:
+        """Clear S_ISUID, and S_ISGID where the group may execute; for an unprivileged
+        ``writer`` (write, truncate) also where it is not in the file's group."""
         mode = node.mode & ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
+        if mode & stat.S_IXGRP or (writer is not None and not _in_group(writer, node.gid)):
             mode &= ~stat.S_ISGID
         node.mode = mode
 
@@ -1015,9 +1017,11 @@ class MemFS(ReplayRecovery, Operations):
                 self._immutable(node, append_ok=bool(flags & os.O_APPEND
                                                      and not flags & os.O_TRUNC))
 
-    def _truncate_on_open(self, node: _Inode, flags: int) -> None:
+    def _truncate_on_open(self, node: _Inode, flags: int, ctx: RequestContext) -> None:
         # Linux truncates on O_TRUNC even for O_RDONLY (tmpfs and ext4 do).
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            if ctx.uid != 0:            # like truncate(2): set-ID bits go (no CAP_FSETID)
+                self._kill_suid(node, ctx)
             self._set_size(node, 0)
             node.mtime = node.ctime = _now()
 
@@ -1029,7 +1033,7 @@ class MemFS(ReplayRecovery, Operations):
                 raise _err(errno.EISDIR)
             self._open_check(node, flags)
             self._need_open(node, flags, ctx)
-            self._truncate_on_open(node, flags)
+            self._truncate_on_open(node, flags, ctx)
             return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
 
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -1048,7 +1052,7 @@ class MemFS(ReplayRecovery, Operations):
                     raise _err(errno.EISDIR)
                 self._open_check(node, flags)
                 self._need_open(node, flags, ctx)
-                self._truncate_on_open(node, flags)
+                self._truncate_on_open(node, flags, ctx)
             else:
                 self._immutable(parent, append_ok=True)
                 self._need(parent, os.W_OK, ctx)
@@ -1074,11 +1078,12 @@ class MemFS(ReplayRecovery, Operations):
     def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
         """Read up to ``size`` bytes (holes read as zeros)."""
         with self._lock:
-            _, node = self._file_handle(fh, write=False)
+            h, node = self._file_handle(fh, write=False)
             if off < 0:
                 raise _err(errno.EINVAL)
             data = self._read_data(node, off, size)
-            self._touch_atime(node)
+            if not h.flags & os.O_NOATIME:
+                self._touch_atime(node)
             return data
 
     def write(self, fh: int, off: int, buf: memoryview) -> int:
@@ -1095,6 +1100,14 @@ class MemFS(ReplayRecovery, Operations):
             self._write_data(node, off, buf)
             node.mtime = node.ctime = _now()
             return len(buf)
+
+    def write_kill_suidgid(self, fh: int, ctx: RequestContext) -> None:
+        """An unprivileged write is coming: clear the set-ID bits as write(2) does."""
+        with self._lock:
+            _, node = self._file_handle(fh, write=True)
+            if node.mode & (stat.S_ISUID | stat.S_ISGID):
+                self._kill_suid(node, ctx)
+                node.ctime = _now()
 
     def release(self, fh: int) -> None:
         """Close a file handle; drop its flock and the POSIX locks taken through it."""

@@ -67,6 +67,7 @@ from fusewire.opcodes.flags import (
     GETATTR,
     LK,
     RELEASE,
+    WRITE,
     InitFlag,
     Opcode,
 )
@@ -99,6 +100,9 @@ __all__ = ["Buffers", "Dispatcher", "Journal", "NodeTable", "attr_out_bytes", "e
            "open_out_bytes", "wanted_flags"]
 
 log = logging.getLogger(__name__)
+
+#: FUSE_WRITE_KILL_SUIDGID as a plain int (tested on every WRITE)
+_WRITE_KILL_SUIDGID = int(WRITE.KILL_SUIDGID)
 
 _ENTRY = CODECS["entry_out"].struct
 _ATTR_OUT = CODECS["attr_out"].struct
@@ -220,6 +224,8 @@ def wanted_flags(ops: Operations, base: InitFlag) -> InitFlag:
         want |= InitFlag.WRITEBACK_CACHE
     if ops.enable_acl:
         want |= InitFlag.POSIX_ACL
+    if ops.applies_umask:
+        want |= InitFlag.DONT_MASK
     return want
 
 
@@ -1013,6 +1019,8 @@ class Dispatcher(DraftServing):
 
     def _op_write(self, req: Request) -> Buffers:
         a = req.arg
+        if a.write_flags & _WRITE_KILL_SUIDGID:
+            self.ops.write_kill_suidgid(a.fh, self._ctx(req))
         n = self.ops.write(a.fh, a.offset, req.data)
         if n > len(req.data):
             raise LocalProtocolError(f"write returned {n} for {len(req.data)} bytes")
