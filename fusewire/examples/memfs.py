@@ -1280,8 +1280,14 @@ class MemFS(ReplayRecovery, Operations):
                 return
             inodes = self._inodes
             if not plus:
+                entries = d.iter_after(max(start_id, 2))
+                add_names = getattr(token, "add_names", None)
+                if add_names is not None:  # ReaddirToken: the whole reply in one call
+                    add_names((name, ino, inodes[ino].mode, cookie)
+                              for name, ino, cookie in entries)
+                    return
                 add_name = token.add_name
-                for name, ino, cookie in d.iter_after(max(start_id, 2)):
+                for name, ino, cookie in entries:
                     if not add_name(name, ino, inodes[ino].mode, cookie):
                         return
                 return
