@@ -430,9 +430,11 @@ class Server:
         bufsize = max(8192, self.config.max_write + 4096)
         buf = bytearray(bufsize)
         view = memoryview(buf)
+        into = [buf]  # readv's buffer list, built once rather than per request
         readv = os.readv
         writev = os.writev
-        dispatch = self.dispatcher.dispatch
+        dispatcher = self.dispatcher
+        dispatch = dispatcher.dispatch
         capture = self.capture
         on_read = self.on_read
         on_reply = self.on_reply
@@ -445,7 +447,7 @@ class Server:
         try:
             while not stop.is_set():
                 try:
-                    n = readv(fd, [buf])
+                    n = readv(fd, into)
                 except BlockingIOError:
                     for key, _ in sel.select():
                         if key.fd != fd:        # the wake-up pipe (not on the hot path)
@@ -496,12 +498,12 @@ class Server:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
                 if (not is_ready and self.conn.session is not None
-                        and self.dispatcher.fatal is None):
+                        and dispatcher.fatal is None):
                     ready.set()
                     is_ready = True
                 if on_reply is not None:
                     on_reply(msg)
-                if self.dispatcher.fatal is not None:
+                if dispatcher.fatal is not None:
                     stop.set()
                     self._wake()
                     return
