@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import stat
 import struct
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes
 
-__all__ = ["ReaddirToken", "dirent_type"]
+__all__ = ["PackedListing", "ReaddirToken", "dirent_type"]
 
 _DIRENT = CODECS["dirent"].struct
 _NO_ENTRY = bytes(CODECS["entry_out"].size)
@@ -39,6 +41,46 @@ class _RecordPacks(dict[int, Callable[..., bytes]]):
 
 
 _RECORD = _RecordPacks()
+
+
+class PackedListing:
+    """The READDIR records of a whole directory, packed once.
+
+    For a filesystem that lists the same unchanged directory many times: build
+    one from ``(name, ino, mode, next_id)`` entries in ascending ``next_id``
+    order, keep it until the directory changes, and answer each READDIR with
+    :meth:`ReaddirToken.add_listing`, which copies the records that fit in one
+    slice (no per-entry work).  ``blob`` holds the records, ``ends[i]`` is the
+    end offset of record ``i`` and ``cookies[i]`` its ``next_id``.
+    """
+
+    __slots__ = ("blob", "cookies", "ends")
+
+    def __init__(self, entries: Iterable[tuple[bytes, int, int, int]]) -> None:
+        records = _RECORD
+        parts: list[bytes] = []
+        append = parts.append
+        ends = array("Q")
+        cookies = array("Q")
+        end = 0
+        last = -1
+        for name, ino, mode, next_id in entries:
+            namelen = len(name)
+            if not name or namelen > _MAX_NAME or b"/" in name:
+                raise ValueError(f"invalid directory entry name {name!r}")
+            if next_id <= last:
+                raise ValueError(f"next_id {next_id} after {last}: cookies must ascend")
+            last = next_id
+            end += (31 + namelen) & ~7
+            append(records[namelen](ino, next_id, namelen, (mode & 0o170000) >> 12, name))
+            ends.append(end)
+            cookies.append(next_id)
+        self.blob = b"".join(parts)
+        self.ends = ends
+        self.cookies = cookies
+
+    def __len__(self) -> int:
+        return len(self.ends)
 
 
 def dirent_type(mode: int) -> int:
@@ -139,6 +181,29 @@ class ReaddirToken:
             self.buf += b"".join(parts)
             self._count += len(parts)
         return fitted
+
+    def add_listing(self, listing: PackedListing, after: int) -> bool | None:
+        """Add the records of ``listing`` whose cookie is > ``after``, as many as fit.
+
+        Returns True when the listing's end was reached, False when a record
+        did not fit, and None (adding nothing) when this token cannot take
+        packed records: a READDIRPLUS token, or a subclass that overrides
+        :meth:`add_name`; then add the entries one by one.
+        """
+        if self.plus or type(self).add_name is not ReaddirToken.add_name:
+            return None
+        ends = listing.ends
+        n = len(ends)
+        i = bisect_right(listing.cookies, after)
+        if i >= n:
+            return True
+        start = ends[i - 1] if i else 0
+        buf = self.buf
+        j = bisect_right(ends, start + self.size - len(buf), i)
+        if j > i:
+            buf += memoryview(listing.blob)[start:ends[j - 1]]
+            self._count += j - i
+        return j == n
 
     def _append(self, entry: bytes, name: bytes, ino: int, mode: int, next_id: int) -> bool:
         """``entry`` (READDIRPLUS's entry_out, or nothing) + fuse_dirent + name + padding."""
