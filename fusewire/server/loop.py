@@ -12,7 +12,7 @@ is a ping-pong between client and server and a wake-up on the other vCPU
 costs 6-10x (perf.md), so the default is one thread that answers inline.
 
 The fd is non-blocking; a read that would block parks the thread in a
-``selectors`` wait on the fd and a wake-up pipe, so another thread (or a
+``epoll`` wait on the fd and a wake-up pipe, so another thread (or a
 signal handler, through the pipe) can stop the loop.  Kernel errno rules:
 ``EINTR``/``EAGAIN`` on read mean try again; ``ENODEV`` means the
 filesystem was unmounted (clean stop); ``ECONNABORTED`` means the
@@ -47,7 +47,7 @@ import errno
 import itertools
 import logging
 import os
-import selectors
+import select
 import signal
 import struct
 import threading
@@ -441,16 +441,19 @@ class Server:
         stop = self._stop
         ready = self.ready
         is_ready = ready.is_set()
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        sel.register(comp.wake_r, selectors.EVENT_READ)
+        # A bare epoll rather than a selectors.Selector: its select() builds key
+        # objects and a list per wake-up, and an idle loop wakes once per request.
+        sel = select.epoll()
+        sel.register(fd, select.EPOLLIN)
+        sel.register(comp.wake_r, select.EPOLLIN)
+        poll = sel.poll
         try:
             while not stop.is_set():
                 try:
                     n = readv(fd, into)
                 except BlockingIOError:
-                    for key, _ in sel.select():
-                        if key.fd != fd:        # the wake-up pipe (not on the hot path)
+                    for ready_fd, _ in poll():
+                        if ready_fd != fd:        # the wake-up pipe (not on the hot path)
                             comp.drain_pipe()
                             if queue and self._complete_all(fd, comp):
                                 return
