@@ -37,10 +37,11 @@ import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fusewire.locks import LockTable, PosixLock
 from fusewire.operations import Operations
+from fusewire.readdir import PackedListing, ReaddirToken
 from fusewire.recovery_api import ReplayRecovery, now_ns
 from fusewire.types import (
     EntryAttributes,
@@ -51,9 +52,6 @@ from fusewire.types import (
     SetattrFields,
     StatvfsData,
 )
-
-if TYPE_CHECKING:
-    from fusewire.readdir import ReaddirToken
 
 __all__ = ["CHUNK_SIZE", "MemFS"]
 
@@ -76,6 +74,12 @@ OFFSET_MAX = 2**63 - 1
 
 _ROOT = 1
 _FIRST_COOKIE = 3          # 1 and 2 are "." and ".."
+#: directories with at least this many entries keep their READDIR records packed
+#: between listings (_Dir.listing) until they change
+_LISTING_MIN = 32
+#: _Dir.listing when a READDIR saw the directory and it has not changed since: the
+#: next READDIR packs the listing (never on every request of a listing that changes)
+_UNCHANGED = PackedListing(())
 _BOGO_DIRENT_SIZE = 20     # tmpfs reports directory sizes in these units
 _DAY_NS = 86400 * 10**9
 _BLOCK = 4096
@@ -120,10 +124,13 @@ class _Dir:
     big directories small).  ``cookies``/``names`` are parallel sequences
     sorted by cookie; a removed entry leaves a ``None`` tombstone until they
     are compacted.  Cookies never change, so a listing can always resume
-    with the first live entry after a cookie.
+    with the first live entry after a cookie.  ``listing`` caches the packed
+    READDIR records of the live entries (built by a READDIR that finds the
+    directory unchanged since the previous one, dropped by any change), so an
+    unchanged directory is listed without per-entry work.
     """
 
-    __slots__ = ("cookies", "dead", "entries", "names", "next_cookie", "parent")
+    __slots__ = ("cookies", "dead", "entries", "listing", "names", "next_cookie", "parent")
 
     def __init__(self, parent: int) -> None:
         self.parent = parent
@@ -132,6 +139,7 @@ class _Dir:
         self.names: list[bytes | None] = []
         self.dead = 0
         self.next_cookie = _FIRST_COOKIE
+        self.listing: PackedListing | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -144,16 +152,19 @@ class _Dir:
         if cookie is None:
             cookie = self.next_cookie
         self.next_cookie = max(self.next_cookie, cookie + 1)
+        self.listing = None
         self.entries[name] = cookie << 64 | ino
         self.cookies.append(cookie)
         self.names.append(name)
 
     def set(self, name: bytes, ino: int) -> None:
         """Point an existing ``name`` at ``ino``, keeping its cookie."""
+        self.listing = None
         self.entries[name] = (self.entries[name] & ~_INO_MASK) | ino
 
     def remove(self, name: bytes) -> int:
         ent = self.entries.pop(name)
+        self.listing = None
         self.names[bisect_left(self.cookies, ent >> 64)] = None
         self.dead += 1
         if self.dead > 64 and self.dead * 2 > len(self.names):
@@ -1292,9 +1303,26 @@ class MemFS(ReplayRecovery, Operations):
             if start_id < 2 and not token.add(b"..", self._attr(self._get(d.parent)), 2):
                 return
             inodes = self._inodes
+            listing = d.listing
+            if listing is None:
+                d.listing = _UNCHANGED
             if not plus:
+                # The library's own token packs in bulk; a wrapper or subclass (recovery's
+                # isolation maps inode numbers in add_name) gets one add_name per entry.
+                if type(token) is ReaddirToken:
+                    if listing is _UNCHANGED and len(d.entries) >= _LISTING_MIN:
+                        listing = d.listing = PackedListing(
+                            (name, ino, inodes[ino].mode, cookie)
+                            for name, ino, cookie in d.iter_after(2))
+                    if listing is not None and listing is not _UNCHANGED:
+                        token.add_listing(listing, start_id)
+                        return
+                    token.add_names((name, ino, inodes[ino].mode, cookie)
+                                    for name, ino, cookie in d.iter_after(max(start_id, 2)))
+                    return
+                entries = d.iter_after(max(start_id, 2))
                 add_name = token.add_name
-                for name, ino, cookie in d.iter_after(max(start_id, 2)):
+                for name, ino, cookie in entries:
                     if not add_name(name, ino, inodes[ino].mode, cookie):
                         return
                 return

@@ -132,6 +132,24 @@ _NS = 1_000_000_000
 _U64 = 0xFFFFFFFFFFFFFFFF
 _RESEND_MASK = (1 << 63) - 1
 _LK_OFFSET_MAX = (1 << 63) - 1
+# Flag bits as plain ints: ``int & IntFlag`` builds an IntFlag (~1 µs) per use, a
+# plain ``&`` costs ~10 ns; these are tested on every SETATTR, RELEASE and FSYNC.
+_ATIME = int(FATTR.ATIME)
+_ATIME_NOW = int(FATTR.ATIME_NOW)
+_MTIME = int(FATTR.MTIME)
+_MTIME_NOW = int(FATTR.MTIME_NOW)
+_ATIME_ANY = _ATIME | _ATIME_NOW
+_MTIME_ANY = _MTIME | _MTIME_NOW
+_F_CTIME = int(FATTR.CTIME)
+_F_MODE = int(FATTR.MODE)
+_F_UID = int(FATTR.UID)
+_F_GID = int(FATTR.GID)
+_F_SIZE = int(FATTR.SIZE)
+_F_KILL_SUIDGID = int(FATTR.KILL_SUIDGID)
+_F_FH = int(FATTR.FH)
+_FLOCK_UNLOCK = int(RELEASE.FLOCK_UNLOCK)
+_FDATASYNC = int(FSYNC.FDATASYNC)
+_READDIRPLUS = int(Opcode.READDIRPLUS)
 
 #: source files whose frames build replies from a handler's value (see _raised_here)
 _ENCODER_FILES = frozenset({_ts.__code__.co_filename, os.path.abspath(__file__), __file__,
@@ -928,18 +946,18 @@ class Dispatcher(DraftServing):
         attr = EntryAttributes(req.nodeid, st_mode=a.mode, st_uid=a.uid, st_gid=a.gid,
                                st_size=a.size)
         fields = SetattrFields(
-            update_atime=bool(valid & (FATTR.ATIME | FATTR.ATIME_NOW)),
-            update_mtime=bool(valid & (FATTR.MTIME | FATTR.MTIME_NOW)),
-            update_ctime=bool(valid & FATTR.CTIME),
-            update_mode=bool(valid & FATTR.MODE), update_uid=bool(valid & FATTR.UID),
-            update_gid=bool(valid & FATTR.GID), update_size=bool(valid & FATTR.SIZE),
-            atime_now=bool(valid & FATTR.ATIME_NOW), mtime_now=bool(valid & FATTR.MTIME_NOW),
-            kill_suidgid=bool(valid & FATTR.KILL_SUIDGID),
+            update_atime=bool(valid & _ATIME_ANY),
+            update_mtime=bool(valid & _MTIME_ANY),
+            update_ctime=bool(valid & _F_CTIME),
+            update_mode=bool(valid & _F_MODE), update_uid=bool(valid & _F_UID),
+            update_gid=bool(valid & _F_GID), update_size=bool(valid & _F_SIZE),
+            atime_now=bool(valid & _ATIME_NOW), mtime_now=bool(valid & _MTIME_NOW),
+            kill_suidgid=bool(valid & _F_KILL_SUIDGID),
         )
         attr.st_atime_ns = now if fields.atime_now else a.atime * _NS + a.atimensec
         attr.st_mtime_ns = now if fields.mtime_now else a.mtime * _NS + a.mtimensec
         attr.st_ctime_ns = a.ctime * _NS + a.ctimensec if fields.update_ctime else now
-        fh = a.fh if valid & FATTR.FH else None
+        fh = a.fh if valid & _F_FH else None
         new = self.ops.setattr(req.nodeid, attr, fields, fh, self._ctx(req))
         return self._attr_reply(req, new)
 
@@ -1036,7 +1054,7 @@ class Dispatcher(DraftServing):
 
     def _op_release(self, req: Request) -> Buffers:
         a = req.arg
-        if a.release_flags & RELEASE.FLOCK_UNLOCK and self.implemented("flock"):
+        if a.release_flags & _FLOCK_UNLOCK and self.implemented("flock"):
             try:
                 self.ops.flock(a.fh, a.lock_owner, fcntl.LOCK_UN, False, self._ctx(req))
             except FUSEError:
@@ -1045,7 +1063,7 @@ class Dispatcher(DraftServing):
         return self._ok(req)
 
     def _op_fsync(self, req: Request) -> Buffers:
-        self.ops.fsync(req.arg.fh, bool(req.arg.fsync_flags & FSYNC.FDATASYNC))
+        self.ops.fsync(req.arg.fh, bool(req.arg.fsync_flags & _FDATASYNC))
         return self._ok(req)
 
     def _op_fallocate(self, req: Request) -> Buffers:
@@ -1123,7 +1141,7 @@ class Dispatcher(DraftServing):
 
     def _op_readdir(self, req: Request) -> Buffers:
         a = req.arg
-        plus = req.opcode == Opcode.READDIRPLUS
+        plus = req.opcode == _READDIRPLUS
         token = ReaddirToken(a.size, plus, entry_bytes if plus else None)
         self.ops.readdir(a.fh, a.offset, token)
         self._lookups.extend(token.counted)
@@ -1136,7 +1154,7 @@ class Dispatcher(DraftServing):
         return self._ok(req)
 
     def _op_fsyncdir(self, req: Request) -> Buffers:
-        self.ops.fsyncdir(req.arg.fh, bool(req.arg.fsync_flags & FSYNC.FDATASYNC))
+        self.ops.fsyncdir(req.arg.fh, bool(req.arg.fsync_flags & _FDATASYNC))
         return self._ok(req)
 
     # -- filesystem-wide -------------------------------------------------------------------

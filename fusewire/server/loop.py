@@ -12,7 +12,7 @@ is a ping-pong between client and server and a wake-up on the other vCPU
 costs 6-10x (perf.md), so the default is one thread that answers inline.
 
 The fd is non-blocking; a read that would block parks the thread in a
-``selectors`` wait on the fd and a wake-up pipe, so another thread (or a
+``epoll`` wait on the fd and a wake-up pipe, so another thread (or a
 signal handler, through the pipe) can stop the loop.  Kernel errno rules:
 ``EINTR``/``EAGAIN`` on read mean try again; ``ENODEV`` means the
 filesystem was unmounted (clean stop); ``ECONNABORTED`` means the
@@ -47,7 +47,7 @@ import errno
 import itertools
 import logging
 import os
-import selectors
+import select
 import signal
 import threading
 from collections import deque
@@ -429,25 +429,30 @@ class Server:
         bufsize = max(8192, self.config.max_write + 4096)
         buf = bytearray(bufsize)
         view = memoryview(buf)
+        into = [buf]  # readv's buffer list, built once rather than per request
         readv = os.readv
         writev = os.writev
-        dispatch = self.dispatcher.dispatch
+        dispatcher = self.dispatcher
+        dispatch = dispatcher.dispatch
         capture = self.capture
         on_read = self.on_read
         on_reply = self.on_reply
         stop = self._stop
         ready = self.ready
         is_ready = ready.is_set()
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        sel.register(comp.wake_r, selectors.EVENT_READ)
+        # A bare epoll rather than a selectors.Selector: its select() builds key
+        # objects and a list per wake-up, and an idle loop wakes once per request.
+        sel = select.epoll()
+        sel.register(fd, select.EPOLLIN)
+        sel.register(comp.wake_r, select.EPOLLIN)
+        poll = sel.poll
         try:
             while not stop.is_set():
                 try:
-                    n = readv(fd, [buf])
+                    n = readv(fd, into)
                 except BlockingIOError:
-                    for key, _ in sel.select():
-                        if key.fd != fd:        # the wake-up pipe (not on the hot path)
+                    for ready_fd, _ in poll():
+                        if ready_fd != fd:        # the wake-up pipe (not on the hot path)
                             comp.drain_pipe()
                             if queue and self._complete_all(fd, comp):
                                 return
@@ -495,12 +500,12 @@ class Server:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
                 if (not is_ready and self.conn.session is not None
-                        and self.dispatcher.fatal is None):
+                        and dispatcher.fatal is None):
                     ready.set()
                     is_ready = True
                 if on_reply is not None:
                     on_reply(msg)
-                if self.dispatcher.fatal is not None:
+                if dispatcher.fatal is not None:
                     stop.set()
                     self._wake()
                     return
