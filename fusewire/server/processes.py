@@ -172,21 +172,105 @@ class SharedTable:
         #: fh values (descriptor numbers) live in [slot_base, slot_base + nslots)
         self.slot_base = max(64, limit // 2)
         self.nslots = limit - self.slot_base
-        self._id_idx = _HEAD_SIZE + _LOG_SIZE
-        self._key_idx = self._id_idx + (8 << _IDX_BITS)
-        self._slots_off = self._key_idx + (8 << _IDX_BITS)
-        self.size = self._slots_off + self.nslots * _SLOT_SIZE
+        self._layout()
         self._fd = os.memfd_create("fusewire-shared", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, self.size)
         self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         _HEAD.pack_into(self._map, 0, _MAGIC, 0, 1 << 63, 0, self.slot_base, self.nslots,
                         *([0] * (MAX_PROCESSES + 1)))
+        self._start()
+
+    def _layout(self) -> None:
+        self._id_idx = _HEAD_SIZE + _LOG_SIZE
+        self._key_idx = self._id_idx + (8 << _IDX_BITS)
+        self._slots_off = self._key_idx + (8 << _IDX_BITS)
+        self.size = self._slots_off + self.nslots * _SLOT_SIZE
+
+    def _start(self) -> None:
         self.index = 0
         self._tlock = threading.RLock()
         self._pidfds: dict[int, tuple[int, int]] = {}  # process index -> (pid, pidfd)
         self.seen_release = 0
         self.become(0)
+
+    @classmethod
+    def adopt(cls, fd: int) -> SharedTable:
+        """Map the table in memfd ``fd`` that a dead server group left behind.
+
+        For recovery: the keeper holds the memfd, so the node log and the open
+        slots outlive every serving process.  ``fd`` becomes the table's own
+        (closed by :meth:`close`).  Raises ValueError if ``fd`` holds no table,
+        OSError(EMFILE) if this process's descriptor limit cannot reach the
+        slots' numbers (a successor must place handles at the same numbers).
+        """
+        head = os.pread(fd, _HEAD.size, 0)
+        if len(head) < _HEAD.size or head[:8] != _MAGIC:
+            raise ValueError("not a fusewire shared table")
+        fields = _HEAD.unpack(head)
+        self = cls.__new__(cls)
+        self.slot_base, self.nslots = int(fields[4]), int(fields[5])
+        self._layout()
+        if os.fstat(fd).st_size < self.size:
+            raise ValueError("shared table truncated")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = self.slot_base + self.nslots
+        if soft != resource.RLIM_INFINITY and soft < need:
+            if hard != resource.RLIM_INFINITY and hard < need:
+                raise OSError(errno.EMFILE, f"descriptor limit {hard} below the shared "
+                              f"table's handle numbers (up to {need})")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        self._fd = fd
+        self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self._start()
+        return self
+
+    def fileno(self) -> int:
+        """The memfd holding the table (for a keeper to keep across a crash)."""
+        return self._fd
+
+    def orphan_all(self) -> list[tuple[int, int, int, int, int]]:
+        """Every serving process (and the parent) died: clear them out of the table.
+
+        Pids and holder bits go; released numbers become free; each handle still
+        open (the kernel never sent its RELEASE) stays open with no holder and
+        owner 0, to be reopened at the same number by the successor.  Returns
+        ``(fh, nodeid, kind, flags, backing)`` of those open handles.
+        """
+        out = []
+        with self.locked():
+            m = self._map
+            for index in range(MAX_PROCESSES + 1):
+                _U32.pack_into(m, _OFF_PIDS + 4 * index, 0)
+            for i in range(self.nslots):
+                off = self._slots_off + i * _SLOT_SIZE
+                state, _owner, _holders, nodeid, backing, kind, flags = _SLOT.unpack_from(
+                    m, off)
+                if state == OPEN:
+                    _SLOT_HEAD.pack_into(m, off, OPEN, 0, 0)
+                    out.append((self.slot_base + i, int(nodeid), int(kind), int(flags),
+                                int(backing)))
+                elif state == RELEASED:
+                    _SLOT.pack_into(m, off, FREE, 0, 0, 0, -1, 0, 0)
+            _U32.pack_into(m, _OFF_PIDS + 4 * self.index, os.getpid())
+        self._pidfds = {}
+        return out
+
+    def node_records(self) -> dict[int, tuple[tuple[int, int], bytes]]:
+        """``nodeid -> ((st_dev, st_ino), handle)`` for every node in the log (newest
+        record of each nodeid): what a successor revives nodes from."""
+        out: dict[int, tuple[tuple[int, int], bytes]] = {}
+        with self.locked():
+            m = self._map
+            used = int(_U64.unpack_from(m, _OFF_LOG_USED)[0])
+            rec = 0
+            while rec < used:
+                nodeid, dev, ino, hlen = _REC.unpack_from(m, _HEAD_SIZE + rec)
+                start = _HEAD_SIZE + rec + _REC.size
+                out[int(nodeid)] = ((int(dev), int(ino)), bytes(m[start:start + hlen]))
+                rec += _REC.size + ((hlen + 7) & ~7)
+        return out
 
     def close(self) -> None:
         """Unmap and close (this process's view only)."""
