@@ -581,7 +581,8 @@ class _StopError(Exception):
 
 
 def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
-           parent_pid: int, sigmask: set[int | signal.Signals]) -> int:
+           parent_pid: int, sigmask: set[int | signal.Signals], clone: int,
+           others: list[int]) -> int:
     """Body of serving process ``index`` (runs in the forked child, stop signals blocked)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
@@ -603,8 +604,15 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
 
     for sig in _STOP_SIGNALS:
         signal.signal(sig, on_signal)
-    fd = _mount.clone_fd(parent_fd)
-    os.close(parent_fd)
+    # the parent cloned our fd and keeps a copy (so a request we read stays queued on
+    # it if we die); the others' clones and the original are not ours to read
+    fd = clone
+    for other in (parent_fd, *others):
+        if other != fd:
+            os.close(other)
+    make = getattr(server, "child_dispatcher", None)
+    if make is not None:
+        server.dispatcher = make()
     server.fd = fd
     table.become(index)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
@@ -689,10 +697,15 @@ MAX_RESTARTS = 10
 class _Children:
     """The forked serving processes: start, watch (report, restart), stop."""
 
-    def __init__(self, server: Server, table: SharedTable, fd: int, processes: int) -> None:
+    def __init__(self, server: Server, table: SharedTable, fd: int, processes: int,
+                 clones: list[int], resend_on_death: bool = False) -> None:
         self.server = server
         self.table = table
         self.fd = fd
+        #: the fd of each process, cloned here and kept open here: a dead process's
+        #: unanswered requests stay on it (not failed) until a RESEND re-queues them
+        self.clones = {index: clones[index - 1] for index in range(1, processes + 1)}
+        self.resend_on_death = resend_on_death
         self.parent_pid = os.getpid()
         self.pids: dict[int, int] = {}        # index -> pid
         self.lock = threading.Lock()
@@ -715,7 +728,7 @@ class _Children:
             code = 1
             try:
                 code = _child(self.server, index, self.table, self.fd, self.parent_pid,
-                              blocked)
+                              blocked, self.clones[index], list(self.clones.values()))
             except BaseException:
                 log.exception("serving process %d failed", index)
             finally:
@@ -749,6 +762,7 @@ class _Children:
                 return
             how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                    else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+            requeued = self.resend_on_death and self._resend()
             with self.lock:
                 if self.stopping.is_set():
                     return
@@ -756,20 +770,38 @@ class _Children:
                 if restart:
                     self.restarts += 1
                     self.pids[index] = self._spawn(index)
+            fate = "were re-sent" if requeued else "failed"
             if restart:
                 log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                          "requests failed; restarted as pid %d", index, pid, how,
+                          "requests %s; restarted as pid %d", index, pid, how, fate,
                           self.pids[index])
                 continue
             with self.lock:
                 self.dead.add(index)
                 left = len(self.pids) - len(self.dead)
             log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                      "requests failed; not restarted (%d restarts used), %d left", index,
-                      pid, how, MAX_RESTARTS, left)
+                      "requests %s; not restarted (%d restarts used), %d left", index,
+                      pid, how, fate, MAX_RESTARTS, left)
             if not left:
                 self.server.stop()
             return
+
+    def _resend(self) -> bool:
+        """Re-queue every request read and not answered (NOTIFY_RESEND, 7.40).
+
+        The dead process's clone is still open here, so what it had read is
+        still on the kernel's processing list of that clone, not failed; RESEND
+        moves the processing lists of every clone back to the pending queue,
+        where any process reads them.  (Requests a live process is working on
+        are re-sent too: its reply then finds nothing and is dropped, and the
+        re-sent copy runs again, as after a whole-server crash.)
+        """
+        try:
+            self.server.notify_resend()
+        except Exception as exc:
+            log.error("fusewire: NOTIFY_RESEND failed: %s", exc)
+            return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM every child by pid, wait, SIGKILL what is left after 5 s."""
@@ -792,7 +824,10 @@ class _Children:
                 t.join(5)
 
 
-def serve_processes(server: Server, processes: int, *, install_signals: bool = True) -> None:
+def serve_processes(server: Server, processes: int, *, install_signals: bool = True,
+                    table: SharedTable | None = None, clones: list[int] | None = None,
+                    on_shared: Callable[[SharedTable, list[int]], None] | None = None,
+                    resend_on_death: bool = False) -> None:
     """Answer INIT, fork ``processes`` serving children, supervise them; stop them at the end.
 
     Called by :meth:`Server.serve` when the server was built with
@@ -802,6 +837,12 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
     with ECONNABORTED; the others keep serving) and restarted, until
     :data:`MAX_RESTARTS` restarts were used (a crash loop ends there).  The
     children stop on unmount, on SIGTERM/SIGINT, or when this process exits.
+
+    Recovery (:mod:`fusewire.recovery.takeover`) passes the ``table`` and the
+    ``clones`` a dead server group left in the keeper (reused: process i reads
+    ``clones[i-1]``), ``on_shared(table, clones)`` to hand new ones to the
+    keeper before any request is served, and ``resend_on_death`` (a dead
+    process's unanswered requests are re-sent instead of failed).
     """
     fd = server.fd if server.fd is not None else server.mount()
     old: dict[signal.Signals, Any] = {}
@@ -811,21 +852,31 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, server._on_signal)
     try:
-        _serve_processes(server, processes, fd, install_signals)
+        _serve_processes(server, processes, fd, table, clones, on_shared, resend_on_death)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
-def _serve_processes(server: Server, processes: int, fd: int, install_signals: bool) -> None:
-    table = SharedTable()
+def _serve_processes(server: Server, processes: int, fd: int, table: SharedTable | None,
+                     clones: list[int] | None,
+                     on_shared: Callable[[SharedTable, list[int]], None] | None,
+                     resend_on_death: bool) -> None:
+    if table is None:
+        table = SharedTable()
+    clones = list(clones or [])[:processes]
+    while len(clones) < processes:
+        clones.append(_mount.clone_fd(fd))
+    if on_shared is not None:
+        on_shared(table, clones)
     attach = getattr(server.ops, "attach_shared", None)
     if attach is not None:
         attach(table)
     kids: list[_Children] = []
+    shared = table
 
     def start() -> None:
-        kids.append(_Children(server, table, fd, processes))
+        kids.append(_Children(server, shared, fd, processes, clones, resend_on_death))
 
     try:
         if server.conn.session is None:
@@ -838,6 +889,11 @@ def _serve_processes(server: Server, processes: int, fd: int, install_signals: b
     finally:
         if kids:
             kids[0].stop()
+        for clone in clones:
+            try:
+                os.close(clone)
+            except OSError:
+                pass
         try:
             server.ops.destroy()
         except Exception:
