@@ -610,9 +610,9 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     for other in (parent_fd, *others):
         if other != fd:
             os.close(other)
-    make = getattr(server, "child_dispatcher", None)
-    if make is not None:
-        server.dispatcher = make()
+    in_child = getattr(server, "in_child", None)
+    if in_child is not None:
+        in_child()          # e.g. a recoverable server: a dispatcher that journals nothing
     server.fd = fd
     table.become(index)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
@@ -842,7 +842,8 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
     ``clones`` a dead server group left in the keeper (reused: process i reads
     ``clones[i-1]``), ``on_shared(table, clones)`` to hand new ones to the
     keeper before any request is served, and ``resend_on_death`` (a dead
-    process's unanswered requests are re-sent instead of failed).
+    process's unanswered requests are re-sent instead of failed); ``server.in_child()``,
+    if it exists, runs first thing in each serving process.
     """
     fd = server.fd if server.fd is not None else server.mount()
     old: dict[signal.Signals, Any] = {}
