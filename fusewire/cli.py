@@ -184,17 +184,17 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         if ops is None:
             ops = _build_ops(args.fs, source, extra)
         try:
-            n = default_processes() if args.processes == "auto" else int(args.processes)
+            try:
+                n = default_processes() if args.processes == "auto" else int(args.processes)
+            except ValueError:
+                raise UsageError(f"--processes takes a number or 'auto', not "
+                                 f"{args.processes!r}") from None
             if args.recoverable:    # --capture and --workers are ignored there
                 check_processes(ops, n)
                 if n > 1:
                     _check_recoverable_processes(ops)
             else:
                 check_processes(ops, n, capture=args.capture, workers=args.workers)
-        except ValueError:
-            ops.destroy()
-            raise UsageError(f"--processes takes a number or 'auto', not "
-                             f"{args.processes!r}") from None
         except UsageError:
             ops.destroy()
             raise

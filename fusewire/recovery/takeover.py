@@ -39,7 +39,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -731,7 +730,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         except LocalProtocolError:
             pass        # 7.44 needed: cached names stay as they are
     processes = int(meta.get("processes") or 1)
-    if server.conn.session is not None:
+    if server.conn.session is not None and processes == 1:  # else once its processes run
         server.report_ready()
         _crash_file_check("ready")
     try:
@@ -773,16 +772,15 @@ def _serve_processes(server: RecoverableServer, processes: int, control: Control
                      len(opens))
     def report() -> None:
         # the parent answers INIT but no other request: ready once INIT is answered
-        server.ready.wait()
-        if server.conn.session is not None and server.dispatcher.fatal is None:
+        # and the processes run (it cannot see them make progress: count it as made)
+        if server.dispatcher.fatal is None:
             if not server.reported:
                 _quiet(server.report_ready)
             if not server.progressed:
                 server.progressed = True
                 _quiet(control.progress)
 
-    threading.Thread(target=report, daemon=True, name="fusewire-ready").start()
-    serve_processes(server, processes, table=table,
+    serve_processes(server, processes, table=table, on_started=report,
                     clones=shared_fds[1:],
                     on_shared=lambda t, clones: control.share([t.fileno(), *clones]),
                     resend_on_death=True)

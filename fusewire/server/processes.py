@@ -827,7 +827,8 @@ class _Children:
 def serve_processes(server: Server, processes: int, *, install_signals: bool = True,
                     table: SharedTable | None = None, clones: list[int] | None = None,
                     on_shared: Callable[[SharedTable, list[int]], None] | None = None,
-                    resend_on_death: bool = False) -> None:
+                    resend_on_death: bool = False,
+                    on_started: Callable[[], None] | None = None) -> None:
     """Answer INIT, fork ``processes`` serving children, supervise them; stop them at the end.
 
     Called by :meth:`Server.serve` when the server was built with
@@ -842,8 +843,9 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
     ``clones`` a dead server group left in the keeper (reused: process i reads
     ``clones[i-1]``), ``on_shared(table, clones)`` to hand new ones to the
     keeper before any request is served, and ``resend_on_death`` (a dead
-    process's unanswered requests are re-sent instead of failed); ``server.in_child()``,
-    if it exists, runs first thing in each serving process.
+    process's unanswered requests are re-sent instead of failed); ``on_started()`` runs
+    once INIT is answered and every process is forked; ``server.in_child()``, if it
+    exists, runs first thing in each serving process.
     """
     fd = server.fd if server.fd is not None else server.mount()
     old: dict[signal.Signals, Any] = {}
@@ -853,7 +855,8 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, server._on_signal)
     try:
-        _serve_processes(server, processes, fd, table, clones, on_shared, resend_on_death)
+        _serve_processes(server, processes, fd, table, clones, on_shared, resend_on_death,
+                         on_started)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -862,7 +865,8 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
 def _serve_processes(server: Server, processes: int, fd: int, table: SharedTable | None,
                      clones: list[int] | None,
                      on_shared: Callable[[SharedTable, list[int]], None] | None,
-                     resend_on_death: bool) -> None:
+                     resend_on_death: bool,
+                     on_started: Callable[[], None] | None = None) -> None:
     if table is None:
         table = SharedTable()
     clones = list(clones or [])[:processes]
@@ -886,6 +890,8 @@ def _serve_processes(server: Server, processes: int, fd: int, table: SharedTable
             start()
             server.ready.set()
         kids[0].watch()
+        if on_started is not None and server.conn.session is not None:
+            on_started()
         server._stop.wait()     # a stop signal, or the watchers: unmounted / none left
     finally:
         if kids:
