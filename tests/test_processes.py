@@ -351,10 +351,12 @@ def _mount_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     lambda src, mnt: ["memfs", mnt, "--processes", "2", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "two", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--workers", "2", "-f"],
-    lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--recoverable"],
+    # --recoverable --processes works for passthrough (tests/test_processes_recovery.py)
+    lambda src, mnt: ["memfs", mnt, "--processes", "2", "--recoverable"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "-o", "kernel_passthrough",
                       "-f"],
-], ids=["memfs", "not-a-number", "with-workers", "with-recoverable", "with-kernel-passthrough"])
+], ids=["memfs", "not-a-number", "with-workers", "memfs-recoverable",
+         "with-kernel-passthrough"])
 def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
                                argv: Callable[[str, str], list[str]]) -> None:
     problem = conftest.dev_fuse_problem()
