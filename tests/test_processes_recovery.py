@@ -128,6 +128,30 @@ def test_killed_serving_process_loses_no_request(start: Any, tmp_path: Path) -> 
     assert "were re-sent; restarted" in m.log.read_text()
 
 
+def test_graceful_upgrade_keeps_open_files(start: Any) -> None:
+    """``upgrade``: the processes finish what they read and stop; the successor
+    adopts the table and the clones; open files and the directory fd keep working."""
+    m = _mount(start)
+    fd = os.open(m.path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    os.pwrite(fd, b"before", 0)
+    (m.path / "d").mkdir()
+    dfd = os.open(m.path / "d", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        old = int(m.status()["server_pid"])
+        tr._upgrade(m)
+        assert int(m.status()["server_pid"]) != old and len(_serving(m)) == 2
+        assert os.pread(fd, 10, 0) == b"before"
+        os.pwrite(fd, b"!", 6)
+        (m.path / "d" / "y").write_text("y")
+        assert os.listdir(dfd) == ["y"]
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    assert m.source is not None and (m.source / "f").read_bytes() == b"before!"
+    st = m.status()
+    assert st["restarts"] == 0 and st["upgrades"] == 1
+
+
 def _soak(start: Any, tmp_path: Path, kills: int) -> None:
     m = _mount(start)
     total = tr._workload(m, tmp_path, _kill_group, kills)
