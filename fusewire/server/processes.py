@@ -766,6 +766,10 @@ class _Children:
             with self.lock:
                 if self.stopping.is_set():
                     return
+                if not requeued:
+                    # closing our copy ends what it had read (ECONNABORTED to the
+                    # callers) instead of leaving it unanswered on a clone no one reads
+                    self._reclone(index)
                 restart = self.restarts < MAX_RESTARTS
                 if restart:
                     self.restarts += 1
@@ -785,6 +789,16 @@ class _Children:
             if not left:
                 self.server.stop()
             return
+
+    def _reclone(self, index: int) -> None:
+        """Replace process ``index``'s clone by a fresh one (the old one is closed)."""
+        old = self.clones[index]
+        try:
+            self.clones[index] = _mount.clone_fd(self.fd)
+        except OSError as exc:      # the connection is gone: the replacement ends at once
+            log.error("fusewire: cannot clone the fuse fd: %s", exc)
+            self.clones[index] = os.dup(old)
+        os.close(old)
 
     def _resend(self) -> bool:
         """Re-queue every request read and not answered (NOTIFY_RESEND, 7.40).
@@ -896,7 +910,7 @@ def _serve_processes(server: Server, processes: int, fd: int, table: SharedTable
     finally:
         if kids:
             kids[0].stop()
-        for clone in clones:
+        for clone in (kids[0].clones.values() if kids else clones):
             try:
                 os.close(clone)
             except OSError:
