@@ -3,9 +3,10 @@
 Theory of operation (docs/design.md, "Multi-process serving")
 --------------------------------------------------------------
 The parent mounts and negotiates INIT alone, forks ``processes`` children,
-writes the INIT reply, and supervises them (it serves no request).  Each child clones the
-connection's fd with FUSE_DEV_IOC_CLONE, closes the parent's, and runs a
-one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
+writes the INIT reply, and supervises them (it serves no request).  The parent
+clones the connection's fd once per child (FUSE_DEV_IOC_CLONE) and keeps a
+copy of each clone (see :class:`_Children`); each child closes the other fds
+and runs a one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
 with its own copy of the interpreter and of the filesystem object (fork
 copies, nothing Python-level is shared).  The kernel hands every request to
 one waiting reader, so any process may see any request, and the reply goes
