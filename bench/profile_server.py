@@ -1,7 +1,7 @@
 """Where a request's time goes: profile fusewire's memfs under a stat storm.
 
     python bench/profile_server.py [--ops N] [--profiler cprofile|none] [--pin]
-        [--workload fstat|getattr|readdir|seqread|seqwrite|smallfiles]
+        [--workload fstat|getattr|readdir|seqread|seqwrite|smallfiles] [--fs memfs|passthrough]
 
 The server runs in this process (main thread) on a fresh mount with
 ``entry_timeout=0,attr_timeout=0``; a separate client process runs the
@@ -10,6 +10,8 @@ and the top functions by own time are printed; with ``none`` only the rate
 is printed (compare the two to see the profiler's own distortion).  For
 seqread/seqwrite ``--ops`` is the file size in MiB (128 KiB blocks).  ``--pin``
 puts server and client on CPU 0 (the ping-pong case of docs/performance.md).
+``--fs passthrough`` serves a passthrough of a fresh temporary directory
+instead of memfs (one process; ``--processes`` serving is not profiled here).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fusewire.examples.memfs import MemFS
+from fusewire.examples.passthrough import Passthrough
 from fusewire.server.loop import Server
 
 CLIENT = r"""
@@ -93,12 +97,16 @@ def main() -> None:
                                                  "smallfiles"), default="fstat")
     ap.add_argument("--profiler", choices=("cprofile", "none"), default="cprofile")
     ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--fs", choices=("memfs", "passthrough"), default="memfs")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     if args.pin:
         os.sched_setaffinity(0, {0})
     mnt = tempfile.mkdtemp(prefix="fusewire-prof-")
-    server = Server(MemFS(entry_timeout=0, attr_timeout=0), mnt, "fsname=prof")
+    src = tempfile.mkdtemp(prefix="fusewire-prof-src-") if args.fs == "passthrough" else None
+    ops = (MemFS(entry_timeout=0, attr_timeout=0) if src is None
+           else Passthrough(src, entry_timeout=0, attr_timeout=0))
+    server = Server(ops, mnt, "fsname=prof")
     server.mount()
     prof = cProfile.Profile() if args.profiler == "cprofile" else None
 
@@ -137,6 +145,8 @@ def main() -> None:
         t.join(10)
         time.sleep(0.1)
         os.rmdir(mnt)
+        if src is not None:
+            shutil.rmtree(src)
     if prof is not None:
         stats = pstats.Stats(prof)
         stats.sort_stats("tottime").print_stats(args.top)

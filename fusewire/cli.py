@@ -144,11 +144,18 @@ def _fs_arg_options(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _check_recoverable_processes(ops: Operations) -> None:
+    """``--recoverable --processes N``: only a handles-mode filesystem (docs/recovery.md)."""
+    from fusewire.recovery_api import recovery_mode
+
+    mode = recovery_mode(ops)[0]
+    if mode != "handles":
+        raise UsageError(f"--recoverable --processes needs a handles-mode filesystem "
+                         f"(e.g. passthrough); {type(ops).__name__} recovers by {mode}")
+
+
 def _cmd_mount(args: argparse.Namespace) -> int:
     source, mountpoint = _split_paths(args)
-    if args.recoverable and args.processes != "1":
-        raise UsageError("--processes cannot be combined with --recoverable yet "
-                         "(docs/design.md, Multi-process serving)")
     args.options = list(args.options) + _fs_arg_options(args)
     options = _mount.parse_options(args.options, fsname=f"fusewire-{args.fs}",
                                    subtype=args.fs if ":" not in args.fs else None)
@@ -171,6 +178,29 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         if problem is not None:
             ops.destroy()
             raise UsageError(problem)
+    if args.processes != "1":
+        from fusewire.server.processes import check_processes, default_processes
+
+        if ops is None:
+            ops = _build_ops(args.fs, source, extra)
+        try:
+            try:
+                n = default_processes() if args.processes == "auto" else int(args.processes)
+            except ValueError:
+                raise UsageError(f"--processes takes a number or 'auto', not "
+                                 f"{args.processes!r}") from None
+            if args.recoverable:    # --capture and --workers are ignored there
+                check_processes(ops, n)
+                if n > 1:
+                    _check_recoverable_processes(ops)
+            else:
+                check_processes(ops, n, capture=args.capture, workers=args.workers)
+        except UsageError:
+            ops.destroy()
+            raise
+        args.processes = n
+    else:
+        args.processes = 1
     if args.recoverable:
         if ops is not None:
             ops.destroy()       # the keeper's server builds its own
@@ -184,22 +214,6 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         return code
     if ops is None:
         ops = _build_ops(args.fs, source, extra)
-    if args.processes != "1":
-        from fusewire.server.processes import check_processes, default_processes
-
-        try:
-            n = default_processes() if args.processes == "auto" else int(args.processes)
-            check_processes(ops, n, capture=args.capture, workers=args.workers)
-        except ValueError:
-            ops.destroy()
-            raise UsageError(f"--processes takes a number or 'auto', not "
-                             f"{args.processes!r}") from None
-        except UsageError:
-            ops.destroy()
-            raise
-        args.processes = n
-    else:
-        args.processes = 1
     if args.debug:
         args.foreground = True
     if args.foreground:

@@ -35,7 +35,7 @@ import errno
 import os
 import struct
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -65,7 +65,10 @@ __all__ = [
     "LOOKUP_HANDLE_PROFILES",
     "Request",
     "Session",
+    "encode_notification",
     "encode_notify",
+    "pack_u64s",
+    "unpack_u64s",
 ]
 
 _HDR = CODECS["in_header"].struct
@@ -274,6 +277,7 @@ def parse_extensions(buf: bytes, unique: int = 0, opcode: int = 0) -> Extensions
             (nr,) = _U32.unpack_from(body)
             if 4 + 4 * nr > len(body):
                 raise _bad("supp groups overrun", errno.EINVAL, unique, opcode, None)
+            # literal-format: a counted u32 array (supp groups), no fixed-size schema
             groups = struct.unpack_from(f"<{nr}I", body, 4)
         elif typ == FUSE_EXT_HANDLE:
             if len(body) < 2:
@@ -425,6 +429,52 @@ def encode_notify(code: int, *payload: bytes) -> list[bytes]:
     return [_PACK_OUT(size, code, 0), *payload]
 
 
+def pack_u64s(values: Sequence[int]) -> bytes:
+    """A packed little-endian u64 array (NOTIFY_PRUNE's nodeids)."""
+    # literal-format: a counted u64 array, no fixed-size schema to derive it from
+    return struct.pack(f"<{len(values)}Q", *values)
+
+
+def unpack_u64s(buf: bytes | bytearray | memoryview, count: int, offset: int = 0
+                ) -> tuple[int, ...]:
+    """Read ``count`` little-endian u64 values at ``offset`` (the inverse of :func:`pack_u64s`).
+
+    Raises :class:`struct.error` when ``buf`` is too short.
+    """
+    # literal-format: a counted u64 array, no fixed-size schema to derive it from
+    values: tuple[int, ...] = struct.unpack_from(f"<{count}Q", buf, offset)
+    return values
+
+
+def encode_notification(code: int, *fields: int,
+                        tail: bytes | Sequence[int] = b"") -> list[bytes]:
+    """A notification built from its :data:`~fusewire.opcodes.NOTIFICATIONS` row.
+
+    ``fields`` are the payload struct's fields in order, packed by the codec
+    derived from the row's schema; ``tail`` is what the row says trails it: a
+    name (the NUL is added here), data bytes, or a sequence of nodeids.
+    """
+    info = NOTIFICATIONS[code]
+    parts: list[bytes] = []
+    if info.payload is not None:
+        parts.append(CODECS[info.payload].struct.pack(*fields))
+    elif fields:
+        raise LocalProtocolError(f"{info.code.name} has no payload struct", errno.EINVAL)
+    if info.trailing == "name":
+        assert isinstance(tail, bytes | bytearray)
+        parts.append(bytes(tail) + b"\0")
+    elif info.trailing == "nodeids":
+        assert not isinstance(tail, bytes | bytearray)
+        parts.append(pack_u64s(tail))
+    elif info.trailing == "data":
+        assert isinstance(tail, bytes | bytearray)
+        parts.append(bytes(tail))
+    elif tail:
+        raise LocalProtocolError(f"{info.code.name} carries nothing after its payload",
+                                 errno.EINVAL)
+    return encode_notify(code, *parts)
+
+
 class Connection:
     """Server side of one FUSE connection, without I/O.
 
@@ -495,7 +545,13 @@ class Connection:
         """Whether an INTERRUPT arrived for the request ``unique`` (still in flight)."""
         return (unique & _RESEND_MASK) in self._interrupted
 
-    def _done(self, unique: int) -> None:
+    def retire(self, unique: int) -> None:
+        """Forget request ``unique``: it is answered (its reply is encoded).
+
+        :meth:`reply`, :meth:`reply_error` and :meth:`reply_struct` call this
+        themselves; only a caller that packs a whole reply in one fused format
+        (the server's GETATTR/LOOKUP fast paths) calls it directly.
+        """
         key = unique & _RESEND_MASK
         self.inflight.pop(key, None)
         if self._interrupted:
@@ -569,7 +625,7 @@ class Connection:
         except LocalProtocolError as exc:
             return self.reply_error(req.unique, exc.errno_hint)
         self.session = session
-        self._done(req.unique)
+        self.retire(req.unique)
         return [self._init_reply(req.unique, session)]
 
     @staticmethod
@@ -596,7 +652,7 @@ class Connection:
 
     def reply(self, unique: int, *payload: bytes | bytearray | memoryview) -> list[Any]:
         """A success reply carrying ``payload`` (already encoded), for writev."""
-        self._done(unique)
+        self.retire(unique)
         size = 16
         for p in payload:
             size += len(p)
@@ -606,7 +662,7 @@ class Connection:
         """An error reply (header only; ``err`` is a positive errno, 1..511)."""
         if not 0 < err < 512:
             raise LocalProtocolError(f"errno {err} outside 1..511", errno.EINVAL)
-        self._done(unique)
+        self.retire(unique)
         return [_PACK_OUT(16, -err, unique)]
 
     def reply_struct(self, unique: int, name: str, rec: Any, *extra: bytes) -> list[Any]:
@@ -617,14 +673,24 @@ class Connection:
 
     def forget_inflight(self, unique: int) -> None:
         """Drop bookkeeping for a request that will never be answered here."""
-        self._done(unique)
+        self.retire(unique)
 
     # -- notifications ------------------------------------------------------------
 
     def notify(self, code: NotifyCode, *payload: bytes) -> list[bytes]:
         """Encode a notification, checking the session supports it."""
+        self._check_notify(code)
+        return encode_notify(code, *payload)
+
+    def notification(self, code: NotifyCode, *fields: int,
+                     tail: bytes | Sequence[int] = b"") -> list[bytes]:
+        """Encode a notification from its fields (see :func:`encode_notification`),
+        checking the session supports it."""
+        self._check_notify(code)
+        return encode_notification(code, *fields, tail=tail)
+
+    def _check_notify(self, code: NotifyCode) -> None:
         info = NOTIFICATIONS[code]
         if self.session is not None and self.session.minor < info.since:
             raise LocalProtocolError(f"{code.name} needs 7.{info.since}, "
                                      f"session is 7.{self.session.minor}", errno.ENOSYS)
-        return encode_notify(code, *payload)

@@ -133,6 +133,10 @@ class Operations:
         kernel does that file's reads and writes on the backing file itself.
         The server negotiates ``max_stack_depth`` 1 (unless the Config says
         otherwise) and never WRITEBACK_CACHE with it.
+    ``applies_umask``
+        The kernel sends create-type requests the mode unmasked and the
+        caller's umask in ``ctx.umask`` (DONT_MASK); the filesystem applies
+        it, or a parent directory's default ACL instead of it.
     ``checks_permissions``
         The filesystem enforces the caller's permissions itself (from
         ``ctx.uid``, ``ctx.gid`` and ``ctx.groups``, or by acting as the
@@ -147,6 +151,7 @@ class Operations:
     enable_writeback_cache: bool = False
     enable_acl: bool = False
     enable_passthrough: bool = False
+    applies_umask: bool = False
     #: Set by the server before the first request; None when not serving.
     notifier: Notifier | None = None
 
@@ -282,6 +287,15 @@ class Operations:
         ``buf`` is only valid during the call; copy it if you keep it.
         """
         raise _enosys()
+
+    def write_kill_suidgid(self, fh: int, ctx: RequestContext) -> None:
+        """Called before ``write`` when the kernel asks to clear set-ID bits.
+
+        The writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID, negotiated with
+        HANDLE_KILLPRIV_V2): clear S_ISUID of the file, and S_ISGID if the
+        group may execute it or the writer (``ctx``) is not in its group, as
+        a local filesystem does on write(2).  The default does nothing.
+        """
 
     def flush(self, fh: int, lock_owner: int = 0) -> None:
         """Sent on every close(2) of a file descriptor for ``fh``.

@@ -963,6 +963,199 @@ def check_posix_acl_minimal(root: Path) -> Any:
     return {"set": res, "mode": oct(stat.S_IMODE(os.stat(p).st_mode))}
 
 
+def _as_nobody(groups: list[int] | None = None) -> None:
+    """In a forked child: become uid/gid 65534 with ``groups`` (none by default)."""
+    os.setgroups(groups or [])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
+
+
+#: set-ID modes tried by the suid checks: suid, sgid with group-exec, both, sgid
+#: without group-exec (a mandatory-locking mark that writes leave alone)
+_SETID_MODES = (0o4777, 0o2777, 0o6777, 0o2767)
+
+
+def _setid_files(root: Path, prefix: str) -> list[str]:
+    names = []
+    for m in _SETID_MODES:
+        name = f"{prefix}{m:o}"
+        write_file(root / name, b"data", 0o600)
+        os.chmod(root / name, m)
+        names.append(name)
+    return names
+
+
+def _modes(root: Path, names: list[str]) -> dict[str, str]:
+    return {n: oct(stat.S_IMODE(os.stat(root / n).st_mode)) for n in names}
+
+
+@check
+def check_setid_cleared_by_unprivileged_write(root: Path) -> Any:
+    """write(2), truncate(2), ftruncate(2) and open(O_TRUNC) by uid 65534 clear S_ISUID,
+    and S_ISGID where the group may execute; root's writes (CAP_FSETID) keep them."""
+    ops = ("write", "pwrite_nothing", "truncate", "ftruncate", "otrunc")
+    files = {op: _setid_files(root, f"{op}-") for op in ops}
+    rootw = _setid_files(root, "rootw-")
+
+    def child() -> Any:
+        os.chdir(root)
+        _as_nobody()
+        out = {}
+        for op, names in files.items():
+            for n in names:
+                if op == "otrunc":
+                    out[n] = attempt(lambda n=n: os.close(os.open(n, os.O_WRONLY | os.O_TRUNC)))
+                    continue
+                if op == "truncate":
+                    out[n] = attempt(os.truncate, n, 2)
+                    continue
+                fd = os.open(n, os.O_WRONLY)
+                try:
+                    if op == "write":
+                        out[n] = attempt(os.pwrite, fd, b"xy", 1)
+                    elif op == "pwrite_nothing":
+                        out[n] = attempt(os.pwrite, fd, b"", 0)
+                    else:
+                        out[n] = attempt(os.ftruncate, fd, 1)
+                finally:
+                    os.close(fd)
+        return out
+
+    res: dict[str, Any] = {"results": in_child(child)}
+    for n in rootw:
+        fd = os.open(root / n, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"root", 0)
+        finally:
+            os.close(fd)
+    res["modes"] = _modes(root, [n for names in files.values() for n in names] + rootw)
+    return res
+
+
+@check
+def check_setid_cleared_by_chown(root: Path) -> Any:
+    """chown clears S_ISUID (and S_ISGID with group-exec) of a file: by root, which does
+    not own it, and by its owner changing only the group; a directory keeps them."""
+    byroot = _setid_files(root, "root-")
+    byowner = _setid_files(root, "owner-")
+    for n in byroot + byowner:
+        mode = stat.S_IMODE(os.stat(root / n).st_mode)
+        os.chown(root / n, NOBODY, NOBODY)
+        os.chmod(root / n, mode)            # chown just cleared them: set them again
+    d = root / "dir"
+    os.mkdir(d)
+    os.chmod(d, 0o2775)
+    res: dict[str, Any] = {}
+    res["root_chown"] = {n: attempt(os.chown, root / n, 0, 0) for n in byroot}
+    res["root_chown_dir"] = attempt(os.chown, d, NOBODY, NOBODY)
+
+    def child() -> Any:
+        os.chdir(root)
+        _as_nobody()
+        return {n: attempt(os.chown, n, -1, NOBODY) for n in byowner}
+
+    res["owner_chgrp"] = in_child(child)
+    res["modes"] = _modes(root, byroot + byowner + ["dir"])
+    return res
+
+
+@check
+def check_chown_to_supplementary_group(root: Path) -> Any:
+    """The owner may chgrp to a group it has only as a supplementary group, not to others;
+    the new group shows in stat and in files created in a set-group-ID directory."""
+    f = root / "f"
+    write_file(f, b"x")
+    os.chown(f, NOBODY, NOBODY)
+    d = root / "d"
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    os.chown(d, NOBODY, NOBODY)
+
+    def child() -> Any:
+        os.chdir(root)
+        _as_nobody([4242, 4343])
+        out = {
+            "chgrp_supp": attempt(os.chown, "f", -1, 4343),
+            "gid_after": os.stat("f").st_gid,
+            "chgrp_other": attempt(os.chown, "f", -1, 4444),
+            "chown_supp_both": attempt(os.chown, "f", NOBODY, 4242),
+            "lchown_supp": attempt(os.lchown, "f", -1, NOBODY),
+            "dir_chgrp_supp": attempt(os.chown, "d", -1, 4242),
+            "dir_setgid": attempt(os.chmod, "d", 0o2777),
+        }
+        open_create(Path("d/new"))
+        st = os.stat("d/new")
+        out["new_in_setgid_dir"] = [st.st_uid, st.st_gid]
+        os.mkdir("d/sub")
+        out["subdir_mode"] = oct(stat.S_IMODE(os.stat("d/sub").st_mode))
+        return out
+
+    res = in_child(child)
+    st = os.stat(f)
+    res["final"] = [st.st_uid, st.st_gid]
+    return res
+
+
+def _acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """A POSIX ACL xattr value from (tag, perm, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i) for t, p, i in entries)
+
+
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_NO_ID = 0xFFFFFFFF
+
+
+@check
+def check_default_acl_inheritance(root: Path) -> Any:
+    """Objects created under a directory with a default ACL take their mode from it, not
+    from the umask (here 022); subdirectories inherit the default ACL."""
+    d = root / "d"
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    default = _acl([(_ACL_USER_OBJ, 7, _NO_ID), (_ACL_USER, 6, NOBODY),
+                    (_ACL_GROUP_OBJ, 7, _NO_ID), (_ACL_MASK, 7, _NO_ID),
+                    (_ACL_OTHER, 0, _NO_ID)])
+    res: dict[str, Any] = {"set": attempt(os.setxattr, d, "system.posix_acl_default", default)}
+    if res["set"] in ("EOPNOTSUPP", "ENOTSUP"):
+        return UNSUPPORTED
+    old = os.umask(0o022)
+    try:
+        open_create(d / "file", 0, 0o666)
+        os.mkdir(d / "sub", 0o777)
+        os.mknod(d / "fifo", stat.S_IFIFO | 0o640)
+        open_create(d / "sub" / "deep", 0, 0o644)
+    finally:
+        os.umask(old)
+    for n in ("file", "sub", "fifo", "sub/deep"):
+        p = d / n
+        res[n] = {"mode": oct(stat.S_IMODE(os.stat(p).st_mode)),
+                  "access_acl": attempt(lambda p=p: os.getxattr(p, "system.posix_acl_access")
+                                        .hex()),
+                  "default_acl": attempt(lambda p=p: os.getxattr(p, "system.posix_acl_default")
+                                         .hex())}
+    # setfacl on an existing file: the new mode shows at once (no stale cached attrs)
+    f = d / "file"
+    res["setfacl"] = attempt(os.setxattr, f, "system.posix_acl_access",
+                             _acl([(_ACL_USER_OBJ, 6, _NO_ID), (_ACL_GROUP_OBJ, 0, _NO_ID),
+                                   (_ACL_OTHER, 4, _NO_ID)]))
+    res["mode_after_setfacl"] = oct(stat.S_IMODE(os.stat(f).st_mode))
+    return res
+
+
+@check
+def check_noatime_read(root: Path) -> Any:
+    """Reading a file opened with O_NOATIME (by its owner) leaves its atime alone."""
+    f = root / "f"
+    write_file(f, b"data")
+    os.utime(f, (1_000_000, 2_000_000))
+    fd = os.open(f, os.O_RDONLY | os.O_NOATIME)
+    try:
+        got = os.read(fd, 10).decode()
+    finally:
+        os.close(fd)
+    return {"read": got, "atime": os.stat(f).st_atime_ns // 10**9}
+
+
 # --------------------------------------------------------------------------
 # chattr flags (FS_IOC_GETFLAGS / FS_IOC_SETFLAGS), as chattr(1) sets them
 

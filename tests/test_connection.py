@@ -175,3 +175,46 @@ def test_parse_is_pure() -> None:
     conn = ready()
     m = msg(Opcode.LOOKUP, 4, 1, b"abc\0")
     assert parse_request(m, conn.session) == parse_request(m, conn.session)
+
+
+# --- notifications are encoded by the core from the NOTIFICATIONS rows -----------------
+
+
+def test_encode_notification_matches_the_kernel_layouts() -> None:
+    from fusewire.connection import encode_notification, unpack_u64s
+    from fusewire.opcodes import NotifyCode
+
+    def joined(code: int, *fields: int, tail: object = b"") -> bytes:
+        return b"".join(encode_notification(code, *fields, tail=tail))  # type: ignore[arg-type]
+
+    def hdr(code: int, body: bytes) -> bytes:
+        return struct.pack("<IiQ", 16 + len(body), code, 0) + body
+
+    # the layouts of include/uapi/linux/fuse.h, spelled out here as the specification
+    assert joined(NotifyCode.POLL, 7) == hdr(1, struct.pack("<Q", 7))
+    assert joined(NotifyCode.INVAL_INODE, 5, -1, 0) == hdr(2, struct.pack("<Qqq", 5, -1, 0))
+    assert joined(NotifyCode.INVAL_ENTRY, 1, 3, 1, tail=b"abc") == hdr(
+        3, struct.pack("<QII", 1, 3, 1) + b"abc\0")
+    assert joined(NotifyCode.STORE, 9, 4096, 2, 0, tail=b"hi") == hdr(
+        4, struct.pack("<QQII", 9, 4096, 2, 0) + b"hi")
+    assert joined(NotifyCode.RETRIEVE, 1, 9, 0, 10, 0) == hdr(
+        5, struct.pack("<QQQII", 1, 9, 0, 10, 0))
+    assert joined(NotifyCode.DELETE, 1, 9, 1, 0, tail=b"x") == hdr(
+        6, struct.pack("<QQII", 1, 9, 1, 0) + b"x\0")
+    assert joined(NotifyCode.PRUNE, 2, 0, 0, tail=[5, 6]) == hdr(
+        int(NotifyCode.PRUNE), struct.pack("<IIQQQ", 2, 0, 0, 5, 6))
+    assert unpack_u64s(struct.pack("<QQ", 5, 6), 2) == (5, 6)
+    assert joined(NotifyCode.RESEND) == hdr(int(NotifyCode.RESEND), b"")
+    with pytest.raises(LocalProtocolError):
+        encode_notification(NotifyCode.RESEND, 1)
+    with pytest.raises(LocalProtocolError):
+        encode_notification(NotifyCode.POLL, 1, tail=b"junk")
+
+
+def test_notification_checks_the_session_minor() -> None:
+    from fusewire.opcodes import NotifyCode
+
+    conn = ready(39)
+    with pytest.raises(LocalProtocolError):
+        conn.notification(NotifyCode.PRUNE, 0, 0, 0, tail=[])
+    assert conn.notification(NotifyCode.POLL, 3)[1] == (3).to_bytes(8, "little")

@@ -86,3 +86,40 @@ def test_reads_and_writes(serve: Callable[[bool], tuple[Server, Path, list[int]]
         assert Opcode.OPEN in seen and Opcode.CREATE in seen
     else:
         assert data_ops == {Opcode.READ, Opcode.WRITE}
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["backing", "served"])
+def test_second_open_of_an_open_file(serve: Callable[[bool], tuple[Server, Path, list[int]]],
+                                     tmpfs_dir: Path, kernel: bool) -> None:
+    """A file opened twice (and again after one close) shares one backing id: every
+    descriptor reads and writes the same data, as on the source (was EIO, issue 13)."""
+    data = os.urandom(256 << 10)
+    (tmpfs_dir / "f.bin").write_bytes(data)
+    server, mnt, seen = serve(kernel)
+    first = os.open(mnt / "f.bin", os.O_RDWR)
+    try:
+        second = os.open(mnt / "f.bin", os.O_RDONLY)
+        try:
+            assert os.pread(second, len(data), 0) == data
+            assert os.pwrite(first, b"one", 10) == 3
+            assert os.pread(second, 3, 10) == b"one"
+            third = os.open(mnt / "f.bin", os.O_WRONLY | os.O_APPEND)
+            try:
+                assert os.write(third, b"tail") == 4
+            finally:
+                os.close(third)
+            assert os.pread(second, 4, len(data)) == b"tail"
+        finally:
+            os.close(second)
+        assert os.pwrite(first, b"two", 20) == 3               # still works after a close
+    finally:
+        os.close(first)
+    again = os.open(mnt / "f.bin", os.O_RDONLY)                # all closed, then reopened
+    try:
+        assert os.pread(again, 3, 20) == b"two"
+    finally:
+        os.close(again)
+    want = bytearray(data)
+    want[10:13], want[20:23] = b"one", b"two"
+    assert (tmpfs_dir / "f.bin").read_bytes() == bytes(want) + b"tail"
+    assert bool({Opcode.READ, Opcode.WRITE} & set(seen)) != kernel

@@ -299,27 +299,25 @@ def test_cli_turns_a_bad_spec_into_one_line() -> None:
 #: here) fails: take it from fusewire.structs.codec.CODECS (``.struct``, or
 #: ``.head(n)`` for the leading fields) instead.
 LITERAL_FORMATS: dict[str, tuple[int, str]] = {
-    "fusewire/server/dispatch.py": (8, "reply bodies packed inline; they move onto the rows' "
-                                       "reply codecs with the dispatcher rewrite (issue 14)"),
-    "fusewire/server/loop.py": (9, "notification payloads and the backing-map ioctl; they "
-                                    "move into the sans-IO encoder (issue 14)"),
     "fusewire/server/mount.py": (3, "native C ints of SCM_RIGHTS and FUSE_DEV_IOC_CLONE's "
                                     "argument: the host's ABI, not the FUSE wire"),
     "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
     "fusewire/recovery/journal.py": (8, "the journal's own on-disk records (docs/recovery.md)"),
     "fusewire/testing/capture.py": (4, "the capture file's own format (docs/capture-format.md)"),
-    "fusewire/testing/emulator.py": (1, "length prefix of its own subprocess pipe"),
+    "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "
                                       "the host's FS_IOC_* ioctl arguments (fsxattr)"),
-    "fusewire/examples/passthrough.py": (11, "struct file_handle and statx of the host's "
-                                             "syscalls, passthrough's own handle bytes"),
+    "fusewire/examples/passthrough.py": (2, "statx of the host's syscall"),
+    "fusewire/examples/passthrough_nodes.py": (1, "passthrough's own handle bytes"),
+    "fusewire/examples/passthrough_recovery.py": (8, "struct file_handle of the host's "
+                                                     "syscalls, passthrough's own handle "
+                                                     "bytes"),
     "fusewire/server/processes.py": (20, "the multi-process nodeid table's own layout in "
                                          "shared memory"),
     "fusewire/pathops.py": (1, "the path API's own file-handle bytes"),
-    "fusewire/connection.py": (1, "supp_groups' gid array: its length is in the message"),
-    "fusewire/testing/dump.py": (1, "notify_prune's nodeid array: length in the message"),
-    "fusewire/testing/wire.py": (1, "notify_prune's nodeid array: length in the message"),
-    "fusewire/testing/strategies.py": (1, "notify_prune's nodeid array: length in the message"),
+    "fusewire/connection.py": (3, "counted arrays whose length is in the message: "
+                                  "supp_groups' gids, and notify_prune's nodeids "
+                                  "(pack_u64s/unpack_u64s, which the decoders share)"),
 }
 
 _STRUCT_CALLS = {"Struct", "pack", "pack_into", "unpack", "unpack_from", "iter_unpack",

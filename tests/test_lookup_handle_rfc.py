@@ -51,8 +51,10 @@ from fusewire.examples.memfs import MemFS
 from fusewire.opcodes.flags import InitFlag, Opcode
 from fusewire.server import handles as fh
 from fusewire.server import mount as fm
-from fusewire.server.dispatch import Dispatcher, _statx_bytes, entry_bytes
+from fusewire.server.dispatch import Dispatcher
 from fusewire.server.loop import Server, serve_in_thread
+from fusewire.server.replies import entry_bytes
+from fusewire.server.replies import statx_bytes as _statx_bytes
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending
 from fusewire.testing.wire import KERNEL_FLAGS, ReplySizeError, encode_init, split_reply

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fusewire import Operations
@@ -13,6 +15,7 @@ from fusewire.opcodes import (
     InitFlag,
     NotifyCode,
     Opcode,
+    OpInfo,
     Reply,
     Trailing,
     ops_for_profile,
@@ -53,12 +56,36 @@ def test_no_reply_opcodes() -> None:
         "FORGET", "BATCH_FORGET", "NOTIFY_REPLY"}
 
 
+def _all_rows() -> list[OpInfo]:
+    rows = list(OPS.values())
+    for profile in DRAFT_OPS:
+        rows += ops_for_profile(profile).values()
+    return rows
+
+
 def test_dispatcher_serves_every_row_with_a_handler() -> None:
-    served = {name.removeprefix("_op_").upper() for name in dir(Dispatcher)
-              if name.startswith("_op_")}
-    for row in OPS.values():
+    # the row names the server function; the dispatcher binds exactly that
+    for row in _all_rows():
         if row.handler is not None:
-            assert row.name in served, row.name
+            assert row.serve is not None, row.name
+        if row.serve is not None:
+            assert callable(getattr(Dispatcher, row.serve, None)), (row.name, row.serve)
+
+
+def test_every_server_function_is_named_by_a_row() -> None:
+    # no server function is bound by building its name from an opcode's name
+    named = {row.serve for row in _all_rows() if row.serve is not None}
+    defined = {name for name in dir(Dispatcher) if name.startswith("_op_")}
+    assert defined == named
+    server = Path(__file__).parent.parent / "fusewire" / "server"
+    for module in ("dispatch.py", "draft_serve.py"):
+        src = (server / module).read_text()
+        assert '"_op_' not in src and "f\"_op_" not in src, module
+
+
+def test_calls_flock_matches_the_kernel() -> None:
+    # FUSE_LK_FLOCK on SETLK/SETLKW; FUSE_RELEASE_FLOCK_UNLOCK on RELEASE
+    assert _names("calls_flock") == {"SETLK", "SETLKW", "RELEASE"}
 
 
 def test_draft_rows_only_in_profiles() -> None:
@@ -86,7 +113,7 @@ def test_init_flags_cover_64_bit_space_through_745() -> None:
 
 #: The boolean set fields of OpInfo; each one is a set other modules used to spell out.
 SET_FIELDS = ("enosys_cached", "idempotent", "ext", "create_type", "opens", "releases",
-              "namespace", "parent_handle", "background", "sized_data")
+              "namespace", "parent_handle", "background", "sized_data", "calls_flock")
 
 
 def test_every_boolean_field_is_a_known_set() -> None:
@@ -231,3 +258,10 @@ def test_protocol_reference_check_command(tmp_path, capsys) -> None:  # type: ig
     assert main(["--check", str(good)]) == 1
     err = capsys.readouterr().err
     assert "stale" in err and err.count("\n") == 1
+
+
+def test_the_connection_retires_requests_itself() -> None:
+    # the dispatcher answers through Connection.reply/reply_error (which retire the
+    # request) or, on its fused fast paths, Connection.retire: never a private member
+    src = (Path(__file__).parent.parent / "fusewire" / "server" / "dispatch.py").read_text()
+    assert "conn._" not in src

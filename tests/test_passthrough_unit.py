@@ -174,13 +174,18 @@ def test_nodeid_allocation() -> None:
 
 
 def test_create_ownership_and_mode(fs: Passthrough, tree: Path) -> None:
-    fi, a = fs.create(ROOT, b"new", stat.S_IFREG | 0o666, os.O_RDWR, USER)
+    # the kernel sends the mode unmasked and the caller's umask (DONT_MASK)
+    unmasked = RequestContext(uid=1000, gid=1000, pid=2, umask=0)
+    fi, a = fs.create(ROOT, b"new", stat.S_IFREG | 0o666, os.O_RDWR, unmasked)
     st = os.lstat(tree / "new")
     assert (st.st_uid, st.st_gid) == (1000, 1000)
     assert stat.S_IMODE(st.st_mode) == 0o666        # our own umask did not interfere
     assert a.st_ino == st.st_ino and a.st_uid == 1000
     fs.release(fi.fh)
-    d = fs.mkdir(ROOT, b"nd", 0o777, USER)
+    fi, _ = fs.create(ROOT, b"masked", stat.S_IFREG | 0o666, os.O_RDWR, USER)
+    fs.release(fi.fh)
+    assert stat.S_IMODE(os.lstat(tree / "masked").st_mode) == 0o644   # the caller's umask
+    d = fs.mkdir(ROOT, b"nd", 0o777, unmasked)
     st = os.lstat(tree / "nd")
     assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o777 and st.st_uid == 1000
     assert d.st_nlink == 2

@@ -28,7 +28,12 @@ MIRROR = conftest.REPO_ROOT / "examples" / "mirror.py"
 _NO_IOCTL = ("the path API has no ioctl, so chattr's FS_IOC_GETFLAGS/SETFLAGS (immutable, "
              "append-only, inode flags) answer EOPNOTSUPP where tmpfs keeps the flags")
 KNOWN_LIMITS: dict[str, str] = {
-    name: _NO_IOCTL for name in CHECKS if name.startswith("chattr_")
+    **{name: _NO_IOCTL for name in CHECKS if name.startswith("chattr_")},
+    "setid_cleared_by_unprivileged_write": "the path API passes no FUSE_WRITE_KILL_SUIDGID/"
+    "FATTR_KILL_SUIDGID/FUSE_OPEN_KILL_SUIDGID and the mirror writes as the server (root, "
+    "CAP_FSETID), so set-ID bits tmpfs clears for an unprivileged writer stay",
+    "default_acl_inheritance": "the path API receives the mode already masked by the kernel "
+    "(no DONT_MASK), so a parent's default ACL cannot take the umask's place",
 }
 
 pytestmark = pytest.mark.fuse

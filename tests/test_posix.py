@@ -35,6 +35,8 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("memfs", "posix_acl_minimal"): "memfs does not implement POSIX ACLs: it answers "
     "EOPNOTSUPP for system.posix_acl_* (so cp -a falls back to chmod) where tmpfs applies "
     "the ACL to the mode bits",
+    ("memfs", "default_acl_inheritance"): "memfs does not implement POSIX ACLs "
+    "(EOPNOTSUPP for system.posix_acl_default), so nothing is inherited",
 }
 
 pytestmark = pytest.mark.fuse
@@ -73,6 +75,8 @@ class _Roots:
             argv = ["passthrough", str(src)]
             if fs == "passthrough-2proc":     # multi-process serving (issue 15)
                 argv = ["--processes", "2", *argv]
+            elif fs == "passthrough-2proc-recoverable":   # ... behind a keeper
+                argv = ["--processes", "2", "--recoverable", *argv]
         srv = conftest.start_server(argv, self.tmp / f"{fs}-mnt", self.tmp)
         self.servers.append(srv)
         self.roots[fs] = srv.mountpoint
@@ -126,7 +130,8 @@ def _diff(ref: Any, got: Any, path: str = "") -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("fs", ["memfs", "passthrough", "passthrough-2proc"])
+@pytest.mark.parametrize("fs", ["memfs", "passthrough", "passthrough-2proc",
+                                "passthrough-2proc-recoverable"])
 @pytest.mark.parametrize("check", CHECKS)
 def test_same_as_tmpfs(roots: _Roots, check: str, fs: str, request: pytest.FixtureRequest) -> None:
     reason = KNOWN_BUGS.get((fs, check))

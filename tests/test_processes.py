@@ -351,10 +351,12 @@ def _mount_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     lambda src, mnt: ["memfs", mnt, "--processes", "2", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "two", "-f"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--workers", "2", "-f"],
-    lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "--recoverable"],
+    # --recoverable --processes works for passthrough (tests/test_processes_recovery.py)
+    lambda src, mnt: ["memfs", mnt, "--processes", "2", "--recoverable"],
     lambda src, mnt: ["passthrough", src, mnt, "--processes", "2", "-o", "kernel_passthrough",
                       "-f"],
-], ids=["memfs", "not-a-number", "with-workers", "with-recoverable", "with-kernel-passthrough"])
+], ids=["memfs", "not-a-number", "with-workers", "memfs-recoverable",
+         "with-kernel-passthrough"])
 def test_refused_with_one_line(tmp_path: Path, passthrough_source: Path,
                                argv: Callable[[str, str], list[str]]) -> None:
     problem = conftest.dev_fuse_problem()
@@ -476,4 +478,63 @@ def test_node_revived_for_a_non_root_caller(tmpfs_dir: Path) -> None:
     finally:
         first.destroy()
         second.destroy()
+        table.close()
+
+
+def test_shared_table_outlives_its_processes() -> None:
+    """Recovery building block: a table whose serving processes were all SIGKILLed,
+    adopted from its memfd, gives back the node log and the handles still open
+    (to be reopened at the same numbers); released numbers become free."""
+    import signal
+
+    from fusewire.server.processes import FREE, OPEN, SharedTable
+
+    table = SharedTable()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                        # a serving process: publishes, opens, releases
+        try:
+            table.become(2)
+            for ino in range(2, 50):
+                table.publish_node((9, ino), ino, b"h%d" % ino)
+            keep = table.claim(7, 0o100000, os.O_RDWR | os.O_APPEND, lambda n: True)
+            table.set_backing(keep, 5)
+            gone = table.claim(8, 0o100000, os.O_RDONLY, lambda n: True)
+            table.become(3)
+            table.hold(keep)
+            table.become(2)
+            table.release(gone)
+            os.write(ready_w, b"%d %d" % (keep, gone))
+            signal.pause()
+        finally:
+            os._exit(1)
+    adopted = None
+    try:
+        os.close(ready_w)
+        keep, gone = (int(x) for x in os.read(ready_r, 100).split())
+        os.kill(pid, signal.SIGKILL)
+        assert os.waitpid(pid, 0)[1] & 0x7F == signal.SIGKILL
+        adopted = SharedTable.adopt(os.dup(table.fileno()))
+        assert (adopted.slot_base, adopted.nslots) == (table.slot_base, table.nslots)
+        assert adopted.pid_of(2) == pid                  # until the successor clears it
+        opens = adopted.orphan_all()
+        assert opens == [(keep, 7, 0o100000, os.O_RDWR | os.O_APPEND, 5)]
+        assert adopted.slot(keep)[:3] == (OPEN, 0, 0)    # open, nobody holds it
+        assert adopted.slot(gone)[0] == FREE
+        assert adopted.pid_of(2) == 0 and adopted.pid_of(0) == os.getpid()
+        nodes = adopted.node_records()
+        assert len(nodes) == 48 and nodes[17] == ((9, 17), b"h17")
+        # the successor allocates on: a new handle never takes the open one's number
+        fresh = adopted.claim(9, 0o100000, os.O_RDONLY, lambda n: True)
+        assert fresh != keep and table.slot(fresh)[0] == OPEN   # the same memory
+        other = os.memfd_create("not-a-table")
+        try:
+            with pytest.raises(ValueError):
+                SharedTable.adopt(other)
+        finally:
+            os.close(other)
+    finally:
+        os.close(ready_r)
+        if adopted is not None:
+            adopted.close()
         table.close()

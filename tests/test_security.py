@@ -778,7 +778,8 @@ def test_posix_suite_without_default_permissions(public_dir: Path, tmp_path: Pat
     reference = _tmpfs(public_dir / "reference")
     source = _tmpfs(public_dir / "source") if kind == "passthrough" else None
     srv = _serve(kind, source, public_dir / "mnt", tmp_path, "allow_other")
-    skip = {"posix_acl_minimal"} if kind == "memfs" else set()   # memfs has no ACLs
+    # memfs has no ACLs
+    skip = {"posix_acl_minimal", "default_acl_inheritance"} if kind == "memfs" else set()
     diffs = {}
     try:
         for check in suite.CHECKS:

@@ -20,9 +20,10 @@ Everything is restored when the block ends, also on exceptions; if the
 restore itself fails the thread cannot be trusted any more and
 :class:`IdentityError` is raised (the caller should stop serving).
 
-:meth:`CallerIdentity.no_umask` gives the thread its own umask of 0 for a
-create, so the mode the kernel sent (already masked with the caller's umask)
-is the mode created, with no fix-up afterwards.  It unshares the thread's
+:meth:`CallerIdentity.umask` gives the thread its own umask for a create:
+the caller's (``ctx.umask``, with FUSE_DONT_MASK the kernel sends the mode
+unmasked), so the source filesystem applies it, or a parent's default ACL
+instead of it, exactly as for the caller, with no fix-up afterwards.  It unshares the thread's
 filesystem attributes (``unshare(CLONE_FS)``) on first use: the thread then
 has its own cwd and umask, which fusewire's threads never change.
 """
@@ -186,12 +187,17 @@ class CallerIdentity:
         return bool(state)
 
     @contextmanager
-    def no_umask(self) -> Iterator[bool]:
-        """Umask 0 for this thread during the block; yields False if that was impossible."""
+    def umask(self, mask: int = 0) -> Iterator[bool]:
+        """Umask ``mask`` for this thread during the block; yields False if impossible.
+
+        A filesystem that asks for FUSE_DONT_MASK gets the caller's umask in
+        ``ctx.umask`` and the unmasked mode: creating with that umask lets the
+        source filesystem ignore it where the parent has a default ACL.
+        """
         if not self._own_fs():
             yield False
             return
-        old = os.umask(0)
+        old = os.umask(mask & 0o777)
         try:
             yield True
         finally:

@@ -32,7 +32,6 @@ import stat
 import struct
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from fusewire.examples.memfs_data import MemFSData
 from fusewire.examples.memfs_locks import MemFSLocks
@@ -41,9 +40,11 @@ from fusewire.examples.memfs_nodes import (
     _BOGO_DIRENT_SIZE,
     _DAY_NS,
     _INO_MASK,
+    _LISTING_MIN,
     _PROTECTED_HARDLINKS,
     _ROOT,
     _S_IFMT,
+    _UNCHANGED,
     _XATTR_PREFIXES,
     _XFLAGS,
     CHUNK_SIZE,
@@ -86,6 +87,7 @@ from fusewire.examples.memfs_nodes import (
 from fusewire.examples.memfs_state import MemFSState
 from fusewire.locks import LockTable
 from fusewire.operations import Operations
+from fusewire.readdir import PackedListing, ReaddirToken
 from fusewire.recovery_api import ReplayRecovery
 from fusewire.types import (
     EntryAttributes,
@@ -94,9 +96,6 @@ from fusewire.types import (
     SetattrFields,
     StatvfsData,
 )
-
-if TYPE_CHECKING:
-    from fusewire.readdir import ReaddirToken
 
 __all__ = ["CHUNK_SIZE", "FS_NODUMP_FL", "MemFS"]
 
@@ -405,7 +404,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                 changed = True
             if fields.update_size:
                 if fields.kill_suidgid:
-                    self._kill_suid(node)
+                    self._kill_suid(node, ctx)
                 if attr.st_size != node.size:
                     self._set_size(node, attr.st_size)
                     node.mtime = now
@@ -423,9 +422,11 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             return self._attr(node)
 
     @staticmethod
-    def _kill_suid(node: _Inode) -> None:
+    def _kill_suid(node: _Inode, writer: RequestContext | None = None) -> None:
+        """Clear S_ISUID, and S_ISGID where the group may execute; for an unprivileged
+        ``writer`` (write, truncate) also where it is not in the file's group."""
         mode = node.mode & ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
+        if mode & stat.S_IXGRP or (writer is not None and not _in_group(writer, node.gid)):
             mode &= ~stat.S_ISGID
         node.mode = mode
 
@@ -749,9 +750,11 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                 self._immutable(node, append_ok=bool(flags & os.O_APPEND
                                                      and not flags & os.O_TRUNC))
 
-    def _truncate_on_open(self, node: _Inode, flags: int) -> None:
+    def _truncate_on_open(self, node: _Inode, flags: int, ctx: RequestContext) -> None:
         # Linux truncates on O_TRUNC even for O_RDONLY (tmpfs and ext4 do).
         if flags & os.O_TRUNC and stat.S_ISREG(node.mode):
+            if ctx.uid != 0:            # like truncate(2): set-ID bits go (no CAP_FSETID)
+                self._kill_suid(node, ctx)
             self._set_size(node, 0)
             node.mtime = node.ctime = _now()
 
@@ -763,7 +766,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                 raise _err(errno.EISDIR)
             self._open_check(node, flags)
             self._need_open(node, flags, ctx)
-            self._truncate_on_open(node, flags)
+            self._truncate_on_open(node, flags, ctx)
             return FileInfo(fh=self._open_handle(node, flags, False), keep_cache=True)
 
     def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -782,7 +785,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                     raise _err(errno.EISDIR)
                 self._open_check(node, flags)
                 self._need_open(node, flags, ctx)
-                self._truncate_on_open(node, flags)
+                self._truncate_on_open(node, flags, ctx)
             else:
                 self._immutable(parent, append_ok=True)
                 self._need(parent, os.W_OK, ctx)
@@ -808,11 +811,12 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
     def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
         """Read up to ``size`` bytes (holes read as zeros)."""
         with self._lock:
-            _, node = self._file_handle(fh, write=False)
+            h, node = self._file_handle(fh, write=False)
             if off < 0:
                 raise _err(errno.EINVAL)
             data = self._read_data(node, off, size)
-            self._touch_atime(node)
+            if not h.flags & os.O_NOATIME:
+                self._touch_atime(node)
             return data
 
     def write(self, fh: int, off: int, buf: memoryview) -> int:
@@ -829,6 +833,14 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             self._write_data(node, off, buf)
             node.mtime = node.ctime = _now()
             return len(buf)
+
+    def write_kill_suidgid(self, fh: int, ctx: RequestContext) -> None:
+        """An unprivileged write is coming: clear the set-ID bits as write(2) does."""
+        with self._lock:
+            _, node = self._file_handle(fh, write=True)
+            if node.mode & (stat.S_ISUID | stat.S_ISGID):
+                self._kill_suid(node, ctx)
+                node.ctime = _now()
 
     def release(self, fh: int) -> None:
         """Close a file handle; drop its flock and the POSIX locks taken through it."""
@@ -967,9 +979,26 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             if start_id < 2 and not token.add(b"..", self._attr(self._get(d.parent)), 2):
                 return
             inodes = self._inodes
+            listing = d.listing
+            if listing is None:
+                d.listing = _UNCHANGED
             if not plus:
+                # The library's own token packs in bulk; a wrapper or subclass (recovery's
+                # isolation maps inode numbers in add_name) gets one add_name per entry.
+                if type(token) is ReaddirToken:
+                    if listing is _UNCHANGED and len(d.entries) >= _LISTING_MIN:
+                        listing = d.listing = PackedListing(
+                            (name, ino, inodes[ino].mode, cookie)
+                            for name, ino, cookie in d.iter_after(2))
+                    if listing is not None and listing is not _UNCHANGED:
+                        token.add_listing(listing, start_id)
+                        return
+                    token.add_names((name, ino, inodes[ino].mode, cookie)
+                                    for name, ino, cookie in d.iter_after(max(start_id, 2)))
+                    return
+                entries = d.iter_after(max(start_id, 2))
                 add_name = token.add_name
-                for name, ino, cookie in d.iter_after(max(start_id, 2)):
+                for name, ino, cookie in entries:
                     if not add_name(name, ino, inodes[ino].mode, cookie):
                         return
                 return

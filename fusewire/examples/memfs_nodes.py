@@ -13,11 +13,13 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from fusewire.readdir import PackedListing
 from fusewire.recovery_api import now_ns
 from fusewire.types import FUSEError
 
 if TYPE_CHECKING:
     from fusewire.types import RequestContext
+
 
 
 CHUNK_SIZE = 64 * 1024
@@ -39,6 +41,12 @@ OFFSET_MAX = 2**63 - 1
 
 _ROOT = 1
 _FIRST_COOKIE = 3          # 1 and 2 are "." and ".."
+#: directories with at least this many entries keep their READDIR records packed
+#: between listings (_Dir.listing) until they change
+_LISTING_MIN = 32
+#: _Dir.listing when a READDIR saw the directory and it has not changed since: the
+#: next READDIR packs the listing (never on every request of a listing that changes)
+_UNCHANGED = PackedListing(())
 _BOGO_DIRENT_SIZE = 20     # tmpfs reports directory sizes in these units
 _DAY_NS = 86400 * 10**9
 _BLOCK = 4096
@@ -81,10 +89,13 @@ class _Dir:
     big directories small).  ``cookies``/``names`` are parallel sequences
     sorted by cookie; a removed entry leaves a ``None`` tombstone until they
     are compacted.  Cookies never change, so a listing can always resume
-    with the first live entry after a cookie.
+    with the first live entry after a cookie.  ``listing`` caches the packed
+    READDIR records of the live entries (built by a READDIR that finds the
+    directory unchanged since the previous one, dropped by any change), so an
+    unchanged directory is listed without per-entry work.
     """
 
-    __slots__ = ("cookies", "dead", "entries", "names", "next_cookie", "parent")
+    __slots__ = ("cookies", "dead", "entries", "listing", "names", "next_cookie", "parent")
 
     def __init__(self, parent: int) -> None:
         self.parent = parent
@@ -93,6 +104,7 @@ class _Dir:
         self.names: list[bytes | None] = []
         self.dead = 0
         self.next_cookie = _FIRST_COOKIE
+        self.listing: PackedListing | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -105,16 +117,19 @@ class _Dir:
         if cookie is None:
             cookie = self.next_cookie
         self.next_cookie = max(self.next_cookie, cookie + 1)
+        self.listing = None
         self.entries[name] = cookie << 64 | ino
         self.cookies.append(cookie)
         self.names.append(name)
 
     def set(self, name: bytes, ino: int) -> None:
         """Point an existing ``name`` at ``ino``, keeping its cookie."""
+        self.listing = None
         self.entries[name] = (self.entries[name] & ~_INO_MASK) | ino
 
     def remove(self, name: bytes) -> int:
         ent = self.entries.pop(name)
+        self.listing = None
         self.names[bisect_left(self.cookies, ent >> 64)] = None
         self.dead += 1
         if self.dead > 64 and self.dead * 2 > len(self.names):

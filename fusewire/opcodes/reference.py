@@ -35,6 +35,7 @@ SET_COLUMNS: dict[str, str] = {
     "background": "background",
     "sized_data": "sized-data",
     "ext": "ext",
+    "calls_flock": "flock",
 }
 
 _HEAD = """\
@@ -49,7 +50,9 @@ NUL-terminated names follow it and what trails them; the reply (a struct, or
 a variable kind); the `Operations` handler (`-`: the library answers); the
 protocol minor that introduced it; whether executing it twice is harmless
 (idempotent: recovery journals the replies of the others); whether the kernel
-caches ENOSYS for it (an unimplemented handler then costs one round trip).
+caches ENOSYS for it (an unimplemented handler then costs one round trip);
+the server function the dispatcher binds to it (`Dispatcher.<serve>`; `-`:
+answered ENOSYS).
 
 Sets: **create** (returns the entry of a new name; nodeid 0 or 1 is a protocol
 error), **opens** (the reply carries a file handle), **releases** (gives a file
@@ -57,7 +60,8 @@ handle back), **namespace** (adds, removes or renames directory entries),
 **parent-handle** (a draft handle profile may name the parent directory by
 handle), **background** (sent without the caller's credentials: uid, gid and
 pid are 0), **sized-data** (the struct's `size` counts the trailing data),
-**ext** (may carry request extensions).
+**ext** (may carry request extensions), **flock** (the server function also
+calls `Operations.flock`).
 """
 
 
@@ -80,18 +84,22 @@ def _sets(row: OpInfo) -> str:
     return ", ".join(short for field, short in SET_COLUMNS.items() if getattr(row, field))
 
 
+def _serve(row: OpInfo) -> str:
+    return f"`{row.serve}`" if row.serve else "-"
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else ""
 
 
 def _table(rows: Sequence[OpInfo]) -> list[str]:
     out = ["| opcode | # | request | reply | handler | since | idempotent | ENOSYS cached "
-           "| sets |",
-           "|---|---:|---|---|---|---:|---|---|---|"]
+           "| server | sets |",
+           "|---|---:|---|---|---|---:|---|---|---|---|"]
     for row in rows:
         out.append(f"| {row.name} | {row.opcode} | {_request(row)} | {_reply(row)} "
                    f"| {row.handler or '-'} | 7.{row.since} | {_yes(row.idempotent)} "
-                   f"| {_yes(row.enosys_cached)} | {_sets(row)} |")
+                   f"| {_yes(row.enosys_cached)} | {_serve(row)} | {_sets(row)} |")
     return out
 
 
@@ -124,8 +132,8 @@ def render() -> str:
 
 #: OpInfo fields the reference shows (a test checks that this is all of them).
 SHOWN_FIELDS = frozenset({"opcode", "name", "request", "names", "trailing", "reply",
-                          "reply_struct", "handler", "since", "idempotent", "enosys_cached",
-                          "draft", "doc", *SET_COLUMNS})
+                          "reply_struct", "handler", "serve", "since", "idempotent",
+                          "enosys_cached", "draft", "doc", *SET_COLUMNS})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

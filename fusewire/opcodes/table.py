@@ -13,10 +13,11 @@ re-declared as a literal elsewhere (``tests/test_opcodes.py`` fails if one is).
 The connection's parser, the emulator's checks, the debug trace, ``fusewire
 dump``, the hypothesis strategies, the recovery journal and takeover read this
 table, and ``docs/protocol-reference.md`` is generated from it
-(``python -m fusewire.opcodes.reference``).  The dispatcher still binds
-handlers and packs most replies by opcode itself (issue 14 moves that onto the
-rows).  Opcode numbers without a row are listed in :data:`UNSUPPORTED` with
-the reason.
+(``python -m fusewire.opcodes.reference``).  The dispatcher binds each
+opcode's server function from the row's ``serve`` field (draft profiles
+included), never by building a method name from the opcode's name; the reply
+body's shape is the row's ``reply``/``reply_struct``.  Opcode numbers
+without a row are listed in :data:`UNSUPPORTED` with the reason.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class OpInfo:
     reply: Reply = Reply.EMPTY
     reply_struct: str | None = None
     handler: str | None = None  # Operations method; None: handled by the library
+    #: the server's function that answers this opcode: the dispatcher binds
+    #: ``Dispatcher.<serve>`` from this field (None: answered ENOSYS)
+    serve: str | None = None
     since: int = 0
     ext: bool = False  # may carry request extensions (total_extlen)
     enosys_cached: bool = False  # the kernel remembers ENOSYS for this op
@@ -111,6 +115,9 @@ class OpInfo:
     background: bool = False
     #: the fixed struct's ``size`` field counts the trailing data exactly
     sized_data: bool = False
+    #: the server function also calls ``Operations.flock`` besides ``handler``
+    #: (SETLK/SETLKW with FUSE_LK_FLOCK, RELEASE with FUSE_RELEASE_FLOCK_UNLOCK)
+    calls_flock: bool = False
     doc: str = ""
 
     @property
@@ -131,101 +138,114 @@ def _row(op: Opcode, request: str | None, **kw: object) -> OpInfo:
 _E, _S, _D = Reply.ENTRY, Reply.STRUCT, Reply.DATA
 
 OPS: dict[int, OpInfo] = {r.opcode: r for r in (
-    _row(Opcode.LOOKUP, None, names=1, reply=_E, handler="lookup", parent_handle=True,
-         doc="resolve a name in a directory"),
-    _row(Opcode.FORGET, "forget_in", reply=Reply.NONE, handler="forget", background=True,
-         doc="drop nlookup references to nodeid"),
-    _row(Opcode.GETATTR, "getattr_in", reply=_S, reply_struct="attr_out", handler="getattr"),
+    _row(Opcode.LOOKUP, None, names=1, reply=_E, handler="lookup", serve="_op_lookup",
+         parent_handle=True, doc="resolve a name in a directory"),
+    _row(Opcode.FORGET, "forget_in", reply=Reply.NONE, handler="forget", serve="_op_forget",
+         background=True, doc="drop nlookup references to nodeid"),
+    _row(Opcode.GETATTR, "getattr_in", reply=_S, reply_struct="attr_out", handler="getattr",
+         serve="_op_getattr"),
     _row(Opcode.SETATTR, "setattr_in", reply=_S, reply_struct="attr_out", handler="setattr",
-         since=1, idempotent=False),
-    _row(Opcode.READLINK, None, reply=_D, handler="readlink"),
-    _row(Opcode.SYMLINK, None, names=2, reply=_E, handler="symlink", since=1, ext=True,
-         idempotent=False, create_type=True, namespace=True, parent_handle=True,
+         serve="_op_setattr", since=1, idempotent=False),
+    _row(Opcode.READLINK, None, reply=_D, handler="readlink", serve="_op_readlink"),
+    _row(Opcode.SYMLINK, None, names=2, reply=_E, handler="symlink", serve="_op_symlink", since=1,
+         ext=True, idempotent=False, create_type=True, namespace=True, parent_handle=True,
          doc="names: entry name, then link target"),
-    _row(Opcode.MKNOD, "mknod_in", names=1, reply=_E, handler="mknod", since=1, ext=True,
-         idempotent=False, create_type=True, namespace=True, parent_handle=True),
-    _row(Opcode.MKDIR, "mkdir_in", names=1, reply=_E, handler="mkdir", since=1, ext=True,
-         idempotent=False, create_type=True, namespace=True, parent_handle=True),
-    _row(Opcode.UNLINK, None, names=1, handler="unlink", since=1, idempotent=False,
+    _row(Opcode.MKNOD, "mknod_in", names=1, reply=_E, handler="mknod", serve="_op_mknod", since=1,
+         ext=True, idempotent=False, create_type=True, namespace=True, parent_handle=True),
+    _row(Opcode.MKDIR, "mkdir_in", names=1, reply=_E, handler="mkdir", serve="_op_mkdir", since=1,
+         ext=True, idempotent=False, create_type=True, namespace=True, parent_handle=True),
+    _row(Opcode.UNLINK, None, names=1, handler="unlink", serve="_op_unlink", since=1,
+         idempotent=False, namespace=True),
+    _row(Opcode.RMDIR, None, names=1, handler="rmdir", serve="_op_rmdir", since=1, idempotent=False,
          namespace=True),
-    _row(Opcode.RMDIR, None, names=1, handler="rmdir", since=1, idempotent=False,
-         namespace=True),
-    _row(Opcode.RENAME, "rename_in", names=2, handler="rename", since=1, idempotent=False,
-         namespace=True),
-    _row(Opcode.LINK, "link_in", names=1, reply=_E, handler="link", since=1,
+    _row(Opcode.RENAME, "rename_in", names=2, handler="rename", serve="_op_rename", since=1,
+         idempotent=False, namespace=True),
+    _row(Opcode.LINK, "link_in", names=1, reply=_E, handler="link", serve="_op_link", since=1,
          enosys_cached=True, idempotent=False, create_type=True, namespace=True,
          parent_handle=True, doc="header nodeid is the new parent"),
-    _row(Opcode.OPEN, "open_in", reply=_S, reply_struct="open_out", handler="open", since=1,
-         enosys_cached=True, idempotent=False, opens=True),
-    _row(Opcode.READ, "read_in", reply=_D, handler="read", since=1),
+    _row(Opcode.OPEN, "open_in", reply=_S, reply_struct="open_out", handler="open",
+         serve="_op_open", since=1, enosys_cached=True, idempotent=False, opens=True),
+    _row(Opcode.READ, "read_in", reply=_D, handler="read", serve="_op_read", since=1),
     _row(Opcode.WRITE, "write_in", trailing=Trailing.DATA, reply=_S, reply_struct="write_out",
-         handler="write", since=1, idempotent=False, sized_data=True),
-    _row(Opcode.STATFS, None, reply=_S, reply_struct="statfs_out", handler="statfs"),
-    _row(Opcode.RELEASE, "release_in", handler="release", since=1, idempotent=False,
-         releases=True, background=True),
-    _row(Opcode.FSYNC, "fsync_in", handler="fsync", since=1, enosys_cached=True),
+         handler="write", serve="_op_write", since=1, idempotent=False, sized_data=True),
+    _row(Opcode.STATFS, None, reply=_S, reply_struct="statfs_out", handler="statfs",
+         serve="_op_statfs"),
+    _row(Opcode.RELEASE, "release_in", handler="release", serve="_op_release", since=1,
+         calls_flock=True, idempotent=False, releases=True, background=True),
+    _row(Opcode.FSYNC, "fsync_in", handler="fsync", serve="_op_fsync", since=1, enosys_cached=True),
     _row(Opcode.SETXATTR, "setxattr_in", names=1, trailing=Trailing.DATA, handler="setxattr",
-         since=1, enosys_cached=True, idempotent=False, sized_data=True),
+         serve="_op_setxattr", since=1, enosys_cached=True, idempotent=False, sized_data=True),
     _row(Opcode.GETXATTR, "getxattr_in", names=1, reply=Reply.XATTR, handler="getxattr",
-         since=1, enosys_cached=True),
-    _row(Opcode.LISTXATTR, "getxattr_in", reply=Reply.XATTR, handler="listxattr", since=1,
-         enosys_cached=True),
-    _row(Opcode.REMOVEXATTR, None, names=1, handler="removexattr", since=1,
+         serve="_op_getxattr", since=1, enosys_cached=True),
+    _row(Opcode.LISTXATTR, "getxattr_in", reply=Reply.XATTR, handler="listxattr",
+         serve="_op_listxattr", since=1, enosys_cached=True),
+    _row(Opcode.REMOVEXATTR, None, names=1, handler="removexattr", serve="_op_removexattr", since=1,
          enosys_cached=True, idempotent=False),
-    _row(Opcode.FLUSH, "flush_in", handler="flush", since=1, enosys_cached=True,
+    _row(Opcode.FLUSH, "flush_in", handler="flush", serve="_op_flush", since=1, enosys_cached=True,
          idempotent=False, doc="drops the closing lock owner's POSIX locks (journaled)"),
-    _row(Opcode.INIT, "init_in", reply=Reply.INIT, handler="init",
+    _row(Opcode.INIT, "init_in", reply=Reply.INIT, handler="init", serve="_op_init",
          doc="negotiation; handled by the connection, then Operations.init()"),
     _row(Opcode.OPENDIR, "open_in", reply=_S, reply_struct="open_out", handler="opendir",
-         since=1, enosys_cached=True, idempotent=False, opens=True),
-    _row(Opcode.READDIR, "read_in", reply=Reply.DIRENTS, handler="readdir", since=1),
-    _row(Opcode.RELEASEDIR, "release_in", handler="releasedir", since=1, idempotent=False,
-         releases=True, background=True),
-    _row(Opcode.FSYNCDIR, "fsync_in", handler="fsyncdir", since=2, enosys_cached=True),
-    _row(Opcode.GETLK, "lk_in", reply=_S, reply_struct="lk_out", handler="getlk", since=7),
-    _row(Opcode.SETLK, "lk_in", handler="setlk", since=7, idempotent=False,
-         doc="FUSE_LK_FLOCK in lk_flags routes to Operations.flock"),
-    _row(Opcode.SETLKW, "lk_in", handler="setlk", since=7, idempotent=False),
-    _row(Opcode.ACCESS, "access_in", handler="access", since=3, enosys_cached=True),
+         serve="_op_opendir", since=1, enosys_cached=True, idempotent=False, opens=True),
+    _row(Opcode.READDIR, "read_in", reply=Reply.DIRENTS, handler="readdir", serve="_op_readdir",
+         since=1),
+    _row(Opcode.RELEASEDIR, "release_in", handler="releasedir", serve="_op_releasedir", since=1,
+         idempotent=False, releases=True, background=True),
+    _row(Opcode.FSYNCDIR, "fsync_in", handler="fsyncdir", serve="_op_fsyncdir", since=2,
+         enosys_cached=True),
+    _row(Opcode.GETLK, "lk_in", reply=_S, reply_struct="lk_out", handler="getlk", serve="_op_getlk",
+         since=7),
+    _row(Opcode.SETLK, "lk_in", handler="setlk", serve="_op_setlk", since=7, idempotent=False,
+         calls_flock=True, doc="FUSE_LK_FLOCK in lk_flags routes to Operations.flock"),
+    _row(Opcode.SETLKW, "lk_in", handler="setlk", serve="_op_setlkw", since=7, idempotent=False,
+         calls_flock=True),
+    _row(Opcode.ACCESS, "access_in", handler="access", serve="_op_access", since=3,
+         enosys_cached=True),
     _row(Opcode.CREATE, "create_in", names=1, reply=Reply.ENTRY_OPEN, handler="create",
-         since=3, ext=True, enosys_cached=True, idempotent=False, create_type=True,
-         opens=True, namespace=True, parent_handle=True),
-    _row(Opcode.INTERRUPT, "interrupt_in", reply=Reply.OPTIONAL, handler=None, since=7,
-         background=True,
+         serve="_op_create", since=3, ext=True, enosys_cached=True, idempotent=False,
+         create_type=True, opens=True, namespace=True, parent_handle=True),
+    _row(Opcode.INTERRUPT, "interrupt_in", reply=Reply.OPTIONAL, handler=None,
+         serve="_op_interrupt", since=7, background=True,
          doc="handled by the library: marks the target interrupted"),
-    _row(Opcode.BMAP, "bmap_in", reply=_S, reply_struct="bmap_out", handler="bmap", since=8,
-         enosys_cached=True),
-    _row(Opcode.DESTROY, None, handler="destroy", since=8, doc="fuseblk/virtiofs only"),
+    _row(Opcode.BMAP, "bmap_in", reply=_S, reply_struct="bmap_out", handler="bmap",
+         serve="_op_bmap", since=8, enosys_cached=True),
+    _row(Opcode.DESTROY, None, handler="destroy", serve="_op_destroy", since=8,
+         doc="fuseblk/virtiofs only"),
     _row(Opcode.IOCTL, "ioctl_in", trailing=Trailing.DATA, reply=Reply.IOCTL, handler="ioctl",
-         since=11, idempotent=False),
-    _row(Opcode.POLL, "poll_in", reply=_S, reply_struct="poll_out", handler="poll", since=11,
-         enosys_cached=True),
+         serve="_op_ioctl", since=11, idempotent=False),
+    _row(Opcode.POLL, "poll_in", reply=_S, reply_struct="poll_out", handler="poll",
+         serve="_op_poll", since=11, enosys_cached=True),
     _row(Opcode.NOTIFY_REPLY, "notify_retrieve_in", trailing=Trailing.DATA, reply=Reply.NONE,
-         handler=None, since=15, doc="answer to NOTIFY_RETRIEVE; handled by the library"),
+         handler=None, serve="_op_notify_reply", since=15,
+         doc="answer to NOTIFY_RETRIEVE; handled by the library"),
     _row(Opcode.BATCH_FORGET, "batch_forget_in", trailing=Trailing.FORGETS, reply=Reply.NONE,
-         handler="forget", since=16, background=True),
-    _row(Opcode.FALLOCATE, "fallocate_in", handler="fallocate", since=19, enosys_cached=True,
-         idempotent=False),
-    _row(Opcode.READDIRPLUS, "read_in", reply=Reply.DIRENTSPLUS, handler="readdir", since=21),
-    _row(Opcode.RENAME2, "rename2_in", names=2, handler="rename", since=23, enosys_cached=True,
-         idempotent=False, namespace=True),
+         handler="forget", serve="_op_batch_forget", since=16, background=True),
+    _row(Opcode.FALLOCATE, "fallocate_in", handler="fallocate", serve="_op_fallocate", since=19,
+         enosys_cached=True, idempotent=False),
+    _row(Opcode.READDIRPLUS, "read_in", reply=Reply.DIRENTSPLUS, handler="readdir",
+         serve="_op_readdirplus", since=21),
+    _row(Opcode.RENAME2, "rename2_in", names=2, handler="rename", serve="_op_rename2", since=23,
+         enosys_cached=True, idempotent=False, namespace=True),
     _row(Opcode.LSEEK, "lseek_in", reply=_S, reply_struct="lseek_out", handler="lseek",
-         since=24, enosys_cached=True),
+         serve="_op_lseek", since=24, enosys_cached=True),
     _row(Opcode.COPY_FILE_RANGE, "copy_file_range_in", reply=_S, reply_struct="write_out",
-         handler="copy_file_range", since=28, enosys_cached=True, idempotent=False),
+         handler="copy_file_range", serve="_op_copy_file_range", since=28, enosys_cached=True,
+         idempotent=False),
     _row(Opcode.SETUPMAPPING, "setupmapping_in", handler=None, since=31,
          doc="virtiofs DAX only; answered ENOSYS"),
     _row(Opcode.REMOVEMAPPING, "removemapping_in", trailing=Trailing.MAPPINGS, handler=None,
          since=31, doc="virtiofs DAX only; answered ENOSYS"),
-    _row(Opcode.SYNCFS, "syncfs_in", handler="syncfs", since=34, enosys_cached=True),
+    _row(Opcode.SYNCFS, "syncfs_in", handler="syncfs", serve="_op_syncfs", since=34,
+         enosys_cached=True),
     _row(Opcode.TMPFILE, "create_in", names=1, reply=Reply.ENTRY_OPEN, handler="tmpfile",
-         since=37, ext=True, enosys_cached=True, idempotent=False, create_type=True,
-         opens=True, parent_handle=True, doc='name is "/" (an unnamed file: no namespace change)'),
+         serve="_op_tmpfile", since=37, ext=True, enosys_cached=True, idempotent=False,
+         create_type=True, opens=True, parent_handle=True,
+         doc='name is "/" (an unnamed file: no namespace change)'),
     _row(Opcode.STATX, "statx_in", reply=_S, reply_struct="statx_out", handler="statx",
-         since=39, enosys_cached=True),
+         serve="_op_statx", since=39, enosys_cached=True),
     _row(Opcode.COPY_FILE_RANGE_64, "copy_file_range_in", reply=_S,
-         reply_struct="copy_file_range_out", handler="copy_file_range", since=45,
-         enosys_cached=True, idempotent=False),
+         reply_struct="copy_file_range_out", handler="copy_file_range",
+         serve="_op_copy_file_range_64", since=45, enosys_cached=True, idempotent=False),
     _row(Opcode.CUSE_INIT, "cuse_init_in", reply=Reply.DATA, handler=None,
          doc="/dev/cuse only; a FUSE server answers ENOSYS"),
 )}
@@ -252,7 +272,8 @@ DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
     "rfc-v2": {
         DRAFT_FUSE_LOOKUP_HANDLE_V2: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V2, "LOOKUP_HANDLE", None, names=1,
-            trailing=Trailing.HANDLE, reply=Reply.ENTRY, handler="lookup", since=46,
+            trailing=Trailing.HANDLE, reply=Reply.ENTRY, handler="lookup",
+            serve="_op_lookup_handle_rfc_v2", since=46,
             draft="rfc-v2", parent_handle=True,
             doc="RFC v2 4/6: replaces LOOKUP; name, NUL, then the parent's fuse_file_handle "
                 "(absent when the kernel holds none, e.g. the root); reply entry_out + "
@@ -261,18 +282,21 @@ DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
     "rfc-v3": {
         DRAFT_FUSE_COMPOUND: OpInfo(
             DRAFT_FUSE_COMPOUND, "COMPOUND", "compound_in", trailing=Trailing.DATA,
-            reply=Reply.DATA, handler=None, since=46, idempotent=False, draft="rfc-v3",
+            reply=Reply.DATA, handler=None, serve="_op_compound", since=46, idempotent=False,
+            draft="rfc-v3",
             doc="compound series v5 1/3: fuse_compound_in + complete sub-requests; reply "
                 "fuse_compound_out + one complete sub-reply per sub-request (handled by the "
                 "library through this table)"),
         DRAFT_FUSE_LOOKUP_HANDLE_V3: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V3, "LOOKUP_HANDLE", None, names=1, ext=True,
-            reply=Reply.ENTRY, handler="lookup", since=46, draft="rfc-v3", parent_handle=True,
+            reply=Reply.ENTRY, handler="lookup", serve="_op_lookup_handle_rfc_v3", since=46,
+            draft="rfc-v3", parent_handle=True,
             doc="RFC v3 6/8: name (+ FUSE_EXT_HANDLE of the parent); reply entry2_out + "
                 "fuse_file_handle {u16 size} + size bytes; sent inside a COMPOUND with a STATX"),
         DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
             DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
-            reply=Reply.ENTRY, handler="create", since=46, draft="rfc-v3", idempotent=False,
+            reply=Reply.ENTRY, handler="create", serve="_op_mkobj_handle_rfc_v3", since=46,
+            draft="rfc-v3", idempotent=False,
             create_type=True, namespace=True, parent_handle=True,
             doc="RFC v3 8/8: create a regular file; reply entry2_out + fuse_file_handle; sent "
                 "inside an atomic COMPOUND with STATX and OPEN"),
@@ -280,20 +304,22 @@ DRAFT_OPS: dict[str, dict[int, OpInfo]] = {
     "fusewire": {
         DRAFT_FUSE_LOOKUP_HANDLE_V3: OpInfo(
             DRAFT_FUSE_LOOKUP_HANDLE_V3, "LOOKUP_HANDLE", None, names=1, ext=True,
-            reply=Reply.ENTRY, handler="lookup", since=46, draft="fusewire", parent_handle=True,
+            reply=Reply.ENTRY, handler="lookup", serve="_op_lookup_handle_fw", since=46,
+            draft="fusewire", parent_handle=True,
             doc="fusewire profile: lookup returning entry2_out + file handle; parent via "
                 "FUSE_EXT_HANDLE; an empty name looks up the object the extension's handle "
                 "names"),
         DRAFT_FUSE_MKOBJ_HANDLE_V3: OpInfo(
             DRAFT_FUSE_MKOBJ_HANDLE_V3, "MKOBJ_HANDLE", "create_in", names=1, ext=True,
-            reply=Reply.ENTRY_OPEN, handler="create", since=46, draft="fusewire",
+            reply=Reply.ENTRY_OPEN, handler="create", serve="_op_mkobj_handle_fw", since=46,
+            draft="fusewire",
             idempotent=False, create_type=True, opens=True, namespace=True,
             parent_handle=True,
             doc="fusewire profile: create-and-open; reply entry2_out + handle + open_out"),
         DRAFT_FUSE_REVALIDATE_FH: OpInfo(
             DRAFT_FUSE_REVALIDATE_FH, "REVALIDATE_FH", "revalidate_fh_in",
             trailing=Trailing.DATA, reply=Reply.ENTRY, handler="inode_for_handle",
-            since=46, draft="fusewire",
+            serve="_op_revalidate_fh", since=46, draft="fusewire",
             doc="fusewire profile: does this handle still name the same object? "
                 "(body + fuse_file_handle; reply entry_out + handle; counts no lookup)"),
     },
@@ -314,6 +340,10 @@ def ops_for_profile(profile: str | None) -> dict[int, OpInfo]:
             if op != Opcode.LOOKUP:
                 table[op] = dataclasses.replace(OPS[op], trailing=Trailing.HANDLE,
                                                 draft=profile)
+    elif profile == "fusewire":
+        # fusewire's profile returns a handle with every READDIRPLUS entry
+        table[Opcode.READDIRPLUS] = dataclasses.replace(
+            OPS[Opcode.READDIRPLUS], serve="_op_readdirplus_handles")
     table.update(DRAFT_OPS[profile])
     return table
 

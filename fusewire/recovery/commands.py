@@ -160,7 +160,7 @@ def _cmd_takeover(args: argparse.Namespace) -> int:
 
 
 def keeper_command(fs: str, source: str | None, mountpoint: str, options: list[str],
-                   restart: str) -> list[str]:
+                   restart: str, processes: int = 1) -> list[str]:
     """The argv that starts a keeper."""
     cmd = [sys.executable, "-m", "fusewire.recovery.keeper", fs]
     if source is not None:
@@ -169,6 +169,8 @@ def keeper_command(fs: str, source: str | None, mountpoint: str, options: list[s
     for o in options:
         cmd += ["-o", o]
     cmd += ["--restart", restart]
+    if processes > 1:
+        cmd += ["--processes", str(processes)]
     return cmd
 
 
@@ -190,7 +192,8 @@ def mount_recoverable(args: argparse.Namespace, source: str | None, mountpoint: 
                          "(the journal needs one serving thread)\n")
     if getattr(args, "capture", None):
         sys.stderr.write("fusewire: --capture is ignored with --recoverable\n")
-    cmd = keeper_command(args.fs, source, mountpoint, list(args.options), args.restart)
+    cmd = keeper_command(args.fs, source, mountpoint, list(args.options), args.restart,
+                         int(getattr(args, "processes", 1) or 1))
     if args.foreground or args.debug:
         from fusewire.recovery.keeper import main as keeper_main
 

@@ -68,8 +68,14 @@ class Keeper:
 
     def __init__(self, mountpoint: str, fs: str, source: str | None, options: list[str],
                  restart: str = "auto", max_fast_restarts: int = 20,
-                 spare: bool = True, stopped_grace: float = STOPPED_GRACE) -> None:
+                 spare: bool = True, stopped_grace: float = STOPPED_GRACE,
+                 processes: int = 1) -> None:
         self.mountpoint = os.path.abspath(mountpoint)
+        #: serving processes per server (fusewire.server.processes); with more than
+        #: one, the owner hands over its shared table memfd and each process's clone
+        #: of the /dev/fuse fd ("shared"), granted to every successor after the journal
+        self.processes = processes
+        self.shared_fds: list[int] = []
         self.fs = fs
         self.source = source
         self.options = options
@@ -188,8 +194,11 @@ class Keeper:
     # -- granting ----------------------------------------------------------------------
 
     def _meta(self) -> dict[str, Any]:
-        return {"mountpoint": self.mountpoint, "fs": self.fs, "source": self.source,
-                "options": self.options}
+        meta: dict[str, Any] = {"mountpoint": self.mountpoint, "fs": self.fs,
+                                "source": self.source, "options": self.options}
+        if self.processes > 1:
+            meta["processes"] = self.processes
+        return meta
 
     def _offer(self, c: _Client) -> None:
         """Let a queued spare pre-load the current journal (read only, no /dev/fuse)."""
@@ -208,7 +217,7 @@ class Keeper:
         try:
             wire.send_msg(c.sock, {"ok": True, "meta": meta, "first": first,
                                    "graceful": graceful, "restarts": self.restarts},
-                          [self.fuse_fd, self.journal_fd])
+                          [self.fuse_fd, self.journal_fd, *self.shared_fds])
         except OSError as exc:
             log.warning("grant to pid %d failed: %s", c.pid, exc)
             self._drop(c)
@@ -333,6 +342,13 @@ class Keeper:
             self.compactions += 1
             for w in list(self.waiting):
                 self._offer(w)
+        elif op == "shared" and c is self.owner and fds:
+            # multi-process owner: its table memfd and clones (a whole-server crash
+            # leaves unanswered requests queued on the clones we hold, for RESEND)
+            old_fds, self.shared_fds, fds = self.shared_fds, fds, []
+            for fd in old_fds:
+                if fd not in self.shared_fds:
+                    os.close(fd)
         elif op == "ready" and c is self.owner:
             self.ready = True
             self.owner_info = dict(msg)
@@ -606,7 +622,7 @@ class Keeper:
                 os.unlink(done)     # the log only once the mount has ended
             except OSError:
                 pass
-        for fd in (self.fuse_fd, self.journal_fd):
+        for fd in (self.fuse_fd, self.journal_fd, *self.shared_fds):
             if fd >= 0:
                 os.close(fd)
 
@@ -636,6 +652,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--restart", choices=("auto", "manual"), default="auto")
     p.add_argument("--max-fast-restarts", type=int, default=20)
     p.add_argument("--no-spare", action="store_true", help="do not keep a warm spare server")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="each server serves from N processes (multiprocess_safe filesystems)")
     p.add_argument("--stopped-grace", type=float, default=STOPPED_GRACE, metavar="SECONDS",
                    help="with no server for this long, fail waiting calls with ENOTCONN "
                    f"(default {STOPPED_GRACE:g})")
@@ -651,7 +669,7 @@ def run_keeper(args: argparse.Namespace) -> int:
         source, mountpoint = None, args.paths[0]
     k = Keeper(mountpoint, args.fs, source, args.options, args.restart,
                args.max_fast_restarts, spare=not args.no_spare,
-               stopped_grace=args.stopped_grace)
+               stopped_grace=args.stopped_grace, processes=args.processes)
     return k.run()
 
 

@@ -360,6 +360,9 @@ class Control:
     def progress(self) -> None:
         """The server answered a request that was not re-sent: it is not crash-looping."""
 
+    def share(self, fds: list[int]) -> None:
+        """Multi-process: keep ``fds`` (shared table memfd, clones) for the successor."""
+
     def handover(self) -> None:
         """A graceful stop: everything read was answered, the journal is compact."""
 
@@ -396,6 +399,9 @@ class KeeperControl(Control):
 
     def handover(self) -> None:
         self.ask({"op": "handover"})
+
+    def share(self, fds: list[int]) -> None:
+        self.ask({"op": "shared"}, fds)
 
     def unmounted(self) -> None:
         try:
@@ -436,6 +442,16 @@ class RecoverableServer(Server):
         rj.no_reply = self.maybe_compact
         self.compact_at = 0
         self.compact_records = 0
+
+    def in_child(self) -> None:
+        """A serving process of a multi-process server (fusewire.server.processes):
+        the parent alone talks to the keeper and wrote the journal's session; the
+        state a successor needs is in the shared table the keeper holds."""
+        self.dispatcher = Dispatcher(self.ops, self.conn)
+        self.on_read = self.on_reply = None
+        sock = getattr(self.control, "sock", None)
+        if sock is not None:
+            sock.close()
 
     def request_handover(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self.handing_over = True
@@ -628,7 +644,7 @@ def close_unused_backing(server: Server, used: set[int]) -> None:
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
               first: bool, graceful: bool, t0: float, crash: CrashHook,
               preloaded: tuple[Operations, tuple[int, int], int] | None = None,
-              code: str | None = None) -> int:
+              code: str | None = None, shared_fds: list[int] | None = None) -> int:
     """Rebuild from the journal, take the connection over, serve until unmount or handover."""
     state = jn.load(jn.read_all(journal_fd))
     graceful = graceful or state.graceful
@@ -713,11 +729,15 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
             server.notify_inc_epoch()
         except LocalProtocolError:
             pass        # 7.44 needed: cached names stay as they are
-    if server.conn.session is not None:
+    processes = int(meta.get("processes") or 1)
+    if server.conn.session is not None and processes == 1:  # else once its processes run
         server.report_ready()
         _crash_file_check("ready")
     try:
-        server.serve()
+        if processes > 1:
+            _serve_processes(server, processes, control, shared_fds or [])
+        else:
+            server.serve()
     finally:
         if server.unmounted:
             _quiet(control.unmounted)
@@ -729,6 +749,41 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         server.close(unmount=False)
         control.close()
     return 0
+
+
+def _serve_processes(server: RecoverableServer, processes: int, control: Control,
+                     shared_fds: list[int]) -> None:
+    """Serve from ``processes`` processes (docs/recovery.md, "Multi-process servers").
+
+    ``shared_fds``: the shared table memfd and the clones a dead server group left
+    in the keeper, or nothing (the first server).  The table is adopted as it is:
+    its node log revives any node the kernel names, and the handles still open are
+    reopened at their numbers by whichever process meets them first.
+    """
+    from fusewire.server.processes import SharedTable, check_processes, serve_processes
+
+    check_processes(server.ops, processes)
+    table = None
+    if shared_fds:
+        table = SharedTable.adopt(shared_fds[0])
+        opens = table.orphan_all()
+        if opens:
+            log.info("%d open handle(s) of the dead server group, reopened on first use",
+                     len(opens))
+    def report() -> None:
+        # the parent answers INIT but no other request: ready once INIT is answered
+        # and the processes run (it cannot see them make progress: count it as made)
+        if server.dispatcher.fatal is None:
+            if not server.reported:
+                _quiet(server.report_ready)
+            if not server.progressed:
+                server.progressed = True
+                _quiet(control.progress)
+
+    serve_processes(server, processes, table=table, on_started=report,
+                    clones=shared_fds[1:],
+                    on_shared=lambda t, clones: control.share([t.fileno(), *clones]),
+                    resend_on_death=True)
 
 
 def run_owner(sock_path: str, control_fd: int | None = None) -> int:
@@ -809,10 +864,10 @@ def run_owner(sock_path: str, control_fd: int | None = None) -> int:
         log.error("keeper refused: %s", grant)
         return 1
     _crash_file_check()
-    fuse_fd, journal_fd = fds
+    fuse_fd, journal_fd, *shared = fds
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
-                     t0=t0, crash=crash, preloaded=preloaded, code=code)
+                     t0=t0, crash=crash, preloaded=preloaded, code=code, shared_fds=shared)
 
 
 def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[str, Any],
@@ -833,15 +888,16 @@ def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[
 
 def _run_granted(args: argparse.Namespace) -> int:
     """The second half of :func:`_reexec`: take over with the fds it passed."""
-    cfd, fuse_fd, journal_fd = (int(x) for x in args.fds.split(","))
-    for fd in (cfd, fuse_fd, journal_fd):
+    cfd, fuse_fd, journal_fd, *shared = (int(x) for x in args.fds.split(","))
+    for fd in (cfd, fuse_fd, journal_fd, *shared):
         os.set_inheritable(fd, False)
     control = socket.socket(fileno=cfd)
     grant = json.loads(args.granted)
     _crash_file_check()
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
-                     t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")))
+                     t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")),
+                     shared_fds=shared)
 
 
 def _preload(meta: dict[str, Any],

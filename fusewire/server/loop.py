@@ -12,7 +12,7 @@ is a ping-pong between client and server and a wake-up on the other vCPU
 costs 6-10x (perf.md), so the default is one thread that answers inline.
 
 The fd is non-blocking; a read that would block parks the thread in a
-``selectors`` wait on the fd and a wake-up pipe, so another thread (or a
+``epoll`` wait on the fd and a wake-up pipe, so another thread (or a
 signal handler, through the pipe) can stop the loop.  Kernel errno rules:
 ``EINTR``/``EAGAIN`` on read mean try again; ``ENODEV`` means the
 filesystem was unmounted (clean stop); ``ECONNABORTED`` means the
@@ -47,9 +47,8 @@ import errno
 import itertools
 import logging
 import os
-import selectors
+import select
 import signal
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -430,25 +429,30 @@ class Server:
         bufsize = max(8192, self.config.max_write + 4096)
         buf = bytearray(bufsize)
         view = memoryview(buf)
+        into = [buf]  # readv's buffer list, built once rather than per request
         readv = os.readv
         writev = os.writev
-        dispatch = self.dispatcher.dispatch
+        dispatcher = self.dispatcher
+        dispatch = dispatcher.dispatch
         capture = self.capture
         on_read = self.on_read
         on_reply = self.on_reply
         stop = self._stop
         ready = self.ready
         is_ready = ready.is_set()
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        sel.register(comp.wake_r, selectors.EVENT_READ)
+        # A bare epoll rather than a selectors.Selector: its select() builds key
+        # objects and a list per wake-up, and an idle loop wakes once per request.
+        sel = select.epoll()
+        sel.register(fd, select.EPOLLIN)
+        sel.register(comp.wake_r, select.EPOLLIN)
+        poll = sel.poll
         try:
             while not stop.is_set():
                 try:
-                    n = readv(fd, [buf])
+                    n = readv(fd, into)
                 except BlockingIOError:
-                    for key, _ in sel.select():
-                        if key.fd != fd:        # the wake-up pipe (not on the hot path)
+                    for ready_fd, _ in poll():
+                        if ready_fd != fd:        # the wake-up pipe (not on the hot path)
                             comp.drain_pipe()
                             if queue and self._complete_all(fd, comp):
                                 return
@@ -496,12 +500,12 @@ class Server:
                         log.error("reply write failed: %s", exc)
                         self.dispatcher.rollback(lookups)
                 if (not is_ready and self.conn.session is not None
-                        and self.dispatcher.fatal is None):
+                        and dispatcher.fatal is None):
                     ready.set()
                     is_ready = True
                 if on_reply is not None:
                     on_reply(msg)
-                if self.dispatcher.fatal is not None:
+                if dispatcher.fatal is not None:
                     stop.set()
                     self._wake()
                     return
@@ -584,10 +588,11 @@ class Server:
 
     # -- notifications (the Notifier protocol) ---------------------------------------------
 
-    def _notify(self, code: NotifyCode, *payload: bytes) -> int:
+    def _notify(self, code: NotifyCode, *fields: int, tail: bytes | Sequence[int] = b"") -> int:
         if self.fd is None:
             raise OSError(errno.ENOTCONN, "not serving")
-        bufs = self.conn.notify(code, *payload)
+        # encoded by the sans-IO core from the NOTIFICATIONS row's payload schema
+        bufs = self.conn.notification(code, *fields, tail=tail)
         if self.capture is not None:
             self.capture.notify(bufs)
         try:
@@ -598,29 +603,25 @@ class Server:
 
     def notify_poll(self, kh: int) -> int:
         """Wake pollers waiting on poll handle ``kh``."""
-        return self._notify(NotifyCode.POLL, struct.pack("<Q", kh))
+        return self._notify(NotifyCode.POLL, kh)
 
     def notify_inval_inode(self, inode: int, off: int = 0, length: int = 0) -> int:
         """Invalidate attributes (and page cache from ``off`` unless ``off < 0``)."""
-        return self._notify(NotifyCode.INVAL_INODE, struct.pack("<Qqq", inode, off, length))
+        return self._notify(NotifyCode.INVAL_INODE, inode, off, length)
 
     def notify_inval_entry(self, parent_inode: int, name: bytes,
                            expire_only: bool = False) -> int:
         """Invalidate (or with ``expire_only`` just expire) a cached dentry."""
-        return self._notify(NotifyCode.INVAL_ENTRY,
-                            struct.pack("<QII", parent_inode, len(name), int(expire_only)),
-                            name + b"\0")
+        return self._notify(NotifyCode.INVAL_ENTRY, parent_inode, len(name), int(expire_only),
+                            tail=name)
 
     def notify_delete(self, parent_inode: int, inode: int, name: bytes) -> int:
         """Tell the kernel a name was deleted (inotify sees it)."""
-        return self._notify(NotifyCode.DELETE,
-                            struct.pack("<QQII", parent_inode, inode, len(name), 0),
-                            name + b"\0")
+        return self._notify(NotifyCode.DELETE, parent_inode, inode, len(name), 0, tail=name)
 
     def notify_store(self, inode: int, offset: int, data: bytes) -> int:
         """Push ``data`` into the page cache of ``inode``."""
-        return self._notify(NotifyCode.STORE, struct.pack("<QQII", inode, offset, len(data), 0),
-                            data)
+        return self._notify(NotifyCode.STORE, inode, offset, len(data), 0, tail=data)
 
     def notify_retrieve(self, inode: int, offset: int, size: int,
                         timeout: float = 5.0) -> bytes | None:
@@ -633,8 +634,7 @@ class Server:
         event = threading.Event()
         box: list[bytes] = []
         self._retrieved[ident] = (event, box)
-        err = self._notify(NotifyCode.RETRIEVE,
-                           struct.pack("<QQQII", ident, inode, offset, size, 0))
+        err = self._notify(NotifyCode.RETRIEVE, ident, inode, offset, size, 0)
         if err:
             self._retrieved.pop(ident, None)
             raise OSError(err, os.strerror(err))
@@ -652,8 +652,7 @@ class Server:
     def notify_prune(self, inodes: Sequence[int]) -> int:
         """Ask the kernel to forget unused inodes (7.45)."""
         ids = list(inodes)
-        return self._notify(NotifyCode.PRUNE, struct.pack("<IIQ", len(ids), 0, 0),
-                            struct.pack(f"<{len(ids)}Q", *ids))
+        return self._notify(NotifyCode.PRUNE, len(ids), 0, 0, tail=ids)
 
     def notify_inc_epoch(self) -> int:
         """Make every cached dentry revalidate on next use (7.44)."""
@@ -669,7 +668,7 @@ class Server:
         """Register ``fd`` as a passthrough backing file; return the backing id."""
         if self.fd is None:
             raise OSError(errno.ENOTCONN, "not serving")
-        arg = ctypes.create_string_buffer(struct.pack("<iIQ", fd, 0, 0), 16)
+        arg = ctypes.create_string_buffer(CODECS["backing_map"].struct.pack(fd, 0, 0), 16)
         res = _libc.ioctl(self.fd, ctypes.c_ulong(_FUSE_DEV_IOC_BACKING_OPEN), arg)
         if res < 0:
             err = ctypes.get_errno()

@@ -3,9 +3,10 @@
 Theory of operation (docs/design.md, "Multi-process serving")
 --------------------------------------------------------------
 The parent mounts and negotiates INIT alone, forks ``processes`` children,
-writes the INIT reply, and supervises them (it serves no request).  Each child clones the
-connection's fd with FUSE_DEV_IOC_CLONE, closes the parent's, and runs a
-one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
+writes the INIT reply, and supervises them (it serves no request).  The parent
+clones the connection's fd once per child (FUSE_DEV_IOC_CLONE) and keeps a
+copy of each clone (see :class:`_Children`); each child closes the other fds
+and runs a one-thread loop with a blocking read on its clone (:func:`_blocking_loop`),
 with its own copy of the interpreter and of the filesystem object (fork
 copies, nothing Python-level is shared).  The kernel hands every request to
 one waiting reader, so any process may see any request, and the reply goes
@@ -172,21 +173,105 @@ class SharedTable:
         #: fh values (descriptor numbers) live in [slot_base, slot_base + nslots)
         self.slot_base = max(64, limit // 2)
         self.nslots = limit - self.slot_base
-        self._id_idx = _HEAD_SIZE + _LOG_SIZE
-        self._key_idx = self._id_idx + (8 << _IDX_BITS)
-        self._slots_off = self._key_idx + (8 << _IDX_BITS)
-        self.size = self._slots_off + self.nslots * _SLOT_SIZE
+        self._layout()
         self._fd = os.memfd_create("fusewire-shared", os.MFD_CLOEXEC)
         os.ftruncate(self._fd, self.size)
         self._map = mmap.mmap(self._fd, self.size, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         _HEAD.pack_into(self._map, 0, _MAGIC, 0, 1 << 63, 0, self.slot_base, self.nslots,
                         *([0] * (MAX_PROCESSES + 1)))
+        self._start()
+
+    def _layout(self) -> None:
+        self._id_idx = _HEAD_SIZE + _LOG_SIZE
+        self._key_idx = self._id_idx + (8 << _IDX_BITS)
+        self._slots_off = self._key_idx + (8 << _IDX_BITS)
+        self.size = self._slots_off + self.nslots * _SLOT_SIZE
+
+    def _start(self) -> None:
         self.index = 0
         self._tlock = threading.RLock()
         self._pidfds: dict[int, tuple[int, int]] = {}  # process index -> (pid, pidfd)
         self.seen_release = 0
         self.become(0)
+
+    @classmethod
+    def adopt(cls, fd: int) -> SharedTable:
+        """Map the table in memfd ``fd`` that a dead server group left behind.
+
+        For recovery: the keeper holds the memfd, so the node log and the open
+        slots outlive every serving process.  ``fd`` becomes the table's own
+        (closed by :meth:`close`).  Raises ValueError if ``fd`` holds no table,
+        OSError(EMFILE) if this process's descriptor limit cannot reach the
+        slots' numbers (a successor must place handles at the same numbers).
+        """
+        head = os.pread(fd, _HEAD.size, 0)
+        if len(head) < _HEAD.size or head[:8] != _MAGIC:
+            raise ValueError("not a fusewire shared table")
+        fields = _HEAD.unpack(head)
+        self = cls.__new__(cls)
+        self.slot_base, self.nslots = int(fields[4]), int(fields[5])
+        self._layout()
+        if os.fstat(fd).st_size < self.size:
+            raise ValueError("shared table truncated")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = self.slot_base + self.nslots
+        if soft != resource.RLIM_INFINITY and soft < need:
+            if hard != resource.RLIM_INFINITY and hard < need:
+                raise OSError(errno.EMFILE, f"descriptor limit {hard} below the shared "
+                              f"table's handle numbers (up to {need})")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        self._fd = fd
+        self._map = mmap.mmap(fd, self.size, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self._start()
+        return self
+
+    def fileno(self) -> int:
+        """The memfd holding the table (for a keeper to keep across a crash)."""
+        return self._fd
+
+    def orphan_all(self) -> list[tuple[int, int, int, int, int]]:
+        """Every serving process (and the parent) died: clear them out of the table.
+
+        Pids and holder bits go; released numbers become free; each handle still
+        open (the kernel never sent its RELEASE) stays open with no holder and
+        owner 0, to be reopened at the same number by the successor.  Returns
+        ``(fh, nodeid, kind, flags, backing)`` of those open handles.
+        """
+        out = []
+        with self.locked():
+            m = self._map
+            for index in range(MAX_PROCESSES + 1):
+                _U32.pack_into(m, _OFF_PIDS + 4 * index, 0)
+            for i in range(self.nslots):
+                off = self._slots_off + i * _SLOT_SIZE
+                state, _owner, _holders, nodeid, backing, kind, flags = _SLOT.unpack_from(
+                    m, off)
+                if state == OPEN:
+                    _SLOT_HEAD.pack_into(m, off, OPEN, 0, 0)
+                    out.append((self.slot_base + i, int(nodeid), int(kind), int(flags),
+                                int(backing)))
+                elif state == RELEASED:
+                    _SLOT.pack_into(m, off, FREE, 0, 0, 0, -1, 0, 0)
+            _U32.pack_into(m, _OFF_PIDS + 4 * self.index, os.getpid())
+        self._pidfds = {}
+        return out
+
+    def node_records(self) -> dict[int, tuple[tuple[int, int], bytes]]:
+        """``nodeid -> ((st_dev, st_ino), handle)`` for every node in the log (newest
+        record of each nodeid): what a successor revives nodes from."""
+        out: dict[int, tuple[tuple[int, int], bytes]] = {}
+        with self.locked():
+            m = self._map
+            used = int(_U64.unpack_from(m, _OFF_LOG_USED)[0])
+            rec = 0
+            while rec < used:
+                nodeid, dev, ino, hlen = _REC.unpack_from(m, _HEAD_SIZE + rec)
+                start = _HEAD_SIZE + rec + _REC.size
+                out[int(nodeid)] = ((int(dev), int(ino)), bytes(m[start:start + hlen]))
+                rec += _REC.size + ((hlen + 7) & ~7)
+        return out
 
     def close(self) -> None:
         """Unmap and close (this process's view only)."""
@@ -497,7 +582,8 @@ class _StopError(Exception):
 
 
 def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
-           parent_pid: int, sigmask: set[int | signal.Signals]) -> int:
+           parent_pid: int, sigmask: set[int | signal.Signals], clone: int,
+           others: list[int]) -> int:
     """Body of serving process ``index`` (runs in the forked child, stop signals blocked)."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
@@ -519,8 +605,15 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
 
     for sig in _STOP_SIGNALS:
         signal.signal(sig, on_signal)
-    fd = _mount.clone_fd(parent_fd)
-    os.close(parent_fd)
+    # the parent cloned our fd and keeps a copy (so a request we read stays queued on
+    # it if we die); the others' clones and the original are not ours to read
+    fd = clone
+    for other in (parent_fd, *others):
+        if other != fd:
+            os.close(other)
+    in_child = getattr(server, "in_child", None)
+    if in_child is not None:
+        in_child()          # e.g. a recoverable server: a dispatcher that journals nothing
     server.fd = fd
     table.become(index)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
@@ -605,10 +698,15 @@ MAX_RESTARTS = 10
 class _Children:
     """The forked serving processes: start, watch (report, restart), stop."""
 
-    def __init__(self, server: Server, table: SharedTable, fd: int, processes: int) -> None:
+    def __init__(self, server: Server, table: SharedTable, fd: int, processes: int,
+                 clones: list[int], resend_on_death: bool = False) -> None:
         self.server = server
         self.table = table
         self.fd = fd
+        #: the fd of each process, cloned here and kept open here: a dead process's
+        #: unanswered requests stay on it (not failed) until a RESEND re-queues them
+        self.clones = {index: clones[index - 1] for index in range(1, processes + 1)}
+        self.resend_on_death = resend_on_death
         self.parent_pid = os.getpid()
         self.pids: dict[int, int] = {}        # index -> pid
         self.lock = threading.Lock()
@@ -631,7 +729,7 @@ class _Children:
             code = 1
             try:
                 code = _child(self.server, index, self.table, self.fd, self.parent_pid,
-                              blocked)
+                              blocked, self.clones[index], list(self.clones.values()))
             except BaseException:
                 log.exception("serving process %d failed", index)
             finally:
@@ -665,27 +763,60 @@ class _Children:
                 return
             how = (f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status)
                    else f"signal {signal.Signals(os.WTERMSIG(status)).name}")
+            requeued = self.resend_on_death and self._resend()
             with self.lock:
                 if self.stopping.is_set():
                     return
+                if not requeued:
+                    # closing our copy ends what it had read (ECONNABORTED to the
+                    # callers) instead of leaving it unanswered on a clone no one reads
+                    self._reclone(index)
                 restart = self.restarts < MAX_RESTARTS
                 if restart:
                     self.restarts += 1
                     self.pids[index] = self._spawn(index)
+            fate = "were re-sent" if requeued else "failed"
             if restart:
                 log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                          "requests failed; restarted as pid %d", index, pid, how,
+                          "requests %s; restarted as pid %d", index, pid, how, fate,
                           self.pids[index])
                 continue
             with self.lock:
                 self.dead.add(index)
                 left = len(self.pids) - len(self.dead)
             log.error("fusewire: serving process %d (pid %d) died (%s); its in-flight "
-                      "requests failed; not restarted (%d restarts used), %d left", index,
-                      pid, how, MAX_RESTARTS, left)
+                      "requests %s; not restarted (%d restarts used), %d left", index,
+                      pid, how, fate, MAX_RESTARTS, left)
             if not left:
                 self.server.stop()
             return
+
+    def _reclone(self, index: int) -> None:
+        """Replace process ``index``'s clone by a fresh one (the old one is closed)."""
+        old = self.clones[index]
+        try:
+            self.clones[index] = _mount.clone_fd(self.fd)
+        except OSError as exc:      # the connection is gone: the replacement ends at once
+            log.error("fusewire: cannot clone the fuse fd: %s", exc)
+            self.clones[index] = os.dup(old)
+        os.close(old)
+
+    def _resend(self) -> bool:
+        """Re-queue every request read and not answered (NOTIFY_RESEND, 7.40).
+
+        The dead process's clone is still open here, so what it had read is
+        still on the kernel's processing list of that clone, not failed; RESEND
+        moves the processing lists of every clone back to the pending queue,
+        where any process reads them.  (Requests a live process is working on
+        are re-sent too: its reply then finds nothing and is dropped, and the
+        re-sent copy runs again, as after a whole-server crash.)
+        """
+        try:
+            self.server.notify_resend()
+        except Exception as exc:
+            log.error("fusewire: NOTIFY_RESEND failed: %s", exc)
+            return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM every child by pid, wait, SIGKILL what is left after 5 s."""
@@ -708,7 +839,11 @@ class _Children:
                 t.join(5)
 
 
-def serve_processes(server: Server, processes: int, *, install_signals: bool = True) -> None:
+def serve_processes(server: Server, processes: int, *, install_signals: bool = True,
+                    table: SharedTable | None = None, clones: list[int] | None = None,
+                    on_shared: Callable[[SharedTable, list[int]], None] | None = None,
+                    resend_on_death: bool = False,
+                    on_started: Callable[[], None] | None = None) -> None:
     """Answer INIT, fork ``processes`` serving children, supervise them; stop them at the end.
 
     Called by :meth:`Server.serve` when the server was built with
@@ -718,6 +853,14 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
     with ECONNABORTED; the others keep serving) and restarted, until
     :data:`MAX_RESTARTS` restarts were used (a crash loop ends there).  The
     children stop on unmount, on SIGTERM/SIGINT, or when this process exits.
+
+    Recovery (:mod:`fusewire.recovery.takeover`) passes the ``table`` and the
+    ``clones`` a dead server group left in the keeper (reused: process i reads
+    ``clones[i-1]``), ``on_shared(table, clones)`` to hand new ones to the
+    keeper before any request is served, and ``resend_on_death`` (a dead
+    process's unanswered requests are re-sent instead of failed); ``on_started()`` runs
+    once INIT is answered and every process is forked; ``server.in_child()``, if it
+    exists, runs first thing in each serving process.
     """
     fd = server.fd if server.fd is not None else server.mount()
     old: dict[signal.Signals, Any] = {}
@@ -727,21 +870,33 @@ def serve_processes(server: Server, processes: int, *, install_signals: bool = T
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, server._on_signal)
     try:
-        _serve_processes(server, processes, fd, install_signals)
+        _serve_processes(server, processes, fd, table, clones, on_shared, resend_on_death,
+                         on_started)
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
 
-def _serve_processes(server: Server, processes: int, fd: int, install_signals: bool) -> None:
-    table = SharedTable()
+def _serve_processes(server: Server, processes: int, fd: int, table: SharedTable | None,
+                     clones: list[int] | None,
+                     on_shared: Callable[[SharedTable, list[int]], None] | None,
+                     resend_on_death: bool,
+                     on_started: Callable[[], None] | None = None) -> None:
+    if table is None:
+        table = SharedTable()
+    clones = list(clones or [])[:processes]
+    while len(clones) < processes:
+        clones.append(_mount.clone_fd(fd))
+    if on_shared is not None:
+        on_shared(table, clones)
     attach = getattr(server.ops, "attach_shared", None)
     if attach is not None:
         attach(table)
     kids: list[_Children] = []
+    shared = table
 
     def start() -> None:
-        kids.append(_Children(server, table, fd, processes))
+        kids.append(_Children(server, shared, fd, processes, clones, resend_on_death))
 
     try:
         if server.conn.session is None:
@@ -750,10 +905,17 @@ def _serve_processes(server: Server, processes: int, fd: int, install_signals: b
             start()
             server.ready.set()
         kids[0].watch()
+        if on_started is not None and server.conn.session is not None:
+            on_started()
         server._stop.wait()     # a stop signal, or the watchers: unmounted / none left
     finally:
         if kids:
             kids[0].stop()
+        for clone in (kids[0].clones.values() if kids else clones):
+            try:
+                os.close(clone)
+            except OSError:
+                pass
         try:
             server.ops.destroy()
         except Exception:

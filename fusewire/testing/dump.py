@@ -22,7 +22,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from fusewire.connection import Config, Connection, Request, Session, parse_request
+from fusewire.connection import (
+    Config,
+    Connection,
+    Request,
+    Session,
+    parse_request,
+    unpack_u64s,
+)
 from fusewire.errors import RemoteProtocolError
 from fusewire.opcodes.flags import (
     FUSE_KERNEL_MINOR_VERSION,
@@ -353,7 +360,7 @@ def decode_notify(payload: bytes) -> tuple[str, dict[str, Any], str, set[int]]:
             parts.append(f"+{len(rest)} bytes")
         elif info.trailing == "nodeids":
             count = rec.count if rec is not None else len(rest) // 8
-            nodes = list(struct.unpack_from(f"<{count}Q", rest))
+            nodes = list(unpack_u64s(rest, count))
             fields["nodeids"] = nodes
             ids.update(nodes)
             parts.append(f"{nodes[:8]}{'...' if len(nodes) > 8 else ''}")

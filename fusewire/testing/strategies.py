@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from construct import Array, Bytes, Construct, FormatField, Renamed, Struct
 from hypothesis import strategies as st
 
+from fusewire.connection import pack_u64s
 from fusewire.opcodes.flags import FUSE_EXT_GROUPS, NotifyCode, Opcode
 from fusewire.opcodes.table import NOTIFICATIONS, OPS, Reply, Trailing
 from fusewire.structs.codec import CODECS
@@ -267,7 +268,7 @@ def notifications(draw: st.DrawFn, minor: int = 45) -> bytes:
         elif info.trailing == "nodeids":
             ids = draw(st.lists(_U64, max_size=6))
             rec = rec._replace(count=len(ids))
-            extra = struct.pack(f"<{len(ids)}Q", *ids)
+            extra = pack_u64s(ids)
         payload = CODECS[info.payload].encode(rec) + extra
     return _OUT_HEADER.pack(16 + len(payload), int(NotifyCode(code)), 0) + payload
 

@@ -14,10 +14,9 @@ EINVAL.  :func:`decode_notify` does the same for notifications (protocol.md
 from __future__ import annotations
 
 import errno
-import struct
 from typing import Any, NamedTuple
 
-from fusewire.connection import Session
+from fusewire.connection import Session, unpack_u64s
 from fusewire.opcodes.flags import (
     FUSE_KERNEL_VERSION,
     FUSE_ROOT_ID,
@@ -422,5 +421,5 @@ def decode_notify(buf: bytes, minor: int | None = None) -> tuple[NotifyCode, Any
         extra = rest
     elif info.trailing == "nodeids":
         _exact(rest, 8 * rec.count, ncode.name)
-        extra = struct.unpack(f"<{rec.count}Q", rest)
+        extra = unpack_u64s(rest, rec.count)
     return ncode, rec, extra

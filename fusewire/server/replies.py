@@ -1,0 +1,88 @@
+"""Reply bodies built from the values handlers return.
+
+The fixed structs come from the schemas' derived codecs
+(:data:`fusewire.structs.codec.CODECS`); the dispatcher adds the out header through
+:meth:`fusewire.connection.Connection.reply` (or, on its fused GETATTR/LOOKUP fast
+paths, packs header and body in one format derived from the same codecs).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fusewire.opcodes.flags import FOPEN
+from fusewire.structs.codec import CODECS
+from fusewire.types import EntryAttributes, FileInfo
+from fusewire.types import timeout_parts as _ts
+
+__all__ = ["attr_fields", "attr_out_bytes", "entry_bytes", "open_out_bytes", "statx_bytes"]
+
+_ENTRY = CODECS["entry_out"].struct
+_ATTR_OUT = CODECS["attr_out"].struct
+_OPEN_OUT = CODECS["open_out"].struct
+_STATX_OUT = CODECS["statx_out"].struct
+_NS = 1_000_000_000
+
+
+def attr_fields(a: EntryAttributes) -> tuple[int, ...]:
+    """fuse_attr's fields for ``a``, in order (for a codec's or a fused format's pack)."""
+    at, atn = divmod(a.st_atime_ns, _NS)
+    mt, mtn = divmod(a.st_mtime_ns, _NS)
+    ct, ctn = divmod(a.st_ctime_ns, _NS)
+    return (a.st_ino, a.st_size, a.st_blocks, at & 0xFFFFFFFFFFFFFFFF,
+            mt & 0xFFFFFFFFFFFFFFFF, ct & 0xFFFFFFFFFFFFFFFF, atn, mtn, ctn, a.st_mode,
+            a.st_nlink, a.st_uid, a.st_gid, a.st_rdev & 0xFFFFFFFF, a.st_blksize, a.attr_flags)
+
+
+def entry_bytes(a: EntryAttributes) -> bytes:
+    """fuse_entry_out (full size) for ``a``."""
+    ev, evn = _ts(a.entry_timeout)
+    av, avn = _ts(a.attr_timeout)
+    return _ENTRY.pack(a.st_ino, a.generation, ev, av, evn, avn, *attr_fields(a))
+
+
+def attr_out_bytes(a: EntryAttributes) -> bytes:
+    """fuse_attr_out (full size) for ``a``."""
+    av, avn = _ts(a.attr_timeout)
+    return _ATTR_OUT.pack(av, avn, 0, *attr_fields(a))
+
+
+def open_out_bytes(fi: FileInfo | int) -> bytes:
+    """fuse_open_out for a FileInfo (or a bare fh)."""
+    if isinstance(fi, int):
+        return _OPEN_OUT.pack(fi, 0, 0)
+    flags = 0
+    if fi.direct_io:
+        flags |= FOPEN.DIRECT_IO
+    if fi.keep_cache:
+        flags |= FOPEN.KEEP_CACHE
+    if fi.nonseekable:
+        flags |= FOPEN.NONSEEKABLE
+    if fi.cache_dir:
+        flags |= FOPEN.CACHE_DIR
+    if fi.stream:
+        flags |= FOPEN.STREAM
+    if fi.noflush:
+        flags |= FOPEN.NOFLUSH
+    if fi.parallel_direct_writes:
+        flags |= FOPEN.PARALLEL_DIRECT_WRITES
+    if fi.passthrough:
+        flags |= FOPEN.PASSTHROUGH
+    return _OPEN_OUT.pack(fi.fh, flags, fi.backing_id if fi.passthrough else 0)
+
+
+def statx_bytes(st: EntryAttributes) -> bytes:
+    """``fuse_statx_out`` for ``st`` (what ``_op_statx`` sends)."""
+    av, avn = _ts(st.attr_timeout)
+
+    def sx(ns: int) -> tuple[int, int, int]:
+        s, n = divmod(ns, _NS)
+        return s, n, 0
+
+    rdev = st.st_rdev
+    return _STATX_OUT.pack(
+        av, avn, 0, 0, 0,
+        0x0FFF, st.st_blksize, 0, st.st_nlink, st.st_uid, st.st_gid, st.st_mode & 0xFFFF, 0,
+        st.st_ino, st.st_size, st.st_blocks, 0,
+        *sx(st.st_atime_ns), *sx(st.st_birthtime_ns), *sx(st.st_ctime_ns),
+        *sx(st.st_mtime_ns), os.major(rdev), os.minor(rdev), 0, 0, *(0,) * 14)
