@@ -131,14 +131,18 @@ class DraftServing:
             raise LocalProtocolError(f"lookup_inode({inode}) answered st_ino {attr.st_ino}")
         return attr
 
-    def _op_lookup_handle_rfc_v2(self, req: Request) -> Buffers:
-        """RFC v2 LOOKUP_HANDLE (54): LOOKUP with the parent's handle; entry_out + handle."""
+    def _lookup_under_parent_handle(self, req: Request) -> tuple[SessionHandles, EntryAttributes]:
+        """The RFC LOOKUP_HANDLE's lookup: the parent handle (if sent) checked first."""
         handles = self.handles
         assert handles is not None
         ext = req.ext
         if ext is not None and ext.handle:
             handles.check_parent(req.nodeid, ext.handle)
-        attr = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+        return handles, self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+
+    def _op_lookup_handle_rfc_v2(self, req: Request) -> Buffers:
+        """RFC v2 LOOKUP_HANDLE (54): LOOKUP with the parent's handle; entry_out + handle."""
+        _, attr = self._lookup_under_parent_handle(req)
         return self._ok(req, self._entry(req, attr))
 
     def _op_lookup_handle_rfc_v3(self, req: Request) -> Buffers:
@@ -147,12 +151,7 @@ class DraftServing:
         The posted v3 code has no use for a negative entry (it would iget
         nodeid 0), so no-such-name is ENOENT.
         """
-        handles = self.handles
-        assert handles is not None
-        ext = req.ext
-        if ext is not None and ext.handle:
-            handles.check_parent(req.nodeid, ext.handle)
-        attr = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
+        handles, attr = self._lookup_under_parent_handle(req)
         if not attr.st_ino:
             raise FUSEError(errno.ENOENT)
         data = handles.entry2_bytes(attr)

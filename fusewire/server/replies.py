@@ -47,27 +47,24 @@ def attr_out_bytes(a: EntryAttributes) -> bytes:
     return _ATTR_OUT.pack(av, avn, 0, *attr_fields(a))
 
 
+#: FileInfo attribute -> FOPEN bit in fuse_open_out.open_flags
+_FOPEN_FIELDS: tuple[tuple[str, int], ...] = (
+    ("direct_io", FOPEN.DIRECT_IO), ("keep_cache", FOPEN.KEEP_CACHE),
+    ("nonseekable", FOPEN.NONSEEKABLE), ("cache_dir", FOPEN.CACHE_DIR),
+    ("stream", FOPEN.STREAM), ("noflush", FOPEN.NOFLUSH),
+    ("parallel_direct_writes", FOPEN.PARALLEL_DIRECT_WRITES),
+    ("passthrough", FOPEN.PASSTHROUGH),
+)
+
+
 def open_out_bytes(fi: FileInfo | int) -> bytes:
     """fuse_open_out for a FileInfo (or a bare fh)."""
     if isinstance(fi, int):
         return _OPEN_OUT.pack(fi, 0, 0)
     flags = 0
-    if fi.direct_io:
-        flags |= FOPEN.DIRECT_IO
-    if fi.keep_cache:
-        flags |= FOPEN.KEEP_CACHE
-    if fi.nonseekable:
-        flags |= FOPEN.NONSEEKABLE
-    if fi.cache_dir:
-        flags |= FOPEN.CACHE_DIR
-    if fi.stream:
-        flags |= FOPEN.STREAM
-    if fi.noflush:
-        flags |= FOPEN.NOFLUSH
-    if fi.parallel_direct_writes:
-        flags |= FOPEN.PARALLEL_DIRECT_WRITES
-    if fi.passthrough:
-        flags |= FOPEN.PASSTHROUGH
+    for name, bit in _FOPEN_FIELDS:
+        if getattr(fi, name):
+            flags |= bit
     return _OPEN_OUT.pack(fi.fh, flags, fi.backing_id if fi.passthrough else 0)
 
 
