@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from readdir_churn import list_with_churn
 
 from fusewire.examples.memfs import (
     CHUNK_SIZE,
@@ -972,29 +973,13 @@ def test_readdir_cookies_stable_under_modification(fs: MemFS) -> None:
     d = fs.mkdir(ROOT, b"d", 0o755, CTX).st_ino
     for i in range(300):
         mkfile(fs, d, b"n%04d" % i)
-    fh = fs.opendir(d, CTX)
-    seen: list[bytes] = []
-    cookie = 0
-    removed: set[bytes] = set()
-    step = 0
-    while True:
+    def read_page(fh: int, cookie: int) -> list[tuple[bytes, int]]:
         tok = ListingToken(capacity=10)
         fs.readdir(fh, cookie, tok)
-        if not tok.entries:
-            break
-        seen += [n for n, _, _ in tok.entries]
-        cookie = tok.entries[-1][2]
-        # churn: remove entries both ahead of and behind the cursor, add new ones
-        for j in (step * 7 % 300, (step * 13 + 150) % 300):
-            name = b"n%04d" % j
-            if name not in removed:
-                fs.unlink(d, name, CTX)
-                removed.add(name)
-        if step < 20:
-            mkfile(fs, d, b"new%04d" % step)
-        step += 1
-        assert step < 1000
-    fs.releasedir(fh)
+        return [(n, c) for n, _, c in tok.entries]
+
+    # churn: remove entries both ahead of and behind the cursor, add new ones
+    seen, removed = list_with_churn(fs, d, read_page, lambda name: mkfile(fs, d, name))
     assert len(seen) == len(set(seen)), "no entry may be returned twice"
     survivors = {b"n%04d" % i for i in range(300)} - removed
     assert survivors <= set(seen), "no surviving entry may be skipped"

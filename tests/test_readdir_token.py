@@ -7,6 +7,7 @@ import os
 import stat
 
 import pytest
+from readdir_churn import list_with_churn
 
 from fusewire.examples.memfs import MemFS
 from fusewire.readdir import PackedListing, ReaddirToken
@@ -197,27 +198,12 @@ def test_memfs_listing_that_changes_between_pages() -> None:
         _mk(fs, d, b"n%04d" % i)
     _wire_listing(fs, d, 4096)
     _wire_listing(fs, d, 4096)  # packed now
-    fh = fs.opendir(d, CTX)
-    seen: list[bytes] = []
-    cookie, step, removed = 0, 0, set()
-    while True:
+    def read_page(fh: int, cookie: int) -> list[tuple[bytes, int]]:
         tok = ReaddirToken(400, False)
         fs.readdir(fh, cookie, tok)
-        got = _decode(bytes(tok.buf))
-        if not got:
-            break
-        seen += [n for n, *_ in got]
-        cookie = got[-1][3]
-        for j in (step * 7 % 300, (step * 13 + 150) % 300):
-            name = b"n%04d" % j
-            if name not in removed:
-                fs.unlink(d, name, CTX)
-                removed.add(name)
-        if step < 20:
-            _mk(fs, d, b"new%04d" % step)
-        step += 1
-        assert step < 1000
-    fs.releasedir(fh)
+        return [(n, c) for n, _, _, c in _decode(bytes(tok.buf))]
+
+    seen, removed = list_with_churn(fs, d, read_page, lambda name: _mk(fs, d, name))
     assert len(seen) == len(set(seen))
     assert {b"n%04d" % i for i in range(300)} - removed <= set(seen)
     assert {b"new%04d" % i for i in range(20)} <= set(seen)
