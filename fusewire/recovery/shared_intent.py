@@ -76,13 +76,14 @@ class _SharedHandles:
 class SharedIntentDispatcher(Dispatcher):
     """The dispatcher of one serving process of a recoverable multi-process server."""
 
-    def __init__(self, ops: Operations, conn: Connection, table: SharedTable,
-                 crash: CrashHook | None = None) -> None:
+    def __init__(self, ops: Operations, conn: Connection, table: SharedTable, *,
+                 probing: bool, crash: CrashHook | None = None) -> None:
         super().__init__(ops, conn)
         self.table = table
         self.shared_handles = _SharedHandles(table)
         self.crash = crash if crash is not None and crash.active else None
-        self.probing = callable(getattr(ops, "entry_identity", None))
+        #: the filesystem implements HandleRecovery.entry_identity (intents need it)
+        self.probing = probing
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         result = self._handle(req)

@@ -464,7 +464,8 @@ class RecoverableServer(Server):
         else:
             from fusewire.recovery.shared_intent import SharedIntentDispatcher
 
-            self.dispatcher = SharedIntentDispatcher(self.ops, self.conn, table, self.crash)
+            self.dispatcher = SharedIntentDispatcher(self.ops, self.conn, table,
+                                                     probing=self.rj.probing, crash=self.crash)
         self.on_read = self.on_reply = None
         sock = getattr(self.control, "sock", None)
         if sock is not None:
