@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 from fusewire.connection import Connection, Request
 from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire.handles import SessionHandles
 from fusewire.opcodes.flags import (
     FATTR,
     FSYNC,
@@ -75,7 +76,6 @@ from fusewire.opcodes.table import OPS, OpInfo, Reply
 from fusewire.operations import Operations
 from fusewire.readdir import ReaddirToken
 from fusewire.server.draft_serve import Buffers, DraftServing
-from fusewire.server.handles import SessionHandles
 from fusewire.server.replies import (
     attr_fields,
     attr_out_bytes,
@@ -534,7 +534,7 @@ class Dispatcher(DraftServing):
         if journal is not None and bufs is not None and not info.idempotent:
             journal.record(req, bufs, lookups)
         if self.debug:
-            log.debug("%s", format_reply(req, bufs))
+            log.debug("%s", format_reply(req, bufs, self.conn.session))
         return bufs, lookups
 
     def _failed(self, req: Request, exc: Exception) -> Buffers | None:
@@ -624,7 +624,7 @@ class Dispatcher(DraftServing):
         if self.journal is not None and bufs is not None and not info.idempotent:
             self.journal.record(req, bufs, lookups)
         if self.debug:
-            log.debug("%s", format_reply(req, bufs))
+            log.debug("%s", format_reply(req, bufs, self.conn.session))
         return bufs, lookups
 
     def _pass(self, fn: Callable[[Request], Buffers | None] | None, ops: Any,

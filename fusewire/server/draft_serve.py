@@ -5,7 +5,7 @@ READDIRPLUS with handles, and RFC v3's FUSE_COMPOUND.  The rows of
 :data:`fusewire.opcodes.DRAFT_OPS` name these functions (``serve``); the
 :class:`~fusewire.server.dispatch.Dispatcher` inherits them from
 :class:`DraftServing` and binds them when INIT negotiated a profile.  Layouts:
-:mod:`fusewire.server.handles` and docs/draft-handles.md.
+:mod:`fusewire.handles` and docs/draft-handles.md.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fusewire import handles as _fh
 from fusewire.connection import Connection, Request, parse_request
 from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_COMPOUND_ATOMIC,
@@ -27,8 +29,6 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OPS, OpInfo, Reply, ops_for_profile
 from fusewire.operations import Operations
-from fusewire.server import handles as _fh
-from fusewire.server.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.server.replies import entry_bytes, open_out_bytes, statx_bytes
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FileInfo, FUSEError, RequestContext
@@ -70,7 +70,7 @@ class DraftServing:
         def _entry(self, req: Request, attr: EntryAttributes, *,
                    create: bool = False) -> bytes: ...
 
-    # -- DRAFT: stable-handle profiles (fusewire.server.handles) ---------------------------
+    # -- DRAFT: stable-handle profiles (fusewire.handles) ---------------------------
 
     def _install_draft(self) -> None:
         """Serve the session's stable-handle profile, if one was negotiated.
