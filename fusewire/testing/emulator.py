@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusewire import handles as _fh
-from fusewire.connection import Config, Request, Session
+from fusewire.connection import Config, Request, Session, encode_error
 from fusewire.connection import Connection as _Connection
-from fusewire.errors import RemoteProtocolError
+from fusewire.errors import RemoteProtocolError, errno_of
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_COMPOUND_ATOMIC,
@@ -396,7 +396,7 @@ class KernelEmulator(VfsCalls):
             if exc.unique is None or not exc.needs_reply:
                 bufs = None
             else:
-                bufs = [_OUT_HEADER.pack(16, -exc.errno_hint, exc.unique)]
+                bufs = [encode_error(exc.unique, errno_of(exc))]
         if no_reply:
             if bufs is not None:
                 raise KernelRuleError(f"{row.name if row else p.opcode} got a reply "
