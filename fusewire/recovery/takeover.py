@@ -67,6 +67,7 @@ from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
+from fusewire.wire import open_out_of
 
 if TYPE_CHECKING:
     from fusewire.server.processes import SharedTable
@@ -86,7 +87,6 @@ _NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
 _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
 _IN_HDR_SIZE = CODECS["in_header"].size
-_FH = CODECS["open_out"].head(1)          # open_out.fh
 _VERSION = CODECS["init_in"].head(2)      # major, minor
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
 _RESEND_MASK = (1 << 63) - 1
@@ -196,7 +196,8 @@ class RecoveryJournal:
         ok = jn.reply_error(reply) == 0
         opened = released = None
         if ok and op in _OPENS:
-            fh = _FH.unpack_from(bufs[-1])[0]
+            out = open_out_of(reply)
+            fh = out.fh if out is not None else 0
             node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
                 else req.nodeid
             flags = getattr(req.arg, "flags", 0)
