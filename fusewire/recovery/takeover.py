@@ -115,6 +115,9 @@ class CrashHook:
         #: ``$FUSEWIRE_CRASH_ONCE``: a path; a crash point fires only for the process
         #: that creates it (one crash for a whole group of serving processes)
         self.once = os.environ.get("FUSEWIRE_CRASH_ONCE")
+        #: ``$FUSEWIRE_CRASH_GROUP=1``: a serving process takes its parent (the whole
+        #: multi-process server) down with it
+        self.group = os.environ.get("FUSEWIRE_CRASH_GROUP") == "1"
         self.rules: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}
         for item in (spec or "").split(","):
@@ -139,6 +142,8 @@ class CrashHook:
                     os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 except OSError:
                     return          # another process had its crash
+            if self.group:
+                os.kill(os.getppid(), signal.SIGKILL)
             os._exit(137)
 
 
