@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from fusewire.connection import Request
 from fusewire.errors import errno_of
 from fusewire.recovery import intent
+from fusewire.recovery_api import HandleRecovery
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.processes import INTENT_RUNNING
 from fusewire.types import FUSEError
@@ -82,7 +83,9 @@ class SharedIntentDispatcher(Dispatcher):
         self.table = table
         self.shared_handles = _SharedHandles(table)
         self.crash = crash if crash is not None and crash.active else None
-        self.probing = callable(getattr(ops, "entry_identity", None))
+        # the same test as the single-process journal's (takeover.py): an override
+        self.probing = (isinstance(ops, HandleRecovery)
+                        and type(ops).entry_identity is not HandleRecovery.entry_identity)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         result = self._handle(req)
