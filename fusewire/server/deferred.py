@@ -193,8 +193,8 @@ class DeferredServing:
         _tls: Any
         _interrupted: Callable[[int], bool]
 
-        def _error(self, req: Request, err: int) -> Buffers | None: ...
-        def _failure(self, req: Request, exc: BaseException) -> Buffers | None: ...
+        def _error(self, req: Request[Any, Any], err: int) -> Buffers | None: ...
+        def _failure(self, req: Request[Any, Any], exc: BaseException) -> Buffers | None: ...
 
     # -- deferred replies ---------------------------------------------------------
 
@@ -210,8 +210,8 @@ class DeferredServing:
         self._tls.submit = submit
         self._context = DeferrableContext
 
-    def _defer(self, req: Request, p: Pending,
-               fn: Callable[[Request], Buffers | None] | None) -> Buffers | None:
+    def _defer(self, req: Request[Any, Any], p: Pending,
+               fn: Callable[[Request[Any, Any]], Buffers | None] | None) -> Buffers | None:
         """A handler raised ``p``: keep the request in flight until it is finished."""
         p.__traceback__ = None          # the handler's frames need not live on
         submit = getattr(self._tls, "submit", None)
@@ -230,7 +230,7 @@ class DeferredServing:
             p.interrupt()           # the INTERRUPT came first
         return None
 
-    def _deferred_extra(self, req: Request) -> Any:
+    def _deferred_extra(self, req: Request[Any, Any]) -> Any:
         """What a subclass keeps with a deferred request (the recorder: its raw bytes)."""
         return None
 
@@ -263,8 +263,8 @@ class DeferredServing:
             log.debug("%s", format_reply(req, bufs, self.conn.session))
         return bufs, lookups
 
-    def _pass(self, fn: Callable[[Request], Buffers | None] | None, ops: Any,
-              req: Request) -> Buffers | None:
+    def _pass(self, fn: Callable[[Request[Any, Any]], Buffers | None] | None, ops: Any,
+              req: Request[Any, Any]) -> Buffers | None:
         """Run ``fn``'s ``_op_*`` function once more with ``ops`` standing in."""
         func = getattr(fn, "__func__", None)
         if func is None:  # a wrapped draft handler: the plain one
@@ -283,20 +283,20 @@ class DeferredServing:
             return False
         return info.handler in names or ("flock" in names and info.calls_flock)
 
-    def _launcher(self, fn: Callable[[Request], Buffers | None]
-                  ) -> Callable[[Request], Buffers | None]:
-        def launch(req: Request) -> Buffers | None:
+    def _launcher(self, fn: Callable[[Request[Any, Any]], Buffers | None]
+                  ) -> Callable[[Request[Any, Any]], Buffers | None]:
+        def launch(req: Request[Any, Any]) -> Buffers | None:
             return self._go_async(req, fn)
         return launch
 
-    def _go_async(self, req: Request, fn: Callable[[Request], Buffers | None]
+    def _go_async(self, req: Request[Any, Any], fn: Callable[[Request[Any, Any]], Buffers | None]
                   ) -> Buffers | None:
         """Run an async opcode in a task (raises a Pending), or, without a serving
         loop, to completion on a private loop (returns its reply)."""
         p = Pending(req.unique)
         if isinstance(req.data, memoryview):
             # the loop's read buffer is reused while the handler awaits
-            req = req._replace(data=bytes(req.data))
+            req = req._replace(data=memoryview(bytes(req.data)))
         coro = self._drive(req, fn, p)
         loop = self.aloop
         if loop is None:
@@ -353,8 +353,8 @@ class DeferredServing:
             task.cancel()
         self._tasks.clear()
 
-    async def _drive(self, req: Request, fn: Callable[[Request], Buffers | None],
-                     p: Pending) -> None:
+    async def _drive(self, req: Request[Any, Any],
+                     fn: Callable[[Request[Any, Any]], Buffers | None], p: Pending) -> None:
         """Run passes of the ``_op_*`` until one completes, awaiting each async call
         (in a task: handlers see a current task, timeouts and cancellation work)."""
         import asyncio

@@ -77,11 +77,11 @@ _ENCODER_FILES = frozenset({_ts.__code__.co_filename, os.path.abspath(__file__),
 class Journal(Protocol):
     """What recovery plugs into the dispatcher (see :mod:`fusewire.recovery`)."""
 
-    def replayed(self, req: Request) -> Buffers | None:
+    def replayed(self, req: Request[Any, Any]) -> Buffers | None:
         """For a resent request already executed: the recorded reply, else None."""
         ...
 
-    def record(self, req: Request, bufs: Buffers, lookups: list[int]) -> None:
+    def record(self, req: Request[Any, Any], bufs: Buffers, lookups: list[int]) -> None:
         """Make the reply (and the lookups it hands out) durable before it is written."""
         ...
 
@@ -190,7 +190,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
         self.init_error: BaseException | None = None
         self.initialized = conn.session is not None
         #: called with each decoded Request (capture, tests); None for speed
-        self.observer: Callable[[Request], None] | None = None
+        self.observer: Callable[[Request[Any, Any]], None] | None = None
         #: deferred requests (a Pending raised, or an async handler running), by key
         self.pending: dict[int, Pending] = {}
         #: the context class handlers get: DeferrableContext once a loop attached
@@ -211,13 +211,13 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             raise TypeError(f"{type(ops).__name__}.{name} must be a plain def, not async def "
                             "(it runs outside any request)")
         self._flush_owner = _takes_lock_owner(ops)
-        self._handlers: dict[int, Callable[[Request], Buffers | None]] = {}
+        self._handlers: dict[int, Callable[[Request[Any, Any]], Buffers | None]] = {}
         self._implemented: dict[str, bool] = {}
         for code, row in OPS.items():
             self._bind(code, row)
         #: opcode -> what handle() calls, with the ENOSYS-without-calling rule
         #: already applied (filled on first use of each opcode)
-        self._resolved: dict[int, Callable[[Request], Buffers | None]] = {}
+        self._resolved: dict[int, Callable[[Request[Any, Any]], Buffers | None]] = {}
         #: per thread (worker threads share the dispatcher): the nodeids the
         #: request being handled hands to the kernel, one lookup each
         self._tls = threading.local()
@@ -262,7 +262,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             return [encode_error(exc.unique, errno_of(exc))], []
         return self.handle(req)
 
-    def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
+    def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         """Handle a parsed request (see :meth:`dispatch`)."""
         if self.observer is not None:
             self.observer(req)
@@ -298,7 +298,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             log.debug("%s", format_reply(req, bufs, self.conn.session))
         return bufs, lookups
 
-    def _failure(self, req: Request, exc: BaseException) -> Buffers | None:
+    def _failure(self, req: Request[Any, Any], exc: BaseException) -> Buffers | None:
         """The error reply for an exception other than FUSEError that ended ``req``.
 
         The errno policy (:mod:`fusewire.errors`, rules 3-4): a
@@ -327,7 +327,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
                 self.fatal = exc
         return self._error(req, err)
 
-    def _which(self, req: Request) -> str:
+    def _which(self, req: Request[Any, Any]) -> str:
         """``OPCODE unique=0x.. nodeid=N handler Class.method``: names a failed request."""
         info = req.info
         handler = (f" handler {type(self.ops).__name__}.{info.handler}"
@@ -344,7 +344,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
     def _lookups(self, value: list[int]) -> None:
         self._tls.lookups = value
 
-    def _resolve(self, info: OpInfo) -> Callable[[Request], Buffers | None]:
+    def _resolve(self, info: OpInfo) -> Callable[[Request[Any, Any]], Buffers | None]:
         """The function handling ``info``'s opcode (cached; raises ENOSYS if none)."""
         handler = info.handler
         fn = self._handlers.get(info.opcode)
@@ -363,7 +363,7 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
 
     # -- helpers -------------------------------------------------------------
 
-    def _error(self, req: Request, err: int) -> Buffers | None:
+    def _error(self, req: Request[Any, Any], err: int) -> Buffers | None:
         """The error reply answering ``req`` with ``err`` (None: the row wants no reply).
 
         The errno policy (:mod:`fusewire.errors`, rules 1-2 and 6): ``err``
@@ -378,10 +378,10 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             err = errno.EIO
         return self._reply_error(req.unique, err)
 
-    def _ok(self, req: Request, *payload: Any) -> Buffers:
+    def _ok(self, req: Request[Any, Any], *payload: Any) -> Buffers:
         return self._reply(req.unique, *payload)
 
-    def _ctx(self, req: Request, umask: int = 0) -> RequestContext:
+    def _ctx(self, req: Request[Any, Any], umask: int = 0) -> RequestContext:
         ext = req.ext
         return self._context(req.uid, req.gid, req.pid, umask, req.unique, None,
                              req.unique > _RESEND_MASK, self._interrupted,

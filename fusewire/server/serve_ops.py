@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from fusewire.connection import Connection, Request
+from fusewire.connection import Connection, Pairs, Request
 from fusewire.errors import LocalProtocolError
 from fusewire.handles import SessionHandles
 from fusewire.opcodes.flags import (
@@ -45,6 +45,39 @@ from fusewire.server.replies import (
     statx_bytes,
 )
 from fusewire.structs.codec import CODECS
+from fusewire.structs.records import (
+    AccessIn,
+    BatchForgetIn,
+    BmapIn,
+    CopyFileRangeIn,
+    CreateIn,
+    FallocateIn,
+    FlushIn,
+    ForgetIn,
+    FsyncIn,
+    GetattrIn,
+    GetxattrIn,
+    InitIn,
+    InterruptIn,
+    IoctlIn,
+    LinkIn,
+    LkIn,
+    LseekIn,
+    MkdirIn,
+    MknodIn,
+    NotifyRetrieveIn,
+    OpenIn,
+    PollIn,
+    ReadIn,
+    ReleaseIn,
+    Rename2In,
+    RenameIn,
+    SetattrIn,
+    SetxattrIn,
+    StatxIn,
+    SyncfsIn,
+    WriteIn,
+)
 from fusewire.types import (
     EntryAttributes,
     FUSEError,
@@ -149,10 +182,11 @@ class OpServing:
         def _lookups(self) -> list[int]: ...
         def implemented(self, handler: str) -> bool: ...
         def _install_draft(self) -> None: ...
-        def _ok(self, req: Request, *payload: Any) -> Buffers: ...
-        def _ctx(self, req: Request, umask: int = 0) -> RequestContext: ...
+        def _ok(self, req: Request[Any, Any], *payload: Any) -> Buffers: ...
+        def _ctx(self, req: Request[Any, Any], umask: int = 0) -> RequestContext: ...
 
-    def _entry(self, req: Request, attr: EntryAttributes, *, create: bool = False) -> bytes:
+    def _entry(self, req: Request[Any, Any], attr: EntryAttributes, *,
+               create: bool = False) -> bytes:
         if create and attr.st_ino in (0, FUSE_ROOT_ID):
             raise LocalProtocolError(f"{req.info.name} returned nodeid {attr.st_ino}")
         data = entry_bytes(attr)
@@ -176,7 +210,7 @@ class OpServing:
             return b""
         return self.handles.element_for(attr.st_ino)
 
-    def _attr_reply(self, req: Request, a: EntryAttributes) -> Buffers:
+    def _attr_reply(self, req: Request[Any, Any], a: EntryAttributes) -> Buffers:
         session = self.conn.session
         assert session is not None
         size = session.sizes["attr_out"]
@@ -194,7 +228,7 @@ class OpServing:
 
     # -- INIT and library-handled opcodes -----------------------------------------
 
-    def _op_init(self, req: Request) -> Buffers:
+    def _op_init(self, req: Request[InitIn, bytes]) -> Buffers:
         bufs = self.conn.initialize(req)
         if self.conn.session is not None and not self.initialized:
             self.initialized = True
@@ -208,11 +242,11 @@ class OpServing:
                 raise
         return bufs
 
-    def _op_destroy(self, req: Request) -> Buffers:
+    def _op_destroy(self, req: Request[None, bytes]) -> Buffers:
         self.ops.destroy()
         return self._ok(req)
 
-    def _op_interrupt(self, req: Request) -> Buffers | None:
+    def _op_interrupt(self, req: Request[InterruptIn, bytes]) -> Buffers | None:
         # The connection already marked the target (or keeps the mark until the
         # target arrives); a deferred target is told now.  A reply is optional.
         self.conn.forget_inflight(req.unique)
@@ -221,14 +255,14 @@ class OpServing:
             p.interrupt()
         return None
 
-    def _op_notify_reply(self, req: Request) -> None:
+    def _op_notify_reply(self, req: Request[NotifyRetrieveIn, memoryview]) -> None:
         callback = getattr(self.ops.notifier, "retrieve_reply", None)
         if callback is not None:
             callback(req.unique, req.nodeid, req.arg.offset, bytes(req.data))
 
     # -- names and attributes -------------------------------------------------------
 
-    def _op_lookup(self, req: Request) -> Buffers:
+    def _op_lookup(self, req: Request[None, bytes]) -> Buffers:
         a = self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
         session = self.conn.session
         assert session is not None
@@ -244,11 +278,13 @@ class OpServing:
         return [_HDR_ENTRY.pack(_HDR_ENTRY_SIZE, 0, unique, a.st_ino, a.generation, ev, av,
                                 evn, avn, *attr_fields(a))]
 
-    def _op_forget(self, req: Request) -> None:
-        if req.opcode == Opcode.BATCH_FORGET:
-            pairs = req.data
-        else:
-            pairs = ((req.nodeid, req.arg.nlookup),)
+    def _op_forget(self, req: Request[ForgetIn | BatchForgetIn, bytes | Pairs]) -> None:
+        arg, data = req.arg, req.data
+        pairs: Pairs
+        if isinstance(arg, ForgetIn):
+            pairs = ((req.nodeid, arg.nlookup),)
+        else:               # BATCH_FORGET: the parser checked count against the pairs
+            pairs = data if isinstance(data, tuple) else ()
         given = []
         for nodeid, nlookup in pairs:
             taken = self.nodes.forget(nodeid, nlookup)
@@ -286,10 +322,10 @@ class OpServing:
 
     _op_batch_forget = _op_forget
 
-    def _op_getattr(self, req: Request) -> Buffers:
+    def _op_getattr(self, req: Request[GetattrIn, bytes]) -> Buffers:
         return self._attr_reply(req, self.ops.getattr(req.nodeid, self._ctx(req)))
 
-    def _op_setattr(self, req: Request) -> Buffers:
+    def _op_setattr(self, req: Request[SetattrIn, bytes]) -> Buffers:
         a = req.arg
         valid = a.valid
         now = time.time_ns()
@@ -311,10 +347,10 @@ class OpServing:
         new = self.ops.setattr(req.nodeid, attr, fields, fh, self._ctx(req))
         return self._attr_reply(req, new)
 
-    def _op_readlink(self, req: Request) -> Buffers:
+    def _op_readlink(self, req: Request[None, bytes]) -> Buffers:
         return self._ok(req, _data(self.ops.readlink(req.nodeid, self._ctx(req)), "readlink"))
 
-    def _op_statx(self, req: Request) -> Buffers:
+    def _op_statx(self, req: Request[StatxIn, bytes]) -> Buffers:
         a = req.arg
         fh = a.fh if a.getattr_flags & GETATTR.FH else None
         st = self.ops.statx(req.nodeid, fh, a.sx_flags, a.sx_mask, self._ctx(req))
@@ -322,60 +358,61 @@ class OpServing:
 
     # -- creating and removing names -------------------------------------------------
 
-    def _op_mknod(self, req: Request) -> Buffers:
+    def _op_mknod(self, req: Request[MknodIn, bytes]) -> Buffers:
         a = req.arg
         attr = self.ops.mknod(req.nodeid, req.names[0], a.mode, a.rdev,
                               self._ctx(req, a.umask))
         return self._ok(req, self._entry(req, attr, create=True))
 
-    def _op_mkdir(self, req: Request) -> Buffers:
+    def _op_mkdir(self, req: Request[MkdirIn, bytes]) -> Buffers:
         a = req.arg
         attr = self.ops.mkdir(req.nodeid, req.names[0], a.mode, self._ctx(req, a.umask))
         return self._ok(req, self._entry(req, attr, create=True))
 
-    def _op_symlink(self, req: Request) -> Buffers:
+    def _op_symlink(self, req: Request[None, bytes]) -> Buffers:
         name, target = req.names
         attr = self.ops.symlink(req.nodeid, name, target, self._ctx(req))
         return self._ok(req, self._entry(req, attr, create=True))
 
-    def _op_unlink(self, req: Request) -> Buffers:
+    def _op_unlink(self, req: Request[None, bytes]) -> Buffers:
         self.ops.unlink(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
 
-    def _op_rmdir(self, req: Request) -> Buffers:
+    def _op_rmdir(self, req: Request[None, bytes]) -> Buffers:
         self.ops.rmdir(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
 
-    def _op_rename(self, req: Request) -> Buffers:
-        flags = req.arg.flags if req.opcode == Opcode.RENAME2 else 0
-        self.ops.rename(req.nodeid, req.names[0], req.arg.newdir, req.names[1], flags,
+    def _op_rename(self, req: Request[RenameIn | Rename2In, bytes]) -> Buffers:
+        a = req.arg
+        flags = a.flags if isinstance(a, Rename2In) else 0
+        self.ops.rename(req.nodeid, req.names[0], a.newdir, req.names[1], flags,
                         self._ctx(req))
         return self._ok(req)
 
     _op_rename2 = _op_rename
 
-    def _op_link(self, req: Request) -> Buffers:
+    def _op_link(self, req: Request[LinkIn, bytes]) -> Buffers:
         attr = self.ops.link(req.arg.oldnodeid, req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req, self._entry(req, attr, create=True))
 
-    def _op_create(self, req: Request) -> Buffers:
+    def _op_create(self, req: Request[CreateIn, bytes]) -> Buffers:
         a = req.arg
         fi, attr = self.ops.create(req.nodeid, req.names[0], a.mode, a.flags,
                                    self._ctx(req, a.umask))
         return self._ok(req, self._entry(req, attr, create=True), open_out_bytes(fi))
 
-    def _op_tmpfile(self, req: Request) -> Buffers:
+    def _op_tmpfile(self, req: Request[CreateIn, bytes]) -> Buffers:
         a = req.arg
         fi, attr = self.ops.tmpfile(req.nodeid, a.mode, a.flags, self._ctx(req, a.umask))
         return self._ok(req, self._entry(req, attr, create=True), open_out_bytes(fi))
 
     # -- files -------------------------------------------------------------------------
 
-    def _op_open(self, req: Request) -> Buffers:
+    def _op_open(self, req: Request[OpenIn, bytes]) -> Buffers:
         fi = self.ops.open(req.nodeid, req.arg.flags, self._ctx(req))
         return self._ok(req, open_out_bytes(fi))
 
-    def _op_read(self, req: Request) -> Buffers:
+    def _op_read(self, req: Request[ReadIn, bytes]) -> Buffers:
         a = req.arg
         data = self.ops.read(a.fh, a.offset, a.size)
         kind = type(data)
@@ -385,7 +422,7 @@ class OpServing:
             raise LocalProtocolError(f"read returned {len(data)} bytes for size {a.size}")
         return self._ok(req, data)
 
-    def _op_write(self, req: Request) -> Buffers:
+    def _op_write(self, req: Request[WriteIn, memoryview]) -> Buffers:
         a = req.arg
         if a.write_flags & _WRITE_KILL_SUIDGID:
             self.ops.write_kill_suidgid(a.fh, self._ctx(req))
@@ -394,7 +431,7 @@ class OpServing:
             raise LocalProtocolError(f"write returned {n} for {len(req.data)} bytes")
         return self._ok(req, _WRITE_OUT.pack(n, 0))
 
-    def _op_flush(self, req: Request) -> Buffers:
+    def _op_flush(self, req: Request[FlushIn, bytes]) -> Buffers:
         a = req.arg
         if self._flush_owner:
             self.ops.flush(a.fh, a.lock_owner)
@@ -402,7 +439,7 @@ class OpServing:
             self.ops.flush(a.fh)
         return self._ok(req)
 
-    def _op_release(self, req: Request) -> Buffers:
+    def _op_release(self, req: Request[ReleaseIn, bytes]) -> Buffers:
         a = req.arg
         if a.release_flags & _FLOCK_UNLOCK and self.implemented("flock"):
             try:
@@ -412,23 +449,23 @@ class OpServing:
         self.ops.release(a.fh)
         return self._ok(req)
 
-    def _op_fsync(self, req: Request) -> Buffers:
+    def _op_fsync(self, req: Request[FsyncIn, bytes]) -> Buffers:
         self.ops.fsync(req.arg.fh, bool(req.arg.fsync_flags & _FDATASYNC))
         return self._ok(req)
 
-    def _op_fallocate(self, req: Request) -> Buffers:
+    def _op_fallocate(self, req: Request[FallocateIn, bytes]) -> Buffers:
         a = req.arg
         self.ops.fallocate(a.fh, a.mode, a.offset, a.length, self._ctx(req))
         return self._ok(req)
 
-    def _op_lseek(self, req: Request) -> Buffers:
+    def _op_lseek(self, req: Request[LseekIn, bytes]) -> Buffers:
         a = req.arg
         # loff_t travels as u64: a negative offset from the caller arrives >= 2**63
         offset = a.offset - (1 << 64) if a.offset >> 63 else a.offset
         off = self.ops.lseek(a.fh, offset, a.whence, self._ctx(req))
         return self._ok(req, _LSEEK_OUT.pack(off))
 
-    def _op_copy_file_range(self, req: Request) -> Buffers:
+    def _op_copy_file_range(self, req: Request[CopyFileRangeIn, bytes]) -> Buffers:
         a = req.arg
         n = self.ops.copy_file_range(a.fh_in, a.off_in, a.nodeid_out, a.fh_out, a.off_out,
                                      a.len, a.flags, self._ctx(req))
@@ -440,7 +477,7 @@ class OpServing:
 
     _op_copy_file_range_64 = _op_copy_file_range
 
-    def _op_ioctl(self, req: Request) -> Buffers:
+    def _op_ioctl(self, req: Request[IoctlIn, memoryview]) -> Buffers:
         a = req.arg
         result, out = self.ops.ioctl(a.fh, a.cmd, a.arg, bytes(req.data), a.out_size, a.flags,
                                      self._ctx(req))
@@ -449,26 +486,26 @@ class OpServing:
             raise LocalProtocolError(f"ioctl returned {len(data)} bytes > out_size {a.out_size}")
         return self._ok(req, _IOCTL_OUT.pack(result, 0, 0, 0), data)
 
-    def _op_poll(self, req: Request) -> Buffers:
+    def _op_poll(self, req: Request[PollIn, bytes]) -> Buffers:
         a = req.arg
         revents = self.ops.poll(a.fh, a.kh, a.events, a.flags, self._ctx(req))
         return self._ok(req, _POLL_OUT.pack(revents, 0))
 
-    def _op_bmap(self, req: Request) -> Buffers:
+    def _op_bmap(self, req: Request[BmapIn, bytes]) -> Buffers:
         a = req.arg
         block = self.ops.bmap(req.nodeid, a.blocksize, a.block, self._ctx(req))
         return self._ok(req, _BMAP_OUT.pack(block))
 
     # -- locks ---------------------------------------------------------------------------
 
-    def _op_getlk(self, req: Request) -> Buffers:
+    def _op_getlk(self, req: Request[LkIn, bytes]) -> Buffers:
         a = req.arg
         lk = a.lk
         got = self.ops.getlk(a.fh, a.owner, Lock(lk.start, lk.end, lk.type, lk.pid),
                              self._ctx(req))
         return self._ok(req, _LK_OUT.pack(got.start, got.end, got.type, got.pid))
 
-    def _op_setlk(self, req: Request) -> Buffers:
+    def _op_setlk(self, req: Request[LkIn, bytes]) -> Buffers:
         a = req.arg
         lk = a.lk
         sleep = req.opcode == Opcode.SETLKW
@@ -485,11 +522,11 @@ class OpServing:
 
     # -- directories ---------------------------------------------------------------------
 
-    def _op_opendir(self, req: Request) -> Buffers:
+    def _op_opendir(self, req: Request[OpenIn, bytes]) -> Buffers:
         fh = self.ops.opendir(req.nodeid, self._ctx(req))
         return self._ok(req, _OPEN_OUT.pack(fh, 0, 0))
 
-    def _op_readdir(self, req: Request) -> Buffers:
+    def _op_readdir(self, req: Request[ReadIn, bytes]) -> Buffers:
         a = req.arg
         plus = req.opcode == _READDIRPLUS
         token = ReaddirToken(a.size, plus, entry_bytes if plus else None)
@@ -499,17 +536,17 @@ class OpServing:
 
     _op_readdirplus = _op_readdir
 
-    def _op_releasedir(self, req: Request) -> Buffers:
+    def _op_releasedir(self, req: Request[ReleaseIn, bytes]) -> Buffers:
         self.ops.releasedir(req.arg.fh)
         return self._ok(req)
 
-    def _op_fsyncdir(self, req: Request) -> Buffers:
+    def _op_fsyncdir(self, req: Request[FsyncIn, bytes]) -> Buffers:
         self.ops.fsyncdir(req.arg.fh, bool(req.arg.fsync_flags & _FDATASYNC))
         return self._ok(req)
 
     # -- filesystem-wide -------------------------------------------------------------------
 
-    def _op_statfs(self, req: Request) -> Buffers:
+    def _op_statfs(self, req: Request[None, bytes]) -> Buffers:
         s = self.ops.statfs(self._ctx(req))
         body = _STATFS_OUT.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
                                 s.f_bsize, s.f_namemax, s.f_frsize, 0, 0, 0, 0, 0, 0, 0)
@@ -517,23 +554,24 @@ class OpServing:
         assert session is not None
         return self._ok(req, body[:session.sizes["statfs_out"]])
 
-    def _op_syncfs(self, req: Request) -> Buffers:
+    def _op_syncfs(self, req: Request[SyncfsIn, bytes]) -> Buffers:
         self.ops.syncfs(self._ctx(req))
         return self._ok(req)
 
-    def _op_access(self, req: Request) -> Buffers:
+    def _op_access(self, req: Request[AccessIn, bytes]) -> Buffers:
         if not self.ops.access(req.nodeid, req.arg.mask, self._ctx(req)):
             raise FUSEError(errno.EACCES)
         return self._ok(req)
 
     # -- xattrs ------------------------------------------------------------------------------
 
-    def _op_setxattr(self, req: Request) -> Buffers:
+    def _op_setxattr(self, req: Request[SetxattrIn, memoryview]) -> Buffers:
         self.ops.setxattr(req.nodeid, req.names[0], bytes(req.data), req.arg.flags,
                           self._ctx(req))
         return self._ok(req)
 
-    def _xattr_reply(self, req: Request, value: bytes | bytearray | memoryview) -> Buffers:
+    def _xattr_reply(self, req: Request[Any, Any],
+                     value: bytes | bytearray | memoryview) -> Buffers:
         size = req.arg.size
         if size == 0:
             return self._ok(req, _GETXATTR_OUT.pack(len(value), 0))
@@ -541,15 +579,15 @@ class OpServing:
             raise FUSEError(errno.ERANGE)
         return self._ok(req, value)
 
-    def _op_getxattr(self, req: Request) -> Buffers:
+    def _op_getxattr(self, req: Request[GetxattrIn, bytes]) -> Buffers:
         return self._xattr_reply(req, _data(self.ops.getxattr(req.nodeid, req.names[0],
                                                               self._ctx(req)), "getxattr"))
 
-    def _op_listxattr(self, req: Request) -> Buffers:
+    def _op_listxattr(self, req: Request[GetxattrIn, bytes]) -> Buffers:
         names = self.ops.listxattr(req.nodeid, self._ctx(req))
         return self._xattr_reply(req, b"".join(n + b"\0" for n in names))
 
-    def _op_removexattr(self, req: Request) -> Buffers:
+    def _op_removexattr(self, req: Request[None, bytes]) -> Buffers:
         self.ops.removexattr(req.nodeid, req.names[0], self._ctx(req))
         return self._ok(req)
 
