@@ -37,7 +37,7 @@ import struct
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from fusewire.errors import MAX_ERRNO, LocalProtocolError, RemoteProtocolError, reply_errno
 from fusewire.opcodes.flags import (
@@ -59,11 +59,15 @@ from fusewire.structs.records import InitIn, InitOut
 
 __all__ = [
     "DEFAULT_WANT",
+    "Buffer",
+    "Buffers",
     "Config",
     "Connection",
     "Extensions",
     "LOOKUP_HANDLE_PROFILES",
+    "Pairs",
     "Request",
+    "RequestData",
     "Session",
     "encode_error",
     "encode_notification",
@@ -216,15 +220,37 @@ class Extensions(NamedTuple):
     raw: bytes = b""
 
 
-class Request(NamedTuple):
-    """One request from the kernel.
+#: One part of a reply as ``writev`` takes it.
+Buffer = bytes | bytearray | memoryview
+#: A reply (or notification): its parts in order, the ``fuse_out_header`` first.
+Buffers = list[Buffer]
+
+#: A request's record type: the generated record class of its row's request
+#: struct (:mod:`fusewire.structs.records`), or None for rows without one.
+ArgT = TypeVar("ArgT")
+#: A request's trailing data type, by its row's ``trailing``: ``memoryview``
+#: (DATA), :data:`Pairs` (FORGETS, MAPPINGS) or ``bytes`` (empty: NONE, HANDLE).
+DataT = TypeVar("DataT")
+
+#: BATCH_FORGET's ``(nodeid, nlookup)`` and REMOVEMAPPING's ``(moffset, len)`` pairs.
+Pairs = tuple[tuple[int, int], ...]
+#: What may trail a request's struct and names, whatever its opcode.
+RequestData = bytes | memoryview | Pairs
+
+
+class Request(NamedTuple, Generic[ArgT, DataT]):
+    """One request from the kernel, typed by its row: ``Request[GetattrIn, bytes]``.
 
     ``arg`` is the fixed struct record of the opcode's row (None if it has
-    none); ``names`` the NUL-terminated names without their NUL; ``data``
-    the trailing part: a memoryview for write data and xattr values, a tuple
-    of ``(nodeid, nlookup)`` for BATCH_FORGET, ``(moffset, len)`` pairs for
-    REMOVEMAPPING, else empty bytes.  ``unique`` is exactly as received
-    (bit 63 included).
+    none) and ``data`` the trailing part: a memoryview for write data and
+    xattr values (Trailing.DATA), :data:`Pairs` for BATCH_FORGET and
+    REMOVEMAPPING, else empty bytes.  A server function declares both
+    (``def _op_write(self, req: Request[WriteIn, memoryview])``), so ``mypy
+    --strict`` checks every field it reads, and ``tests/test_opcodes.py``
+    checks that each row's function declares its row's record and trailing
+    type.  Code that handles any opcode takes ``Request[Any, Any]``.
+    ``names`` are the NUL-terminated names without their NUL.  ``unique`` is
+    exactly as received (bit 63 included).
     """
 
     opcode: int
@@ -233,9 +259,9 @@ class Request(NamedTuple):
     uid: int
     gid: int
     pid: int
-    arg: Any
+    arg: ArgT
     names: tuple[bytes, ...]
-    data: Any
+    data: DataT
     ext: Extensions | None
     info: OpInfo
 
@@ -305,7 +331,8 @@ def parse_extensions(buf: bytes, unique: int = 0, opcode: int = 0) -> Extensions
     return Extensions(tuple(secctx), groups, handle, bytes(buf))
 
 
-def parse_request(buf: bytes | bytearray | memoryview, session: Session | None) -> Request:
+def parse_request(buf: bytes | bytearray | memoryview,
+                  session: Session | None) -> Request[Any, Any]:
     """Parse one message as a server receives it.  Pure: the session is an argument.
 
     Raises :class:`RemoteProtocolError` (and nothing else) for malformed input.
@@ -408,7 +435,7 @@ _R_NONE = Reply.NONE
 
 
 def _parse_init(buf: bytes | bytearray | memoryview, unique: int, nodeid: int, uid: int,
-                gid: int, pid: int) -> Request:
+                gid: int, pid: int) -> Request[Any, Any]:
     body = bytes(buf[40:])
     if len(body) < 16:
         raise _bad("INIT body shorter than 16 bytes", errno.EPROTO, unique, Opcode.INIT,
@@ -434,7 +461,7 @@ def encode_error(unique: int, err: int) -> bytes:
     return _PACK_OUT(16, -reply_errno(err), unique)
 
 
-def encode_notify(code: int, *payload: bytes) -> list[bytes]:
+def encode_notify(code: int, *payload: bytes) -> Buffers:
     """A notification: ``fuse_out_header{len, error=code, unique=0}`` + payload."""
     size = 16 + sum(len(p) for p in payload)
     return [_PACK_OUT(size, code, 0), *payload]
@@ -458,7 +485,7 @@ def unpack_u64s(buf: bytes | bytearray | memoryview, count: int, offset: int = 0
 
 
 def encode_notification(code: int, *fields: int,
-                        tail: bytes | Sequence[int] = b"") -> list[bytes]:
+                        tail: bytes | Sequence[int] = b"") -> Buffers:
     """A notification built from its :data:`~fusewire.opcodes.NOTIFICATIONS` row.
 
     ``fields`` are the payload struct's fields in order, packed by the codec
@@ -525,7 +552,7 @@ class Connection:
 
     # -- receiving ----------------------------------------------------------
 
-    def receive(self, buf: bytes | bytearray | memoryview) -> Request:
+    def receive(self, buf: bytes | bytearray | memoryview) -> Request[Any, Any]:
         """Parse one message; track it in flight; apply INTERRUPTs.
 
         Raises :class:`RemoteProtocolError` for malformed input, never anything else.
@@ -622,7 +649,7 @@ class Connection:
             handle_secret=(cfg.handle_secret or os.urandom(32)).hex() if profile else "",
         )
 
-    def initialize(self, req: Request) -> list[bytes]:
+    def initialize(self, req: Request[Any, Any]) -> Buffers:
         """Answer INIT: negotiate, enter READY, return the reply buffers.
 
         A kernel with another major gets an error reply (it then refuses the
@@ -661,7 +688,7 @@ class Connection:
 
     # -- replying -------------------------------------------------------------
 
-    def reply(self, unique: int, *payload: bytes | bytearray | memoryview) -> list[Any]:
+    def reply(self, unique: int, *payload: Buffer) -> Buffers:
         """A success reply carrying ``payload`` (already encoded), for writev."""
         self.retire(unique)
         size = 16
@@ -669,7 +696,7 @@ class Connection:
             size += len(p)
         return [_PACK_OUT(size, 0, unique), *payload]
 
-    def reply_error(self, unique: int, err: int) -> list[bytes]:
+    def reply_error(self, unique: int, err: int) -> Buffers:
         """An error reply (header only; ``err`` is a positive errno, 1..511).
 
         An ``err`` outside 1..511 raises :class:`LocalProtocolError` (the
@@ -681,7 +708,7 @@ class Connection:
         self.retire(unique)
         return [_PACK_OUT(16, -err, unique)]
 
-    def reply_struct(self, unique: int, name: str, rec: Any, *extra: bytes) -> list[Any]:
+    def reply_struct(self, unique: int, name: str, rec: Any, *extra: bytes) -> Buffers:
         """A reply with one fixed struct (compat-sized for the session) + extra parts."""
         assert self.session is not None
         body = encode_sized(CODECS[name], rec, self.session.sizes[name])
@@ -693,13 +720,13 @@ class Connection:
 
     # -- notifications ------------------------------------------------------------
 
-    def notify(self, code: NotifyCode, *payload: bytes) -> list[bytes]:
+    def notify(self, code: NotifyCode, *payload: bytes) -> Buffers:
         """Encode a notification, checking the session supports it."""
         self._check_notify(code)
         return encode_notify(code, *payload)
 
     def notification(self, code: NotifyCode, *fields: int,
-                     tail: bytes | Sequence[int] = b"") -> list[bytes]:
+                     tail: bytes | Sequence[int] = b"") -> Buffers:
         """Encode a notification from its fields (see :func:`encode_notification`),
         checking the session supports it."""
         self._check_notify(code)

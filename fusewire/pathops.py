@@ -52,6 +52,11 @@ nodeid and its name (a rename journals the renamed node's new handle, through
 their original flags.  A filesystem whose state lives outside the process
 (a mirror of a directory, a remote store) needs no hook of its own; the
 recovery hooks call its methods synchronously, so they must not suspend.
+
+Modules: :mod:`fusewire.path_api` (the API a filesystem implements),
+this one (the adapter: the inode table and the request methods),
+:mod:`fusewire.path_nodes` (the table's records) and
+:mod:`fusewire.path_recovery` (the recovery hooks).
 """
 
 from __future__ import annotations
@@ -61,13 +66,21 @@ import inspect
 import logging
 import os
 import stat
-import struct
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fusewire.errors import errno_of
 from fusewire.operations import Operations
+from fusewire.path_api import (
+    Attributes,
+    DirEntry,
+    PathOperations,
+    _local,
+    current_context,
+)
+from fusewire.path_nodes import _HIDDEN_PREFIX, _ROOT, _DirHandle, _join, _Node
+from fusewire.path_recovery import PathRecovery, _handle
 from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
     EntryAttributes,
@@ -81,267 +94,21 @@ from fusewire.types import (
 if TYPE_CHECKING:
     from fusewire.readdir import ReaddirToken
 
-__all__ = ["PathAdapter", "PathOperations", "current_context"]
+__all__ = ["Attributes", "DirEntry", "PathAdapter", "PathOperations", "current_context"]
 
-_ROOT = 1
-_HIDDEN_PREFIX = b".fuse_hidden"
 #: d_ino of a listed name the kernel has not looked up (libfuse uses the same value)
 _UNKNOWN_INO = 0xFFFFFFFF
-_HANDLE_MAGIC = b"FWP2"
-#: handle_of: magic, nodeid, parent nodeid; the name follows
-_HANDLE = struct.Struct("<4sQQ")
 _T = TypeVar("_T")
 
-#: what ``getattr`` may return
-Attributes = EntryAttributes | os.stat_result
-#: what ``readdir`` may yield: a name, or (name, attributes or None)
-DirEntry = str | tuple[str, "Attributes | None"]
 
 log = logging.getLogger(__name__)
-_local = threading.local()
-_NO_CONTEXT = RequestContext()
-
-
-def current_context() -> RequestContext:
-    """The :class:`~fusewire.RequestContext` of the request being handled on this thread.
-
-    Requests that carry no caller (read, write, flush, release...) leave the
-    context of the last request that did; outside a request it is all zeros.
-    """
-    ctx: RequestContext = getattr(_local, "ctx", _NO_CONTEXT)
-    return ctx
-
-
-def _enosys() -> FUSEError:
-    return FUSEError(errno.ENOSYS)
-
-
-class PathOperations:
-    """Base class of path-based filesystems; override what you support.
-
-    Every method has a default that fails with ENOSYS (the caller sees
-    "Function not implemented"), except ``open``/``opendir`` (succeed with
-    fh 0), ``release``/``releasedir``/``flush`` (do nothing) and ``statfs``
-    (zeros).  Raise ``OSError(errno, ...)`` or ``FUSEError(errno)`` to fail.
-
-    Class attributes:
-
-    ``use_ino``
-        ``getattr``'s ``st_ino`` identifies objects (hard links share a node).
-    ``hard_remove``
-        Unlink open files at once instead of hiding them until released.
-    ``entry_timeout``, ``attr_timeout``, ``negative_timeout``
-        How long (seconds) the kernel may cache names, attributes and
-        absent names.  Defaults: 1, 1, 0.
-    """
-
-    use_ino: bool = False
-    hard_remove: bool = False
-    entry_timeout: float = 1.0
-    attr_timeout: float = 1.0
-    negative_timeout: float = 0.0
-
-    @property
-    def context(self) -> RequestContext:
-        """Who is asking (see :func:`current_context`)."""
-        return current_context()
-
-    # -- lifecycle -------------------------------------------------------------
-
-    def init(self) -> None:
-        """Called once the mount is initialised, before the first request."""
-
-    def destroy(self) -> None:
-        """Called when the server stops."""
-
-    # -- attributes --------------------------------------------------------------
-
-    def getattr(self, path: str, fh: int | None = None) -> Attributes:
-        """Attributes of ``path`` (``st_ino`` matters only with ``use_ino``).
-
-        Return an :class:`os.stat_result` (``os.lstat(...)``) or an
-        :class:`~fusewire.EntryAttributes`.  ``fh`` is the open file's handle
-        for fstat-like calls, else None.
-        """
-        raise _enosys()
-
-    def chmod(self, path: str, mode: int, fh: int | None = None) -> None:
-        """Change permission bits (``mode`` may include the file type bits)."""
-        raise _enosys()
-
-    def chown(self, path: str, uid: int, gid: int, fh: int | None = None) -> None:
-        """Change owner and/or group; -1 leaves one unchanged."""
-        raise _enosys()
-
-    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
-        """Set the file size."""
-        raise _enosys()
-
-    def utimens(self, path: str, atime_ns: int | None, mtime_ns: int | None,
-                fh: int | None = None) -> None:
-        """Set access and/or modification time (ns since the epoch; None: unchanged)."""
-        raise _enosys()
-
-    def readlink(self, path: str) -> str:
-        """Target of symlink ``path``."""
-        raise _enosys()
-
-    def access(self, path: str, mode: int) -> None:
-        """Raise EACCES unless the caller may access ``path`` with ``mode`` (R_OK...)."""
-        raise _enosys()
-
-    # -- names ---------------------------------------------------------------------
-
-    def mknod(self, path: str, mode: int, rdev: int) -> None:
-        """Create a file, fifo, socket or device node (``mode`` has the type bits)."""
-        raise _enosys()
-
-    def mkdir(self, path: str, mode: int) -> None:
-        """Create a directory."""
-        raise _enosys()
-
-    def unlink(self, path: str) -> None:
-        """Remove a non-directory."""
-        raise _enosys()
-
-    def rmdir(self, path: str) -> None:
-        """Remove an empty directory."""
-        raise _enosys()
-
-    def symlink(self, path: str, target: str) -> None:
-        """Create symlink ``path`` pointing to ``target``."""
-        raise _enosys()
-
-    def rename(self, old: str, new: str, flags: int = 0) -> None:
-        """Rename ``old`` to ``new``; ``flags``: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2)."""
-        raise _enosys()
-
-    def link(self, target: str, path: str) -> None:
-        """Create hard link ``path`` to the existing ``target``."""
-        raise _enosys()
-
-    # -- files -----------------------------------------------------------------------
-
-    def create(self, path: str, mode: int, flags: int) -> int:
-        """Create and open a regular file; return a handle (any int).
-
-        ENOSYS makes the kernel use ``mknod`` then ``open`` instead.
-        """
-        raise _enosys()
-
-    def open(self, path: str, flags: int) -> int:
-        """Open ``path`` with open(2) ``flags``; return a handle (any int)."""
-        return 0
-
-    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``; fewer means end of file."""
-        raise _enosys()
-
-    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        """Write ``data`` at ``offset``; return the count written."""
-        raise _enosys()
-
-    def flush(self, path: str, fh: int) -> None:
-        """Called on each close(2) of a descriptor of the file."""
-
-    def release(self, path: str, fh: int) -> None:
-        """The last descriptor of ``fh`` is closed."""
-
-    def fsync(self, path: str, datasync: bool, fh: int) -> None:
-        """Flush the file to stable storage."""
-        raise _enosys()
-
-    def fallocate(self, path: str, mode: int, offset: int, length: int, fh: int) -> None:
-        """Preallocate or punch holes (FALLOC_FL_* ``mode``)."""
-        raise _enosys()
-
-    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
-        """SEEK_DATA (3) / SEEK_HOLE (4): the resulting offset, or raise ENXIO."""
-        raise _enosys()
-
-    # -- directories -------------------------------------------------------------------
-
-    def opendir(self, path: str) -> int:
-        """Open a directory; return a handle (any int)."""
-        return 0
-
-    def readdir(self, path: str, fh: int) -> Iterable[DirEntry]:
-        """The names in directory ``path``.
-
-        Yield names (str), or ``(name, attributes)`` pairs to save a
-        ``getattr`` per entry when the kernel asks for attributes
-        (READDIRPLUS).  "." and ".." are added when missing.
-        """
-        raise _enosys()
-
-    def releasedir(self, path: str, fh: int) -> None:
-        """The directory handle is closed."""
-
-    def fsyncdir(self, path: str, datasync: bool, fh: int) -> None:
-        """Flush the directory to stable storage."""
-        raise _enosys()
-
-    # -- filesystem, xattrs -----------------------------------------------------------------
-
-    def statfs(self, path: str) -> StatvfsData | os.statvfs_result:
-        """Filesystem statistics (``os.statvfs(...)`` will do)."""
-        return StatvfsData()
-
-    def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
-        """Set extended attribute ``name`` (XATTR_CREATE / XATTR_REPLACE ``flags``)."""
-        raise _enosys()
-
-    def getxattr(self, path: str, name: str) -> bytes:
-        """Value of extended attribute ``name``; raise ENODATA if absent."""
-        raise _enosys()
-
-    def listxattr(self, path: str) -> Sequence[str]:
-        """Names of the extended attributes of ``path``."""
-        raise _enosys()
-
-    def removexattr(self, path: str, name: str) -> None:
-        """Remove extended attribute ``name``; raise ENODATA if absent."""
-        raise _enosys()
 
 
 def _overrides(obj: object, name: str, base: type) -> bool:
     return getattr(type(obj), name, None) is not getattr(base, name, None)
 
 
-class _Node:
-    __slots__ = ("hidden", "ident", "last", "links", "nlookup", "nodeid", "opens",
-                 "stale_path")
-
-    def __init__(self, nodeid: int) -> None:
-        self.nodeid = nodeid
-        #: (parent nodeid, name) of each name this node is known under
-        self.links: list[tuple[int, bytes]] = []
-        #: the subset of links that are hidden open-unlinked names
-        self.hidden: list[tuple[int, bytes]] = []
-        self.nlookup = 0
-        self.opens = 0
-        #: the user's st_ino (use_ino), or None
-        self.ident: int | None = None
-        #: the last path of a node that lost all its names
-        self.stale_path = b"/"
-        #: the last attributes answered (fstat of a removed, still open directory)
-        self.last: EntryAttributes | None = None
-
-
-class _DirHandle:
-    __slots__ = ("entries", "nodeid", "user_fh")
-
-    def __init__(self, nodeid: int, user_fh: int) -> None:
-        self.nodeid = nodeid
-        self.user_fh = user_fh
-        self.entries: list[tuple[bytes, Attributes | None]] | None = None
-
-
-def _join(parent: bytes, name: bytes) -> bytes:
-    return parent + name if parent == b"/" else parent + b"/" + name
-
-
-class PathAdapter(Operations, HandleRecovery):
+class PathAdapter(PathRecovery, Operations, HandleRecovery):
     """Serve a :class:`PathOperations` filesystem through the inode API.
 
     ``PathAdapter(fs)`` is an ordinary :class:`~fusewire.Operations`, so it
@@ -692,7 +459,7 @@ class PathAdapter(Operations, HandleRecovery):
         parent_path = self._path(parent)
         ahead: dict[int, bytes] = {}
         if self.key_changed is not None and node.links and node.links[0] == (parent, name):
-            ahead[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, parent) + hidden
+            ahead[node.nodeid] = _handle(node.nodeid, parent, hidden)
             self._rekey_to(ahead)       # before the source changes (see _a_rename)
         try:
             await self._acall(self.fs.rename, os.fsdecode(_join(parent_path, name)),
@@ -740,7 +507,7 @@ class PathAdapter(Operations, HandleRecovery):
                 and node.links[0] == (parent_inode, name):
             # another name becomes the node's handle: journal it before the unlink
             nxt = node.links[1]
-            ahead[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, nxt[0]) + nxt[1]
+            ahead[node.nodeid] = _handle(node.nodeid, nxt[0], nxt[1])
             self._rekey_to(ahead)
         try:
             await self._acall(self.fs.unlink, self._child_path(parent_inode, name))
@@ -1126,149 +893,6 @@ class PathAdapter(Operations, HandleRecovery):
         """removexattr(path, name)."""
         self._ctx(ctx)
         await self._acall(self.fs.removexattr, self._spath(inode), os.fsdecode(name))
-
-    # -- crash recovery ("handles" mode) ------------------------------------------------------
-
-    def handle_of(self, inode: int) -> bytes | None:
-        """The node's first name as (parent nodeid, name): a handle a rename changes
-        only for the renamed node itself (its children keep theirs)."""
-        with self._lock:
-            node = self._nodes.get(inode)
-            if node is None or not node.links:
-                return None
-            parent, name = node.links[0]
-            return _HANDLE.pack(_HANDLE_MAGIC, inode, parent) + name
-
-    def inode_for_handle(self, handle: bytes) -> int:
-        """The nodeid of a :meth:`handle_of` handle that still names it."""
-        if len(handle) <= _HANDLE.size or not handle.startswith(_HANDLE_MAGIC):
-            raise FUSEError(errno.ESTALE)
-        _, nodeid, parent = _HANDLE.unpack_from(handle)
-        if self._children.get((parent, handle[_HANDLE.size:])) == nodeid:
-            return int(nodeid)
-        raise FUSEError(errno.ESTALE)
-
-    def _handles_after_rename(self, src_key: tuple[int, bytes], dst_key: tuple[int, bytes],
-                              exchange: bool) -> dict[int, bytes]:
-        """The handles the nodes named by ``src_key`` (and ``dst_key`` for an
-        exchange) will have once the rename is done; only those that change."""
-        if self.key_changed is None or src_key == dst_key:
-            return {}
-        out: dict[int, bytes] = {}
-        moves = [(src_key, dst_key)] + ([(dst_key, src_key)] if exchange else [])
-        for frm, to in moves:
-            nodeid = self._children.get(frm)
-            node = self._nodes.get(nodeid) if nodeid is not None else None
-            if node is not None and node.links and node.links[0] == frm:
-                out[node.nodeid] = _HANDLE.pack(_HANDLE_MAGIC, node.nodeid, to[0]) + to[1]
-        return out
-
-    def _rekey_to(self, handles: dict[int, bytes]) -> None:
-        """Journal these handles for these nodes now (recovery's ``key_changed`` hook)."""
-        hook = self.key_changed
-        if hook is not None:
-            hook(list(handles), handles)
-
-    def _rekey(self, *nodes: _Node | None) -> None:
-        """Tell the recovery journal that these nodes' first names changed."""
-        hook = self.key_changed
-        if hook is not None:
-            ids = [n.nodeid for n in nodes if n is not None and n.nodeid != _ROOT]
-            if ids:
-                hook(ids)
-
-    def entry_identity(self, parent_inode: int, name: bytes) -> tuple[int, int] | None:
-        """``(st_dev, st_ino)`` of ``name`` in the directory, None if absent (no lookup).
-
-        The recovery journal probes this around namespace changes so that a
-        request re-sent after a crash is not executed twice.  Without
-        ``use_ino`` only presence counts ((0, 0)).
-        """
-        try:
-            raw = self._call(self.fs.getattr, self._child_path(parent_inode, name), None)
-        except FUSEError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None
-            raise
-        if not self.fs.use_ino:
-            return 0, 0
-        return int(getattr(raw, "st_dev", 0) or 0), int(getattr(raw, "st_ino", 0) or 0)
-
-    def import_nodes(self, nodes: Mapping[int, tuple[bytes, int]]) -> list[int]:
-        """Make the table ``nodeid -> (handle, lookup count)``; return the nodeids lost.
-
-        Authoritative: what was in the table before (a warm spare's earlier
-        import) is replaced.  A node whose parent is not in ``nodes`` is lost
-        (the kernel holds every parent of a node it holds, so that only
-        happens to nodes recorded without a handle).
-        """
-        parsed: dict[int, tuple[int, bytes, int]] = {}
-        lost: list[int] = []
-        for nodeid, (handle, count) in nodes.items():
-            if nodeid == _ROOT:
-                continue
-            if len(handle) <= _HANDLE.size or not handle.startswith(_HANDLE_MAGIC):
-                lost.append(nodeid)
-                continue
-            _, _, parent = _HANDLE.unpack_from(handle)
-            parsed[nodeid] = (int(parent), handle[_HANDLE.size:], count)
-        with self._lock:
-            root = self._nodes[_ROOT]
-            self._nodes = {_ROOT: root}
-            self._children.clear()
-            self._by_ident.clear()
-            self._hidden.clear()
-            for nodeid in parsed:
-                self._nodes[nodeid] = _Node(nodeid)
-                self._next_node = max(self._next_node, nodeid + 1)
-            for nodeid, (parent, name, count) in parsed.items():
-                node = self._nodes[nodeid]
-                if parent not in self._nodes:
-                    del self._nodes[nodeid]
-                    lost.append(nodeid)
-                    continue
-                node.nlookup = count
-                key = (parent, name)
-                node.links.append(key)
-                self._children[key] = nodeid
-                if name.startswith(_HIDDEN_PREFIX):
-                    node.hidden.append(key)
-                    self._hidden.add(key)
-            # a node whose parent was dropped above has no path either
-            changed = True
-            while changed:
-                changed = False
-                for nodeid, node in list(self._nodes.items()):
-                    if nodeid != _ROOT and node.links and node.links[0][0] not in self._nodes:
-                        del self._nodes[nodeid]
-                        self._children.pop(node.links[0], None)
-                        lost.append(nodeid)
-                        changed = True
-        return lost
-
-    def reopen_handle(self, fh: int, inode: int, flags: int) -> None:
-        """Make a previous process's handle ``fh`` valid here: open the path again."""
-        if inode not in self._nodes:
-            raise FUSEError(errno.ESTALE)
-        path = self._spath(inode)
-        try:
-            st = self._call(self.fs.getattr, path, None)
-        except FUSEError as exc:
-            log.warning("handle %d: %s cannot be reopened: %s", fh, path, exc)
-            raise
-        if stat.S_ISDIR(getattr(st, "st_mode", 0)) or flags & os.O_DIRECTORY:
-            user_fh = self._call(self.fs.opendir, path)
-            with self._lock:
-                self._dirs[fh] = _DirHandle(inode, int(user_fh or 0))
-        else:
-            user_fh = self._call(self.fs.open, path,
-                                 flags & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC))
-            with self._lock:
-                self._files[fh] = (inode, int(user_fh or 0))
-        with self._lock:
-            self._nodes[inode].opens += 1
-            self._next_fh = max(self._next_fh, fh + 1)
-
 
 # -- the request methods: one async implementation, a sync or an async face ---------------
 

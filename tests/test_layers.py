@@ -47,6 +47,9 @@ LAYERS: dict[str, int] = {
     "fusewire.locks": CORE,         # the lock table memfs and others use
     "fusewire.recovery_api": CORE,  # the recovery contract next to Operations
     "fusewire.pathops": CORE,       # the path-based user API
+    "fusewire.path_api": CORE,      # PathOperations (what a path filesystem implements)
+    "fusewire.path_nodes": CORE,    # PathAdapter's table records
+    "fusewire.path_recovery": CORE,  # PathAdapter's recovery hooks
     "fusewire.server": SERVER,
     "fusewire.examples": EXAMPLES,
     "fusewire.recovery": TOOLS,
@@ -304,7 +307,7 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/server/mount.py": (3, "native C ints of SCM_RIGHTS and FUSE_DEV_IOC_CLONE's "
                                     "argument: the host's ABI, not the FUSE wire"),
     "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
-    "fusewire/recovery/journal.py": (8, "the journal's own on-disk records (docs/recovery.md)"),
+    "fusewire/recovery/journal.py": (6, "the journal's own on-disk records (docs/recovery.md)"),
     "fusewire/testing/capture.py": (4, "the capture file's own format (docs/capture-format.md)"),
     "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "
@@ -314,9 +317,9 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/examples/passthrough_recovery.py": (8, "struct file_handle of the host's "
                                                      "syscalls, passthrough's own handle "
                                                      "bytes"),
-    "fusewire/server/processes.py": (20, "the multi-process nodeid table's own layout in "
+    "fusewire/server/processes.py": (10, "the multi-process nodeid table's own layout in "
                                          "shared memory"),
-    "fusewire/pathops.py": (1, "the path API's own file-handle bytes"),
+    "fusewire/path_recovery.py": (1, "the path API's own file-handle bytes"),
     "fusewire/connection.py": (3, "counted arrays whose length is in the message: "
                                   "supp_groups' gids, and notify_prune's nodeids "
                                   "(pack_u64s/unpack_u64s, which the decoders share)"),

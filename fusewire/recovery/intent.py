@@ -66,13 +66,13 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _names(req: Request) -> list[tuple[int, bytes]]:
+def _names(req: Request[Any, Any]) -> list[tuple[int, bytes]]:
     if req.opcode in (Opcode.RENAME, Opcode.RENAME2):
         return [(req.nodeid, req.names[0]), (req.arg.newdir, req.names[1])]
     return [(req.nodeid, req.names[0])]
 
 
-def probe(d: Dispatcher, req: Request, handles: OpenFlags) -> tuple[int, ...] | None:
+def probe(d: Dispatcher, req: Request[Any, Any], handles: OpenFlags) -> tuple[int, ...] | None:
     """The probes of ``req`` (None: this request needs no intent, or cannot be probed)."""
     ops: Any = d.ops
     try:
@@ -99,7 +99,7 @@ def changed(before: tuple[int, ...], now: tuple[int, ...] | None) -> bool:
     return now != before
 
 
-def answer_done(d: Dispatcher, req: Request, before: tuple[int, ...],
+def answer_done(d: Dispatcher, req: Request[Any, Any], before: tuple[int, ...],
                 now: tuple[int, ...]) -> Buffers:
     """The success reply of a request whose handler already ran (see the module doc)."""
     ops = d.ops

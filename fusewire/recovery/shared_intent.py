@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import Request
 from fusewire.errors import errno_of
@@ -85,13 +85,13 @@ class SharedIntentDispatcher(Dispatcher):
         #: the filesystem implements HandleRecovery.entry_identity (intents need it)
         self.probing = probing
 
-    def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
+    def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         result = self._handle(req)
         if self.crash is not None:
             self.crash.check("handler", req.opcode)   # test hook: ran, reply not written
         return result
 
-    def _handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
+    def _handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         if not self.probing or req.opcode not in intent.OPS or self.conn.session is None:
             return Dispatcher.handle(self, req)
         if req.unique >> 63:
@@ -107,7 +107,7 @@ class SharedIntentDispatcher(Dispatcher):
         finally:
             self.table.intent_done(off)
 
-    def _resent(self, req: Request) -> tuple[Buffers | None, list[int]] | None:
+    def _resent(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]] | None:
         found = self.table.find_intent(req.key)
         deadline = time.monotonic() + RUNNING_WAIT
         while (found is not None and found[0] == INTENT_RUNNING and found[1] != os.getpid()

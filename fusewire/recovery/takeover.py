@@ -201,13 +201,13 @@ class RecoveryJournal:
         elif before_init and opcode == Opcode.INIT:
             self.writer.append(jn.RecordType.INIT_IN, bytes(msg))
 
-    def replayed(self, req: Request) -> Buffers | None:
+    def replayed(self, req: Request[Any, Any]) -> Buffers | None:
         reply = self.replies.get(req.key)
         if reply is None:
             return None
         return list(jn.reply_with_unique(reply, req.unique))
 
-    def record(self, req: Request, bufs: Buffers, lookups: list[int]) -> None:
+    def record(self, req: Request[Any, Any], bufs: Buffers, lookups: list[int]) -> None:
         op = req.opcode
         self.crash.check("handler", op)
         reply = b"".join(bufs)
@@ -260,7 +260,7 @@ class RecordingDispatcher(Dispatcher):
         _clock._pinned = None
         return Dispatcher.dispatch(self, buf)
 
-    def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
+    def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         rj = self.rjournal
         if self.conn.session is None:
             return self._handle_init(req)
@@ -283,7 +283,7 @@ class RecordingDispatcher(Dispatcher):
         super().rollback(lookups)
         self.rjournal.nodes.flush_forgets()
 
-    def _handle_init(self, req: Request) -> tuple[Buffers | None, list[int]]:
+    def _handle_init(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         """Before the session exists: journal the INIT as read, then the session."""
         rj = self.rjournal
         if req.opcode == Opcode.INIT and rj.noted is not rj.raw:
@@ -297,7 +297,7 @@ class RecordingDispatcher(Dispatcher):
             rj.writer.append_raw(rj.nodes.take_pending())
         return bufs, lookups
 
-    def _deferred_extra(self, req: Request) -> Any:
+    def _deferred_extra(self, req: Request[Any, Any]) -> Any:
         # a deferred request is journaled when it completes (completion order),
         # by then the loop's buffer holds other messages: keep its bytes
         return bytes(self.rjournal.raw)
@@ -306,7 +306,7 @@ class RecordingDispatcher(Dispatcher):
         self.rjournal.raw = p.slot[2]
         return super().complete(p)
 
-    def _intent(self, req: Request) -> tuple[Buffers | None, list[int]] | None:
+    def _intent(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]] | None:
         """Journal the intent of ``req``; for a re-sent one whose handler already ran,
         the reply (see :mod:`fusewire.recovery.intent`)."""
         rj = self.rjournal
@@ -324,7 +324,7 @@ class RecordingDispatcher(Dispatcher):
                              jn.encode_intent(req.key, req.opcode, probes))
         return None
 
-    def _answer_done(self, req: Request, before: tuple[int, ...],
+    def _answer_done(self, req: Request[Any, Any], before: tuple[int, ...],
                      now: tuple[int, ...]) -> tuple[Buffers | None, list[int]]:
         self._lookups = []
         try:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fusewire import handles as _fh
-from fusewire.connection import Connection, Request, encode_error, parse_request
+from fusewire.connection import Buffers, Connection, Request, encode_error, parse_request
 from fusewire.errors import LocalProtocolError, RemoteProtocolError, errno_of
 from fusewire.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.opcodes.flags import (
@@ -31,6 +31,12 @@ from fusewire.opcodes.table import OPS, OpInfo, Reply, ops_for_profile
 from fusewire.operations import Operations
 from fusewire.server.replies import entry_bytes, open_out_bytes, statx_bytes
 from fusewire.structs.codec import CODECS
+from fusewire.structs.records import (
+    CompoundIn,
+    CreateIn,
+    ReadIn,
+    RevalidateFhIn,
+)
 from fusewire.types import EntryAttributes, FileInfo, FUSEError, RequestContext
 
 __all__ = ["Buffers", "DraftServing"]
@@ -38,7 +44,6 @@ __all__ = ["Buffers", "DraftServing"]
 log = logging.getLogger("fusewire.server.dispatch")
 
 #: reply buffers for writev (bytes-like parts)
-Buffers = list[Any]
 
 _OUT_HDR = CODECS["out_header"].struct
 _PACK_HDR = _OUT_HDR.pack
@@ -55,20 +60,20 @@ class DraftServing:
     conn: Connection
     handles: SessionHandles | None
     nodes: Any  # the dispatcher's NodeTable
-    _handlers: dict[int, Callable[[Request], Buffers | None]]
-    _resolved: dict[int, Callable[[Request], Buffers | None]]
+    _handlers: dict[int, Callable[[Request[Any, Any]], Buffers | None]]
+    _resolved: dict[int, Callable[[Request[Any, Any]], Buffers | None]]
 
     if TYPE_CHECKING:
         @property
         def _lookups(self) -> list[int]: ...
         def _bind(self, code: int, row: OpInfo) -> None: ...
         def implemented(self, handler: str) -> bool: ...
-        def _resolve(self, info: OpInfo) -> Callable[[Request], Buffers | None]: ...
-        def _error(self, req: Request, err: int) -> Buffers | None: ...
-        def _failure(self, req: Request, exc: BaseException) -> Buffers | None: ...
-        def _ok(self, req: Request, *payload: Any) -> Buffers: ...
-        def _ctx(self, req: Request, umask: int = 0) -> RequestContext: ...
-        def _entry(self, req: Request, attr: EntryAttributes, *,
+        def _resolve(self, info: OpInfo) -> Callable[[Request[Any, Any]], Buffers | None]: ...
+        def _error(self, req: Request[Any, Any], err: int) -> Buffers | None: ...
+        def _failure(self, req: Request[Any, Any], exc: BaseException) -> Buffers | None: ...
+        def _ok(self, req: Request[Any, Any], *payload: Any) -> Buffers: ...
+        def _ctx(self, req: Request[Any, Any], umask: int = 0) -> RequestContext: ...
+        def _entry(self, req: Request[Any, Any], attr: EntryAttributes, *,
                    create: bool = False) -> bytes: ...
 
     # -- DRAFT: stable-handle profiles (fusewire.handles) ---------------------------
@@ -103,9 +108,9 @@ class DraftServing:
                 self._bind(code, row)
         self._resolved.clear()
 
-    def _with_parent(self, fn: Callable[[Request], Buffers | None]
-                     ) -> Callable[[Request], Buffers | None]:
-        def checked(req: Request) -> Buffers | None:
+    def _with_parent(self, fn: Callable[[Request[Any, Any]], Buffers | None]
+                     ) -> Callable[[Request[Any, Any]], Buffers | None]:
+        def checked(req: Request[Any, Any]) -> Buffers | None:
             ext = req.ext
             if ext is not None and ext.handle:
                 assert self.handles is not None
@@ -113,7 +118,7 @@ class DraftServing:
             return fn(req)
         return checked
 
-    def _op_readdirplus_handles(self, req: Request) -> Buffers:
+    def _op_readdirplus_handles(self, req: Request[ReadIn, bytes]) -> Buffers:
         assert self.handles is not None
         a = req.arg
         token = self.handles.readdir_token(a.size, entry_bytes)
@@ -121,7 +126,7 @@ class DraftServing:
         self._lookups.extend(token.counted)
         return self._ok(req, token.buf)
 
-    def _by_handle(self, req: Request, handle: bytes) -> EntryAttributes:
+    def _by_handle(self, req: Request[Any, Any], handle: bytes) -> EntryAttributes:
         """LOOKUP_HANDLE of an object's own handle: resolve, then one counted lookup."""
         assert self.handles is not None
         inode = self.handles.resolve(handle)
@@ -132,7 +137,8 @@ class DraftServing:
             raise LocalProtocolError(f"lookup_inode({inode}) answered st_ino {attr.st_ino}")
         return attr
 
-    def _lookup_under_parent_handle(self, req: Request) -> tuple[SessionHandles, EntryAttributes]:
+    def _lookup_under_parent_handle(self, req: Request[Any, Any]
+                                    ) -> tuple[SessionHandles, EntryAttributes]:
         """The RFC LOOKUP_HANDLE's lookup: the parent handle (if sent) checked first."""
         handles = self.handles
         assert handles is not None
@@ -141,12 +147,12 @@ class DraftServing:
             handles.check_parent(req.nodeid, ext.handle)
         return handles, self.ops.lookup(req.nodeid, req.names[0], self._ctx(req))
 
-    def _op_lookup_handle_rfc_v2(self, req: Request) -> Buffers:
+    def _op_lookup_handle_rfc_v2(self, req: Request[None, bytes]) -> Buffers:
         """RFC v2 LOOKUP_HANDLE (54): LOOKUP with the parent's handle; entry_out + handle."""
         _, attr = self._lookup_under_parent_handle(req)
         return self._ok(req, self._entry(req, attr))
 
-    def _op_lookup_handle_rfc_v3(self, req: Request) -> Buffers:
+    def _op_lookup_handle_rfc_v3(self, req: Request[None, bytes]) -> Buffers:
         """RFC v3 LOOKUP_HANDLE (55): by name (+ parent handle); entry2_out + handle.
 
         The posted v3 code has no use for a negative entry (it would iget
@@ -159,7 +165,7 @@ class DraftServing:
         self._lookups.append(attr.st_ino)
         return self._ok(req, data)
 
-    def _mkobj_create(self, req: Request) -> tuple[FileInfo, EntryAttributes]:
+    def _mkobj_create(self, req: Request[Any, Any]) -> tuple[FileInfo, EntryAttributes]:
         handles = self.handles
         assert handles is not None
         a = req.arg
@@ -175,7 +181,7 @@ class DraftServing:
             raise LocalProtocolError(f"MKOBJ_HANDLE returned nodeid {attr.st_ino}")
         return fi, attr
 
-    def _op_mkobj_handle_rfc_v3(self, req: Request) -> Buffers:
+    def _op_mkobj_handle_rfc_v3(self, req: Request[CreateIn, bytes]) -> Buffers:
         """RFC v3 MKOBJ_HANDLE (56) on its own: create; entry2_out + handle, nothing open.
 
         The posted kernel only sends it inside an atomic compound with STATX
@@ -191,7 +197,7 @@ class DraftServing:
         self._lookups.append(attr.st_ino)
         return self._ok(req, data)
 
-    def _op_lookup_handle_fw(self, req: Request) -> Buffers:
+    def _op_lookup_handle_fw(self, req: Request[None, bytes]) -> Buffers:
         handles = self.handles
         assert handles is not None
         name = req.names[0]
@@ -209,7 +215,7 @@ class DraftServing:
             self._lookups.append(attr.st_ino)
         return self._ok(req, data)
 
-    def _op_mkobj_handle_fw(self, req: Request) -> Buffers:
+    def _op_mkobj_handle_fw(self, req: Request[CreateIn, bytes]) -> Buffers:
         handles = self.handles
         assert handles is not None
         fi, attr = self._mkobj_create(req)
@@ -217,7 +223,7 @@ class DraftServing:
         self._lookups.append(attr.st_ino)
         return self._ok(req, data, open_out_bytes(fi))
 
-    def _op_revalidate_fh(self, req: Request) -> Buffers:
+    def _op_revalidate_fh(self, req: Request[RevalidateFhIn, memoryview]) -> Buffers:
         handles = self.handles
         assert handles is not None
         a = req.arg
@@ -241,7 +247,7 @@ class DraftServing:
 
     # -- DRAFT rfc-v3: FUSE_COMPOUND (compound series v5) -------------------------------------
 
-    def _op_compound(self, req: Request) -> Buffers:
+    def _op_compound(self, req: Request[CompoundIn, memoryview]) -> Buffers:
         """FUSE_COMPOUND: ``fuse_compound_in`` + sub-requests in, one sub-reply each out.
 
         Reply: ``fuse_compound_out {count, flags 0, reserved 0}`` + for each
@@ -341,7 +347,7 @@ class DraftServing:
         tail = _fh.ext_tail(raw, pos)
         return _fh.with_extlen(raw, tail) if tail else raw
 
-    def _statx_from_getattr(self, req: Request) -> Buffers:
+    def _statx_from_getattr(self, req: Request[Any, Any]) -> Buffers:
         """STATX for a filesystem without ``statx``: ``fuse_statx_out`` from getattr."""
         return self._ok(req, statx_bytes(self.ops.getattr(req.nodeid, self._ctx(req))))
 

@@ -103,7 +103,7 @@ class _Completions:
             pass
 
 
-def _header_of(req: Request) -> memoryview:
+def _header_of(req: Request[Any, Any]) -> memoryview:
     """A fuse_in_header for ``req`` (what ``on_reply`` hooks read of a deferred one)."""
     return memoryview(_IN_HDR.pack(40, req.opcode, req.unique, req.nodeid, req.uid, req.gid,
                                    req.pid, 0, 0))
@@ -574,7 +574,7 @@ class Server:
                 return True
         return False
 
-    def _bad_reply(self, fd: int, bufs: list[Any], lookups: list[int],
+    def _bad_reply(self, fd: int, bufs: Buffers, lookups: list[int],
                    exc: Exception) -> None:
         """A reply writev could not send: answer its request with EIO instead."""
         self.dispatcher.rollback(lookups)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from fusewire.connection import Request
+from fusewire.connection import Buffers, Request
 from fusewire.handles import HandleEntry
 from fusewire.opcodes.flags import (
     FATTR,
@@ -133,7 +133,7 @@ def format_fields(rec: Any) -> str:
     return " ".join(parts)
 
 
-def request_text(req: Request, name: Callable[[bytes], str] = repr) -> str:
+def request_text(req: Request[Any, Any], name: Callable[[bytes], str] = repr) -> str:
     """``uid=0 gid=0 pid=1 {fields} b'name' +N bytes``: a request after its header.
 
     INIT's flags and flags2 are shown as one 64-bit set.  ``name`` renders
@@ -160,14 +160,14 @@ def request_text(req: Request, name: Callable[[bytes], str] = repr) -> str:
     return line
 
 
-def format_request(req: Request) -> str:
+def format_request(req: Request[Any, Any]) -> str:
     """``unique=0x4 GETATTR nodeid=1 uid=0 ... {getattr_flags=0 fh=0}``."""
     resent = " RESENT" if req.unique >> 63 else ""
     return (f"unique={req.unique & ((1 << 63) - 1):#x}{resent} {req.info.name} "
             f"nodeid={req.nodeid} {request_text(req)}")
 
 
-def format_reply(req: Request, bufs: list[Any] | None, session: SessionLike | None = None
+def format_reply(req: Request[Any, Any], bufs: Buffers | None, session: SessionLike | None = None
                  ) -> str:
     """``   unique=0x4 -> OK 104 bytes {...}`` or ``-> ENOENT``.
 

@@ -100,7 +100,7 @@ class Event:
     error: int | None = None
     latency_ns: int | None = None
     nodeids: set[int] = field(default_factory=set)
-    request: Request | None = None
+    request: Request[Any, Any] | None = None
     record: Record | None = None
 
     @property
@@ -160,7 +160,7 @@ def _errname(err: int) -> str:
 # -- requests -----------------------------------------------------------------------------
 
 
-def request_fields(req: Request) -> dict[str, Any]:
+def request_fields(req: Request[Any, Any]) -> dict[str, Any]:
     """Plain data for a parsed request."""
     out: dict[str, Any] = {"uid": req.uid, "gid": req.gid, "pid": req.pid}
     if req.arg is not None:
@@ -180,12 +180,12 @@ def request_fields(req: Request) -> dict[str, Any]:
     return out
 
 
-def request_text(req: Request) -> str:
+def request_text(req: Request[Any, Any]) -> str:
     """``uid=0 gid=0 pid=1 {fields} 'name' +N bytes`` (names decoded as paths)."""
     return _request_text(req, lambda n: repr(_name(n)))
 
 
-def _request_nodeids(req: Request) -> set[int]:
+def _request_nodeids(req: Request[Any, Any]) -> set[int]:
     ids = {req.nodeid}
     for f in NODEID_FIELDS:
         v = getattr(req.arg, f, None)
@@ -209,7 +209,7 @@ def _entry_text(e: dict[str, Any]) -> str:
     return f"{text} {{{_attr_text(e['attr'])}}}" if "attr" in e else text
 
 
-def decode_reply(req: Request | None, payload: bytes,
+def decode_reply(req: Request[Any, Any] | None, payload: bytes,
                  session: Session | None) -> tuple[int, dict[str, Any], str]:
     """Decode a reply: ``(positive errno or 0, plain fields, one-line text)``.
 
@@ -257,7 +257,7 @@ def _dirent_item(d: Any) -> dict[str, Any]:
     return item
 
 
-def render_reply(req: Request, decoded: Any) -> tuple[dict[str, Any], str]:
+def render_reply(req: Request[Any, Any], decoded: Any) -> tuple[dict[str, Any], str]:
     """Plain fields and one-line text for a reply the decoder returned.
 
     Dispatches on the decoded value's type (never on the row's reply kind:
@@ -380,7 +380,7 @@ def iter_events(reader: CaptureReader | Iterable[Record]) -> Iterator[Event]:
     if session is None and not has_init:
         session = default_session()
     live: Session | None = None if has_init else session
-    pending: dict[int, tuple[Request | None, Record]] = {}
+    pending: dict[int, tuple[Request[Any, Any] | None, Record]] = {}
     for rec in records:
         if rec.kind == Kind.REQUEST:
             yield _request_event(rec, live, pending)
@@ -401,7 +401,7 @@ def iter_events(reader: CaptureReader | Iterable[Record]) -> Iterator[Event]:
 
 
 def _request_event(rec: Record, session: Session | None,
-                   pending: dict[int, tuple[Request | None, Record]]) -> Event:
+                   pending: dict[int, tuple[Request[Any, Any] | None, Record]]) -> Event:
     op = rec.opcode
     unique = rec.unique
     try:
@@ -420,7 +420,7 @@ def _request_event(rec: Record, session: Session | None,
                  request=req, record=rec)
 
 
-def _reply_event(rec: Record, req: Request | None, req_rec: Record | None,
+def _reply_event(rec: Record, req: Request[Any, Any] | None, req_rec: Record | None,
                  session: Session | None) -> Event:
     err, fields, text = decode_reply(req, rec.payload, session)
     latency = rec.time_ns - req_rec.time_ns if req_rec is not None else None

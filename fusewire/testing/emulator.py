@@ -110,7 +110,7 @@ class Pending:
     uid: int
     gid: int
     pid: int
-    request: Request | None = None
+    request: Request[Any, Any] | None = None
     error: RemoteProtocolError | None = None
     #: the message as sent (what a server in another process reads)
     raw: bytes = b""

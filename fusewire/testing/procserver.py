@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from fusewire.connection import Config
+from fusewire.connection import Buffers, Config
 from fusewire.connection import Connection as _Connection
 from fusewire.operations import Operations
 from fusewire.server.dispatch import Dispatcher
@@ -90,13 +90,14 @@ class ProcessServer:
         #: the kernel side's copy of the session (parses what the emulator sends)
         self.conn = _Connection.restore(state, config)
 
-    def dispatch(self, buf: bytes) -> tuple[list[bytes] | None, list[int]]:
+    def dispatch(self, buf: bytes) -> tuple[Buffers | None, list[int]]:
         """Send one message; return (the reply buffers or None, []) like Dispatcher.dispatch."""
         _send_frame(self.sock, bytes(buf))
         reply = _recv_frame(self.sock)
         if reply is None:
             raise NoReplyError(f"server process {self.proc.pid} is gone")
-        return ([reply[1:]] if reply[:1] == b"R" else None), []
+        bufs: Buffers | None = [reply[1:]] if reply[:1] == b"R" else None
+        return bufs, []
 
     def close(self) -> None:
         """Stop the child (it exits when the socket closes) and reap it."""

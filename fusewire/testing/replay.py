@@ -191,8 +191,8 @@ class _Maps:
             out.append((path, exp, act, ""))
 
 
-def rewrite_request(payload: bytes, req: Request, session: Session, node: Mapping[int, int],
-                    fh: Mapping[int, int]) -> bytes:
+def rewrite_request(payload: bytes, req: Request[Any, Any], session: Session,
+                    node: Mapping[int, int], fh: Mapping[int, int]) -> bytes:
     """The request bytes with recorded nodeids and handles replaced by replayed ones."""
     buf = bytearray(payload)
     nid = req.nodeid
