@@ -538,3 +538,34 @@ def test_shared_table_outlives_its_processes() -> None:
         if adopted is not None:
             adopted.close()
         table.close()
+
+
+def test_a_stop_signal_inside_stop_does_not_deadlock(tmp_path: Path) -> None:
+    """A stop signal whose handler runs while this thread is already inside
+    ``Server.stop`` (holding the stop event's non-reentrant lock) must not wait for
+    that lock: it happened to a serving process given SIGTERM twice (parent death
+    and a stop) and left it hung, the mount with it.  Run in a child process so a
+    regression cannot hang the test run."""
+    code = textwrap.dedent("""
+        import signal, sys, threading
+        from fusewire.examples.memfs import MemFS
+        from fusewire.server import Server
+
+        class Event(threading.Event):
+            def set(self):
+                with self._cond:
+                    self._flag = True
+                    signal.raise_signal(signal.SIGUSR1)   # handler runs here, lock held
+                    self._cond.notify_all()
+
+        server = Server(MemFS(), sys.argv[1], "fsname=t")
+        server._stop = Event()
+        signal.signal(signal.SIGUSR1, lambda s, f: server.stop())
+        server.stop()
+        assert server._stop.is_set()
+        server.close(unmount=False)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True, timeout=30, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -149,6 +149,7 @@ class Server:
         self._owns_mount = fd is None
         self.capture = capture
         self._stop = threading.Event()
+        self._stopping = False        # inside stop() (see there)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         #: wakes serve_async's loop through its own self-pipe: close() may close
         #: our pipes before the loop reads the wake-up byte
@@ -362,14 +363,22 @@ class Server:
 
     def stop(self) -> None:
         """Ask every loop to return (thread-safe, signal-safe)."""
-        self._stop.set()
-        self._wake()
-        hook = self._stop_hook
-        if hook is not None:
-            try:
-                hook()
-            except RuntimeError:
-                pass  # the event loop is already closed
+        if self._stopping:
+            # a signal handler interrupted this thread inside stop(): the outer call
+            # finishes the job (Event.set's lock is not reentrant)
+            return
+        self._stopping = True
+        try:
+            self._stop.set()
+            self._wake()
+            hook = self._stop_hook
+            if hook is not None:
+                try:
+                    hook()
+                except RuntimeError:
+                    pass  # the event loop is already closed
+        finally:
+            self._stopping = False
 
     def close(self, *, unmount: bool = True) -> None:
         """Unmount (if we mounted) and close our fds."""

@@ -657,10 +657,17 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
     server._wake_r = server._wake_w = -1
     stop = server._stop = threading.Event()
     reading = [False]
+    fired = [False]
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # Event.set takes the event's (non-reentrant) lock: a second signal that
+        # arrives while the first handler is inside set() must not call it again
+        # (that deadlocked a serving process given SIGTERM twice: PDEATHSIG + stop)
+        if not fired[0]:
+            fired[0] = True
+            stop.set()
         if reading[0]:
+            reading[0] = False
             raise _StopError
 
     for sig in _STOP_SIGNALS:
