@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from fusewire.connection import Request
 from fusewire.errors import errno_of
 from fusewire.recovery import intent
-from fusewire.recovery_api import HandleRecovery
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.processes import INTENT_RUNNING
 from fusewire.types import FUSEError
@@ -77,15 +76,14 @@ class _SharedHandles:
 class SharedIntentDispatcher(Dispatcher):
     """The dispatcher of one serving process of a recoverable multi-process server."""
 
-    def __init__(self, ops: Operations, conn: Connection, table: SharedTable,
-                 crash: CrashHook | None = None) -> None:
+    def __init__(self, ops: Operations, conn: Connection, table: SharedTable, *,
+                 probing: bool, crash: CrashHook | None = None) -> None:
         super().__init__(ops, conn)
         self.table = table
         self.shared_handles = _SharedHandles(table)
         self.crash = crash if crash is not None and crash.active else None
-        # the same test as the single-process journal's (takeover.py): an override
-        self.probing = (isinstance(ops, HandleRecovery)
-                        and type(ops).entry_identity is not HandleRecovery.entry_identity)
+        #: the filesystem implements HandleRecovery.entry_identity (intents need it)
+        self.probing = probing
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         result = self._handle(req)
