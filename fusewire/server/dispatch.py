@@ -75,6 +75,7 @@ from fusewire.opcodes.table import OPS, OpInfo, Reply
 from fusewire.operations import Operations
 from fusewire.readdir import ReaddirToken
 from fusewire.server.draft_serve import Buffers, DraftServing
+from fusewire.server.fastpath import FastPath, build_fast_paths
 from fusewire.server.handles import SessionHandles
 from fusewire.server.replies import (
     attr_fields,
@@ -154,7 +155,8 @@ _READDIRPLUS = int(Opcode.READDIRPLUS)
 #: source files whose frames build replies from a handler's value (see _raised_here)
 _ENCODER_FILES = frozenset({_ts.__code__.co_filename, os.path.abspath(__file__), __file__,
                             entry_bytes.__code__.co_filename,
-                            DraftServing._install_draft.__code__.co_filename})
+                            DraftServing._install_draft.__code__.co_filename,
+                            build_fast_paths.__code__.co_filename})
 
 
 class Journal(Protocol):
@@ -437,6 +439,8 @@ class Dispatcher(DraftServing):
         self._implemented: dict[str, bool] = {}
         for code, row in OPS.items():
             self._bind(code, row)
+        #: opcode -> a fused fast path (fusewire.server.fastpath); None: not built yet
+        self._fast: dict[int, FastPath] | None = None
         #: opcode -> what handle() calls, with the ENOSYS-without-calling rule
         #: already applied (filled on first use of each opcode)
         self._resolved: dict[int, Callable[[Request], Buffers | None]] = {}
@@ -472,6 +476,16 @@ class Dispatcher(DraftServing):
         The caller writes the buffers; if that write fails because the kernel
         no longer waits (ENOENT), it must call :meth:`rollback` with the list.
         """
+        fast = self._fast
+        if fast is None and self.conn.session is not None:
+            fast = self._fast = build_fast_paths(self, Dispatcher, _data)
+        if (fast and len(buf) > 40 and self.journal is None and self.observer is None
+                and not self.debug and "handle" not in self.__dict__):
+            f = fast.get(buf[4])
+            if f is not None:
+                done = f(buf, len(buf))
+                if done is not None:
+                    return done
         try:
             req = self.conn.receive(buf)
         except RemoteProtocolError as exc:
@@ -504,31 +518,11 @@ class Dispatcher(DraftServing):
             if fn is None:
                 fn = self._resolve(info)
             bufs = fn(req)
-        except FUSEError as exc:
-            lookups.clear()
-            bufs = self._error(req, exc.errno)
         except Pending as p:
             return self._defer(req, p, fn), []
-        except LocalProtocolError as exc:
-            lookups.clear()
-            log.error("%s: %s", self._which(req), exc)
-            bufs = self._error(req, exc.errno_hint)
         except Exception as exc:
             lookups.clear()
-            if _raised_here(exc):
-                # Building the reply from the handler's value failed: a wrong type
-                # (or the handler's signature does not fit the call).
-                kind = type(exc)
-                what = ("could not be called" if isinstance(exc, TypeError)
-                        and "argument" in str(exc) else "returned an unusable value")
-                log.error("%s %s (%s: %s); answering EIO", self._which(req), what,
-                          kind.__name__ if kind.__module__ == "builtins"
-                          else f"{kind.__module__}.{kind.__name__}", exc)
-            else:
-                log.exception("%s raised; answering EIO", self._which(req))
-            if self.on_error == "raise":
-                self.fatal = exc
-            bufs = self._error(req, errno.EIO)
+            bufs = self._settle(req, exc)
         if lookups and bufs is not None:
             self.nodes.add(lookups)
         if journal is not None and bufs is not None and not info.idempotent:
@@ -536,6 +530,32 @@ class Dispatcher(DraftServing):
         if self.debug:
             log.debug("%s", format_reply(req, bufs))
         return bufs, lookups
+
+    def _settle(self, req: Request, exc: Exception) -> Buffers | None:
+        """The reply to ``req`` whose handler (or the building of its reply) raised
+        ``exc``: an error reply, or None for a deferral (a :class:`Pending`)."""
+        if isinstance(exc, FUSEError):
+            return self._error(req, exc.errno)
+        if isinstance(exc, Pending):        # raised on a fast path (handle() defers itself)
+            fn = self._resolved.get(req.opcode) or self._resolve(req.info)
+            return self._defer(req, exc, fn)
+        if isinstance(exc, LocalProtocolError):
+            log.error("%s: %s", self._which(req), exc)
+            return self._error(req, exc.errno_hint)
+        if _raised_here(exc):
+            # Building the reply from the handler's value failed: a wrong type
+            # (or the handler's signature does not fit the call).
+            kind = type(exc)
+            what = ("could not be called" if isinstance(exc, TypeError)
+                    and "argument" in str(exc) else "returned an unusable value")
+            log.error("%s %s (%s: %s); answering EIO", self._which(req), what,
+                      kind.__name__ if kind.__module__ == "builtins"
+                      else f"{kind.__module__}.{kind.__name__}", exc)
+        else:
+            log.exception("%s raised; answering EIO", self._which(req))
+        if self.on_error == "raise":
+            self.fatal = exc
+        return self._error(req, errno.EIO)
 
     def _failed(self, req: Request, exc: Exception) -> Buffers | None:
         """EIO for a deferred or async request whose handler or reply failed (the
