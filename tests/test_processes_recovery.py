@@ -128,6 +128,78 @@ def test_killed_serving_process_loses_no_request(start: Any, tmp_path: Path) -> 
     assert "were re-sent; restarted" in m.log.read_text()
 
 
+def _crashing_child(start: Any, tmp_path: Path, point: str) -> tuple[tr.Mount, Path]:
+    """A 2-process recoverable passthrough where the first serving process to reach
+    ``point`` (``handler:OPCODE:n``) dies there: its handler ran, its reply was never
+    written; the parent re-sends the request to whichever process reads next."""
+    token = tmp_path / "crashed"
+    m: tr.Mount = start(crash=point, fs="passthrough", keeper_args=KEEPER_ARGS,
+                        env_extra={"FUSEWIRE_CRASH_ONCE": str(token)})
+    assert len(_serving(m)) == 2
+    return m, token
+
+
+def _answered_from_intent(m: tr.Mount, token: Path) -> None:
+    assert token.exists(), "no serving process reached the crash point"
+    # the parent logs the death after re-sending and restarting, which can be after
+    # the caller already got the answer of the re-sent copy
+    _until(lambda: "were re-sent; restarted" in m.log.read_text())
+    log = m.log.read_text()
+    assert "already took effect: answering from the current state" in log, log[-3000:]
+    assert tr._restarts(m) == 0          # one process died, the server did not
+
+
+def test_resent_mkdir_after_a_serving_process_died_runs_once(start: Any,
+                                                              tmp_path: Path) -> None:
+    """MKDIR ran in a serving process that died before its reply: the re-sent copy,
+    read by another process, finds the intent in the shared table and answers
+    success (not EEXIST)."""
+    m, token = _crashing_child(start, tmp_path, "handler:MKDIR:1")
+    os.mkdir(m.path / "one")
+    os.mkdir(m.path / "two")
+    assert m.source is not None
+    assert sorted(os.listdir(m.source)) == ["one", "two"]
+    _answered_from_intent(m, token)
+
+
+def test_resent_create_rename_unlink_append_run_once(start: Any, tmp_path: Path) -> None:
+    """The other non-idempotent requests, each dying once in a serving process after
+    its handler ran: O_EXCL CREATE keeps a working handle, RENAME and UNLINK do not
+    answer ENOENT, an O_APPEND write lands once."""
+    m, token = _crashing_child(start, tmp_path, "handler:CREATE:1")
+    fd = os.open(m.path / "new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        assert os.write(fd, b"abc") == 3
+    finally:
+        os.close(fd)
+    assert (m.path / "new").read_bytes() == b"abc"
+    _answered_from_intent(m, token)
+    assert m.source is not None
+    mnt = m.path                        # every restart below mounts here again
+    for point, act in (
+            ("handler:RENAME:1", lambda: os.rename(mnt / "new", mnt / "renamed")),
+            ("handler:UNLINK:1", lambda: os.unlink(mnt / "renamed"))):
+        tr._cleanup(m)
+        token.unlink()
+        m, token = _crashing_child(start, tmp_path, point)
+        assert m.path == mnt
+        act()
+        _answered_from_intent(m, token)
+    assert sorted(os.listdir(m.source)) == []
+    tr._cleanup(m)
+    token.unlink()
+    m, token = _crashing_child(start, tmp_path, "handler:WRITE:2")
+    fd = os.open(m.path / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        for i in range(4):
+            assert os.write(fd, b"line %d\n" % i) == 7
+    finally:
+        os.close(fd)
+    want = b"".join(b"line %d\n" % i for i in range(4))
+    assert (m.source / "log").read_bytes() == want       # appended exactly once
+    _answered_from_intent(m, token)
+
+
 def test_graceful_upgrade_keeps_open_files(start: Any) -> None:
     """``upgrade``: the processes finish what they read and stop; the successor
     adopts the table and the clones; open files and the directory fd keep working."""

@@ -30,7 +30,7 @@ locking the source tree.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fusewire.connection import Request
 from fusewire.opcodes.flags import Opcode
@@ -55,6 +55,13 @@ OPS = ops_where("namespace") | {Opcode.WRITE}
 _ENTRY_OPS = frozenset(op for op in ops_where("create_type") if _TABLE[op].reply is Reply.ENTRY)
 
 
+class OpenFlags(Protocol):
+    """``fh -> (nodeid, open flags)`` of the open handles (a dict, or a shared table view)."""
+
+    def get(self, fh: int, /) -> tuple[int, int] | None:
+        """The node and open flags of ``fh``, None if it is not open."""
+
+
 def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
@@ -65,8 +72,7 @@ def _names(req: Request) -> list[tuple[int, bytes]]:
     return [(req.nodeid, req.names[0])]
 
 
-def probe(d: Dispatcher, req: Request,
-          handles: dict[int, tuple[int, int]]) -> tuple[int, ...] | None:
+def probe(d: Dispatcher, req: Request, handles: OpenFlags) -> tuple[int, ...] | None:
     """The probes of ``req`` (None: this request needs no intent, or cannot be probed)."""
     ops: Any = d.ops
     try:

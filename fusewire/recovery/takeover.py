@@ -42,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusewire import recovery_api as _clock
 from fusewire.connection import Config, Connection, Request
@@ -67,6 +67,9 @@ from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
+
+if TYPE_CHECKING:
+    from fusewire.server.processes import SharedTable
 
 __all__ = ["Control", "CrashHook", "KeeperControl", "RecordingDispatcher", "RecoverableServer",
            "RecoveryJournal", "rebuild", "resend_supported", "run_owner", "take_over"]
@@ -98,6 +101,9 @@ class CrashHook:
     """
 
     def __init__(self, spec: str | None) -> None:
+        #: ``$FUSEWIRE_CRASH_ONCE``: a path; a crash point fires only for the process
+        #: that creates it (one crash for a whole group of serving processes)
+        self.once = os.environ.get("FUSEWIRE_CRASH_ONCE")
         self.rules: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}
         for item in (spec or "").split(","):
@@ -117,6 +123,11 @@ class CrashHook:
             return
         seen = self.seen[key] = self.seen.get(key, 0) + 1
         if seen == want:
+            if self.once is not None:
+                try:
+                    os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                except OSError:
+                    return          # another process had its crash
             os._exit(137)
 
 
@@ -443,11 +454,18 @@ class RecoverableServer(Server):
         self.compact_at = 0
         self.compact_records = 0
 
-    def in_child(self) -> None:
+    def in_child(self, table: SharedTable | None = None) -> None:
         """A serving process of a multi-process server (fusewire.server.processes):
         the parent alone talks to the keeper and wrote the journal's session; the
-        state a successor needs is in the shared table the keeper holds."""
-        self.dispatcher = Dispatcher(self.ops, self.conn)
+        state a successor needs is in the shared table the keeper holds, intents
+        for exactly-once mutations included (:mod:`fusewire.recovery.shared_intent`)."""
+        if table is None:
+            self.dispatcher = Dispatcher(self.ops, self.conn)
+        else:
+            from fusewire.recovery.shared_intent import SharedIntentDispatcher
+
+            self.dispatcher = SharedIntentDispatcher(self.ops, self.conn, table,
+                                                     probing=self.rj.probing, crash=self.crash)
         self.on_read = self.on_reply = None
         sock = getattr(self.control, "sock", None)
         if sock is not None:

@@ -96,6 +96,15 @@ _OFF_ALLOC = 16
 _OFF_RELEASE = 24
 _OFF_PIDS = 48
 _OFF_ENTRIES = _OFF_PIDS + 4 * (MAX_PROCESSES + 1)
+# Intent rings (see SharedTable.put_intent), after the open slots: per process a
+# u64 write counter and _RING entries of state, opcode, key, pid, probe count, probes.
+_RING = 16
+_INTENT = struct.Struct("<IIQII4q")
+_INTENT_SIZE = 64
+_RING_SIZE = 8 + _RING * _INTENT_SIZE
+_MAX_PROBES = 4
+INTENT_RUNNING = 1          #: the handler may still be running in its process
+INTENT_DONE = 2             #: the handler returned (its reply may not be written)
 
 
 def _hash(x: int) -> int:
@@ -186,7 +195,8 @@ class SharedTable:
         self._id_idx = _HEAD_SIZE + _LOG_SIZE
         self._key_idx = self._id_idx + (8 << _IDX_BITS)
         self._slots_off = self._key_idx + (8 << _IDX_BITS)
-        self.size = self._slots_off + self.nslots * _SLOT_SIZE
+        self._intents_off = self._slots_off + self.nslots * _SLOT_SIZE
+        self.size = self._intents_off + (MAX_PROCESSES + 1) * _RING_SIZE
 
     def _start(self) -> None:
         self.index = 0
@@ -212,7 +222,10 @@ class SharedTable:
         self = cls.__new__(cls)
         self.slot_base, self.nslots = int(fields[4]), int(fields[5])
         self._layout()
-        if os.fstat(fd).st_size < self.size:
+        size = os.fstat(fd).st_size
+        if size == self._intents_off:
+            os.ftruncate(fd, self.size)    # a table from before the intent rings: add them
+        elif size < self.size:
             raise ValueError("shared table truncated")
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         need = self.slot_base + self.nslots
@@ -332,6 +345,53 @@ class SharedTable:
                 yield
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    # -- intents ---------------------------------------------------------------------------
+    # Exactly-once mutations across processes (fusewire.recovery.intent): before a
+    # namespace-changing request runs, its process writes the request key and the
+    # probes of the state it changes into its own ring; a re-sent copy of that
+    # request, in any process of this group or of a successor group, finds it.
+    # Each ring has one writer (its process); an entry is written with state 0
+    # first and its state last, so a reader never trusts a half-written entry.  A
+    # ring keeps its last _RING intents: a dead process's entries survive its
+    # replacement's first _RING - 1 namespace requests, and the kernel re-sends
+    # the dead process's requests before the replacement is forked.
+
+    def put_intent(self, key: int, opcode: int, probes: tuple[int, ...]) -> int:
+        """Record that this process is about to run request ``key``; returns the
+        entry's offset (for :meth:`intent_done`)."""
+        if len(probes) > _MAX_PROBES:
+            raise ValueError("too many probes")
+        m = self._map
+        ring = self._intents_off + self.index * _RING_SIZE
+        n = int(_U64.unpack_from(m, ring)[0])
+        off = ring + 8 + (n % _RING) * _INTENT_SIZE
+        _U32.pack_into(m, off, 0)
+        padded = tuple(probes) + (0,) * (_MAX_PROBES - len(probes))
+        _INTENT.pack_into(m, off, 0, opcode, key, os.getpid(), len(probes), *padded)
+        _U32.pack_into(m, off, INTENT_RUNNING)
+        _U64.pack_into(m, ring, n + 1)
+        return off
+
+    def intent_done(self, off: int) -> None:
+        """The handler of the intent at ``off`` returned."""
+        _U32.pack_into(self._map, off, INTENT_DONE)
+
+    def find_intent(self, key: int) -> tuple[int, int, int, tuple[int, ...]] | None:
+        """``(state, pid, opcode, probes)`` of the newest intent for request ``key`` in
+        any process's ring, or None."""
+        m = self._map
+        best: tuple[int, int, int, tuple[int, ...]] | None = None
+        for index in range(MAX_PROCESSES + 1):
+            ring = self._intents_off + index * _RING_SIZE
+            if not _U64.unpack_from(m, ring)[0]:
+                continue
+            for e in range(_RING):
+                off = ring + 8 + e * _INTENT_SIZE
+                state, opcode, k, pid, count, *probes = _INTENT.unpack_from(m, off)
+                if state and k == key:
+                    best = (int(state), int(pid), int(opcode), tuple(probes[:count]))
+        return best
 
     # -- the node log ------------------------------------------------------------------
     # Records are appended to the log; two open-addressing indexes (by nodeid
@@ -613,7 +673,7 @@ def _child(server: Server, index: int, table: SharedTable, parent_fd: int,
             os.close(other)
     in_child = getattr(server, "in_child", None)
     if in_child is not None:
-        in_child()          # e.g. a recoverable server: a dispatcher that journals nothing
+        in_child(table)     # e.g. a recoverable server: a dispatcher writing shared intents
     server.fd = fd
     table.become(index)
     signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
