@@ -599,7 +599,10 @@ def test_resend_redelivers_an_unanswered_request(live_factory: Callable[..., Liv
     # the held handler ran to completion too, but the kernel refused its reply
     # (ENOENT: nobody waits for that unique any more) and the lookup it
     # carried was rolled back: the kernel and the node table agree on 1
-    assert live.wait_for(lambda: unique in live.replied)
+    # (the caller wakes when the re-sent copy's reply is written, which can be
+    # before the serving thread's on_reply records it: wait for both records)
+    assert live.wait_for(lambda: unique in live.replied
+                         and unique | FUSE_UNIQUE_RESEND in live.replied)
     assert live.replied.count(unique | FUSE_UNIQUE_RESEND) == 1
     assert live.lookups(ino) == 1
     assert live.fs.lookups_of_held[-2:] == [(unique, False), (unique | FUSE_UNIQUE_RESEND, True)]
