@@ -304,6 +304,12 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                     node = self._inodes[ent & _INO_MASK]
                     node.nlookup += 1
                     return self._attr(node)
+                if name != b"." and name != b"..":
+                    # a miss (a create's lookup): the same checks as below, once
+                    _check_name(name)
+                    if self.negative_timeout > 0:
+                        return EntryAttributes(0, entry_timeout=self.negative_timeout)
+                    raise _err(errno.ENOENT)
             parent, d = self._dirnode(parent_inode)
             if name == b".":
                 return self._entry(parent)

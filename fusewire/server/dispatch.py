@@ -478,7 +478,9 @@ class Dispatcher(DraftServing):
         """
         fast = self._fast
         if fast is None and self.conn.session is not None:
-            fast = self._fast = build_fast_paths(self, Dispatcher, _data)
+            # (a NodeTable subclass, e.g. a journaled one, counts its own way)
+            fast = self._fast = (build_fast_paths(self, Dispatcher, _data)
+                                 if type(self.nodes) is NodeTable else {})
         if (fast and len(buf) > 40 and self.journal is None and self.observer is None
                 and not self.debug and "handle" not in self.__dict__):
             f = fast.get(buf[4])

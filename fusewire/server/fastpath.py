@@ -27,10 +27,12 @@ The rules that keep the result identical to the generic path:
   those of :meth:`~fusewire.server.dispatch.Dispatcher.handle`.
 * :func:`build_fast_paths` offers a fast path only where the generic one
   would do exactly this: the handler is implemented and not ``async``, the
-  session's structs are full size, no draft handle profile, and the
-  dispatcher's class does not override the ``_op_*`` function or
-  ``handle``.  The dispatcher also skips every fast path while a journal,
-  an observer, ``debug`` or an instance-level ``handle`` is in place.
+  session's structs are full size, no draft handle profile, the dispatcher's
+  class does not override the ``_op_*`` function or ``handle``, and its
+  node table is a plain ``NodeTable`` (whose ``add`` of one nodeid the
+  LOOKUP and CREATE paths do inline, under its lock).  The dispatcher also
+  skips every fast path while a journal, an observer, ``debug`` or an
+  instance-level ``handle`` is in place.
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
     retire = conn.retire
     interrupted = conn.is_interrupted
     nodes = d.nodes
+    nodes_lock = nodes.lock
+    counts = nodes.counts
     pack_out = _OUT.pack
     pack_entry = _OUT_ENTRY.pack
     entry_size = _OUT_ENTRY.size
@@ -174,9 +178,6 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         req = parse_request(buf, session)
         return d._settle(req, exc), []
 
-    def ctx(uid: int, gid: int, pid: int, umask: int, unique: int) -> Any:
-        return d._context(uid, gid, pid, umask, unique, None, unique > mask, interrupted, ())
-
     def lookup(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
         size, op, unique, nodeid, uid, gid, pid, ext, _ = _IN.unpack_from(buf)
         if size != n or op != _LOOKUP or ext or buf[n - 1]:
@@ -186,9 +187,13 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return None
         inflight[unique & mask] = op
         try:
-            a = ops.lookup(nodeid, name, ctx(uid, gid, pid, 0, unique))
-            ev, evn = _ts(a.entry_timeout)
-            av, avn = _ts(a.attr_timeout)
+            ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
+                             interrupted, ())
+            a = ops.lookup(nodeid, name, ctx)
+            t = a.entry_timeout
+            ev, evn = (0, 0) if t <= 0 else _ts(t)
+            t = a.attr_timeout
+            av, avn = (0, 0) if t <= 0 else _ts(t)
             out = [pack_entry(entry_size, 0, unique, a.st_ino, a.generation, ev, av, evn, avn,
                               *attr_fields(a))]
         except FUSEError as exc:
@@ -198,7 +203,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         retire(unique)
         ino = a.st_ino
         if ino:
-            nodes.add((ino,))
+            with nodes_lock:        # NodeTable.add of one nodeid
+                counts[ino] = counts.get(ino, 0) + 1
             return out, [ino]
         return out, []
 
@@ -214,12 +220,16 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return None
         inflight[unique & mask] = op
         try:
-            fi, a = ops.create(nodeid, name, mode, flags, ctx(uid, gid, pid, umask, unique))
+            ctx = d._context(uid, gid, pid, umask, unique, None, unique > mask,
+                             interrupted, ())
+            fi, a = ops.create(nodeid, name, mode, flags, ctx)
             ino = a.st_ino
             if ino == 0 or ino == FUSE_ROOT_ID:
                 raise LocalProtocolError(f"CREATE returned nodeid {ino}")
-            ev, evn = _ts(a.entry_timeout)
-            av, avn = _ts(a.attr_timeout)
+            t = a.entry_timeout
+            ev, evn = (0, 0) if t <= 0 else _ts(t)
+            t = a.attr_timeout
+            av, avn = (0, 0) if t <= 0 else _ts(t)
             out = [pack_entry(entry_size + _OPEN_OUT_SIZE, 0, unique, ino, a.generation, ev, av,
                               evn, avn, *attr_fields(a)), open_out_bytes(fi)]
         except FUSEError as exc:
@@ -227,7 +237,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
-        nodes.add((ino,))
+        with nodes_lock:
+            counts[ino] = counts.get(ino, 0) + 1
         return out, [ino]
 
     def write(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -240,7 +251,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         inflight[unique & mask] = op
         try:
             if wflags & _KILL_SUIDGID:
-                ops.write_kill_suidgid(fh, ctx(uid, gid, pid, 0, unique))
+                ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
+                                 interrupted, ())
+                ops.write_kill_suidgid(fh, ctx)
             done = ops.write(fh, offset, memoryview(buf)[80:n])
             if done > count:
                 raise LocalProtocolError(f"write returned {done} for {count} bytes")
@@ -298,7 +311,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return None
         inflight[unique & mask] = op
         try:
-            ops.unlink(nodeid, name, ctx(uid, gid, pid, 0, unique))
+            ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
+                             interrupted, ())
+            ops.unlink(nodeid, name, ctx)
         except FUSEError as exc:
             return error(unique, exc.errno)
         except Exception as exc:
@@ -318,7 +333,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return None
         inflight[unique & mask] = op
         try:
-            value = data(ops.getxattr(nodeid, name, ctx(uid, gid, pid, 0, unique)),
+            ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
+                             interrupted, ())
+            value = data(ops.getxattr(nodeid, name, ctx),
                           "getxattr")
             if want == 0:
                 out = [_OUT_GETXATTR.pack(24, 0, unique, len(value), 0)]
@@ -342,7 +359,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return None
         inflight[unique & mask] = op
         try:
-            a = ops.getattr(nodeid, ctx(uid, gid, pid, 0, unique))
+            ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
+                             interrupted, ())
+            a = ops.getattr(nodeid, ctx)
             t = a.attr_timeout
             if t > 0:
                 whole = int(t)
