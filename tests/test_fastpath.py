@@ -310,3 +310,29 @@ def test_a_pending_raised_on_a_fast_path_is_deferred() -> None:
     data = b"".join(bytes(b) for b in bufs or [])
     assert OUT.unpack_from(data) == (17, 0, 11) and data[16:] == b"v"
     assert not d.pending and not d.conn.inflight
+
+
+def test_observer_or_handle_set_later_sees_every_request() -> None:
+    """Setting an observer, debug or a replacement handle() after INIT turns the fast
+    paths off at once; clearing it turns them on again."""
+    fast, _slow = _pair()
+    getattr_msg = _msg(Opcode.GETATTR, 10, ROOT, struct.pack("<IIQ", 0, 0, 0))
+    fast.dispatch(getattr_msg)
+    assert fast._fast and Opcode.GETATTR in fast._fast
+    seen: list[int] = []
+    fast.observer = lambda req: seen.append(req.opcode)
+    fast.dispatch(getattr_msg)
+    assert seen == [Opcode.GETATTR]
+    fast.observer = None
+    fast.dispatch(getattr_msg)
+    assert seen == [Opcode.GETATTR]
+    real = fast.handle
+    handled: list[int] = []
+
+    def spy(req: Request) -> Any:
+        handled.append(req.opcode)
+        return real(req)
+
+    fast.handle = spy                       # type: ignore[method-assign]
+    fast.dispatch(getattr_msg)
+    assert handled == [Opcode.GETATTR]

@@ -223,6 +223,9 @@ def _eager_task() -> Any:
     return asyncio.Task
 
 
+#: Dispatcher attributes whose assignment makes it decide its fast paths again
+_FAST_SWITCHES = frozenset({"observer", "journal", "debug", "handle", "nodes", "ops", "conn"})
+
 #: handlers that may not be coroutines (called outside requests, or before any loop)
 _SYNC_ONLY = frozenset({"init", "destroy"})
 
@@ -477,12 +480,9 @@ class Dispatcher(DraftServing):
         no longer waits (ENOENT), it must call :meth:`rollback` with the list.
         """
         fast = self._fast
-        if fast is None and self.conn.session is not None:
-            # (a NodeTable subclass, e.g. a journaled one, counts its own way)
-            fast = self._fast = (build_fast_paths(self, Dispatcher, _data)
-                                 if type(self.nodes) is NodeTable else {})
-        if (fast and len(buf) > 40 and self.journal is None and self.observer is None
-                and not self.debug and "handle" not in self.__dict__):
+        if fast is None:
+            fast = self._fast = self._fast_paths()
+        if fast and len(buf) > 40:
             f = fast.get(buf[4])
             if f is not None:
                 done = f(buf, len(buf))
@@ -499,6 +499,22 @@ class Dispatcher(DraftServing):
                 return None, []
             return [_PACK_HDR(16, -exc.errno_hint, exc.unique)], []
         return self.handle(req)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _FAST_SWITCHES:
+            object.__setattr__(self, "_fast", None)     # decided again on the next message
+
+    def _fast_paths(self) -> dict[int, FastPath] | None:
+        """The fused fast paths that apply now (None before INIT: asked again)."""
+        if self.conn.session is None:
+            return None
+        if (self.journal is not None or self.observer is not None or self.debug
+                or "handle" in self.__dict__ or type(self.nodes) is not NodeTable):
+            # every message must reach the journal, the observer, the trace or a
+            # replaced handle(); a NodeTable subclass (journaled) counts its own way
+            return {}
+        return build_fast_paths(self, Dispatcher, _data)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
         """Handle a parsed request (see :meth:`dispatch`)."""
