@@ -13,7 +13,12 @@ what the class declares, by inheriting one of the mixins below:
     take the time from :func:`now_ns` (the library pins it to the time the
     request first ran), never from ``time``; inode numbers and fh values come
     from counters in the snapshot.  The kernel's lookup counts are given back
-    through :meth:`~ReplayRecovery.replay_finished`.
+    through :meth:`~ReplayRecovery.replay_finished`.  Bulk state (memfs's file
+    data) may live in descriptors that outlive the server instead
+    (:meth:`~ReplayRecovery.recovery_fds`): the keeper holds them, each
+    successor gets them (:meth:`~ReplayRecovery.attach_recovery_fds`), and the
+    journal leaves out the request data kept there
+    (:meth:`~ReplayRecovery.journal_omits_data`).
 
 ``HandleRecovery`` -> mode ``handles``
     State lives outside the process (passthrough: a directory tree).  Every
@@ -38,7 +43,7 @@ name of a filesystem.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 from fusewire.operations import Operations
 
@@ -117,6 +122,53 @@ class ReplayRecovery:
         counts can differ from a previous call (a warm spare made one for
         the snapshot); the others are already right.
         """
+
+    # -- state kept outside the process (optional) --------------------------------------
+
+    def recovery_fds(self) -> Sequence[int]:
+        """Descriptors of state this filesystem keeps outside its process (e.g. a
+        memfd of file data), to be held for the whole mount.
+
+        Called once, in the first server of a recoverable mount, before it
+        serves or journals anything; the keeper (or systemd's fd store) keeps
+        a duplicate and hands them to every successor through
+        :meth:`attach_recovery_fds`.  The default: none.  The filesystem still
+        owns the returned descriptors (it must keep them open).
+        """
+        return ()
+
+    def attach_recovery_fds(self, fds: Sequence[int]) -> None:
+        """A successor (or a warm spare at takeover): the descriptors the first
+        server returned from :meth:`recovery_fds`, in the same order, now owned
+        by this filesystem.  Called before the log is replayed; a warm spare has
+        already loaded the snapshot, a cold successor loads it after this call.
+        Not called where there are none."""
+
+    def journal_omits_data(self) -> Collection[int]:
+        """Opcodes whose request *data* (the bytes after the fixed arguments, e.g. a
+        WRITE's payload) the journal leaves out, because the filesystem keeps
+        them in its :meth:`recovery_fds`.
+
+        Such a request is journaled with its header and arguments only, and
+        re-executed during a replay with zero bytes in place of its data: the
+        handler must then redo its bookkeeping (sizes, allocation) exactly as
+        the first time and must not store those bytes.  A request the dead
+        server executed but never journaled is re-sent by the kernel
+        (NOTIFY_RESEND) and executed normally: the filesystem must make that
+        repetition harmless (the same bytes written at the same place).
+        Asked after :meth:`recovery_fds`/:meth:`attach_recovery_fds`.
+        """
+        return ()
+
+    def snapshot_taken(self) -> None:
+        """The last :meth:`dump_state` blob is now the journal's base (a compaction
+        was committed): nothing will replay an older log.  State kept only for
+        such a replay (memfs: freed blocks, not reused before a snapshot) can go."""
+
+    def snapshot_wanted(self) -> bool:
+        """Whether the filesystem asks for a compaction soon (e.g. freed storage it
+        cannot reuse before one).  Polled every few hundred journal records."""
+        return False
 
 
 class HandleRecovery:

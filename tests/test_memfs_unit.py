@@ -77,11 +77,15 @@ def openrw(fs: MemFS, ino: int, flags: int = os.O_RDWR) -> int:
     return fs.open(ino, flags, CTX).fh
 
 
-@pytest.fixture
-def fs() -> MemFS:
+@pytest.fixture(params=["heap", "memfd"])
+def fs(request: pytest.FixtureRequest) -> MemFS:
     # a world-writable root: the tests create files there as USER, and memfs
     # checks permissions itself
-    return MemFS(entry_timeout=1.0, attr_timeout=1.0, root_mode=0o777)
+    fs = MemFS(entry_timeout=1.0, attr_timeout=1.0, root_mode=0o777)
+    if request.param == "memfd":
+        # file data in blocks of a memfd, as on a recoverable mount
+        assert len(fs.recovery_fds()) == 1
+    return fs
 
 
 # -- basics ------------------------------------------------------------------------
@@ -1057,6 +1061,7 @@ def test_dump_and_load_state(fs: MemFS) -> None:
 
     succ = MemFS()
     succ.load_state(blob)
+    succ.attach_recovery_fds(fs.recovery_fds())    # memfd: the data (heap: none)
     assert succ.inode_for_handle(handle) == f
     assert succ.read(fh, 0, 5) == b"hello"
     assert succ.read(fh, 5 * CHUNK_SIZE, 10) == b"tail"

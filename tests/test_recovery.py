@@ -593,7 +593,11 @@ def test_big_snapshot_does_not_compact_on_every_reply(start: Any,
     # A snapshot larger than the compaction threshold must not count as new log.
     monkeypatch.setenv("FUSEWIRE_COMPACT_BYTES", str(1 << 20))
     m = start()
-    (m.path / "big").write_bytes(os.urandom(3 << 20))   # > 1 MiB of REQ records: compacts
+    (m.path / "big").write_bytes(os.urandom(3 << 20))
+    # file data is not journaled (memfs keeps it in a memfd): xattr values are, and
+    # the snapshot keeps them: > 1 MiB of REQ records compacts into a > 1 MiB snapshot
+    for i in range(24):
+        os.setxattr(m.path / "big", f"user.x{i}", os.urandom(60 << 10))
     for _ in range(3):
         (m.path / "small").write_bytes(b"x")
     before = m.status()["compactions"]

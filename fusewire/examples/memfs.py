@@ -3,7 +3,9 @@
 Everything lives in Python objects: inodes are small ``__slots__`` records
 kept in one table keyed by inode number (which is also the FUSE nodeid),
 directories keep their entries in insertion order with a per-entry cookie,
-and file data is a sparse dict of 64 KiB chunks (a missing chunk is a hole).
+and file data is a sparse dict of 64 KiB chunks (a missing chunk is a hole),
+on the heap or, on a recoverable mount, in a memfd the keeper holds
+(:mod:`fusewire.examples.memfs_data`).
 
 Supported: regular files, directories, hard links, symlinks, fifos, sockets
 and device nodes; ownership and permission bits (with setgid-directory
@@ -33,6 +35,7 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from fusewire.examples.memfs_blocks import BlockStore
 from fusewire.examples.memfs_data import MemFSData
 from fusewire.examples.memfs_locks import MemFSLocks
 from fusewire.examples.memfs_nodes import (
@@ -97,7 +100,8 @@ from fusewire.types import (
     StatvfsData,
 )
 
-__all__ = ["CHUNK_SIZE", "FS_NODUMP_FL", "MemFS"]
+__all__ = ["CHUNK_SIZE", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "FALLOC_FL_ZERO_RANGE",
+           "FS_NODUMP_FL", "SEEK_DATA", "SEEK_HOLE", "MemFS"]
 
 
 _FSXATTR = struct.Struct("<IIIII8x")
@@ -152,6 +156,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
         self._next_ino = _ROOT + 1
         self._next_fh = 1
         self._used = 0                              # bytes held in chunks and xattrs
+        self._store: BlockStore | None = None       # file data on the heap (recovery_fds)
         self._linkable: set[int] = set()            # O_TMPFILE inodes linkat may name
         self._iflags: dict[int, int] = {}           # inode -> chattr flags (when not 0)
         self.locks = LockTable()                    # POSIX and flock locks, with waiters
@@ -211,10 +216,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
         data = node.data
         blocks = node.blocks
         if blocks < 0:
-            blocks = 0
-            if isinstance(data, dict):
-                blocks = sum((len(c) + _BLOCK - 1) // _BLOCK for c in data.values()) * 8
-            node.blocks = blocks
+            blocks = node.blocks = self._data_blocks(node)
         if isinstance(data, _Dir):
             size = (len(data) + 2) * _BOGO_DIRENT_SIZE
         else:
@@ -258,8 +260,7 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
                 or self._replaying):
             return
         del self._inodes[node.ino]
-        if node.chunks:
-            self._used -= sum(len(c) for c in node.chunks.values())
+        self._free_data(node)
         if node.xattrs:
             self._used -= _xattr_bytes(node.xattrs)
         self._linkable.discard(node.ino)
@@ -814,40 +815,6 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             fh = self._open_handle(node, flags, False)
             return FileInfo(fh=fh, keep_cache=True), self._entry(node)
 
-    def read(self, fh: int, off: int, size: int) -> bytes | bytearray:
-        """Read up to ``size`` bytes (holes read as zeros)."""
-        with self._lock:
-            h, node = self._file_handle(fh, write=False)
-            if off < 0:
-                raise _err(errno.EINVAL)
-            data = self._read_data(node, off, size)
-            if not h.flags & os.O_NOATIME:
-                self._touch_atime(node)
-            return data
-
-    def write(self, fh: int, off: int, buf: memoryview) -> int:
-        """Write at ``off`` (at end of file for O_APPEND handles)."""
-        with self._lock:
-            h, node = self._file_handle(fh, write=True)
-            self._immutable(node, append_ok=bool(h.flags & os.O_APPEND))
-            if h.flags & os.O_APPEND:
-                off = node.size
-            if off < 0:
-                raise _err(errno.EINVAL)
-            if off + len(buf) > OFFSET_MAX:
-                raise _err(errno.EFBIG)
-            self._write_data(node, off, buf)
-            node.mtime = node.ctime = _now()
-            return len(buf)
-
-    def write_kill_suidgid(self, fh: int, ctx: RequestContext) -> None:
-        """An unprivileged write is coming: clear the set-ID bits as write(2) does."""
-        with self._lock:
-            _, node = self._file_handle(fh, write=True)
-            if node.mode & (stat.S_ISUID | stat.S_ISGID):
-                self._kill_suid(node, ctx)
-                node.ctime = _now()
-
     def release(self, fh: int) -> None:
         """Close a file handle; drop its flock and the POSIX locks taken through it."""
         with self._lock:
@@ -863,104 +830,6 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             node = self._inodes.get(h.ino)
             if node is not None:
                 self._maybe_free(node)
-
-    def fallocate(self, fh: int, mode: int, offset: int, length: int,
-                  ctx: RequestContext) -> None:
-        """Modes: 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE[|KEEP_SIZE]."""
-        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-            raise _err(errno.EOPNOTSUPP)
-        if mode & FALLOC_FL_PUNCH_HOLE and (not mode & FALLOC_FL_KEEP_SIZE
-                                            or mode & FALLOC_FL_ZERO_RANGE):
-            raise _err(errno.EOPNOTSUPP)
-        if offset < 0 or length <= 0:
-            raise _err(errno.EINVAL)
-        with self._lock:
-            _, node = self._file_handle(fh, write=True)
-            if not stat.S_ISREG(node.mode):
-                raise _err(errno.ENODEV)
-            self._immutable(node, append_ok=mode & ~FALLOC_FL_KEEP_SIZE == 0)
-            end = offset + length
-            if end > OFFSET_MAX:
-                raise _err(errno.EFBIG)
-            now = _now()
-            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
-                self._zero_range(node, offset, min(end, node.size))
-                node.mtime = node.ctime = now
-            elif end - node.size > self.max_bytes - self._used:
-                raise _err(errno.ENOSPC)
-            if not mode & FALLOC_FL_KEEP_SIZE and end > node.size:
-                node.size = end
-                node.mtime = now
-            node.ctime = now
-
-    def lseek(self, fh: int, offset: int, whence: int, ctx: RequestContext) -> int:
-        """SEEK_DATA / SEEK_HOLE over the chunk map (ENXIO at or past EOF)."""
-        with self._lock:
-            h = self._handle(fh)
-            node = self._get(h.ino)
-            size = node.size
-            if whence == os.SEEK_SET:
-                return offset
-            if whence == os.SEEK_END:
-                return size + offset
-            if whence not in (SEEK_DATA, SEEK_HOLE):
-                raise _err(errno.EINVAL)
-            if offset < 0 or offset >= size:
-                raise _err(errno.ENXIO)
-            chunks = node.chunks or {}
-            idx = offset // CHUNK_SIZE
-            if whence == SEEK_DATA:
-                if idx in chunks:
-                    return offset
-                later = [i for i in chunks if i > idx]
-                if not later:
-                    raise _err(errno.ENXIO)
-                pos = min(later) * CHUNK_SIZE
-                if pos >= size:
-                    raise _err(errno.ENXIO)
-                return pos
-            while idx in chunks:
-                idx += 1
-            return min(max(offset, idx * CHUNK_SIZE), size)
-
-    def copy_file_range(self, fh_in: int, off_in: int, inode_out: int, fh_out: int,
-                        off_out: int, length: int, flags: int,
-                        ctx: RequestContext) -> int:
-        """Copy between two open files, keeping holes; bounded by the source EOF."""
-        if flags:
-            raise _err(errno.EINVAL)
-        if off_in < 0 or off_out < 0 or length < 0:
-            raise _err(errno.EINVAL)
-        with self._lock:
-            _, src = self._file_handle(fh_in, write=False)
-            hout, dst = self._file_handle(fh_out, write=True)
-            if hout.flags & os.O_APPEND:
-                raise _err(errno.EBADF)
-            self._immutable(dst)
-            if not stat.S_ISREG(src.mode) or not stat.S_ISREG(dst.mode):
-                raise _err(errno.EINVAL)
-            n = max(0, min(length, src.size - off_in))
-            if src is dst and off_in < off_out + n and off_out < off_in + n:
-                raise _err(errno.EINVAL)
-            if not n:
-                return 0
-            if off_out + n > OFFSET_MAX:
-                raise _err(errno.EFBIG)
-            chunks = src.chunks or {}
-            pos = 0
-            while pos < n:
-                idx, coff = divmod(off_in + pos, CHUNK_SIZE)
-                step = min(CHUNK_SIZE - coff, n - pos)
-                if idx in chunks:
-                    self._write_data(dst, off_out + pos,
-                                     self._read_data(src, off_in + pos, step))
-                else:
-                    self._zero_range(dst, off_out + pos, min(off_out + pos + step, dst.size))
-                pos += step
-            dst.size = max(dst.size, off_out + n)
-            dst.mtime = dst.ctime = _now()
-            self._touch_atime(src)
-            return n
 
     # -- directories -----------------------------------------------------------
 

@@ -11,7 +11,7 @@ import errno
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fusewire.readdir import PackedListing
 from fusewire.recovery_api import now_ns
@@ -171,13 +171,14 @@ class _Inode:
         self.size = 0
         self.atime = self.mtime = self.ctime = self.btime = now
         self.nlookup = 0
-        self.data: dict[int, bytearray] | _Dir | bytes | int | None = None
+        #: chunk index -> bytearray (heap) or int (block store: memfs_blocks)
+        self.data: dict[int, Any] | _Dir | bytes | int | None = None
         self.xattrs: dict[bytes, bytes] | None = None
         #: st_blocks of the chunk map, or -1 when a write changed it since
         self.blocks = -1
 
     @property
-    def chunks(self) -> dict[int, bytearray] | None:
+    def chunks(self) -> dict[int, Any] | None:
         data = self.data
         return data if isinstance(data, dict) else None
 

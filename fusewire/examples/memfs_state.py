@@ -1,8 +1,12 @@
 """MemFS's state for recovery by replay: the snapshot and the replay hooks.
 
 One job: :meth:`MemFSState.dump_state` / :meth:`MemFSState.load_state` (a
-pickle of plain builtin containers only) and the ``replay_started`` /
-``replay_finished`` hooks of :class:`fusewire.ReplayRecovery`.
+pickle of plain builtin containers only) and the hooks of
+:class:`fusewire.ReplayRecovery`: ``replay_started`` / ``replay_finished``,
+and the file-data store that outlives the server (``recovery_fds``,
+``attach_recovery_fds``, ``journal_omits_data``, ``snapshot_taken``,
+``snapshot_wanted``; see :mod:`fusewire.examples.memfs_blocks`).  With the
+store, a snapshot holds each file's block map, not its bytes.
 :class:`MemFSState` is a mixin of :class:`fusewire.examples.memfs.MemFS`.
 """
 
@@ -12,15 +16,21 @@ import io
 import pickle
 import stat
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from fusewire.examples.memfs_blocks import LEN_BITS, LEN_MASK, BlockStore
 from fusewire.examples.memfs_nodes import _Dir, _Handle, _Inode, _xattr_bytes
 from fusewire.locks import LockTable
+from fusewire.opcodes.flags import Opcode
 
 __all__ = ["MemFSState"]
 
 _STATE_VERSION = 1
+#: ask for a snapshot once this many bytes of freed blocks wait for one (plus a
+#: quarter of the data): they are neither reused nor released before it
+QUARANTINE_BYTES = 64 << 20
+_WRITE_ONLY = frozenset({int(Opcode.WRITE)})
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -44,6 +54,7 @@ class MemFSState:
     _linkable: set[int]
     _iflags: dict[int, int]
     _replaying: bool
+    _store: BlockStore | None
     locks: LockTable
     max_bytes: int
     max_inodes: int
@@ -56,7 +67,8 @@ class MemFSState:
         with self._lock:
             inodes = []
             for n in self._inodes.values():
-                # the bytearrays themselves: pickled at once, under the lock (no copy)
+                # the bytearrays themselves: pickled at once, under the lock (no
+                # copy); with a block store, the block map only
                 chunks = None if n.chunks is None else dict(n.chunks)
                 dirstate = None
                 if n.dir is not None:
@@ -79,6 +91,8 @@ class MemFSState:
                 "linkable": sorted(self._linkable),
                 **self.locks.export(),
                 "iflags": dict(self._iflags),
+                # blocks ever handed out; those no file uses are free in the snapshot
+                "blocks": None if self._store is None else self._store.hwm,
             }
             return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -111,6 +125,11 @@ class MemFSState:
             raise ValueError("not a MemFS state of a supported version")
         inodes: dict[int, _Inode] = {}
         used = 0
+        hwm = state.get("blocks")
+        if hwm is None and self._store is not None and any(n[12] for n in state["inodes"]):
+            raise ValueError("the MemFS state keeps file data on the heap, this "
+                             "filesystem keeps it in a memfd (recovery_fds)")
+        in_use: set[int] = set()
         for (ino, mode, nlink, uid, gid, rdev, size, atime, mtime, ctime, btime,
              nlookup, chunks, dirstate, target, xattrs) in state["inodes"]:
             n = _Inode(ino, mode, uid, gid, 0)
@@ -123,7 +142,11 @@ class MemFSState:
                 n.data = rdev
             elif target is not None:
                 n.data = target
-            if chunks is not None:
+            if chunks is not None and hwm is not None:
+                n.data = dict(chunks)           # block << LEN_BITS | length
+                used += sum(c & LEN_MASK for c in chunks.values())
+                in_use.update(c >> LEN_BITS for c in chunks.values())
+            elif chunks is not None:
                 # chunks are pickled bytearrays: take them as they are (no copy)
                 n.data = {i: c if isinstance(c, bytearray) else bytearray(c)
                           for i, c in chunks.items()}
@@ -152,3 +175,50 @@ class MemFSState:
             self._linkable = set(state["linkable"])
             self._iflags = dict(state.get("iflags") or {})
             self.locks.load(state["plocks"], state["flocks"])
+            if hwm is not None:
+                if self._store is None:
+                    self._store = BlockStore()      # the memfd comes with attach
+                self._store.reset(hwm, in_use)
+            elif self._store is not None and not any(n.chunks for n in inodes.values()):
+                self._store.reset(0, set())
+
+    # -- file data that outlives the server (fusewire.ReplayRecovery) -----------------
+
+    def recovery_fds(self) -> Sequence[int]:
+        """The first server of a recoverable mount: keep file data in a memfd (from
+        now on), which the keeper holds for every successor."""
+        with self._lock:
+            if self._store is None:
+                if any(n.chunks for n in self._inodes.values()):
+                    return ()       # data on the heap already: it stays there
+                self._store = BlockStore()
+                self._store.attach(None)
+            assert self._store.fd is not None
+            return (self._store.fd,)
+
+    def attach_recovery_fds(self, fds: Sequence[int]) -> None:
+        """A successor: map the memfd the first server created (before or after the
+        snapshot is loaded)."""
+        if not fds:
+            return
+        with self._lock:
+            if self._store is None:
+                self._store = BlockStore()
+            self._store.attach(fds[0])
+
+    def journal_omits_data(self) -> Collection[int]:
+        """WRITE data is in the memfd: the journal records a WRITE's header only."""
+        return _WRITE_ONLY if self._store is not None else ()
+
+    def snapshot_taken(self) -> None:
+        """The last :meth:`dump_state` is the journal's base now: freed blocks go
+        back to the kernel and may be reused (see memfs_blocks)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.commit()
+
+    def snapshot_wanted(self) -> bool:
+        """Ask for a snapshot when freed blocks waiting for one pass a bound."""
+        store = self._store
+        return store is not None and (
+            store.quarantined_bytes() > QUARANTINE_BYTES + self._used // 4)

@@ -8,6 +8,7 @@ anything::
 
     FDSTORE=1 / FDNAME=fuse        + the /dev/fuse fd   (SCM_RIGHTS)
     FDSTORE=1 / FDNAME=journal.0   + the journal memfd
+    FDSTORE=1 / FDNAME=fsdata.N    + the filesystem's recovery_fds, if any
 
 The manager keeps duplicates of both.  When the service dies (or is
 restarted) the manager starts it again with the stored fds at 3, 4, ...
@@ -45,6 +46,8 @@ log = logging.getLogger("fusewire.recovery")
 SD_LISTEN_FDS_START = 3
 FUSE_NAME = "fuse"
 JOURNAL_PREFIX = "journal."
+#: the filesystem's recovery_fds (memfs's data memfd), in order
+FS_PREFIX = "fsdata."
 
 
 def notify(state: str, fds: Sequence[int] = ()) -> bool:
@@ -91,9 +94,10 @@ def listen_fds(unset: bool = True) -> list[tuple[str, int]]:
 class FdStoreControl(Control):
     """Reports to the service manager instead of a keeper."""
 
-    def __init__(self, generation: int, mode_hint: str = "") -> None:
+    def __init__(self, generation: int, mode_hint: str = "", fs_fds: int = 0) -> None:
         self.generation = generation
         self.mode_hint = mode_hint
+        self.fs_fds = fs_fds
 
     def ready(self, info: dict[str, Any]) -> None:
         notify(f"READY=1\nSTATUS=serving ({self.mode_hint}{info.get('recovery')} recovery, "
@@ -108,9 +112,16 @@ class FdStoreControl(Control):
     def handover(self) -> None:
         notify("STOPPING=1\nSTATUS=handing over to the next start")
 
+    def keep(self, fds: Sequence[int]) -> None:
+        for i, fd in enumerate(fds):
+            notify(f"FDSTORE=1\nFDNAME={FS_PREFIX}{i}", [fd])
+        self.fs_fds = len(fds)
+
     def unmounted(self) -> None:
         notify(f"FDSTOREREMOVE=1\nFDNAME={FUSE_NAME}")
         notify(f"FDSTOREREMOVE=1\nFDNAME={JOURNAL_PREFIX}{self.generation}")
+        for i in range(self.fs_fds):
+            notify(f"FDSTOREREMOVE=1\nFDNAME={FS_PREFIX}{i}")
         notify("STOPPING=1\nSTATUS=unmounted")
 
 
@@ -134,8 +145,12 @@ def run_fdstore(fs: str, source: str | None, mountpoint: str, options: list[str]
     fuse = [fd for name, fd in passed if name == FUSE_NAME]
     journals = sorted((g, fd) for name, fd in passed
                       if (g := _journal_generation(name)) is not None)
+    fs_fds = [fd for _, fd in sorted(
+        (int(name[len(FS_PREFIX):]), fd) for name, fd in passed
+        if name.startswith(FS_PREFIX) and name[len(FS_PREFIX):].isdigit())]
     for name, fd in passed:
-        if (fd not in fuse[:1] and (not journals or fd != journals[-1][1])):
+        if (fd not in fuse[:1] and fd not in fs_fds
+                and (not journals or fd != journals[-1][1])):
             log.info("closing unexpected stored fd %d (%s)", fd, name)
             os.close(fd)
     for g, _fd in journals[:-1]:      # a crash between store and remove left two
@@ -164,9 +179,9 @@ def run_fdstore(fs: str, source: str | None, mountpoint: str, options: list[str]
             log.error("the fd store has the connection but no journal: state is lost")
             generation, journal_fd = 0, jn.new_memfd()
             notify(f"FDSTORE=1\nFDNAME={JOURNAL_PREFIX}0", [journal_fd])
-    control = FdStoreControl(generation, "" if first else "restarted, ")
+    control = FdStoreControl(generation, "" if first else "restarted, ", len(fs_fds))
     return take_over(fuse_fd, journal_fd, meta, control, first=first, graceful=False, t0=t0,
-                     crash=crash)
+                     crash=crash, fs_fds=fs_fds)
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

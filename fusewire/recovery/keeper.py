@@ -1,5 +1,9 @@
 """The keeper: holds the /dev/fuse file and the journal memfd; hands them to one owner.
 
+It also holds the descriptors a filesystem keeps its bulk state in
+(``ReplayRecovery.recovery_fds``: memfs's file data memfd), which the first
+server hands over before it serves; they go with every grant, last.
+
 It mounts (so it holds the first copy of the connection's file), then starts
 servers.  It never reads or writes FUSE messages and never unmounts.  One
 owner at a time gets the fds by SCM_RIGHTS; the owner's control connection
@@ -76,6 +80,8 @@ class Keeper:
         #: of the /dev/fuse fd ("shared"), granted to every successor after the journal
         self.processes = processes
         self.shared_fds: list[int] = []
+        #: the filesystem's recovery_fds (state that outlives every server)
+        self.fs_fds: list[int] = []
         self.fs = fs
         self.source = source
         self.options = options
@@ -216,8 +222,9 @@ class Keeper:
         graceful = self.handover
         try:
             wire.send_msg(c.sock, {"ok": True, "meta": meta, "first": first,
-                                   "graceful": graceful, "restarts": self.restarts},
-                          [self.fuse_fd, self.journal_fd, *self.shared_fds])
+                                   "graceful": graceful, "restarts": self.restarts,
+                                   "fs_fds": len(self.fs_fds)},
+                          [self.fuse_fd, self.journal_fd, *self.shared_fds, *self.fs_fds])
         except OSError as exc:
             log.warning("grant to pid %d failed: %s", c.pid, exc)
             self._drop(c)
@@ -349,6 +356,13 @@ class Keeper:
             for fd in old_fds:
                 if fd not in self.shared_fds:
                     os.close(fd)
+        elif op == "fs_fds" and c is self.owner:
+            if self.fs_fds:         # held once, for the whole mount
+                reply = {"ok": False, "error": "the filesystem's fds are held already"}
+            else:
+                self.fs_fds, fds = fds, []
+                log.info("holding %d descriptor(s) of the filesystem's state",
+                         len(self.fs_fds))
         elif op == "ready" and c is self.owner:
             self.ready = True
             self.owner_info = dict(msg)
@@ -440,6 +454,7 @@ class Keeper:
             "replayed_code_version": self.owner_info.get("journal_code"),
             "journal_bytes": st.valid_len, "journal_records": st.records,
             "nodes": len(st.nodes), "handles": len(st.handles), "node_keys": len(st.keys),
+            "fs_fds": len(self.fs_fds),
             "protocol": (f"{st.session.get('major')}.{st.session.get('minor')}"
                          if st.session else None),
             "recovery": self.owner_info.get("recovery"),
@@ -622,7 +637,7 @@ class Keeper:
                 os.unlink(done)     # the log only once the mount has ended
             except OSError:
                 pass
-        for fd in (self.fuse_fd, self.journal_fd, *self.shared_fds):
+        for fd in (self.fuse_fd, self.journal_fd, *self.shared_fds, *self.fs_fds):
             if fd >= 0:
                 os.close(fd)
 

@@ -14,6 +14,13 @@ allocates inode numbers and fh values sequentially, so replay is
 deterministic), with the filesystem's clock pinned to each request's
 recorded time.
 
+Such a filesystem may keep bulk state in descriptors that outlive the server
+(``ReplayRecovery.recovery_fds``: memfs keeps file data in a memfd): the
+first server hands them to the keeper, every successor gets them with the
+connection and the journal, and the request data they hold
+(``journal_omits_data``: WRITE payloads) is journaled as its header only;
+a replay re-executes such a request with zeros in place of its data.
+
 A filesystem whose state lives outside the process (passthrough: "handles"
 mode) journals instead the stable handle of every node it hands out and the
 open flags of every handle; the successor reopens them (``import_nodes``,
@@ -40,7 +47,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +74,7 @@ from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
+from fusewire.wire import open_out_of
 
 if TYPE_CHECKING:
     from fusewire.server.processes import SharedTable
@@ -86,10 +94,13 @@ _NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
 _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
 _IN_HDR_SIZE = CODECS["in_header"].size
-_FH = CODECS["open_out"].head(1)          # open_out.fh
 _VERSION = CODECS["init_in"].head(2)      # major, minor
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
 _RESEND_MASK = (1 << 63) - 1
+#: the zero buffer a replay puts omitted request data in: the largest request
+_PAD = (1 << 20) + (64 << 10)
+#: how often (journal records) the server asks the filesystem whether it wants a snapshot
+_WANTED_EVERY = 256
 
 
 class CrashHook:
@@ -104,6 +115,9 @@ class CrashHook:
         #: ``$FUSEWIRE_CRASH_ONCE``: a path; a crash point fires only for the process
         #: that creates it (one crash for a whole group of serving processes)
         self.once = os.environ.get("FUSEWIRE_CRASH_ONCE")
+        #: ``$FUSEWIRE_CRASH_GROUP=1``: a serving process takes its parent (the whole
+        #: multi-process server) down with it
+        self.group = os.environ.get("FUSEWIRE_CRASH_GROUP") == "1"
         self.rules: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}
         for item in (spec or "").split(","):
@@ -128,6 +142,8 @@ class CrashHook:
                     os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 except OSError:
                     return          # another process had its crash
+            if self.group:
+                os.kill(os.getppid(), signal.SIGKILL)
             os._exit(137)
 
 
@@ -172,6 +188,8 @@ class RecoveryJournal:
         self.noted: object = None
         #: called after a request that has no reply (the server's compaction check)
         self.no_reply: Callable[[], None] | None = None
+        #: opcodes whose data the filesystem keeps itself (journal_omits_data)
+        self.omit: Collection[int] = ()
 
     def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
         """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
@@ -196,7 +214,8 @@ class RecoveryJournal:
         ok = jn.reply_error(reply) == 0
         opened = released = None
         if ok and op in _OPENS:
-            fh = _FH.unpack_from(bufs[-1])[0]
+            out = open_out_of(reply)
+            fh = out.fh if out is not None else 0
             node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
                 else req.nodeid
             flags = getattr(req.arg, "flags", 0)
@@ -211,7 +230,11 @@ class RecoveryJournal:
             released = req.arg.fh
             self.handles.pop(released, None)
             self.backing.pop(released, None)
-        raw = self.raw if self.keep_body else self.raw[:_IN_HDR_SIZE]
+        raw = self.raw
+        if not self.keep_body:
+            raw = raw[:_IN_HDR_SIZE]
+        elif op in self.omit and req.data:
+            raw = raw[:len(raw) - len(req.data)]    # the data is the message's tail
         t = pinned_time()
         if t is None:
             t = time.time_ns()
@@ -334,12 +357,23 @@ def rebuild(ops: Operations, state: jn.JournalState, *, snapshot_loaded: bool = 
         if state.requests and state.session is not None:
             conn = Connection.restore({"session": state.session})
             scratch = Dispatcher(ops, conn)
+            #: zeros in place of data the journal left out (journal_omits_data)
+            pad: bytearray | None = None
             try:
                 for t, raw, reply in state.requests:
                     if jn.reply_error(reply) != 0:
                         continue  # a failed request changed nothing
                     pin_clock(t)
-                    scratch.dispatch(raw)
+                    length = _IN_HDR.unpack_from(raw)[0]
+                    if len(raw) >= length:
+                        scratch.dispatch(raw)
+                        continue
+                    if pad is None or len(pad) < length:
+                        pad = bytearray(max(length, _PAD))
+                    n = len(raw)
+                    pad[:n] = raw
+                    scratch.dispatch(memoryview(pad)[:length])
+                    pad[:n] = bytes(n)
             finally:
                 pin_clock(None)
     finally:
@@ -373,6 +407,10 @@ class Control:
 
     def share(self, fds: list[int]) -> None:
         """Multi-process: keep ``fds`` (shared table memfd, clones) for the successor."""
+
+    def keep(self, fds: Sequence[int]) -> None:
+        """Hold the filesystem's ``recovery_fds`` for the whole mount (every successor
+        gets them).  Must not return before they are held."""
 
     def handover(self) -> None:
         """A graceful stop: everything read was answered, the journal is compact."""
@@ -414,6 +452,11 @@ class KeeperControl(Control):
     def share(self, fds: list[int]) -> None:
         self.ask({"op": "shared"}, fds)
 
+    def keep(self, fds: Sequence[int]) -> None:
+        reply = self.ask({"op": "fs_fds"}, list(fds))
+        if not reply.get("ok"):
+            raise RuntimeError(f"the keeper does not hold the filesystem's fds: {reply}")
+
     def unmounted(self) -> None:
         try:
             self.ask({"op": "unmounted"})
@@ -453,6 +496,11 @@ class RecoverableServer(Server):
         rj.no_reply = self.maybe_compact
         self.compact_at = 0
         self.compact_records = 0
+        #: the filesystem's snapshot_wanted, where it can ask for a compaction
+        self.wants_snapshot: Callable[[], bool] | None = None
+        if isinstance(self.ops, ReplayRecovery) and (
+                type(self.ops).snapshot_wanted is not ReplayRecovery.snapshot_wanted):
+            self.wants_snapshot = self.ops.snapshot_wanted
 
     def in_child(self, table: SharedTable | None = None) -> None:
         """A serving process of a multi-process server (fusewire.server.processes):
@@ -491,6 +539,7 @@ class RecoverableServer(Server):
         rj = self.rj
         session = self.conn.session.to_dict() if self.conn.session is not None else None
         blob = self.ops.dump_state() if isinstance(self.ops, ReplayRecovery) else None
+        blob_taken = blob is not None
         keys = rj.nodes.key_snapshot() if self.mode == "handles" else None
         parts = jn.snapshot_parts(session, {"fs": self.meta.get("fs"), "code": self.code},
                                   blob, rj.nodes.snapshot(), rj.handles, keys, rj.backing)
@@ -505,6 +554,8 @@ class RecoverableServer(Server):
                 view = view[n:]
         del parts
         self.control.swap_journal(fd)
+        if blob_taken and isinstance(self.ops, ReplayRecovery):
+            self.ops.snapshot_taken()       # nothing replays the older log any more
         old = rj.writer.fd
         rj.writer.close()
         rj.writer = jn.JournalWriter(fd, size)
@@ -577,7 +628,8 @@ class RecoverableServer(Server):
         # every server since the snapshot appended (``JournalWriter.inherit``):
         # a successor's replay is bounded by these thresholds however often
         # servers die.
-        if w.log_bytes > max(COMPACT_BYTES, w.log_start) or w.log_records > COMPACT_RECORDS:
+        if (w.log_bytes > max(COMPACT_BYTES, w.log_start) or w.log_records > COMPACT_RECORDS
+                or (self.wants_snapshot is not None and self.wants_snapshot())):
             self.compact()
         self.set_thresholds()
 
@@ -586,6 +638,8 @@ class RecoverableServer(Server):
         w = self.rj.writer
         self.compact_at = w.log_start + max(COMPACT_BYTES, w.log_start) + 1
         self.compact_records = COMPACT_RECORDS - w.prior_records + 1
+        if self.wants_snapshot is not None:     # ask the filesystem now and then
+            self.compact_records = min(self.compact_records, w.records + _WANTED_EVERY)
 
 
 def _build_ops(meta: dict[str, Any]) -> tuple[Operations, list[str]]:
@@ -662,8 +716,12 @@ def close_unused_backing(server: Server, used: set[int]) -> None:
 def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Control, *,
               first: bool, graceful: bool, t0: float, crash: CrashHook,
               preloaded: tuple[Operations, tuple[int, int], int] | None = None,
-              code: str | None = None, shared_fds: list[int] | None = None) -> int:
-    """Rebuild from the journal, take the connection over, serve until unmount or handover."""
+              code: str | None = None, shared_fds: list[int] | None = None,
+              fs_fds: list[int] | None = None) -> int:
+    """Rebuild from the journal, take the connection over, serve until unmount or handover.
+
+    ``fs_fds``: the filesystem's ``recovery_fds`` the keeper held (none for the first
+    server, which creates them and hands them over before it journals anything)."""
     state = jn.load(jn.read_all(journal_fd))
     graceful = graceful or state.graceful
     ident = (os.fstat(journal_fd).st_ino, state.snapshot_end)
@@ -692,6 +750,14 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
         # a fresh filesystem object: nothing the kernel holds from before may reach it
         ops = isolate(ops, max(state.nodes, default=1) + 1, max(state.handles, default=0) + 1)
     if isinstance(ops, ReplayRecovery):
+        if fs_fds:
+            ops.attach_recovery_fds(fs_fds)
+        elif state.records == 0:
+            # the first server: whatever the filesystem keeps outside the process is
+            # held by the keeper before anything is journaled or answered
+            made = list(ops.recovery_fds())
+            if made:
+                control.keep(made)
         rebuild(ops, state, snapshot_loaded=warm)
     elif isinstance(ops, HandleRecovery):
         ops.prepare_recovery()
@@ -721,12 +787,15 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
                   and type(ops).entry_identity is not HandleRecovery.entry_identity)
     resend = resend_supported(state, config)
     rj.track_inflight = not resend and state.session is not None
+    if isinstance(ops, ReplayRecovery):
+        rj.omit = frozenset(ops.journal_omits_data())
     server.setup_recovery(rj, control, meta, mode, t0)
     sticky_clock(True)
     if state.records == 0:
         writer.append(jn.RecordType.META, json.dumps({"fs": meta["fs"], "code": code}).encode())
         if isinstance(ops, ReplayRecovery):
             writer.append(jn.RecordType.FS_SNAPSHOT, ops.dump_state())
+            ops.snapshot_taken()
         writer.log_start, writer.records = writer.offset, 0
     elif journal_code != code:
         writer.append(jn.RecordType.META, json.dumps({"code": code}).encode())
@@ -882,10 +951,20 @@ def run_owner(sock_path: str, control_fd: int | None = None) -> int:
         log.error("keeper refused: %s", grant)
         return 1
     _crash_file_check()
-    fuse_fd, journal_fd, *shared = fds
+    fuse_fd, journal_fd, shared, fs_fds = _split_fds(fds, grant)
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
-                     t0=t0, crash=crash, preloaded=preloaded, code=code, shared_fds=shared)
+                     t0=t0, crash=crash, preloaded=preloaded, code=code, shared_fds=shared,
+                     fs_fds=fs_fds)
+
+
+def _split_fds(fds: list[int], grant: dict[str, Any]) -> tuple[int, int, list[int], list[int]]:
+    """A grant's fds: /dev/fuse, journal, the multi-process ones, then ``fs_fds`` of the
+    filesystem's own (its ``recovery_fds``)."""
+    k = int(grant.get("fs_fds") or 0)
+    fuse_fd, journal_fd, *rest = fds
+    cut = len(rest) - k
+    return fuse_fd, journal_fd, rest[:cut], rest[cut:]
 
 
 def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[str, Any],
@@ -906,16 +985,17 @@ def _reexec(sock_path: str, control: socket.socket, fds: list[int], grant: dict[
 
 def _run_granted(args: argparse.Namespace) -> int:
     """The second half of :func:`_reexec`: take over with the fds it passed."""
-    cfd, fuse_fd, journal_fd, *shared = (int(x) for x in args.fds.split(","))
-    for fd in (cfd, fuse_fd, journal_fd, *shared):
+    cfd, *fds = (int(x) for x in args.fds.split(","))
+    for fd in (cfd, *fds):
         os.set_inheritable(fd, False)
     control = socket.socket(fileno=cfd)
     grant = json.loads(args.granted)
+    fuse_fd, journal_fd, shared, fs_fds = _split_fds(fds, grant)
     _crash_file_check()
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
                      t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")),
-                     shared_fds=shared)
+                     shared_fds=shared, fs_fds=fs_fds)
 
 
 def _preload(meta: dict[str, Any],

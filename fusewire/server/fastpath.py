@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import parse_request
-from fusewire.errors import LocalProtocolError
+from fusewire.errors import MAX_ERRNO, LocalProtocolError
 from fusewire.opcodes.flags import FUSE_ROOT_ID, RELEASE, WRITE, Opcode
 from fusewire.server.draft_serve import Buffers
 from fusewire.server.replies import attr_fields, open_out_bytes
@@ -158,6 +158,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
     ops = d.ops
     inflight = conn.inflight
     retire = conn.retire
+    reply_error = conn.reply_error
     interrupted = conn.is_interrupted
     nodes = d.nodes
     nodes_lock = nodes.lock
@@ -167,10 +168,11 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
     entry_size = _OUT_ENTRY.size
     mask = _RESEND_MASK
 
-    def error(unique: int, err: int) -> tuple[Buffers, list[int]]:
-        # as Dispatcher._error: an errno outside 1..511 is the handler's bug
-        retire(unique)
-        return [pack_out(16, -(err if 0 < err < 512 else errno.EIO), unique)], []
+    def error(buf: Any, unique: int, exc: FUSEError) -> tuple[Buffers | None, list[int]]:
+        err = exc.errno
+        if 0 < err <= MAX_ERRNO:
+            return reply_error(unique, err), []
+        return failed(buf, exc)      # the handler's bug: logged by the generic code
 
     def failed(buf: Any, exc: Exception) -> tuple[Buffers | None, list[int]]:
         # Everything but a FUSEError is settled by the generic code, from the
@@ -197,7 +199,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             out = [pack_entry(entry_size, 0, unique, a.st_ino, a.generation, ev, av, evn, avn,
                               *attr_fields(a))]
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -233,7 +235,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             out = [pack_entry(entry_size + _OPEN_OUT_SIZE, 0, unique, ino, a.generation, ev, av,
                               evn, avn, *attr_fields(a)), open_out_bytes(fi)]
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -259,7 +261,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
                 raise LocalProtocolError(f"write returned {done} for {count} bytes")
             out = [_OUT_WRITE.pack(24, 0, unique, done, 0)]
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -279,7 +281,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             else:
                 ops.flush(fh)
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -296,7 +298,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         try:
             ops.release(fh)
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -315,7 +317,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
                              interrupted, ())
             ops.unlink(nodeid, name, ctx)
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -344,7 +346,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             else:
                 out = [pack_out(16 + len(value), 0, unique), value]
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
@@ -370,7 +372,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             else:
                 out = [_OUT_ATTR.pack(_OUT_ATTR.size, 0, unique, 0, 0, 0, *attr_fields(a))]
         except FUSEError as exc:
-            return error(unique, exc.errno)
+            return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
