@@ -488,10 +488,11 @@ class Dispatcher(DraftServing):
         fast = self._fast
         if fast is None:
             fast = self._fast = self._fast_paths()
-        if fast and len(buf) > 40:
+        n = len(buf)
+        if fast and n > 40:
             f = fast.get(buf[4])
             if f is not None:
-                done = f(buf, len(buf))
+                done = f(buf, n)
                 if done is not None:
                     return done
         try:

@@ -47,7 +47,7 @@ from fusewire.connection import parse_request
 from fusewire.errors import MAX_ERRNO, LocalProtocolError
 from fusewire.opcodes.flags import FUSE_ROOT_ID, RELEASE, WRITE, Opcode
 from fusewire.server.draft_serve import Buffers
-from fusewire.server.replies import attr_fields, open_out_bytes
+from fusewire.server.replies import attr_fields, open_out_fields
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError
 from fusewire.types import timeout_parts as _ts
@@ -82,6 +82,7 @@ _EXPECTED: dict[str, tuple[str, ...]] = {
     "entry_out": ("nodeid", "generation", "entry_valid", "attr_valid", "entry_valid_nsec",
                   "attr_valid_nsec", "attr"),
     "attr_out": ("attr_valid", "attr_valid_nsec", "dummy", "attr"),
+    "open_out": ("fh", "open_flags", "backing_id"),
 }
 for _name, _fields in _EXPECTED.items():
     if CODECS[_name].record._fields != _fields:  # pragma: no cover - a schema edit
@@ -104,10 +105,10 @@ _IN_FORGET = _fused("in_header", "forget_in")
 _IN_GETATTR = _fused("in_header", "getattr_in")
 _OUT = _fused("out_header")
 _OUT_ENTRY = _fused("out_header", "entry_out")
+_OUT_ENTRY_OPEN = _fused("out_header", "entry_out", "open_out")
 _OUT_ATTR = _fused("out_header", "attr_out")
 _OUT_WRITE = _fused("out_header", "write_out")
 _OUT_GETXATTR = _fused("out_header", "getxattr_out")
-_OPEN_OUT_SIZE = CODECS["open_out"].size
 
 _RESEND_MASK = (1 << 63) - 1
 _NS = 1_000_000_000
@@ -185,7 +186,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if size != n or op != _LOOKUP or ext or buf[n - 1]:
             return None
         name = bytes(buf[40:n - 1])
-        if b"\0" in name:
+        if 0 in name:            # (an int needle: memchr, ~6x faster)
             return None
         inflight[unique & mask] = op
         try:
@@ -205,8 +206,11 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         retire(unique)
         ino = a.st_ino
         if ino:
-            with nodes_lock:        # NodeTable.add of one nodeid
+            nodes_lock.acquire()    # NodeTable.add of one nodeid ("with" costs 2x)
+            try:
                 counts[ino] = counts.get(ino, 0) + 1
+            finally:
+                nodes_lock.release()
             return out, [ino]
         return out, []
 
@@ -218,7 +222,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if size != n or op != _CREATE or ext or buf[n - 1]:
             return None
         name = bytes(buf[56:n - 1])
-        if b"\0" in name:
+        if 0 in name:
             return None
         inflight[unique & mask] = op
         try:
@@ -232,15 +236,18 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             ev, evn = (0, 0) if t <= 0 else _ts(t)
             t = a.attr_timeout
             av, avn = (0, 0) if t <= 0 else _ts(t)
-            out = [pack_entry(entry_size + _OPEN_OUT_SIZE, 0, unique, ino, a.generation, ev, av,
-                              evn, avn, *attr_fields(a)), open_out_bytes(fi)]
+            out = [_OUT_ENTRY_OPEN.pack(_OUT_ENTRY_OPEN.size, 0, unique, ino, a.generation, ev,
+                                        av, evn, avn, *attr_fields(a), *open_out_fields(fi))]
         except FUSEError as exc:
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
         retire(unique)
-        with nodes_lock:
+        nodes_lock.acquire()
+        try:
             counts[ino] = counts.get(ino, 0) + 1
+        finally:
+            nodes_lock.release()
         return out, [ino]
 
     def write(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -309,7 +316,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if size != n or op != _UNLINK or ext or buf[n - 1]:
             return None
         name = bytes(buf[40:n - 1])
-        if b"\0" in name:
+        if 0 in name:
             return None
         inflight[unique & mask] = op
         try:
@@ -331,7 +338,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if size != n or op != _GETXATTR or ext or buf[n - 1]:
             return None
         name = bytes(buf[48:n - 1])
-        if b"\0" in name:
+        if 0 in name:
             return None
         inflight[unique & mask] = op
         try:
