@@ -336,3 +336,24 @@ def test_observer_or_handle_set_later_sees_every_request() -> None:
     fast.handle = spy                       # type: ignore[method-assign]
     fast.dispatch(getattr_msg)
     assert handled == [Opcode.GETATTR]
+
+
+def test_an_interrupt_before_its_request_is_forgotten_when_answered() -> None:
+    """The kernel may send an INTERRUPT before the request it names reaches the
+    server: the fast path retires the mark with the reply, as the generic path does."""
+    fast, slow = _pair()
+    nodeid = _small_file(fast, slow, b"i", 10)
+    seen: list[bool] = []
+    for d in (fast, slow):
+        real_flush = d.ops.flush
+
+        def flush(fh: int, lock_owner: int = 0, real: Any = real_flush) -> None:
+            seen.append(True)
+            real(fh, lock_owner)
+
+        d.ops.flush = flush                     # type: ignore[method-assign]
+    _both(fast, slow, _msg(Opcode.INTERRUPT, 99, 0, struct.pack("<Q", 50)))
+    assert 50 in fast.conn.interrupts and 50 in slow.conn.interrupts
+    reply, _ = _both(fast, slow, _msg(Opcode.FLUSH, 50, nodeid, struct.pack("<QIIQ", 1, 0, 0, 0)))
+    assert _errno(reply) == 0 and seen == [True, True]
+    assert not fast.conn.interrupts and not slow.conn.interrupts

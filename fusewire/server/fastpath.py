@@ -29,8 +29,8 @@ The rules that keep the result identical to the generic path:
   would do exactly this: the handler is implemented and not ``async``, the
   session's structs are full size, no draft handle profile, the dispatcher's
   class does not override the ``_op_*`` function or ``handle``, and its
-  node table is a plain ``NodeTable`` (whose ``add`` of one nodeid the
-  LOOKUP and CREATE paths do inline, under its lock).  The dispatcher also
+  node table is a plain ``NodeTable`` (whose ``add`` of one nodeid, and
+  ``forget``, the fast paths do inline, under its lock).  The dispatcher also
   skips every fast path while a journal, an observer, ``debug`` or an
   instance-level ``handle`` is in place.
 """
@@ -158,7 +158,7 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         return {}
     ops = d.ops
     inflight = conn.inflight
-    retire = conn.retire
+    interrupts = conn.interrupts
     reply_error = conn.reply_error
     interrupted = conn.is_interrupted
     nodes = d.nodes
@@ -188,7 +188,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         name = bytes(buf[40:n - 1])
         if 0 in name:            # (an int needle: memchr, ~6x faster)
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
                              interrupted, ())
@@ -203,7 +204,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         ino = a.st_ino
         if ino:
             nodes_lock.acquire()    # NodeTable.add of one nodeid ("with" costs 2x)
@@ -224,7 +227,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         name = bytes(buf[56:n - 1])
         if 0 in name:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ctx = d._context(uid, gid, pid, umask, unique, None, unique > mask,
                              interrupted, ())
@@ -242,7 +246,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         nodes_lock.acquire()
         try:
             counts[ino] = counts.get(ino, 0) + 1
@@ -257,13 +263,15 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
          _f, _p) = _IN_WRITE.unpack_from(buf)
         if size != n or op != _WRITE or ext or count != n - 80:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             if wflags & _KILL_SUIDGID:
                 ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
                                  interrupted, ())
                 ops.write_kill_suidgid(fh, ctx)
-            done = ops.write(fh, offset, memoryview(buf)[80:n])
+            done = ops.write(fh, offset, (buf if type(buf) is memoryview
+                                          else memoryview(buf))[80:n])
             if done > count:
                 raise LocalProtocolError(f"write returned {done} for {count} bytes")
             out = [_OUT_WRITE.pack(24, 0, unique, done, 0)]
@@ -271,7 +279,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return out, []
 
     def flush(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -281,7 +291,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             _IN_FLUSH.unpack_from(buf)
         if size != n or op != _FLUSH or ext:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             if d._flush_owner:
                 ops.flush(fh, owner)
@@ -291,7 +302,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return [pack_out(16, 0, unique)], []
 
     def release(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -301,14 +314,17 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             _IN_RELEASE.unpack_from(buf)
         if size != n or op != _RELEASE or ext or rflags & _FLOCK_UNLOCK:
             return None     # an flock to drop: the generic path
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ops.release(fh)
         except FUSEError as exc:
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return [pack_out(16, 0, unique)], []
 
     def unlink(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -318,7 +334,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         name = bytes(buf[40:n - 1])
         if 0 in name:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
                              interrupted, ())
@@ -327,7 +344,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return [pack_out(16, 0, unique)], []
 
     def getxattr(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -340,7 +359,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         name = bytes(buf[48:n - 1])
         if 0 in name:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
                              interrupted, ())
@@ -356,7 +376,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return out, []
 
     def getattr_(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -366,7 +388,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             _IN_GETATTR.unpack_from(buf)
         if size != n or op != _GETATTR or ext:
             return None
-        inflight[unique & mask] = op
+        key = unique & mask
+        inflight[key] = op
         try:
             ctx = d._context(uid, gid, pid, 0, unique, None, unique > mask,
                              interrupted, ())
@@ -382,7 +405,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             return error(buf, unique, exc)
         except Exception as exc:
             return failed(buf, exc)
-        retire(unique)
+        inflight.pop(key, None)     # Connection.retire, inline
+        if interrupts:
+            interrupts.discard(key)
         return out, []
 
     def forget(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
@@ -391,7 +416,17 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         size, op, _unique, nodeid, _uid, _gid, _pid, ext, _, nlookup = _IN_FORGET.unpack_from(buf)
         if size != n or op != _FORGET or ext:
             return None
-        taken = nodes.forget(nodeid, nlookup)
+        nodes_lock.acquire()        # NodeTable.forget, inline
+        try:
+            have = counts.get(nodeid, 0)
+            if nlookup < have:
+                counts[nodeid] = have - nlookup
+                taken = nlookup
+            else:
+                counts.pop(nodeid, None)
+                taken = have
+        finally:
+            nodes_lock.release()
         if taken:
             try:
                 ops.forget([(nodeid, taken)])
