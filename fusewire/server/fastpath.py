@@ -19,10 +19,14 @@ The rules that keep the result identical to the generic path:
   ``None`` and the dispatcher takes the generic path, which produces the
   same reply or the same protocol error as always.
 * The request is registered in flight and retired exactly as
-  :meth:`~fusewire.connection.Connection.receive` and ``reply`` do.
-* A :class:`~fusewire.types.FUSEError` becomes the same error reply; any
-  other exception (a handler's bug, a value that cannot be encoded, a
-  :class:`~fusewire.types.Pending`) is settled by the dispatcher from the
+  :meth:`~fusewire.connection.Connection.receive` and
+  :meth:`~fusewire.connection.Connection.retire` do (inline: ``inflight`` and
+  the public ``interrupts`` set).
+* A :class:`~fusewire.types.FUSEError` with an errno in 1..511 becomes the
+  same error reply (:meth:`~fusewire.connection.Connection.reply_error`); any
+  other exception (a handler's bug, an errno out of range, a value that
+  cannot be encoded, a :class:`~fusewire.types.Pending`) is settled by the
+  dispatcher (``Dispatcher._settle``) from the
   request parsed the generic way, so the log lines, EIO and deferral are
   those of :meth:`~fusewire.server.dispatch.Dispatcher.handle`.
 * :func:`build_fast_paths` offers a fast path only where the generic one
