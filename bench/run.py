@@ -249,9 +249,11 @@ class Bench:
                 record["command"] = shlex.join(argv)
                 log_path = self.log_dir / f"{c.name}-{run}.log"
                 with open(log_path, "wb") as log_file:
+                    # cwd: ``python -m fusewire`` puts the working directory first on
+                    # sys.path, so run from another checkout it would serve that one
                     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                             stderr=subprocess.STDOUT, start_new_session=True,
-                                            env=dict(os.environ, **c.env))
+                                            env=dict(os.environ, **c.env), cwd=REPO_DIR)
                 server = Server(proc, paths.mnt, log_path)
                 entry, reason = server.wait_ready(self.mount_timeout)
                 if reason is not None:

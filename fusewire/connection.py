@@ -531,7 +531,11 @@ class Connection:
         self.session: Session | None = None
         #: in-flight requests needing a reply: key (unique without bit 63) -> opcode
         self.inflight: dict[int, int] = {}
-        self._interrupted: set[int] = set()
+        #: keys (unique without bit 63) of requests an INTERRUPT named; read-only
+        #: outside this class (the server's fast paths test it when retiring: see
+        #: :meth:`retire`, which they do inline)
+        self.interrupts: set[int] = set()
+        self._interrupted = self.interrupts
         #: interrupted keys that were not in flight when their INTERRUPT came (FIFO)
         self._early: deque[int] = deque()
 

@@ -230,10 +230,14 @@ def _in_group(ctx: RequestContext, gid: int) -> bool:
     return gid == ctx.gid or gid in ctx.groups
 
 
+_SLASH = ord("/")
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise _err(errno.ENAMETOOLONG)
-    if not name or b"/" in name or b"\0" in name:
+    # int needles: a memchr each (``b"/" in name`` takes the substring search, ~6x slower)
+    if not name or _SLASH in name or 0 in name:
         raise _err(errno.EINVAL)
 
 

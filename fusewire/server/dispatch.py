@@ -51,8 +51,10 @@ from fusewire.opcodes.table import OPS, OpInfo, Reply
 from fusewire.operations import Operations
 from fusewire.server.deferred import DeferredServing
 from fusewire.server.draft_serve import Buffers, DraftServing
+from fusewire.server.fastpath import FastPath, build_fast_paths
 from fusewire.server.replies import attr_out_bytes, entry_bytes, open_out_bytes
 from fusewire.server.serve_ops import OpServing
+from fusewire.server.serve_ops import _data as _data
 from fusewire.server.trace import format_reply, format_request
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending, RequestContext
@@ -71,7 +73,8 @@ _ENCODER_FILES = frozenset({_ts.__code__.co_filename, os.path.abspath(__file__),
                             entry_bytes.__code__.co_filename,
                             DraftServing._install_draft.__code__.co_filename,
                             OpServing._op_getattr.__code__.co_filename,
-                            DeferredServing.complete.__code__.co_filename})
+                            DeferredServing.complete.__code__.co_filename,
+                            build_fast_paths.__code__.co_filename})
 
 
 class Journal(Protocol):
@@ -128,6 +131,9 @@ def _takes_lock_owner(ops: Operations) -> bool:
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
 
+
+#: Dispatcher attributes whose assignment makes it decide its fast paths again
+_FAST_SWITCHES = frozenset({"observer", "journal", "debug", "handle", "nodes", "ops", "conn"})
 
 #: handlers that may not be coroutines (called outside requests, or before any loop)
 _SYNC_ONLY = frozenset({"init", "destroy"})
@@ -215,6 +221,8 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
         self._implemented: dict[str, bool] = {}
         for code, row in OPS.items():
             self._bind(code, row)
+        #: opcode -> a fused fast path (fusewire.server.fastpath); None: not built yet
+        self._fast: dict[int, FastPath] | None = None
         #: opcode -> what handle() calls, with the ENOSYS-without-calling rule
         #: already applied (filled on first use of each opcode)
         self._resolved: dict[int, Callable[[Request[Any, Any]], Buffers | None]] = {}
@@ -250,6 +258,16 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
         The caller writes the buffers; if that write fails because the kernel
         no longer waits (ENOENT), it must call :meth:`rollback` with the list.
         """
+        fast = self._fast
+        if fast is None:
+            fast = self._fast = self._fast_paths()
+        n = len(buf)
+        if fast and n > 40:
+            f = fast.get(buf[4])
+            if f is not None:
+                done = f(buf, n)
+                if done is not None:
+                    return done
         try:
             req = self.conn.receive(buf)
         except RemoteProtocolError as exc:
@@ -261,6 +279,22 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
                 return None, []
             return [encode_error(exc.unique, errno_of(exc))], []
         return self.handle(req)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _FAST_SWITCHES:
+            object.__setattr__(self, "_fast", None)     # decided again on the next message
+
+    def _fast_paths(self) -> dict[int, FastPath] | None:
+        """The fused fast paths that apply now (None before INIT: asked again)."""
+        if self.conn.session is None:
+            return None
+        if (self.journal is not None or self.observer is not None or self.debug
+                or "handle" in self.__dict__ or type(self.nodes) is not NodeTable):
+            # every message must reach the journal, the observer, the trace or a
+            # replaced handle(); a NodeTable subclass (journaled) counts its own way
+            return {}
+        return build_fast_paths(self, Dispatcher, _data)
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         """Handle a parsed request (see :meth:`dispatch`)."""
@@ -326,6 +360,17 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             if self.on_error == "raise":
                 self.fatal = exc
         return self._error(req, err)
+
+    def _settle(self, req: Request[Any, Any], exc: Exception) -> Buffers | None:
+        """The reply to ``req`` whose handler raised ``exc`` on a fast path
+        (:mod:`fusewire.server.fastpath`), as :meth:`handle` would give it: an
+        error reply, or None for a deferral (a :class:`Pending`)."""
+        if isinstance(exc, FUSEError):
+            return self._error(req, exc.errno)
+        if isinstance(exc, Pending):
+            fn = self._resolved.get(req.opcode) or self._resolve(req.info)
+            return self._defer(req, exc, fn)
+        return self._failure(req, exc)
 
     def _which(self, req: Request[Any, Any]) -> str:
         """``OPCODE unique=0x.. nodeid=N handler Class.method``: names a failed request."""
