@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire.errors import MAX_ERRNO, LocalProtocolError, RemoteProtocolError, reply_errno
 from fusewire.opcodes.flags import (
     FUSE_EXT_GROUPS,
     FUSE_EXT_HANDLE,
@@ -65,6 +65,7 @@ __all__ = [
     "LOOKUP_HANDLE_PROFILES",
     "Request",
     "Session",
+    "encode_error",
     "encode_notification",
     "encode_notify",
     "pack_u64s",
@@ -423,6 +424,16 @@ def _parse_init(buf: bytes | bytearray | memoryview, unique: int, nodeid: int, u
     return Request(Opcode.INIT, unique, nodeid, uid, gid, pid, arg, (), b"", None, _INIT_ROW)
 
 
+def encode_error(unique: int, err: int) -> bytes:
+    """The one error reply: ``fuse_out_header{16, -errno, unique}``.
+
+    ``err`` goes through the errno policy (:func:`fusewire.errors.reply_errno`):
+    1..511 is kept, anything else becomes EIO.  Retires nothing: answering a
+    request the connection tracks goes through :meth:`Connection.reply_error`.
+    """
+    return _PACK_OUT(16, -reply_errno(err), unique)
+
+
 def encode_notify(code: int, *payload: bytes) -> list[bytes]:
     """A notification: ``fuse_out_header{len, error=code, unique=0}`` + payload."""
     size = 16 + sum(len(p) for p in payload)
@@ -659,9 +670,14 @@ class Connection:
         return [_PACK_OUT(size, 0, unique), *payload]
 
     def reply_error(self, unique: int, err: int) -> list[bytes]:
-        """An error reply (header only; ``err`` is a positive errno, 1..511)."""
-        if not 0 < err < 512:
-            raise LocalProtocolError(f"errno {err} outside 1..511", errno.EINVAL)
+        """An error reply (header only; ``err`` is a positive errno, 1..511).
+
+        An ``err`` outside 1..511 raises :class:`LocalProtocolError` (the
+        caller chose it; the dispatcher maps a handler's bad value to EIO
+        before it gets here: the errno policy in :mod:`fusewire.errors`).
+        """
+        if not 0 < err <= MAX_ERRNO:
+            raise LocalProtocolError(f"errno {err} outside 1..{MAX_ERRNO}", errno.EINVAL)
         self.retire(unique)
         return [_PACK_OUT(16, -err, unique)]
 

@@ -66,6 +66,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from fusewire.errors import errno_of
 from fusewire.operations import Operations
 from fusewire.recovery_api import HandleRecovery
 from fusewire.types import (
@@ -414,7 +415,7 @@ class PathAdapter(Operations, HandleRecovery):
         except FUSEError:
             raise
         except OSError as exc:
-            raise FUSEError(exc.errno or errno.EIO)
+            raise FUSEError(errno_of(exc))
 
     async def _items(self, path: str, fh: int) -> list[Any]:
         """The filesystem's ``readdir``, which may return an iterable, an async
@@ -427,7 +428,7 @@ class PathAdapter(Operations, HandleRecovery):
         except FUSEError:
             raise
         except OSError as exc:
-            raise FUSEError(exc.errno or errno.EIO)
+            raise FUSEError(errno_of(exc))
 
     def _ctx(self, ctx: RequestContext) -> None:
         _local.ctx = ctx

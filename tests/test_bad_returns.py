@@ -364,7 +364,7 @@ def test_every_opcode_survives_every_wrong_value() -> None:
     from fusewire.operations import Operations
     from fusewire.server.dispatch import Dispatcher
     from fusewire.structs.codec import CODECS
-    from fusewire.testing.wire import KERNEL_FLAGS, encode_init, encode_request
+    from fusewire.wire import KERNEL_FLAGS, encode_init, encode_request
 
     good = EntryAttributes(1, st_mode=0o040755, st_nlink=2)
 
@@ -454,7 +454,7 @@ def test_loop_answers_eio_for_a_reply_writev_refuses() -> None:
     t = threading.Thread(target=srv.serve, kwargs={"install_signals": False}, daemon=True)
     t.start()
     try:
-        from fusewire.testing.wire import KERNEL_FLAGS, encode_init
+        from fusewire.wire import KERNEL_FLAGS, encode_init
 
         ours.settimeout(10)
         ours.send(struct.pack("<IIQQIIIHH", 40, 15, 7, 1, 0, 0, 0, 0, 0))  # a READ-like header

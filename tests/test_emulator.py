@@ -12,7 +12,7 @@ from fusewire.examples.memfs import MemFS
 from fusewire.opcodes.flags import FUSE_UNIQUE_RESEND, NotifyCode, Opcode
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending
-from fusewire.testing.wire import KernelRuleError, ReplySizeError
+from fusewire.wire import KernelRuleError, ReplySizeError
 
 
 @pytest.fixture(params=[45, 19])

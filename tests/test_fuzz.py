@@ -26,7 +26,7 @@ from fusewire.server.dispatch import Dispatcher
 from fusewire.structs.codec import CODECS
 from fusewire.testing import strategies as fst
 from fusewire.testing.emulator import KernelEmulator
-from fusewire.testing.wire import KERNEL_FLAGS, encode_request, make_session
+from fusewire.wire import KERNEL_FLAGS, encode_request, make_session
 
 EXAMPLES = int(os.environ.get("FUSEWIRE_FUZZ_EXAMPLES", "100000"))
 HYP = max(50, EXAMPLES // 100)

@@ -23,6 +23,7 @@ import pytest
 from fusewire import EntryAttributes, FileInfo, FUSEError, Operations, RequestContext
 from fusewire.connection import Config, Connection, Session
 from fusewire.examples.memfs import MemFS
+from fusewire.handles import HandleKey, SessionHandles
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_LOOKUP_HANDLE_V2,
     DRAFT_FUSE_LOOKUP_HANDLE_V3,
@@ -34,10 +35,9 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Dispatcher
-from fusewire.server.handles import HandleKey, SessionHandles
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending, ProcessServer, from_state
-from fusewire.testing.wire import KERNEL_FLAGS, encode_init, split_reply
+from fusewire.wire import KERNEL_FLAGS, encode_init, split_reply
 
 #: the fusewire profile (fusewire's own extension); the RFC profiles have their own
 #: tests below, fed with the byte sequences the posted patches define

@@ -46,10 +46,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fusewire import handles as fh
 from fusewire.connection import Config, Connection
 from fusewire.examples.memfs import MemFS
 from fusewire.opcodes.flags import InitFlag, Opcode
-from fusewire.server import handles as fh
 from fusewire.server import mount as fm
 from fusewire.server.dispatch import Dispatcher
 from fusewire.server.loop import Server, serve_in_thread
@@ -57,8 +57,8 @@ from fusewire.server.replies import entry_bytes
 from fusewire.server.replies import statx_bytes as _statx_bytes
 from fusewire.structs.codec import CODECS
 from fusewire.testing.emulator import KernelEmulator, Pending
-from fusewire.testing.wire import KERNEL_FLAGS, ReplySizeError, encode_init, split_reply
 from fusewire.types import RequestContext
+from fusewire.wire import KERNEL_FLAGS, ReplySizeError, encode_init, split_reply
 
 SECRET = bytes(range(32))
 ROOT = 1

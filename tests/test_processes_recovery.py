@@ -128,13 +128,17 @@ def test_killed_serving_process_loses_no_request(start: Any, tmp_path: Path) -> 
     assert "were re-sent; restarted" in m.log.read_text()
 
 
-def _crashing_child(start: Any, tmp_path: Path, point: str) -> tuple[tr.Mount, Path]:
+def _crashing_child(start: Any, tmp_path: Path, point: str,
+                    group: bool = False) -> tuple[tr.Mount, Path]:
     """A 2-process recoverable passthrough where the first serving process to reach
     ``point`` (``handler:OPCODE:n``) dies there: its handler ran, its reply was never
     written; the parent re-sends the request to whichever process reads next."""
     token = tmp_path / "crashed"
+    env = {"FUSEWIRE_CRASH_ONCE": str(token)}
+    if group:
+        env["FUSEWIRE_CRASH_GROUP"] = "1"
     m: tr.Mount = start(crash=point, fs="passthrough", keeper_args=KEEPER_ARGS,
-                        env_extra={"FUSEWIRE_CRASH_ONCE": str(token)})
+                        env_extra=env)
     assert len(_serving(m)) == 2
     return m, token
 
@@ -160,6 +164,24 @@ def test_resent_mkdir_after_a_serving_process_died_runs_once(start: Any,
     assert m.source is not None
     assert sorted(os.listdir(m.source)) == ["one", "two"]
     _answered_from_intent(m, token)
+
+
+def test_resent_rename_after_the_whole_group_died_runs_once(start: Any,
+                                                            tmp_path: Path) -> None:
+    """RENAME ran in a serving process that then took the whole server down before
+    its reply: the successor adopts the shared table, intent rings included, and
+    the re-sent RENAME answers success instead of ENOENT."""
+    m, token = _crashing_child(start, tmp_path, "handler:RENAME:1", group=True)
+    old = int(m.status()["server_pid"])
+    (m.path / "a").write_bytes(b"payload")
+    os.rename(m.path / "a", m.path / "b")
+    assert token.exists(), "no serving process reached the crash point"
+    assert m.source is not None
+    assert sorted(os.listdir(m.source)) == ["b"]
+    assert (m.path / "b").read_bytes() == b"payload"
+    m.wait_new_server(old)
+    assert tr._restarts(m) == 1          # the server was replaced, not one process
+    assert "already took effect: answering from the current state" in m.log.read_text()
 
 
 def test_resent_create_rename_unlink_append_run_once(start: Any, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Round trips: kernel-side encoders (fusewire.testing.wire) against the server side."""
+"""Round trips: kernel-side encoders (fusewire.wire) against the server side."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fusewire.opcodes.flags import NotifyCode, Opcode
 from fusewire.opcodes.table import NOTIFICATIONS, OPS
 from fusewire.structs.codec import CODECS
 from fusewire.testing import strategies as fst
-from fusewire.testing.wire import (
+from fusewire.wire import (
     KERNEL_FLAGS,
     ReplySizeError,
     decode_notify,

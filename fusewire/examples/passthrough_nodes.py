@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from fusewire.errors import errno_of
 from fusewire.examples.caller import CallerIdentity
 from fusewire.examples.passthrough_fdcache import DescriptorCache
 from fusewire.types import FUSEError, RequestContext
@@ -63,8 +64,8 @@ def _errmap(fn: Callable[_P, _R]) -> Callable[_P, _R]:
                     try:
                         return fn(*args, **kwargs)
                     except OSError as e2:
-                        raise FUSEError(e2.errno or errno.EIO) from None
-            raise FUSEError(e.errno or errno.EIO) from None
+                        raise FUSEError(errno_of(e2)) from None
+            raise FUSEError(errno_of(e)) from None
         finally:
             if cache is not None:
                 cache.leave()

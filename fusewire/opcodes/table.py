@@ -260,7 +260,7 @@ UNSUPPORTED: dict[int, str] = {
 #: (``Config(lookup_handle=...)``) and HAS_LOOKUP_HANDLE (bit 43) is in the
 #: INIT reply.  ``since`` is the minor the RFCs propose (46); the rows are gated
 #: by the flag, not by the minor (fusewire speaks at most 7.45).  Layouts and
-#: citations: :mod:`fusewire.server.handles` and docs/draft-handles.md.
+#: citations: :mod:`fusewire.handles` and docs/draft-handles.md.
 #:
 #: ``rfc-v2`` and ``rfc-v3`` follow the posted LOOKUP_HANDLE patches (RFC v2
 #: <20251212181254.59365-1-luis@igalia.com>, RFC v3

@@ -26,6 +26,7 @@ from typing import Any
 
 from fusewire.server.dispatch import NodeTable
 from fusewire.structs.codec import CODECS
+from fusewire.wire import open_out_of, reply_header
 
 __all__ = [
     "MAGIC",
@@ -59,7 +60,6 @@ _U64_U32 = struct.Struct("<QI")
 _INTENT = _U64_U32                  # key, opcode
 _INFLIGHT = _U64_U32                # unique, opcode
 _BACKING = _U64_U32                 # fh, kernel backing id
-_OPEN_OUT = CODECS["open_out"].struct
 _FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
 #: a record payload up to this size is joined before it is copied (append_parts)
@@ -500,10 +500,11 @@ def req_head(time_ns: int, raw_len: int, opened: tuple[int, int, int] | None,
 
 def open_backing(reply: bytes | memoryview) -> int:
     """The kernel passthrough backing id an OPEN/CREATE reply hands out (0: none)."""
-    if len(reply) < _OUT_HDR.size + _OPEN_OUT.size:
+    out = open_out_of(reply)
+    if out is None:
         return 0
-    _, flags, bid = _OPEN_OUT.unpack_from(reply, len(reply) - _OPEN_OUT.size)
-    return int(bid) if flags & _FOPEN_PASSTHROUGH and bid > 0 else 0
+    return int(out.backing_id) if out.open_flags & _FOPEN_PASSTHROUGH and out.backing_id > 0 \
+        else 0
 
 
 def encode_nodes(counts: dict[int, int]) -> bytes:
@@ -706,10 +707,10 @@ class JournaledNodeTable(NodeTable):
 
 def reply_with_unique(reply: bytes, unique: int) -> list[bytes]:
     """A recorded reply re-addressed to ``unique`` (a resent request echoes bit 63)."""
-    length, err, _ = _OUT_HDR.unpack_from(reply)
+    length, err, _ = reply_header(reply)
     return [_OUT_HDR.pack(length, err, unique) + reply[16:]]
 
 
 def reply_error(reply: bytes) -> int:
     """The (negative) error of a recorded reply, 0 for success."""
-    return int(_OUT_HDR.unpack_from(reply)[1])
+    return reply_header(reply)[1]

@@ -21,13 +21,13 @@ Whichever process reads the re-sent copy looks the key up in every ring:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
 from fusewire.connection import Request
+from fusewire.errors import errno_of
 from fusewire.recovery import intent
 from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.processes import INTENT_RUNNING
@@ -129,7 +129,7 @@ class SharedIntentDispatcher(Dispatcher):
         except FUSEError as exc:
             bufs = self._error(req, exc.errno)
         except OSError as exc:
-            bufs = self._error(req, exc.errno or errno.EIO)
+            bufs = self._error(req, errno_of(exc))
         if lookups and bufs is not None:
             self.nodes.add(lookups)
         return bufs, list(lookups)

@@ -73,6 +73,7 @@ from fusewire.server.dispatch import Buffers, Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
+from fusewire.wire import open_out_of
 
 if TYPE_CHECKING:
     from fusewire.server.processes import SharedTable
@@ -92,7 +93,6 @@ _NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
 _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
 _IN_HDR_SIZE = CODECS["in_header"].size
-_FH = CODECS["open_out"].head(1)          # open_out.fh
 _VERSION = CODECS["init_in"].head(2)      # major, minor
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
 _RESEND_MASK = (1 << 63) - 1
@@ -114,6 +114,9 @@ class CrashHook:
         #: ``$FUSEWIRE_CRASH_ONCE``: a path; a crash point fires only for the process
         #: that creates it (one crash for a whole group of serving processes)
         self.once = os.environ.get("FUSEWIRE_CRASH_ONCE")
+        #: ``$FUSEWIRE_CRASH_GROUP=1``: a serving process takes its parent (the whole
+        #: multi-process server) down with it
+        self.group = os.environ.get("FUSEWIRE_CRASH_GROUP") == "1"
         self.rules: dict[tuple[str, int], int] = {}
         self.seen: dict[tuple[str, int], int] = {}
         for item in (spec or "").split(","):
@@ -138,6 +141,8 @@ class CrashHook:
                     os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 except OSError:
                     return          # another process had its crash
+            if self.group:
+                os.kill(os.getppid(), signal.SIGKILL)
             os._exit(137)
 
 
@@ -213,7 +218,8 @@ class RecoveryJournal:
         opened = released = None
         if opens:
             if _OUT_HDR.unpack_from(reply)[1] == 0:
-                fh = _FH.unpack_from(bufs[-1])[0]
+                out = open_out_of(reply)
+                fh = out.fh if out is not None else 0
                 node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
                     else req.nodeid
                 flags = getattr(req.arg, "flags", 0)

@@ -58,8 +58,15 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from fusewire.connection import Connection, Request
-from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire.connection import Connection, Request, encode_error
+from fusewire.errors import (
+    MAX_ERRNO,
+    LocalProtocolError,
+    RemoteProtocolError,
+    errno_of,
+    failure_errno,
+)
+from fusewire.handles import SessionHandles
 from fusewire.opcodes.flags import (
     FATTR,
     FSYNC,
@@ -75,7 +82,6 @@ from fusewire.opcodes.table import OPS, OpInfo, Reply
 from fusewire.operations import Operations
 from fusewire.readdir import ReaddirToken
 from fusewire.server.draft_serve import Buffers, DraftServing
-from fusewire.server.handles import SessionHandles
 from fusewire.server.replies import (
     attr_fields,
     attr_out_bytes,
@@ -481,7 +487,7 @@ class Dispatcher(DraftServing):
             log.warning("protocol error in request %#x: %s", exc.unique, exc)
             if not exc.needs_reply:
                 return None, []
-            return [_PACK_HDR(16, -exc.errno_hint, exc.unique)], []
+            return [encode_error(exc.unique, errno_of(exc))], []
         return self.handle(req)
 
     def handle(self, req: Request) -> tuple[Buffers | None, list[int]]:
@@ -509,12 +515,31 @@ class Dispatcher(DraftServing):
             bufs = self._error(req, exc.errno)
         except Pending as p:
             return self._defer(req, p, fn), []
-        except LocalProtocolError as exc:
-            lookups.clear()
-            log.error("%s: %s", self._which(req), exc)
-            bufs = self._error(req, exc.errno_hint)
         except Exception as exc:
             lookups.clear()
+            bufs = self._failure(req, exc)
+        if lookups and bufs is not None:
+            self.nodes.add(lookups)
+        if journal is not None and bufs is not None and not info.idempotent:
+            journal.record(req, bufs, lookups)
+        if self.debug:
+            log.debug("%s", format_reply(req, bufs, self.conn.session))
+        return bufs, lookups
+
+    def _failure(self, req: Request, exc: BaseException) -> Buffers | None:
+        """The error reply for an exception other than FUSEError that ended ``req``.
+
+        The errno policy (:mod:`fusewire.errors`, rules 3-4): a
+        :class:`LocalProtocolError` answers its ``errno_hint`` (logged); anything
+        else is the filesystem's bug: EIO and a log line naming the request
+        (its traceback, or the wrong value's type when building the reply
+        from the handler's value failed).  Serving continues unless
+        ``on_error="raise"``.
+        """
+        err, bug = failure_errno(exc, (LocalProtocolError,))
+        if isinstance(exc, LocalProtocolError):
+            log.error("%s: %s", self._which(req), exc)
+        elif bug is not None:
             if _raised_here(exc):
                 # Building the reply from the handler's value failed: a wrong type
                 # (or the handler's signature does not fit the call).
@@ -525,29 +550,10 @@ class Dispatcher(DraftServing):
                           kind.__name__ if kind.__module__ == "builtins"
                           else f"{kind.__module__}.{kind.__name__}", exc)
             else:
-                log.exception("%s raised; answering EIO", self._which(req))
+                log.error("%s raised; answering EIO", self._which(req), exc_info=exc)
             if self.on_error == "raise":
                 self.fatal = exc
-            bufs = self._error(req, errno.EIO)
-        if lookups and bufs is not None:
-            self.nodes.add(lookups)
-        if journal is not None and bufs is not None and not info.idempotent:
-            journal.record(req, bufs, lookups)
-        if self.debug:
-            log.debug("%s", format_reply(req, bufs))
-        return bufs, lookups
-
-    def _failed(self, req: Request, exc: Exception) -> Buffers | None:
-        """EIO for a deferred or async request whose handler or reply failed (the
-        same log lines as :meth:`handle`)."""
-        if _raised_here(exc):
-            log.error("%s returned an unusable value (%s: %s); answering EIO",
-                      self._which(req), type(exc).__name__, exc)
-        else:
-            log.exception("%s raised; answering EIO", self._which(req))
-        if self.on_error == "raise":
-            self.fatal = exc
-        return self._error(req, errno.EIO)
+        return self._error(req, err)
 
     def _which(self, req: Request) -> str:
         """``OPCODE unique=0x.. nodeid=N handler Class.method``: names a failed request."""
@@ -612,19 +618,15 @@ class Dispatcher(DraftServing):
                 bufs = self._pass(fn, _Answer(outcome[1]), req)
             except FUSEError as exc:
                 bufs = self._error(req, exc.errno)
-            except LocalProtocolError as exc:
-                lookups.clear()
-                log.error("%s: %s", self._which(req), exc)
-                bufs = self._error(req, exc.errno_hint)
             except Exception as exc:
                 lookups.clear()
-                bufs = self._failed(req, exc)
+                bufs = self._failure(req, exc)
         if lookups and bufs is not None:
             self.nodes.add(lookups)
         if self.journal is not None and bufs is not None and not info.idempotent:
             self.journal.record(req, bufs, lookups)
         if self.debug:
-            log.debug("%s", format_reply(req, bufs))
+            log.debug("%s", format_reply(req, bufs, self.conn.session))
         return bufs, lookups
 
     def _pass(self, fn: Callable[[Request], Buffers | None] | None, ops: Any,
@@ -743,13 +745,9 @@ class Dispatcher(DraftServing):
         except asyncio.CancelledError:
             bufs = self._error(req, errno.EINTR)
             lookups = []
-        except LocalProtocolError as exc:
-            lookups = []
-            log.error("%s: %s", self._which(req), exc)
-            bufs = self._error(req, exc.errno_hint)
         except Exception as exc:
             lookups = []
-            bufs = self._failed(req, exc)
+            bufs = self._failure(req, exc)
         if self.aloop is not None:
             self._tasks.discard(asyncio.current_task())
         self.finishing_task = True      # the loop may write this reply right away
@@ -788,10 +786,19 @@ class Dispatcher(DraftServing):
     # -- helpers -------------------------------------------------------------
 
     def _error(self, req: Request, err: int) -> Buffers | None:
+        """The error reply answering ``req`` with ``err`` (None: the row wants no reply).
+
+        The errno policy (:mod:`fusewire.errors`, rules 1-2 and 6): ``err``
+        outside 1..511 (a handler's ``FUSEError(0)``, ``FUSEError(-ENOENT)``...)
+        is the handler's bug: logged, answered EIO.
+        """
         if req.info.reply is Reply.NONE:
             return None
-        # a handler's errno outside 1..511 is its bug: the kernel gets EIO
-        return self._reply_error(req.unique, err if 0 < err < 512 else errno.EIO)
+        if not 0 < err <= MAX_ERRNO:
+            log.error("%s: errno %r outside 1..%d; answering EIO", self._which(req), err,
+                      MAX_ERRNO)
+            err = errno.EIO
+        return self._reply_error(req.unique, err)
 
     def _ok(self, req: Request, *payload: Any) -> Buffers:
         return self._reply(req.unique, *payload)

@@ -5,7 +5,7 @@ READDIRPLUS with handles, and RFC v3's FUSE_COMPOUND.  The rows of
 :data:`fusewire.opcodes.DRAFT_OPS` name these functions (``serve``); the
 :class:`~fusewire.server.dispatch.Dispatcher` inherits them from
 :class:`DraftServing` and binds them when INIT negotiated a profile.  Layouts:
-:mod:`fusewire.server.handles` and docs/draft-handles.md.
+:mod:`fusewire.handles` and docs/draft-handles.md.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fusewire.connection import Connection, Request, parse_request
-from fusewire.errors import LocalProtocolError, RemoteProtocolError
+from fusewire import handles as _fh
+from fusewire.connection import Connection, Request, encode_error, parse_request
+from fusewire.errors import LocalProtocolError, RemoteProtocolError, errno_of
+from fusewire.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_COMPOUND_ATOMIC,
@@ -27,8 +29,6 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import OPS, OpInfo, Reply, ops_for_profile
 from fusewire.operations import Operations
-from fusewire.server import handles as _fh
-from fusewire.server.handles import PARENT_HANDLE_OPS, SessionHandles
 from fusewire.server.replies import entry_bytes, open_out_bytes, statx_bytes
 from fusewire.structs.codec import CODECS
 from fusewire.types import EntryAttributes, FileInfo, FUSEError, RequestContext
@@ -65,12 +65,13 @@ class DraftServing:
         def implemented(self, handler: str) -> bool: ...
         def _resolve(self, info: OpInfo) -> Callable[[Request], Buffers | None]: ...
         def _error(self, req: Request, err: int) -> Buffers | None: ...
+        def _failure(self, req: Request, exc: BaseException) -> Buffers | None: ...
         def _ok(self, req: Request, *payload: Any) -> Buffers: ...
         def _ctx(self, req: Request, umask: int = 0) -> RequestContext: ...
         def _entry(self, req: Request, attr: EntryAttributes, *,
                    create: bool = False) -> bytes: ...
 
-    # -- DRAFT: stable-handle profiles (fusewire.server.handles) ---------------------------
+    # -- DRAFT: stable-handle profiles (fusewire.handles) ---------------------------
 
     def _install_draft(self) -> None:
         """Serve the session's stable-handle profile, if one was negotiated.
@@ -273,7 +274,7 @@ class DraftServing:
             for sub in subs:
                 raw, early = self._sub_target(sub, made)
                 if early:
-                    out: Buffers = [_PACK_HDR(16, -early, sub.unique)]
+                    out: Buffers = [encode_error(sub.unique, early)]
                 else:
                     out = self._run_sub(raw, session)
                 if sub.opcode in (DRAFT_FUSE_LOOKUP_HANDLE_V3, DRAFT_FUSE_MKOBJ_HANDLE_V3):
@@ -307,7 +308,7 @@ class DraftServing:
         try:
             sub = parse_request(self._sub_extlen(raw, session), session)
         except RemoteProtocolError as exc:
-            return [_PACK_HDR(16, -exc.errno_hint, _IN_HEADER.decode(raw, 0).unique)]
+            return [encode_error(_IN_HEADER.decode(raw, 0).unique, errno_of(exc))]
         info = sub.info
         if info.reply is Reply.NONE or info.opcode in (Opcode.INIT, Opcode.INTERRUPT,
                                                        DRAFT_FUSE_COMPOUND):
@@ -319,13 +320,9 @@ class DraftServing:
             out = fn(sub)
         except FUSEError as exc:
             out = self._error(sub, exc.errno)
-        except LocalProtocolError as exc:
-            log.error("%s in COMPOUND: %s", info.name, exc)
-            out = self._error(sub, exc.errno_hint)
-        except Exception:
-            log.exception("handler %s raised in COMPOUND; answering EIO", info.handler)
-            out = self._error(sub, errno.EIO)
-        return out or [_PACK_HDR(16, -errno.EIO, sub.unique)]
+        except Exception as exc:
+            out = self._failure(sub, exc)
+        return out or [encode_error(sub.unique, errno.EIO)]
 
     @staticmethod
     def _sub_extlen(raw: bytes, session: Any) -> bytes:
@@ -362,14 +359,14 @@ class DraftServing:
         try:
             req = parse_request(self._sub_extlen(mk.raw, session), session)
         except RemoteProtocolError as exc:
-            raise FUSEError(exc.errno_hint) from None
+            raise FUSEError(errno_of(exc)) from None
         try:
             fi, attr = self._mkobj_create(req)
             entry = handles.entry2_bytes(attr)
         except FUSEError as exc:
             if exc.errno == errno.ENOSYS:
                 raise
-            return [_PACK_HDR(16, -exc.errno, s.unique) for s in subs]
+            return [encode_error(s.unique, exc.errno) for s in subs]
         self._lookups.append(attr.st_ino)
         parts = (entry, statx_bytes(attr), open_out_bytes(fi))
         return [_PACK_HDR(16 + len(p), 0, s.unique) + p for s, p in zip(subs, parts, strict=True)]

@@ -55,13 +55,14 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from fusewire.connection import Config, Connection, Request
+from fusewire.connection import Config, Connection, Request, encode_error
 from fusewire.opcodes.flags import InitFlag, NotifyCode
 from fusewire.operations import Operations
 from fusewire.server import mount as _mount
 from fusewire.server.dispatch import Buffers, Dispatcher, NodeTable, wanted_flags
 from fusewire.structs.codec import CODECS
 from fusewire.types import Pending
+from fusewire.wire import reply_header
 
 __all__ = ["Server"]
 
@@ -577,12 +578,11 @@ class Server:
                    exc: Exception) -> None:
         """A reply writev could not send: answer its request with EIO instead."""
         self.dispatcher.rollback(lookups)
-        out_header = CODECS["out_header"].struct
         try:
-            _, _, unique = out_header.unpack_from(bufs[0])
+            _, _, unique = reply_header(bufs[0])
             log.error("reply to unique=%#x could not be written (%s); answering EIO",
                       unique, exc)
-            os.write(fd, out_header.pack(16, -errno.EIO, unique))
+            os.write(fd, encode_error(unique, errno.EIO))
         except Exception as again:
             log.error("unwritable reply dropped: %s (%s)", exc, again)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fusewire.connection import Request
+from fusewire.handles import HandleEntry
 from fusewire.opcodes.flags import (
     FATTR,
     FOPEN,
@@ -30,13 +31,21 @@ from fusewire.opcodes.flags import (
     InitFlag,
     Opcode,
 )
-from fusewire.opcodes.table import Reply
-from fusewire.structs.codec import CODECS
+from fusewire.structs.records import AttrOut, Entry2Out, EntryOut, OpenOut, StatxOut
+from fusewire.wire import (
+    EntryWithHandle,
+    KernelRuleError,
+    SessionLike,
+    decode_reply,
+    make_session,
+    reply_header,
+)
 
 __all__ = ["FLAG_FIELDS", "flag_str", "format_fields", "format_reply", "format_request",
-           "open_flags_str", "request_text"]
+           "open_flags_str", "reply_text", "request_text"]
 
-_OUT_HEADER = CODECS["out_header"].struct
+#: the session a trace line decodes replies for when its caller names none
+_DEFAULT_SESSION = make_session()
 
 #: (struct field name) -> the IntFlag family that decodes it
 FLAG_FIELDS: dict[str, type[enum.IntFlag]] = {
@@ -158,34 +167,49 @@ def format_request(req: Request) -> str:
             f"nodeid={req.nodeid} {request_text(req)}")
 
 
-def format_reply(req: Request, bufs: list[Any] | None) -> str:
-    """``   unique=0x4 -> OK 104 bytes`` or ``-> ENOENT``."""
+def format_reply(req: Request, bufs: list[Any] | None, session: SessionLike | None = None
+                 ) -> str:
+    """``   unique=0x4 -> OK 104 bytes {...}`` or ``-> ENOENT``.
+
+    The body is decoded by the one reply decoder (:func:`fusewire.wire.decode_reply`)
+    for ``session`` (default: the current minor with every flag); a body that
+    decoder refuses is shown by its size only.
+    """
     if bufs is None:
         return f"   unique={req.unique:#x} (no reply)"
     raw = b"".join(bytes(b) for b in bufs)  # the hot path packs header + struct as one
-    size, err, _unique = _OUT_HEADER.unpack_from(raw)
+    size, err, _unique = reply_header(raw)
     if err:
         return f"   unique={req.unique:#x} -> {errno.errorcode.get(-err, str(-err))}"
     line = f"   unique={req.unique:#x} -> OK {size - 16} bytes"
-    info = req.info
-    name: str | None = None
-    if info.reply is Reply.STRUCT:
-        name = info.reply_struct
-    elif info.reply in (Reply.ENTRY, Reply.ENTRY_OPEN):
-        name = "entry_out"
-    if name is None:
+    try:
+        decoded = decode_reply(session or _DEFAULT_SESSION, req.opcode, req.arg, raw[16:],
+                               check=False)
+    except KernelRuleError:
         return line
-    body = raw[16:]
-    codec = CODECS[name]
-    if len(body) < codec.size:
-        return line  # a compat-sized struct of an old minor: the size says enough
-    rec = codec.decode(body)
-    if name == "entry_out":
-        fields = f"nodeid={rec.nodeid} generation={rec.generation} mode={rec.attr.mode:#o}"
-        if info.reply is Reply.ENTRY_OPEN and len(body) >= codec.size + 16:
-            fields += " " + format_fields(CODECS["open_out"].decode(body, codec.size))
-    elif name in ("attr_out", "statx_out"):
-        return line
-    else:
-        fields = format_fields(rec)
-    return f"{line} {{{fields}}}"
+    fields = reply_text(decoded)
+    return f"{line} {{{fields}}}" if fields else line
+
+
+def _entry_text(entry: Any) -> str:
+    text = f"nodeid={entry.nodeid} generation={entry.generation}"
+    attr = getattr(entry, "attr", None)
+    return f"{text} mode={attr.mode:#o}" if attr is not None else text
+
+
+def reply_text(decoded: Any) -> str:
+    """The fields worth a trace line in a decoded reply (by the decoded value's type).
+
+    Entries show nodeid, generation and mode (and the open struct of a
+    create); attributes show nothing (the size says enough); other records
+    their fields; data, listings and empty replies nothing.
+    """
+    if isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[1], OpenOut):
+        return f"{reply_text(decoded[0])} {format_fields(decoded[1])}"
+    if isinstance(decoded, EntryWithHandle | HandleEntry):
+        return _entry_text(decoded.entry)
+    if isinstance(decoded, EntryOut | Entry2Out):
+        return _entry_text(decoded)
+    if isinstance(decoded, AttrOut | StatxOut) or not hasattr(decoded, "_fields"):
+        return ""
+    return format_fields(decoded)

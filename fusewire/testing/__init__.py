@@ -4,7 +4,7 @@ a ready state machine and a pytest plugin (see docs/testing.md)."""
 from __future__ import annotations
 
 from fusewire.testing.emulator import KernelEmulator, NoReplyError, Pending
-from fusewire.testing.wire import (
+from fusewire.wire import (
     KERNEL_FLAGS,
     KernelRuleError,
     ReplyRuleError,

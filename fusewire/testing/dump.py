@@ -28,9 +28,9 @@ from fusewire.connection import (
     Request,
     Session,
     parse_request,
-    unpack_u64s,
 )
 from fusewire.errors import RemoteProtocolError
+from fusewire.handles import HandleDirentPlus, HandleEntry
 from fusewire.opcodes.flags import (
     FUSE_KERNEL_MINOR_VERSION,
     FUSE_KERNEL_VERSION,
@@ -38,13 +38,27 @@ from fusewire.opcodes.flags import (
     NotifyCode,
     Opcode,
 )
-from fusewire.opcodes.table import NOTIFICATIONS, OPS, Reply
+from fusewire.opcodes.table import NOTIFICATIONS, OPS
 from fusewire.server.trace import flag_str, format_fields
 from fusewire.server.trace import request_text as _request_text
 from fusewire.structs.codec import CODECS
-from fusewire.structs.layout import decode_sized
-from fusewire.structs.records import InitIn
+from fusewire.structs.records import (
+    AttrOut,
+    Entry2Out,
+    EntryOut,
+    GetxattrOut,
+    InitIn,
+    InitOut,
+    InitOutV2,
+    IoctlOut,
+    OpenOut,
+    StatfsOut,
+    StatxOut,
+)
 from fusewire.testing.capture import CaptureError, CaptureReader, Kind, Record, session_from_init
+from fusewire.wire import DirentPlus, EntryWithHandle, KernelRuleError, reply_header
+from fusewire.wire import decode_notify as _wire_notify
+from fusewire.wire import decode_reply as _wire_decode
 
 __all__ = [
     "Event",
@@ -55,14 +69,11 @@ __all__ = [
     "iter_events",
     "render_json",
     "render_line",
+    "render_reply",
     "to_jsonable",
 ]
 
-_OUT = CODECS["out_header"].struct
 _NODEID = CODECS["in_header"].head(4)  # len, opcode, unique, nodeid
-_XATTR_SIZE = CODECS["getxattr_out"].head(1)
-_DIRENT = CODECS["dirent"]
-_ENTRY = CODECS["entry_out"]
 #: request struct fields that hold nodeids
 NODEID_FIELDS = ("newdir", "oldnodeid", "nodeid_out")
 
@@ -193,33 +204,9 @@ def _attr_text(a: dict[str, Any]) -> str:
             f"uid={a['uid']} gid={a['gid']}")
 
 
-def _entry(body: bytes, off: int, session: Session) -> tuple[dict[str, Any], int]:
-    size = session.sizes["entry_out"]
-    rec = decode_sized(_ENTRY, body, off, size)
-    return rec_dict(rec), size
-
-
 def _entry_text(e: dict[str, Any]) -> str:
-    return f"nodeid={e['nodeid']} generation={e['generation']} {{{_attr_text(e['attr'])}}}"
-
-
-def _dirents(body: bytes, plus: bool, session: Session) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    pos = 0
-    esize = session.sizes["entry_out"] if plus else 0
-    while pos + esize + _DIRENT.size <= len(body):
-        item: dict[str, Any] = {}
-        if plus:
-            item["entry"], _ = _entry(body, pos, session)
-        d = _DIRENT.decode(body, pos + esize)
-        start = pos + esize + _DIRENT.size
-        name = body[start:start + d.namelen]
-        item.update({"ino": d.ino, "off": d.off, "type": d.type, "name": _name(name)})
-        out.append(item)
-        pos = start + ((d.namelen + 7) & ~7)
-        if d.namelen == 0:
-            break
-    return out
+    text = f"nodeid={e['nodeid']} generation={e['generation']}"
+    return f"{text} {{{_attr_text(e['attr'])}}}" if "attr" in e else text
 
 
 def decode_reply(req: Request | None, payload: bytes,
@@ -227,88 +214,102 @@ def decode_reply(req: Request | None, payload: bytes,
     """Decode a reply: ``(positive errno or 0, plain fields, one-line text)``.
 
     ``req`` is the request it answers (None when unmatched: only the
-    header is decoded).  Never raises: an undecodable body is reported in
-    the text and as ``fields["raw"]``.
+    header is decoded).  The body goes through the one reply decoder
+    (:func:`fusewire.wire.decode_reply`); this function only renders what
+    it returns.  Never raises: a body that decoder refuses is reported in the
+    text and as ``fields["raw"]``.
     """
-    length, err, _unique = _OUT.unpack_from(payload)
+    length, err, _unique = reply_header(payload)
     if err:
         return -err, {}, f"-{_errname(-err)}"
     body = payload[16:length]
     if req is None or (session is None and req.opcode != Opcode.INIT):
         return 0, {"raw": body}, f"{len(body)} bytes"
     try:
-        fields, text = _decode_body(req, body, session)
-    except (struct.error, ValueError, IndexError, KeyError, TypeError) as exc:
+        decoded = _wire_decode(session or _INIT_ONLY, req.opcode, req.arg, body,
+                               check=False)
+        fields, text = render_reply(req, decoded)
+    except (KernelRuleError, struct.error, ValueError, IndexError, KeyError,
+            TypeError) as exc:
         return 0, {"raw": body}, f"undecodable {len(body)} bytes ({exc})"
     return 0, fields, text
 
 
-def _decode_body(req: Request, body: bytes,
-                 session: Session | None) -> tuple[dict[str, Any], str]:
-    row = req.info
-    kind = row.reply
-    if kind is Reply.INIT:
-        out: Any = decode_sized(CODECS["init_out"], body, 0, min(len(body), 64))
-        flags = out.flags | (out.flags2 << 32 if out.minor >= 36 else 0)
-        d = rec_dict(out)
-        text = (f"major={out.major} minor={out.minor} flags={flag_str(InitFlag, flags)} "
-                f"max_write={out.max_write} max_pages={out.max_pages} "
-                f"max_readahead={out.max_readahead} time_gran={out.time_gran}")
-        return d, text
-    assert session is not None
-    if not body:
+#: what decodes an INIT reply before the capture's session is known
+_INIT_ONLY = (FUSE_KERNEL_MINOR_VERSION, 0)
+
+
+def _entry_fields(entry: Any) -> tuple[dict[str, Any], str]:
+    """An entry as fields: entry_out/entry2_out, or one with a draft handle."""
+    if isinstance(entry, EntryWithHandle | HandleEntry):
+        e = rec_dict(entry.entry)
+        return {"entry": e, "handle": entry.handle}, _entry_text(e)
+    e = rec_dict(entry)
+    return {"entry": e}, _entry_text(e)
+
+
+def _dirent_item(d: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if isinstance(d, DirentPlus | HandleDirentPlus):
+        item["entry"] = rec_dict(d.entry)
+        d = d.dirent
+    item.update({"ino": d.ino, "off": d.off, "type": d.type, "name": _name(d.name)})
+    return item
+
+
+def render_reply(req: Request, decoded: Any) -> tuple[dict[str, Any], str]:
+    """Plain fields and one-line text for a reply the decoder returned.
+
+    Dispatches on the decoded value's type (never on the row's reply kind:
+    the decoder read that); the request only names a data reply (a symlink
+    target, xattr names) and the struct of a fixed reply.
+    """
+    if decoded is None:
         return {}, ""
-    if kind in (Reply.ENTRY, Reply.ENTRY_OPEN):
-        e, size = _entry(body, 0, session)
-        fields: dict[str, Any] = {"entry": e}
-        text = _entry_text(e)
-        if kind is Reply.ENTRY_OPEN:
-            o = CODECS["open_out"].decode(body, size)
-            fields["open"] = rec_dict(o)
-            text += f" {{{format_fields(o)}}}"
-        elif len(body) > size:
-            fields["handle"] = body[size:]
-        return fields, text
-    if kind is Reply.STRUCT:
-        name = row.reply_struct
-        assert name is not None
-        size = session.sizes.get(name, CODECS[name].size)
-        rec: Any = decode_sized(CODECS[name], body, 0, min(size, len(body)))
-        d = rec_dict(rec)
-        if name == "attr_out":
-            text = f"attr_valid={rec.attr_valid} {{{_attr_text(d['attr'])}}}"
-        elif name == "statx_out":
-            s = d["stat"]
-            text = (f"mask={s['mask']:#x} ino={s['ino']} mode={s['mode']:#o} size={s['size']} "
-                    f"nlink={s['nlink']}")
-        elif name == "statfs_out":
-            text = format_fields(rec.st)
-        else:
-            text = format_fields(rec)
-        return {name: d}, text
-    if kind is Reply.DATA:
-        if req.opcode == Opcode.READLINK:
-            return {"target": _name(body)}, repr(_name(body))
-        return {"data": body}, f"+{len(body)} bytes"
-    if kind is Reply.XATTR:
-        if req.arg is not None and req.arg.size == 0:
-            (size,) = _XATTR_SIZE.unpack_from(body)
-            return {"size": size}, f"size={size}"
-        if req.opcode == Opcode.LISTXATTR:
-            names = [_name(n) for n in body.split(b"\0") if n]
-            return {"names": names}, " ".join(repr(n) for n in names)
-        return {"data": body}, f"+{len(body)} bytes"
-    if kind in (Reply.DIRENTS, Reply.DIRENTSPLUS):
-        items = _dirents(body, kind is Reply.DIRENTSPLUS, session)
+    if isinstance(decoded, InitOut | InitOutV2):
+        flags = decoded.flags | (decoded.flags2 << 32 if decoded.minor >= 36 else 0)
+        text = (f"major={decoded.major} minor={decoded.minor} "
+                f"flags={flag_str(InitFlag, flags)} max_write={decoded.max_write} "
+                f"max_pages={decoded.max_pages} max_readahead={decoded.max_readahead} "
+                f"time_gran={decoded.time_gran}")
+        return rec_dict(decoded), text
+    if isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[1], OpenOut):
+        fields, text = _entry_fields(decoded[0])
+        fields["open"] = rec_dict(decoded[1])
+        return fields, f"{text} {{{format_fields(decoded[1])}}}"
+    if isinstance(decoded, EntryOut | Entry2Out | EntryWithHandle | HandleEntry):
+        return _entry_fields(decoded)
+    if isinstance(decoded, GetxattrOut):
+        return {"size": decoded.size}, f"size={decoded.size}"
+    if isinstance(decoded, tuple) and len(decoded) == 2 and isinstance(decoded[0], IoctlOut):
+        o, rest = decoded
+        return ({"ioctl_out": rec_dict(o), "data": rest},
+                f"{{{format_fields(o)}}} +{len(rest)} bytes")
+    if isinstance(decoded, list):
+        items = [_dirent_item(d) for d in decoded]
         names = [i["name"] for i in items]
         shown = " ".join(repr(n) for n in names[:8]) + (" ..." if len(names) > 8 else "")
         return {"entries": items}, f"{len(items)} entries: {shown}".rstrip()
-    if kind is Reply.IOCTL:
-        o = CODECS["ioctl_out"].decode(body)
-        rest = body[CODECS["ioctl_out"].size:]
-        text = f"{{{format_fields(o)}}} +{len(rest)} bytes"
-        return {"ioctl_out": rec_dict(o), "data": rest}, text
-    return {"raw": body}, f"{len(body)} bytes"
+    if isinstance(decoded, bytes):
+        if req.opcode == Opcode.READLINK:
+            return {"target": _name(decoded)}, repr(_name(decoded))
+        if req.opcode == Opcode.LISTXATTR:
+            names = [_name(n) for n in decoded.split(b"\0") if n]
+            return {"names": names}, " ".join(repr(n) for n in names)
+        return {"data": decoded}, f"+{len(decoded)} bytes"
+    name = req.info.reply_struct or type(decoded).__name__
+    d = rec_dict(decoded)
+    if isinstance(decoded, AttrOut):
+        text = f"attr_valid={decoded.attr_valid} {{{_attr_text(d['attr'])}}}"
+    elif isinstance(decoded, StatxOut):
+        st = d["stat"]
+        text = (f"mask={st['mask']:#x} ino={st['ino']} mode={st['mode']:#o} "
+                f"size={st['size']} nlink={st['nlink']}")
+    elif isinstance(decoded, StatfsOut):
+        text = format_fields(decoded.st)
+    else:
+        text = format_fields(decoded)
+    return {name: d}, text
 
 
 def _reply_nodeids(fields: dict[str, Any]) -> set[int]:
@@ -325,47 +326,41 @@ def _reply_nodeids(fields: dict[str, Any]) -> set[int]:
 
 
 def decode_notify(payload: bytes) -> tuple[str, dict[str, Any], str, set[int]]:
-    """Decode a notification: ``(name, fields, text, nodeids)``.  Never raises."""
-    length, code, _unique = _OUT.unpack_from(payload)
+    """Decode a notification: ``(name, fields, text, nodeids)``.  Never raises.
+
+    The payload goes through :func:`fusewire.wire.decode_notify`; this
+    function only renders what it returns.
+    """
+    length, code, _unique = reply_header(payload)
     body = payload[16:length]
     try:
         name = NotifyCode(code).name
     except ValueError:
         return f"NOTIFY_{code}", {"raw": body}, f"{len(body)} bytes", set()
-    info = NOTIFICATIONS.get(code)
-    if info is None:
-        return name, {"raw": body}, f"{len(body)} bytes", set()
+    try:
+        _code, rec, extra = _wire_notify(bytes(payload[:length]))
+    except (KernelRuleError, struct.error, ValueError, IndexError) as exc:
+        return name, {"raw": body}, f"undecodable {len(body)} bytes ({exc})", set()
     fields: dict[str, Any] = {}
     parts: list[str] = []
     ids: set[int] = set()
-    try:
-        off = 0
-        rec: Any = None
-        if info.payload is not None:
-            codec = CODECS[info.payload]
-            rec = codec.decode(body)
-            off = codec.size
-            fields = rec_dict(rec)
-            parts.append(f"{{{format_fields(rec)}}}")
-            for f in ("ino", "parent", "child", "nodeid"):
-                if f in fields:
-                    ids.add(fields[f])
-        rest = body[off:]
-        if info.trailing == "name":
-            nm = _name(rest.split(b"\0", 1)[0])
-            fields["name"] = nm
-            parts.append(repr(nm))
-        elif info.trailing == "data":
-            fields["data"] = rest
-            parts.append(f"+{len(rest)} bytes")
-        elif info.trailing == "nodeids":
-            count = rec.count if rec is not None else len(rest) // 8
-            nodes = list(unpack_u64s(rest, count))
-            fields["nodeids"] = nodes
-            ids.update(nodes)
-            parts.append(f"{nodes[:8]}{'...' if len(nodes) > 8 else ''}")
-    except (struct.error, ValueError, IndexError) as exc:
-        return name, {"raw": body}, f"undecodable {len(body)} bytes ({exc})", set()
+    if rec is not None:
+        fields = rec_dict(rec)
+        parts.append(f"{{{format_fields(rec)}}}")
+        ids.update(fields[f] for f in ("ino", "parent", "child", "nodeid") if f in fields)
+    trailing = NOTIFICATIONS[code].trailing
+    if trailing == "name":
+        nm = _name(extra)
+        fields["name"] = nm
+        parts.append(repr(nm))
+    elif trailing == "data":
+        fields["data"] = extra
+        parts.append(f"+{len(extra)} bytes")
+    elif trailing == "nodeids":
+        nodes = list(extra)
+        fields["nodeids"] = nodes
+        ids.update(nodes)
+        parts.append(f"{nodes[:8]}{'...' if len(nodes) > 8 else ''}")
     return name, fields, " ".join(parts), ids
 
 

@@ -7,8 +7,8 @@ at the chosen minor, allocates uniques like Linux (steps of 2 from 2;
 INTERRUPT = target | 1; bit 63 on resend), keeps per-nodeid lookup counts
 (one per entry reply and per counted READDIRPLUS entry) and gives them back
 with FORGET / BATCH_FORGET, and checks every reply with
-:func:`fusewire.testing.wire.decode_reply`: a reply the kernel would refuse
-raises :class:`~fusewire.testing.wire.KernelRuleError` (``strict=True``, the
+:func:`fusewire.wire.decode_reply`: a reply the kernel would refuse
+raises :class:`~fusewire.wire.KernelRuleError` (``strict=True``, the
 default) or turns into EIO like on a real mount (``strict=False``).
 
 On top of that raw layer sits a syscall-like API (:mod:`fusewire.testing.vfs`,
@@ -50,9 +50,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fusewire.connection import Config, Request, Session
+from fusewire import handles as _fh
+from fusewire.connection import Config, Request, Session, encode_error
 from fusewire.connection import Connection as _Connection
-from fusewire.errors import RemoteProtocolError
+from fusewire.errors import RemoteProtocolError, errno_of
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_COMPOUND,
     DRAFT_FUSE_COMPOUND_ATOMIC,
@@ -69,17 +70,17 @@ from fusewire.opcodes.flags import (
 )
 from fusewire.opcodes.table import Reply, Trailing
 from fusewire.operations import Operations
-from fusewire.server import handles as _fh
 from fusewire.server.dispatch import Dispatcher, wanted_flags
 from fusewire.structs.codec import CODECS
 from fusewire.testing.procserver import NoReplyError, ProcessServer, from_state, serve_child
 from fusewire.testing.vfs import _HANDLE_WRAPPERS, VfsCalls, _entry_of, _Open
-from fusewire.testing.wire import (
+from fusewire.wire import (
     KERNEL_FLAGS,
     KernelRuleError,
     ReplySizeError,
     decode_notify,
     decode_reply,
+    decode_sub_reply,
     encode_init,
     encode_request,
     make_session,
@@ -93,7 +94,6 @@ __all__ = ["DEFAULT_FLAGS", "KernelEmulator", "NoReplyError", "Pending", "Proces
 DEFAULT_FLAGS = KERNEL_FLAGS
 _R = CODECS  # shorthand for record classes
 _OUT_HEADER = CODECS["out_header"].struct
-_VERSION = CODECS["init_out"].head(2)  # major, minor
 
 
 @dataclass
@@ -241,16 +241,13 @@ class KernelEmulator(VfsCalls):
             raise KernelRuleError(f"INIT reply for unique {got_unique:#x}, sent {unique:#x}")
         if error:
             raise OSError(-error, "INIT refused: " + os.strerror(-error))
-        if len(body) < 8:
-            raise KernelRuleError(f"INIT reply of {len(body)} bytes")
-        major, minor = _VERSION.unpack_from(body)
+        # rfc-v2's INIT reply has max_handle_sz where the others have padding
+        probe = make_session(self.offered_minor, 0,
+                             "rfc-v2" if self.kernel_profile == "rfc-v2" else None)
+        out = decode_reply(probe, Opcode.INIT, None, body, check=self.strict)
+        major, minor = out.major, out.minor
         if major != 7 or minor > self.offered_minor:
             raise KernelRuleError(f"INIT reply speaks {major}.{minor}")
-        expected = 64 if minor >= 23 else 24
-        if len(body) > 64 or (len(body) != expected and self.strict and minor >= 5):
-            raise KernelRuleError(f"INIT reply of {len(body)} bytes at 7.{minor}",
-                                  _errno.EINVAL)
-        out = _R["init_out"].decode(body + bytes(64 - len(body)))
         flags = out.flags
         if minor >= 36 and flags & InitFlag.INIT_EXT:
             flags |= out.flags2 << 32
@@ -267,7 +264,7 @@ class KernelEmulator(VfsCalls):
         max_handle_sz = 0
         if profile == "rfc-v2":
             # RFC v2 3/6: enabled only with 0 < max_handle_sz <= FUSE_MAX_HANDLE_SZ
-            max_handle_sz = _R["init_out_v2"].decode(body + bytes(64 - len(body))).max_handle_sz
+            max_handle_sz = out.max_handle_sz
             if not 0 < max_handle_sz <= FUSE_MAX_HANDLE_SZ:
                 profile, max_handle_sz = None, 0
                 flags &= ~InitFlag.HAS_LOOKUP_HANDLE
@@ -399,7 +396,7 @@ class KernelEmulator(VfsCalls):
             if exc.unique is None or not exc.needs_reply:
                 bufs = None
             else:
-                bufs = [_OUT_HEADER.pack(16, -exc.errno_hint, exc.unique)]
+                bufs = [encode_error(exc.unique, errno_of(exc))]
         if no_reply:
             if bufs is not None:
                 raise KernelRuleError(f"{row.name if row else p.opcode} got a reply "
@@ -430,16 +427,7 @@ class KernelEmulator(VfsCalls):
 
     def _decode(self, p: Pending, body: bytes) -> Any:
         assert self.session is not None
-        if p.opcode == DRAFT_FUSE_COMPOUND and self.session.lookup_handle == "rfc-v3":
-            return bytes(body)   # the sub-replies are read by compound()
-        if self.session.lookup_handle is None or not _fh.reply_carries_handle(
-                self.session, p.opcode):
-            return decode_reply(self.session, p.opcode, p.arg, body)
-        limit = p.arg.size if p.opcode == Opcode.READDIRPLUS and p.arg is not None else None
-        try:
-            return _fh.decode_reply(self.session, p.opcode, body, limit)
-        except _fh.HandleWireError as exc:
-            raise ReplySizeError(str(exc)) from None
+        return decode_reply(self.session, p.opcode, p.arg, body)
 
     def _count(self, p: Pending, decoded: Any) -> None:
         assert self.session is not None
@@ -599,7 +587,7 @@ class KernelEmulator(VfsCalls):
         ``fuse_in_header`` with len, opcode, nodeid, uid, gid, pid (unique and
         total_extlen 0) + its in-args; ``result_size`` adds up what each
         reserves for its reply (``out_sizes``, default
-        :data:`~fusewire.server.handles.V3_OUT_SIZES`).  Returns (the outer
+        :data:`~fusewire.handles.V3_OUT_SIZES`).  Returns (the outer
         errno or 0, the sub-replies the kernel reads).
         """
         sizes = list(out_sizes) if out_sizes is not None else [
@@ -692,11 +680,11 @@ class KernelEmulator(VfsCalls):
             entry = _fh.decode_v3_entry(subs[0].body)
         except _fh.HandleWireError as exc:
             raise ReplySizeError(str(exc)) from None
-        sx = _R["statx_out"].decode(subs[1].body + bytes(max(0, 256 - len(subs[1].body))), 0)
+        sx = decode_sub_reply(Opcode.STATX, subs[1].body)
         nodeid = entry.entry.nodeid
         if not _stat.S_ISREG(sx.stat.mode) or nodeid in (0, FUSE_ROOT_ID):
             raise OSError(_errno.EIO, os.strerror(_errno.EIO))
-        oo = _R["open_out"].decode(subs[2].body + bytes(max(0, 16 - len(subs[2].body))), 0)
+        oo = decode_sub_reply(Opcode.OPEN, subs[2].body)
         self._add_lookup(nodeid)
         self._remember(nodeid, entry.entry.generation, entry.handle)
         self._created(parent, name, entry)

@@ -21,7 +21,7 @@ from fusewire.connection import Config
 from fusewire.connection import Connection as _Connection
 from fusewire.operations import Operations
 from fusewire.server.dispatch import Dispatcher
-from fusewire.testing.wire import KernelRuleError
+from fusewire.wire import KernelRuleError
 
 __all__ = ["NoReplyError", "ProcessServer", "from_state", "serve_child"]
 

@@ -23,7 +23,7 @@ from fusewire.structs.codec import CODECS
 from fusewire.structs.derive import class_name, py_name
 from fusewire.structs.layout import decode_sized, encode_sized, sizes_for
 from fusewire.structs.schemas import FIXED
-from fusewire.testing.wire import KERNEL_FLAGS, encode_init, encode_request, make_session
+from fusewire.wire import KERNEL_FLAGS, encode_init, encode_request, make_session
 
 __all__ = [
     "MINORS",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fusewire import handles as _fh
 from fusewire.connection import Session
 from fusewire.opcodes.flags import (
     DRAFT_FUSE_MKOBJ_HANDLE_V3,
@@ -26,9 +27,8 @@ from fusewire.opcodes.flags import (
     InitFlag,
     Opcode,
 )
-from fusewire.server import handles as _fh
 from fusewire.structs.codec import CODECS
-from fusewire.testing.wire import EntryWithHandle, KernelRuleError
+from fusewire.wire import EntryWithHandle, KernelRuleError
 
 __all__ = ["VfsCalls"]
 
