@@ -111,10 +111,10 @@ class BlockStore:
         if self.free:
             return heapq.heappop(self.free)
         b = self.hwm
-        self.hwm = b + 1
         if (b + 1) * CHUNK_SIZE > self.size or self.map is None:
             self.mapped()
             self._map_at_least((b + 1) * CHUNK_SIZE)
+        self.hwm = b + 1
         return b
 
     def release(self, block: int) -> None:
