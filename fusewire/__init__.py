@@ -4,7 +4,13 @@ from typing import TYPE_CHECKING, Any
 
 from fusewire.operations import Notifier, Operations
 from fusewire.pathops import PathAdapter, PathOperations
-from fusewire.recovery_api import HandleRecovery, RecoveryMode, ReplayRecovery, now_ns
+from fusewire.recovery_api import (
+    HandleRecovery,
+    RecoveryMode,
+    ReplayRecovery,
+    nothing_changed,
+    now_ns,
+)
 from fusewire.types import (
     EntryAttributes,
     FileInfo,
@@ -40,6 +46,7 @@ __all__ = [
     "RequestContext",
     "SetattrFields",
     "StatvfsData",
+    "nothing_changed",
     "now_ns",
 ]
 

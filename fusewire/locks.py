@@ -157,17 +157,19 @@ class LockTable:
             self._waits_for[owner] = c.owner
         self._wait(p, ctx, timeout)
 
-    def unlock_owner(self, ino: int, owner: int) -> None:
-        """Drop every POSIX lock ``owner`` holds on ``ino`` (FLUSH: a close by that owner)."""
+    def unlock_owner(self, ino: int, owner: int) -> bool:
+        """Drop every POSIX lock ``owner`` holds on ``ino`` (FLUSH: a close by that owner);
+        whether there was any."""
         with self._mutex:
             locks = self.posix.get(ino)
             if not locks:
-                return
+                return False
             kept = [lk for lk in locks if lk.owner != owner]
             if len(kept) == len(locks):
-                return
+                return False
             self._set_posix(ino, kept)
             self._wake(ino)
+            return True
 
     def _conflict(self, ino: int, owner: int, start: int, end: int,
                   type_: int) -> PosixLock | None:

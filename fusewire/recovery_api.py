@@ -47,7 +47,8 @@ from collections.abc import Collection, Mapping, Sequence
 
 from fusewire.operations import Operations
 
-__all__ = ["HandleRecovery", "RecoveryMode", "ReplayRecovery", "now_ns", "recovery_mode"]
+__all__ = ["HandleRecovery", "RecoveryMode", "ReplayRecovery", "nothing_changed", "now_ns",
+           "recovery_mode"]
 
 
 class RecoveryMode:
@@ -79,6 +80,18 @@ def now_ns() -> int:
         if _sticky:
             _pinned = t
     return t
+
+
+#: the current request changed nothing (nothing_changed); the server clears it per request
+_unchanged = False
+
+
+def nothing_changed() -> None:
+    """A handler's hint: this request changed no state (e.g. a FLUSH that dropped no
+    lock), so a recoverable server need not journal it.  Replay-mode filesystems
+    may call it; a request whose re-execution would change something must not."""
+    global _unchanged
+    _unchanged = True
 
 
 def pin_clock(t: int | None) -> None:

@@ -10,9 +10,11 @@ not grow with the data beyond it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import stat
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from fusewire import recovery_api
 from fusewire.examples.memfs import (
     CHUNK_SIZE,
     FALLOC_FL_KEEP_SIZE,
@@ -30,6 +33,8 @@ from fusewire.examples.memfs import (
     MemFS,
 )
 from fusewire.opcodes.flags import Opcode
+from fusewire.recovery import journal as jn
+from fusewire.recovery.takeover import CrashHook, RecordingDispatcher, RecoveryJournal
 from fusewire.types import EntryAttributes, RequestContext, SetattrFields
 
 ROOT = 1
@@ -212,6 +217,7 @@ def test_journal_omits_write_data_only_with_the_store() -> None:
 
 pytestmark_root = pytest.mark.skipif(os.geteuid() != 0, reason="recoverable mounts need root")
 
+from test_connection import msg, ready  # noqa: E402
 from test_recovery import Mount, client, mounts  # noqa: E402
 
 
@@ -422,3 +428,33 @@ def test_freed_blocks_are_reused_and_released(start: Any, monkeypatch: pytest.Mo
     _kill(m)
     assert (m.path / "b").read_bytes() == _pattern(2 * MiB, 6)
     assert (m.path / "c").read_bytes() == _pattern(12 * MiB, 7)
+
+
+def test_a_flush_that_drops_no_lock_is_not_journaled() -> None:
+    # fusewire.nothing_changed(): memfs's FLUSH without a lock to drop is not journaled;
+    # one that drops a POSIX lock is (a replay must drop it too)
+    fs = MemFS()
+    nodes = jn.JournaledNodeTable()
+    writer = jn.JournalWriter(jn.new_memfd(), 8)
+    nodes.writer = writer
+    rj = RecoveryJournal(writer, nodes, jn.JournalState(), CrashHook(None))
+    d = RecordingDispatcher(fs, ready(45), nodes=nodes, journal=rj)
+    d.rjournal = rj
+    recovery_api.sticky_clock(True)
+    try:
+        d.dispatch(msg(Opcode.CREATE, 10, ROOT, struct.pack(
+            "<IIII", os.O_RDWR | os.O_CREAT, 0o100644, 0o22, 0) + b"f\0"))
+        ino, fh = fs.lookup(ROOT, b"f", CTX).st_ino, 1
+        before = writer.records
+        d.dispatch(msg(Opcode.FLUSH, 12, ino, struct.pack("<QIIQ", fh, 0, 0, 77)))
+        assert writer.records == before                 # nothing to drop: not journaled
+        d.dispatch(msg(Opcode.SETLK, 14, ino, struct.pack(
+            "<QQQQIIII", fh, 77, 0, 9, fcntl.F_WRLCK, 1234, 0, 0)))
+        assert writer.records == before + 1
+        d.dispatch(msg(Opcode.FLUSH, 16, ino, struct.pack("<QIIQ", fh, 0, 0, 77)))
+        assert writer.records == before + 2             # the lock went: journaled
+        state = jn.load(jn.read_all(writer.fd))
+        assert [struct.unpack_from("<I", raw, 4)[0] for _, raw, _ in state.requests] == [
+            Opcode.CREATE, Opcode.SETLK, Opcode.FLUSH]
+    finally:
+        recovery_api.sticky_clock(False)

@@ -48,7 +48,6 @@ from fusewire.examples.memfs_nodes import (
     _ROOT,
     _S_IFMT,
     _UNCHANGED,
-    _XATTR_PREFIXES,
     _XFLAGS,
     CHUNK_SIZE,
     FALLOC_FL_KEEP_SIZE,
@@ -74,9 +73,7 @@ from fusewire.examples.memfs_nodes import (
     SEEK_HOLE,
     SUPPORTED_FLAGS,
     XATTR_CREATE,
-    XATTR_NAME_MAX,
     XATTR_REPLACE,
-    XATTR_SIZE_MAX,
     _check_name,
     _check_new_name,
     _Dir,
@@ -88,6 +85,7 @@ from fusewire.examples.memfs_nodes import (
     _xattr_bytes,
 )
 from fusewire.examples.memfs_state import MemFSState
+from fusewire.examples.memfs_xattrs import MemFSXattrs
 from fusewire.locks import LockTable
 from fusewire.operations import Operations
 from fusewire.readdir import PackedListing, ReaddirToken
@@ -101,13 +99,13 @@ from fusewire.types import (
 )
 
 __all__ = ["CHUNK_SIZE", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "FALLOC_FL_ZERO_RANGE",
-           "FS_NODUMP_FL", "SEEK_DATA", "SEEK_HOLE", "MemFS"]
+           "FS_NODUMP_FL", "SEEK_DATA", "SEEK_HOLE", "XATTR_CREATE", "XATTR_REPLACE", "MemFS"]
 
 
 _FSXATTR = struct.Struct("<IIIII8x")
 
 
-class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
+class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Operations):
     """A tmpfs-like in-memory filesystem.
 
     Recoverable by replay (:class:`fusewire.ReplayRecovery`): its timestamps
@@ -947,93 +945,6 @@ class MemFS(MemFSData, MemFSLocks, MemFSState, ReplayRecovery, Operations):
             return StatvfsData(f_bsize=_BLOCK, f_frsize=_BLOCK, f_blocks=blocks,
                                f_bfree=free, f_bavail=free, f_files=self.max_inodes,
                                f_ffree=ffree, f_favail=ffree, f_namemax=NAME_MAX)
-
-    # -- extended attributes ------------------------------------------------------
-
-    def _check_xattr(self, node: _Inode, name: bytes, ctx: RequestContext,
-                     write: bool) -> None:
-        if not name or len(name) > XATTR_NAME_MAX:
-            raise _err(errno.ERANGE)
-        if name.startswith(b"system."):
-            # POSIX ACLs are not evaluated by memfs: refusing them makes tools
-            # (cp -a, setfacl) fall back to chmod instead of storing an ACL
-            # that silently fails to change the mode.
-            raise _err(errno.EOPNOTSUPP)
-        if not name.startswith(_XATTR_PREFIXES):
-            raise _err(errno.EOPNOTSUPP)
-        if name.startswith(b"trusted.") and ctx.uid != 0:
-            raise _err(errno.EPERM if write else errno.ENODATA)
-        if name.startswith(b"security.") and write and ctx.uid != 0:
-            raise _err(errno.EPERM)       # e.g. security.capability needs CAP_SETFCAP
-        if name.startswith(b"user."):
-            if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
-                raise _err(errno.EPERM if write else errno.ENODATA)
-            if stat.S_ISDIR(node.mode) and node.mode & stat.S_ISVTX and write \
-                    and ctx.uid not in (0, node.uid):
-                raise _err(errno.EPERM)
-            self._need(node, os.W_OK if write else os.R_OK, ctx)
-
-    def setxattr(self, inode: int, name: bytes, value: bytes, flags: int,
-                 ctx: RequestContext) -> None:
-        """Set an xattr (XATTR_CREATE: EEXIST if present, XATTR_REPLACE: ENODATA if not)."""
-        if flags & ~(XATTR_CREATE | XATTR_REPLACE):
-            raise _err(errno.EINVAL)
-        if len(value) > XATTR_SIZE_MAX:
-            raise _err(errno.E2BIG)
-        with self._lock:
-            node = self._get(inode)
-            self._check_xattr(node, name, ctx, True)
-            self._immutable(node)
-            present = node.xattrs is not None and name in node.xattrs
-            if flags & XATTR_CREATE and present:
-                raise _err(errno.EEXIST)
-            if flags & XATTR_REPLACE and not present:
-                raise _err(errno.ENODATA)
-            old = len(name) + len(node.xattrs[name]) if node.xattrs and present else 0
-            growth = len(name) + len(value) - old
-            if growth > 0 and self._used + growth > self.max_bytes:
-                raise _err(errno.ENOSPC)
-            if node.xattrs is None:
-                node.xattrs = {}
-            node.xattrs[bytes(name)] = bytes(value)
-            self._used += growth
-            node.ctime = _now()
-
-    def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
-        """Return an xattr's value or raise ENODATA."""
-        with self._lock:
-            node = self._get(inode)
-            if node.xattrs is None and name.startswith(b"security.") \
-                    and len(name) <= XATTR_NAME_MAX:
-                # the kernel's security.capability probe before a new file's first
-                # write: _check_xattr lets every such read through, so ENODATA now
-                raise _err(errno.ENODATA)
-            self._check_xattr(node, name, ctx, False)
-            if node.xattrs is None or name not in node.xattrs:
-                raise _err(errno.ENODATA)
-            return node.xattrs[name]
-
-    def listxattr(self, inode: int, ctx: RequestContext) -> Sequence[bytes]:
-        """List xattr names (trusted.* only for root)."""
-        with self._lock:
-            node = self._get(inode)
-            if not node.xattrs:
-                return []
-            return [n for n in node.xattrs
-                    if ctx.uid == 0 or not n.startswith(b"trusted.")]
-
-    def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:
-        """Remove an xattr or raise ENODATA."""
-        with self._lock:
-            node = self._get(inode)
-            self._check_xattr(node, name, ctx, True)
-            self._immutable(node)
-            if node.xattrs is None or name not in node.xattrs:
-                raise _err(errno.ENODATA)
-            self._used -= len(name) + len(node.xattrs.pop(name))
-            if not node.xattrs:
-                node.xattrs = None
-            node.ctime = _now()
 
     # -- stable identity and hand-over ----------------------------------------
 

@@ -71,15 +71,18 @@ class BlockStore:
     def _map_at_least(self, need: int) -> None:
         if self.map is not None and need <= self.size:
             return
+        assert self.fd is not None
         if need > self.size:
             size = max(need, self.size * 2, _GROW)
             size = -(-size // CHUNK_SIZE) * CHUNK_SIZE
-            assert self.fd is not None
+            if self.map is not None:
+                # ftruncate + mremap: the pages stay mapped (no faults again, and
+                # the process's RSS keeps counting them)
+                self.map.resize(size)
+                self.size = size
+                return
             os.ftruncate(self.fd, size)         # sparse: holes cost no memory
             self.size = size
-        if self.map is not None:
-            self.map.close()
-        assert self.fd is not None
         self.map = mmap.mmap(self.fd, self.size)
 
     def mapped(self) -> mmap.mmap:
@@ -108,10 +111,10 @@ class BlockStore:
         if self.free:
             return heapq.heappop(self.free)
         b = self.hwm
-        self.hwm = b + 1
         if (b + 1) * CHUNK_SIZE > self.size or self.map is None:
             self.mapped()
             self._map_at_least((b + 1) * CHUNK_SIZE)
+        self.hwm = b + 1
         return b
 
     def release(self, block: int) -> None:

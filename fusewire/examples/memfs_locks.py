@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fusewire.examples.memfs_nodes import _err, _Handle
 from fusewire.locks import LockTable, PosixLock
+from fusewire.recovery_api import nothing_changed
 
 if TYPE_CHECKING:
     from fusewire.types import Lock, RequestContext
@@ -76,4 +77,5 @@ class MemFSLocks:
             if h is None or h.is_dir:
                 return
             ino = h.ino
-        self.locks.unlock_owner(ino, lock_owner)
+        if not self.locks.unlock_owner(ino, lock_owner):
+            nothing_changed()           # no lock dropped: recovery need not journal it

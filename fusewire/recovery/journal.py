@@ -62,6 +62,8 @@ _INFLIGHT = _U64_U32                # unique, opcode
 _BACKING = _U64_U32                 # fh, kernel backing id
 _FOPEN_PASSTHROUGH = 1 << 7
 _RESEND_MASK = (1 << 63) - 1
+#: a record payload up to this size is joined before it is copied (append_parts)
+_SMALL = 4096
 #: a FORGET record's count for "the node left the table" (whatever it was)
 _ALL = (1 << 63) - 1
 
@@ -87,6 +89,9 @@ class RecordType:
 
 #: crc32 of each one-byte record type: the start of every record's checksum
 _TYPE_CRC = [zlib.crc32(bytes((t,))) for t in range(256)]
+_U64 = struct.Struct("<Q")
+#: the header of an ADD record of one node
+_ADD_HDR = _HDR.pack(_U64.size, RecordType.ADD)
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -398,6 +403,19 @@ class JournalWriter:
         is the concatenation of ``parts``, copying each part once into the mapping
         (a WRITE's data is not concatenated first)."""
         size = sum(len(p) for p in parts)
+        if size <= _SMALL:
+            # small (most records): one buffer, one checksum, one copy into the mapping
+            payload = b"".join(parts)
+            blob = b"".join((prefix, _HDR.pack(size, rtype), payload,
+                             _CRC.pack(zlib.crc32(payload, _TYPE_CRC[rtype]))))
+            off = self.offset
+            end = off + len(blob)
+            if end > self._cap:
+                self._grow(end)
+            self._map[off:end] = blob       # type: ignore[index]
+            self.offset = end
+            self.records += 1 + (_count(prefix) if prefix else 0)
+            return
         off = self.offset
         end = off + len(prefix) + _HDR.size + size + _CRC.size
         if end > self._cap:
@@ -606,9 +624,15 @@ class JournaledNodeTable(NodeTable):
 
     def take_pending(self) -> bytes:
         """Encoded ADD record for the buffered lookups (empty if none)."""
-        if not self.pending:
+        pending = self.pending
+        if not pending:
             return b""
-        blob = encode_record(RecordType.ADD, array("Q", self.pending).tobytes())
+        if len(pending) == 1:           # the common case (a CREATE's new node)
+            payload = _U64.pack(pending[0])
+            blob = b"".join((_ADD_HDR, payload,
+                             _CRC.pack(zlib.crc32(payload, _TYPE_CRC[RecordType.ADD]))))
+        else:
+            blob = encode_record(RecordType.ADD, array("Q", pending).tobytes())
         if self.key_of is not None:
             keys = self.keys
             new = [n for n in self.pending if n not in keys]

@@ -66,7 +66,6 @@ from fusewire.recovery_api import (
     HandleRecovery,
     ReplayRecovery,
     pin_clock,
-    pinned_time,
     sticky_clock,
 )
 from fusewire.recovery_api import recovery_mode as declared_mode
@@ -209,39 +208,48 @@ class RecoveryJournal:
 
     def record(self, req: Request[Any, Any], bufs: Buffers, lookups: list[int]) -> None:
         op = req.opcode
-        self.crash.check("handler", op)
+        crash = self.crash
+        if crash.active:
+            crash.check("handler", op)
+        opens = op in _OPENS
+        if _clock._unchanged and not opens and op not in _RELEASES:
+            return      # the handler said it changed nothing (fusewire.nothing_changed)
         reply = b"".join(bufs)
-        ok = jn.reply_error(reply) == 0
         opened = released = None
-        if ok and op in _OPENS:
-            out = open_out_of(reply)
-            fh = out.fh if out is not None else 0
-            node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
-                else req.nodeid
-            flags = getattr(req.arg, "flags", 0)
-            if op == Opcode.OPENDIR:
-                flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
-            opened = (fh, node, flags)
-            self.handles[fh] = (node, flags)
-            bid = jn.open_backing(reply)
-            if bid:
-                self.backing[fh] = bid
+        if opens:
+            if _OUT_HDR.unpack_from(reply)[1] == 0:
+                out = open_out_of(reply)
+                fh = out.fh if out is not None else 0
+                node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
+                    else req.nodeid
+                flags = getattr(req.arg, "flags", 0)
+                if op == Opcode.OPENDIR:
+                    flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
+                opened = (fh, node, flags)
+                self.handles[fh] = (node, flags)
+                bid = jn.open_backing(reply)
+                if bid:
+                    self.backing[fh] = bid
         elif op in _RELEASES:
             released = req.arg.fh
             self.handles.pop(released, None)
-            self.backing.pop(released, None)
+            if self.backing:
+                self.backing.pop(released, None)
         raw = self.raw
         if not self.keep_body:
             raw = raw[:_IN_HDR_SIZE]
         elif op in self.omit and req.data:
             raw = raw[:len(raw) - len(req.data)]    # the data is the message's tail
-        t = pinned_time()
+        t = _clock._pinned
         if t is None:
             t = time.time_ns()
+        nodes = self.nodes
         # one copy of the request (a WRITE's data) into the journal, no concatenation
-        self.writer.append_parts(self.nodes.take_pending(), jn.RecordType.REQ,
+        self.writer.append_parts(nodes.take_pending() if nodes.pending else b"",
+                                 jn.RecordType.REQ,
                                  (jn.req_head(t, len(raw), opened, released), raw, reply))
-        self.crash.check("journal", op)
+        if crash.active:
+            crash.check("journal", op)
 
 
 class RecordingDispatcher(Dispatcher):
@@ -258,6 +266,7 @@ class RecordingDispatcher(Dispatcher):
         # the handler's clock (fusewire.now_ns) pins itself at its first reading; the
         # REQ record keeps that time, so a re-execution produces the same timestamps
         _clock._pinned = None
+        _clock._unchanged = False
         return Dispatcher.dispatch(self, buf)
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
