@@ -307,7 +307,8 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/server/mount.py": (3, "native C ints of SCM_RIGHTS and FUSE_DEV_IOC_CLONE's "
                                     "argument: the host's ABI, not the FUSE wire"),
     "fusewire/recovery/wire.py": (2, "SO_PEERCRED's struct ucred: the host's ABI"),
-    "fusewire/recovery/journal.py": (7, "the journal's own on-disk records (docs/recovery.md), incl. the one-node ADD"),
+    "fusewire/recovery/journal.py": (7, "the journal's own on-disk records "
+                                     "(docs/recovery.md), incl. the one-node ADD"),
     "fusewire/testing/capture.py": (4, "the capture file's own format (docs/capture-format.md)"),
     "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "

@@ -47,21 +47,26 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fusewire import recovery_api as _clock
-from fusewire.connection import Config, Connection, Request
+from fusewire.connection import Config, Connection
 from fusewire.errors import LocalProtocolError
 from fusewire.opcodes.flags import InitFlag, Opcode
-from fusewire.opcodes.table import OPS, Reply, ops_where
+from fusewire.opcodes.table import OPS, ops_where
 from fusewire.operations import Operations
 from fusewire.pathops import PathAdapter
-from fusewire.recovery import intent, wire
 from fusewire.recovery import journal as jn
+from fusewire.recovery import wire
 from fusewire.recovery.codeversion import changed_files, code_version, drop_bytecode, loaded_files
 from fusewire.recovery.isolate import isolate
+from fusewire.recovery.recording import (
+    CrashHook,
+    RecordingDispatcher,
+    RecoveryJournal,
+    crash_file_check,
+)
 from fusewire.recovery_api import (
     HandleRecovery,
     ReplayRecovery,
@@ -69,11 +74,10 @@ from fusewire.recovery_api import (
     sticky_clock,
 )
 from fusewire.recovery_api import recovery_mode as declared_mode
-from fusewire.server.dispatch import Buffers, Dispatcher
+from fusewire.server.dispatch import Dispatcher
 from fusewire.server.loop import Server
 from fusewire.structs.codec import CODECS
-from fusewire.types import FUSEError, Pending
-from fusewire.wire import open_out_of
+from fusewire.types import FUSEError
 
 if TYPE_CHECKING:
     from fusewire.server.processes import SharedTable
@@ -100,252 +104,6 @@ _RESEND_MASK = (1 << 63) - 1
 _PAD = (1 << 20) + (64 << 10)
 #: how often (journal records) the server asks the filesystem whether it wants a snapshot
 _WANTED_EVERY = 256
-
-
-class CrashHook:
-    """Test hook: ``FUSEWIRE_CRASH_AT=point:OPCODE:n[,...]`` makes the server ``_exit(137)``.
-
-    Points: ``read`` (request read, nothing done), ``handler`` (handler ran,
-    not journaled), ``journal`` (journaled, reply not written), ``reply``
-    (reply written).  ``n`` counts occurrences of that opcode at that point.
-    """
-
-    def __init__(self, spec: str | None) -> None:
-        #: ``$FUSEWIRE_CRASH_ONCE``: a path; a crash point fires only for the process
-        #: that creates it (one crash for a whole group of serving processes)
-        self.once = os.environ.get("FUSEWIRE_CRASH_ONCE")
-        #: ``$FUSEWIRE_CRASH_GROUP=1``: a serving process takes its parent (the whole
-        #: multi-process server) down with it
-        self.group = os.environ.get("FUSEWIRE_CRASH_GROUP") == "1"
-        self.rules: dict[tuple[str, int], int] = {}
-        self.seen: dict[tuple[str, int], int] = {}
-        for item in (spec or "").split(","):
-            if not item.strip():
-                continue
-            point, op, n = item.strip().split(":")
-            code = int(op) if op.isdigit() else int(Opcode[op.upper()])
-            self.rules[(point, code)] = int(n)
-        self.active = bool(self.rules)
-
-    def check(self, point: str, opcode: int) -> None:
-        if not self.active:
-            return
-        key = (point, opcode)
-        want = self.rules.get(key)
-        if want is None:
-            return
-        seen = self.seen[key] = self.seen.get(key, 0) + 1
-        if seen == want:
-            if self.once is not None:
-                try:
-                    os.close(os.open(self.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-                except OSError:
-                    return          # another process had its crash
-            if self.group:
-                os.kill(os.getppid(), signal.SIGKILL)
-            os._exit(137)
-
-
-def _crash_file_check(when: str = "grant") -> None:
-    """Test hook: while ``$FUSEWIRE_CRASH_FILE`` exists, a server dies as soon as it owns
-    the mount (a server that cannot start; the keeper's restart limit is tested with it),
-    or, if the file says ``ready``, right after it reported ready (a poison request)."""
-    path = os.environ.get("FUSEWIRE_CRASH_FILE")
-    if not path:
-        return
-    try:
-        with open(path) as f:
-            what = f.read().strip() or "grant"
-    except OSError:
-        return
-    if what == when:
-        os._exit(137)
-
-
-class RecoveryJournal:
-    """The dispatcher's ``journal`` hook, writing into the keeper's memfd."""
-
-    def __init__(self, writer: jn.JournalWriter, nodes: jn.JournaledNodeTable,
-                 state: jn.JournalState, crash: CrashHook, *, keep_body: bool = True) -> None:
-        self.writer = writer
-        self.nodes = nodes
-        self.replies = state.replies
-        self.handles = dict(state.handles)
-        #: fh -> kernel passthrough backing id (see HandleRecovery.import_backing)
-        self.backing = dict(state.backing)
-        #: intents of requests that may have run but have no recorded reply
-        self.intents = {k: v for k, v in state.intents.items() if k not in state.replies}
-        self.crash = crash
-        self.raw: bytes | bytearray | memoryview = b""
-        #: replay mode needs whole requests; otherwise the header (the key) is enough
-        self.keep_body = keep_body
-        #: journal intents before handlers run (a filesystem with entry_identity)
-        self.probing = False
-        #: journal every request as it is read (kernel without RESEND)
-        self.track_inflight = False
-        #: the last message :meth:`note_read` saw (the loop passes one object per message)
-        self.noted: object = None
-        #: called after a request that has no reply (the server's compaction check)
-        self.no_reply: Callable[[], None] | None = None
-        #: opcodes whose data the filesystem keeps itself (journal_omits_data)
-        self.omit: Collection[int] = ()
-
-    def note_read(self, msg: bytes | bytearray | memoryview, before_init: bool) -> None:
-        """Journal a message just read: INFLIGHT (no RESEND), or the raw INIT."""
-        self.noted = msg
-        _, opcode, unique = _IN_HDR.unpack_from(msg)
-        if self.track_inflight:
-            if opcode not in _NO_REPLY:
-                self.writer.append(jn.RecordType.INFLIGHT, jn.encode_inflight(unique, opcode))
-        elif before_init and opcode == Opcode.INIT:
-            self.writer.append(jn.RecordType.INIT_IN, bytes(msg))
-
-    def replayed(self, req: Request[Any, Any]) -> Buffers | None:
-        reply = self.replies.get(req.key)
-        if reply is None:
-            return None
-        return list(jn.reply_with_unique(reply, req.unique))
-
-    def record(self, req: Request[Any, Any], bufs: Buffers, lookups: list[int]) -> None:
-        op = req.opcode
-        crash = self.crash
-        if crash.active:
-            crash.check("handler", op)
-        opens = op in _OPENS
-        if _clock._unchanged and not opens and op not in _RELEASES:
-            return      # the handler said it changed nothing (fusewire.nothing_changed)
-        reply = b"".join(bufs)
-        opened = released = None
-        if opens:
-            if _OUT_HDR.unpack_from(reply)[1] == 0:
-                out = open_out_of(reply)
-                fh = out.fh if out is not None else 0
-                node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
-                    else req.nodeid
-                flags = getattr(req.arg, "flags", 0)
-                if op == Opcode.OPENDIR:
-                    flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
-                opened = (fh, node, flags)
-                self.handles[fh] = (node, flags)
-                bid = jn.open_backing(reply)
-                if bid:
-                    self.backing[fh] = bid
-        elif op in _RELEASES:
-            released = req.arg.fh
-            self.handles.pop(released, None)
-            if self.backing:
-                self.backing.pop(released, None)
-        raw = self.raw
-        if not self.keep_body:
-            raw = raw[:_IN_HDR_SIZE]
-        elif op in self.omit and req.data:
-            raw = raw[:len(raw) - len(req.data)]    # the data is the message's tail
-        t = _clock._pinned
-        if t is None:
-            t = time.time_ns()
-        nodes = self.nodes
-        # one copy of the request (a WRITE's data) into the journal, no concatenation
-        self.writer.append_parts(nodes.take_pending() if nodes.pending else b"",
-                                 jn.RecordType.REQ,
-                                 (jn.req_head(t, len(raw), opened, released), raw, reply))
-        if crash.active:
-            crash.check("journal", op)
-
-
-class RecordingDispatcher(Dispatcher):
-    """A Dispatcher that keeps the raw message for the journal and journals
-    the session (INIT) and idempotent lookups before their replies go out."""
-
-    rjournal: RecoveryJournal
-
-    def dispatch(self, buf: bytes | bytearray | memoryview) -> tuple[Buffers | None, list[int]]:
-        rj = self.rjournal
-        rj.raw = buf
-        if rj.track_inflight and rj.noted is not buf:
-            rj.note_read(buf, False)
-        # the handler's clock (fusewire.now_ns) pins itself at its first reading; the
-        # REQ record keeps that time, so a re-execution produces the same timestamps
-        _clock._pinned = None
-        _clock._unchanged = False
-        return Dispatcher.dispatch(self, buf)
-
-    def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
-        rj = self.rjournal
-        if self.conn.session is None:
-            return self._handle_init(req)
-        if rj.probing and req.opcode in intent.OPS and not (
-                req.unique >> 63 and req.key in rj.replies):
-            done = self._intent(req)
-            if done is not None:
-                return done
-        bufs, lookups = Dispatcher.handle(self, req)
-        nodes = rj.nodes
-        if nodes.pending:
-            rj.writer.append_raw(nodes.take_pending())
-        if nodes.forgotten:
-            nodes.flush_forgets()
-        if bufs is None and rj.no_reply is not None:
-            rj.no_reply()           # no reply, no on_reply: check compaction here
-        return bufs, lookups
-
-    def rollback(self, lookups: list[int]) -> None:
-        super().rollback(lookups)
-        self.rjournal.nodes.flush_forgets()
-
-    def _handle_init(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
-        """Before the session exists: journal the INIT as read, then the session."""
-        rj = self.rjournal
-        if req.opcode == Opcode.INIT and rj.noted is not rj.raw:
-            rj.note_read(rj.raw, True)
-        bufs, lookups = Dispatcher.handle(self, req)
-        session = self.conn.session
-        if session is not None:
-            rj.writer.append(jn.RecordType.SESSION, json.dumps(session.to_dict()).encode())
-            rj.track_inflight = session.minor < _RESEND_MINOR
-        if rj.nodes.pending:
-            rj.writer.append_raw(rj.nodes.take_pending())
-        return bufs, lookups
-
-    def _deferred_extra(self, req: Request[Any, Any]) -> Any:
-        # a deferred request is journaled when it completes (completion order),
-        # by then the loop's buffer holds other messages: keep its bytes
-        return bytes(self.rjournal.raw)
-
-    def complete(self, p: Pending) -> tuple[Buffers | None, list[int]]:
-        self.rjournal.raw = p.slot[2]
-        return super().complete(p)
-
-    def _intent(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]] | None:
-        """Journal the intent of ``req``; for a re-sent one whose handler already ran,
-        the reply (see :mod:`fusewire.recovery.intent`)."""
-        rj = self.rjournal
-        if req.unique >> 63:
-            before = rj.intents.pop(req.key, None)
-            if before is not None:
-                now = intent.probe(self, req, rj.handles)
-                if now is not None and intent.changed(before[1], now):
-                    log.info("re-sent %s %#x already took effect: answering from the "
-                             "current state", req.info.name, req.key)
-                    return self._answer_done(req, before[1], now)
-        probes = intent.probe(self, req, rj.handles)
-        if probes is not None:
-            rj.writer.append(jn.RecordType.INTENT,
-                             jn.encode_intent(req.key, req.opcode, probes))
-        return None
-
-    def _answer_done(self, req: Request[Any, Any], before: tuple[int, ...],
-                     now: tuple[int, ...]) -> tuple[Buffers | None, list[int]]:
-        self._lookups = []
-        try:
-            bufs: Buffers | None = intent.answer_done(self, req, before, now)
-        except FUSEError as exc:
-            bufs = self._error(req, exc.errno)
-        lookups = self._lookups
-        if lookups and bufs is not None:
-            self.nodes.add(lookups)
-        if bufs is not None:
-            self.rjournal.record(req, bufs, lookups)
-        return bufs, lookups
 
 
 def recovery_mode(ops: Operations) -> str:
@@ -828,7 +586,7 @@ def take_over(fuse_fd: int, journal_fd: int, meta: dict[str, Any], control: Cont
     processes = int(meta.get("processes") or 1)
     if server.conn.session is not None and processes == 1:  # else once its processes run
         server.report_ready()
-        _crash_file_check("ready")
+        crash_file_check("ready")
     try:
         if processes > 1:
             _serve_processes(server, processes, control, shared_fds or [])
@@ -959,7 +717,7 @@ def run_owner(sock_path: str, control_fd: int | None = None) -> int:
             return 0
         log.error("keeper refused: %s", grant)
         return 1
-    _crash_file_check()
+    crash_file_check()
     fuse_fd, journal_fd, shared, fs_fds = _split_fds(fds, grant)
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
@@ -1000,7 +758,7 @@ def _run_granted(args: argparse.Namespace) -> int:
     control = socket.socket(fileno=cfd)
     grant = json.loads(args.granted)
     fuse_fd, journal_fd, shared, fs_fds = _split_fds(fds, grant)
-    _crash_file_check()
+    crash_file_check()
     return take_over(fuse_fd, journal_fd, grant["meta"], KeeperControl(control),
                      first=bool(grant.get("first")), graceful=bool(grant.get("graceful")),
                      t0=float(args.t0), crash=CrashHook(os.environ.get("FUSEWIRE_CRASH_AT")),
