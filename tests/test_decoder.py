@@ -138,7 +138,8 @@ def test_open_out_of_and_reply_header() -> None:
 #: the modules that read replies; each must go through fusewire.wire
 READERS = ["server/trace.py", "testing/dump.py", "testing/replay.py", "testing/emulator.py",
            "testing/vfs.py", "testing/procserver.py", "recovery/journal.py",
-           "recovery/takeover.py", "recovery/keeper.py", "recovery/intent.py"]
+           "recovery/takeover.py", "recovery/recording.py", "recovery/keeper.py",
+           "recovery/intent.py", "recovery/shared_intent.py"]
 #: of those, the ones that only render: they may not even name a reply kind
 RENDERERS = ["server/trace.py", "testing/dump.py", "testing/replay.py"]
 #: structs that only ever appear in replies (out_header is also packed by servers)
@@ -194,7 +195,7 @@ def test_renderers_do_not_switch_on_reply_kinds(rel: str) -> None:
 
 
 @pytest.mark.parametrize("rel", ["server/trace.py", "testing/dump.py", "testing/emulator.py",
-                                 "recovery/journal.py", "recovery/takeover.py"])
+                                 "recovery/journal.py", "recovery/recording.py"])
 def test_readers_import_the_core_decoder(rel: str) -> None:
     tree = ast.parse((PKG / rel).read_text())
     assert any(isinstance(n, ast.ImportFrom) and n.module == "fusewire.wire"
