@@ -357,3 +357,54 @@ def test_an_interrupt_before_its_request_is_forgotten_when_answered() -> None:
     reply, _ = _both(fast, slow, _msg(Opcode.FLUSH, 50, nodeid, struct.pack("<QIIQ", 1, 0, 0, 0)))
     assert _errno(reply) == 0 and seen == [True, True]
     assert not fast.conn.interrupts and not slow.conn.interrupts
+
+
+def test_a_recording_dispatcher_keeps_the_idempotent_fast_paths() -> None:
+    """A recoverable server's recording dispatcher serves GETATTR, LOOKUP and
+    GETXATTR by their fast paths (nothing to journal) and everything else the
+    generic way; a node's first lookup through the fast path is journaled (ADD,
+    before the reply is returned), repeated lookups write nothing, and the
+    journal read back holds the node.  (The recording dispatcher reads the real
+    clock, so its replies are not compared byte for byte here.)"""
+    from fusewire.recovery import journal as jn
+    from fusewire.recovery.recording import CrashHook, RecordingDispatcher, RecoveryJournal
+
+    fd = os.memfd_create("fastpath-journal")
+    try:
+        writer = jn.JournalWriter(fd, 0)             # a new journal (MAGIC first)
+        nodes = jn.JournaledNodeTable()
+        nodes.writer = writer
+        rj = RecoveryJournal(writer, nodes, jn.JournalState(), CrashHook(None))
+        conn = _Counting()
+        d = RecordingDispatcher(_fs(MemFS), conn, nodes=nodes, journal=rj)
+        d.rjournal = rj
+        assert d.dispatch(_init())[0] is not None
+        reply, lookups = d.dispatch(_msg(Opcode.CREATE, 10, ROOT, struct.pack(
+            "<IIII", os.O_WRONLY | os.O_CREAT, 0o100644, 0o022, 0) + b"f\0"))
+        assert reply is not None
+        nodeid = lookups[0]
+        fh = struct.unpack_from("<Q", b"".join(reply), 16 + 128)[0]
+        assert d.dispatch(_msg(Opcode.RELEASE, 11, nodeid,
+                               struct.pack("<QIIQ", fh, 0, 0, 0)))[0] is not None
+        assert conn.generic == [Opcode.INIT, Opcode.CREATE, Opcode.RELEASE]
+        # the kernel forgets the node: it leaves the table (journaled)
+        assert d.dispatch(_msg(Opcode.FORGET, 12, nodeid, struct.pack("<Q", 1)))[0] is None
+        assert nodeid not in nodes.counts
+        size = writer.offset
+        reply, lookups = d.dispatch(_msg(Opcode.LOOKUP, 13, ROOT, b"f\0"))
+        assert reply is not None and _errno(b"".join(reply)) == 0
+        assert lookups == [nodeid] and nodes.counts[nodeid] == 1
+        grew = writer.offset - size
+        assert grew > 0                                   # the first lookup: an ADD record
+        for u in range(14, 22):                           # a known node: nothing written
+            assert d.dispatch(_msg(Opcode.LOOKUP, u, ROOT, b"f\0"))[1] == [nodeid]
+            assert d.dispatch(_msg(Opcode.GETATTR, u + 100, nodeid, bytes(16)))[0]
+            assert _errno(b"".join(d.dispatch(_msg(
+                Opcode.GETXATTR, u + 200, nodeid, struct.pack("<II", 0, 0)
+                + b"security.capability\0"))[0] or [b""])) == errno.ENODATA
+        assert writer.offset - size == grew
+        assert nodes.counts[nodeid] == 9
+        assert conn.generic[3:] == [Opcode.FORGET]        # the rest by the fast paths
+        assert jn.load(jn.read_all(fd)).nodes.get(nodeid, 0) >= 1
+    finally:
+        os.close(fd)

@@ -43,6 +43,8 @@ _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
 _IN_HDR_SIZE = CODECS["in_header"].size
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
+#: opcodes whose fused fast paths a recording dispatcher keeps (nothing to journal)
+_JOURNAL_FREE = frozenset({Opcode.GETATTR, Opcode.LOOKUP, Opcode.GETXATTR})
 
 
 class CrashHook:
@@ -234,6 +236,19 @@ class RecordingDispatcher(Dispatcher):
     def rollback(self, lookups: list[int]) -> None:
         super().rollback(lookups)
         self.rjournal.nodes.flush_forgets()
+
+    def journaled_fast_paths(self) -> tuple[Collection[int], Callable[[int], None]] | None:
+        # GETATTR, LOOKUP and GETXATTR are idempotent: nothing to journal but a
+        # node's first lookup, written before the reply like handle() does
+        if self.rjournal.track_inflight:
+            return None         # (kernels without RESEND: every request is journaled as read)
+        return _JOURNAL_FREE, self._first_lookup
+
+    def _first_lookup(self, nodeid: int) -> None:
+        nodes = self.rjournal.nodes
+        nodes.add((nodeid,))
+        if nodes.pending:
+            self.rjournal.writer.append_raw(nodes.take_pending())
 
     def _handle_init(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         """Before the session exists: journal the INIT as read, then the session."""

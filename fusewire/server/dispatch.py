@@ -34,7 +34,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Protocol
 
 from fusewire.connection import Connection, Request, encode_error
@@ -289,12 +289,25 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
         """The fused fast paths that apply now (None before INIT: asked again)."""
         if self.conn.session is None:
             return None
-        if (self.journal is not None or self.observer is not None or self.debug
-                or "handle" in self.__dict__ or type(self.nodes) is not NodeTable):
-            # every message must reach the journal, the observer, the trace or a
-            # replaced handle(); a NodeTable subclass (journaled) counts its own way
+        if self.observer is not None or self.debug or "handle" in self.__dict__:
+            # every message must reach the observer, the trace or a replaced handle()
             return {}
+        if self.journal is not None or type(self.nodes) is not NodeTable:
+            # a journal (and its NodeTable subclass) sees every message, except
+            # where the journaling dispatcher says which fast paths stay exact
+            safe = self.journaled_fast_paths()
+            if safe is None:
+                return {}
+            return build_fast_paths(self, Dispatcher, _data, only=safe[0],
+                                    first_lookup=safe[1])
         return build_fast_paths(self, Dispatcher, _data)
+
+    def journaled_fast_paths(self) -> tuple[Collection[int], Callable[[int], None]] | None:
+        """For a dispatcher with a journal: the opcodes whose fused fast paths need
+        no journal record (idempotent, no handle or intent), and what to call for
+        a nodeid entering the node table on one of them (it must reach the journal
+        before the reply).  None (the default): no fast path while journaling."""
+        return None
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         """Handle a parsed request (see :meth:`dispatch`)."""

@@ -44,7 +44,7 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from fusewire.connection import parse_request
@@ -148,18 +148,27 @@ _SERVED: dict[int, tuple[str, str, str | None, int]] = {
 
 
 def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
-                     data: Callable[[Any, str], Any]) -> dict[int, FastPath]:
+                     data: Callable[[Any, str], Any], *,
+                     only: Collection[int] | None = None,
+                     first_lookup: Callable[[int], None] | None = None
+                     ) -> dict[int, FastPath]:
     """The fast functions that serve exactly as ``d``'s generic path would, by opcode.
 
     ``base`` is the dispatcher class whose ``_op_*`` functions these stand for
     (a subclass of it that overrides one keeps its own), ``data`` the check a
     handler's bytes go through (``dispatch._data``).  Empty when none applies.
+
+    ``only``: a dispatcher whose ``handle`` does more (the recording dispatcher
+    of a recoverable server) names the opcodes for which that extra work is
+    nothing but what ``first_lookup(nodeid)`` does: called, instead of the
+    inline count, for a nodeid entering the node table (count 0 -> 1) before
+    the reply is returned (the journal records a node's first lookup).
     """
     conn = d.conn
     session = conn.session
     if session is None or session.lookup_handle is not None:
         return {}
-    if type(d).handle is not base.handle:
+    if only is None and type(d).handle is not base.handle:
         return {}
     if session.sizes["entry_out"] != CODECS["entry_out"].size \
             or session.sizes["attr_out"] != CODECS["attr_out"].size:
@@ -227,9 +236,15 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if ino:
             nodes_lock.acquire()    # NodeTable.add of one nodeid ("with" costs 2x)
             try:
-                counts[ino] = counts.get(ino, 0) + 1
+                have = counts.get(ino, 0)
+                if have or first_lookup is None:
+                    counts[ino] = have + 1
+                    have = 1
             finally:
                 nodes_lock.release()
+            if not have:            # a journal's first lookup of this node
+                assert first_lookup is not None
+                first_lookup(ino)
             return out, [ino]
         return out, []
 
@@ -483,6 +498,8 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         if code == Opcode.WRITE and "write_kill_suidgid" in d.async_handlers:
             continue
         if code == Opcode.RELEASE and "flock" in d.async_handlers:
+            continue
+        if only is not None and code not in only:
             continue
         table[code] = made[handler]
     return table
