@@ -22,12 +22,12 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from fusewire import recovery_api as _clock
-from fusewire.connection import Request
+from fusewire.connection import Request, parse_request
 from fusewire.opcodes.flags import Opcode
 from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.recovery import intent
 from fusewire.recovery import journal as jn
-from fusewire.server.dispatch import Buffers, Dispatcher
+from fusewire.server.dispatch import Buffers, Dispatcher, JournaledFastPaths
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
 from fusewire.wire import open_out_of
@@ -45,6 +45,9 @@ _IN_HDR_SIZE = CODECS["in_header"].size
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
 #: opcodes whose fused fast paths a recording dispatcher keeps (nothing to journal)
 _JOURNAL_FREE = frozenset({Opcode.GETATTR, Opcode.LOOKUP, Opcode.GETXATTR})
+#: ... and those it keeps with a record of each answer (when no intent is needed)
+_RECORDED = frozenset({Opcode.CREATE, Opcode.FLUSH, Opcode.RELEASE})
+_FLUSH = int(Opcode.FLUSH)
 
 
 class CrashHook:
@@ -237,12 +240,27 @@ class RecordingDispatcher(Dispatcher):
         super().rollback(lookups)
         self.rjournal.nodes.flush_forgets()
 
-    def journaled_fast_paths(self) -> tuple[Collection[int], Callable[[int], None]] | None:
+    def journaled_fast_paths(self) -> JournaledFastPaths | None:
         # GETATTR, LOOKUP and GETXATTR are idempotent: nothing to journal but a
-        # node's first lookup, written before the reply like handle() does
-        if self.rjournal.track_inflight:
+        # node's first lookup, written before the reply like handle() does.
+        # CREATE, FLUSH and RELEASE are recorded exactly as handle() records
+        # them, unless intents must be written before their handlers run.
+        rj = self.rjournal
+        if rj.track_inflight:
             return None         # (kernels without RESEND: every request is journaled as read)
-        return _JOURNAL_FREE, self._first_lookup
+        if rj.probing:
+            return _JOURNAL_FREE, self._first_lookup, None, ()
+        return _JOURNAL_FREE | _RECORDED, self._first_lookup, self._record_fast, _RECORDED
+
+    def _record_fast(self, buf: Any, bufs: Buffers, lookups: list[int]) -> None:
+        if buf[4] == _FLUSH and _clock._unchanged:
+            crash = self.rjournal.crash
+            if crash.active:
+                crash.check("handler", _FLUSH)
+            return              # what record() would conclude, without parsing it
+        session = self.conn.session
+        assert session is not None
+        self.rjournal.record(parse_request(buf, session), bufs, lookups)
 
     def _first_lookup(self, nodeid: int) -> None:
         nodes = self.rjournal.nodes

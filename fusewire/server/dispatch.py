@@ -135,6 +135,10 @@ def _takes_lock_owner(ops: Operations) -> bool:
 #: Dispatcher attributes whose assignment makes it decide its fast paths again
 _FAST_SWITCHES = frozenset({"observer", "journal", "debug", "handle", "nodes", "ops", "conn"})
 
+#: what :meth:`Dispatcher.journaled_fast_paths` returns
+JournaledFastPaths = tuple[Collection[int], Callable[[int], None],
+                           Callable[[Any, Buffers, list[int]], None] | None, Collection[int]]
+
 #: handlers that may not be coroutines (called outside requests, or before any loop)
 _SYNC_ONLY = frozenset({"init", "destroy"})
 
@@ -298,15 +302,20 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
             safe = self.journaled_fast_paths()
             if safe is None:
                 return {}
-            return build_fast_paths(self, Dispatcher, _data, only=safe[0],
-                                    first_lookup=safe[1])
+            only, first_lookup, record, recorded = safe
+            return build_fast_paths(self, Dispatcher, _data, only=only,
+                                    first_lookup=first_lookup, record=record,
+                                    recorded=recorded)
         return build_fast_paths(self, Dispatcher, _data)
 
-    def journaled_fast_paths(self) -> tuple[Collection[int], Callable[[int], None]] | None:
-        """For a dispatcher with a journal: the opcodes whose fused fast paths need
-        no journal record (idempotent, no handle or intent), and what to call for
-        a nodeid entering the node table on one of them (it must reach the journal
-        before the reply).  None (the default): no fast path while journaling."""
+    def journaled_fast_paths(self) -> JournaledFastPaths | None:
+        """For a dispatcher with a journal: ``(opcodes, first_lookup, record,
+        recorded)``: the opcodes whose fused fast paths stay exact; what to call
+        for a nodeid entering the node table on a LOOKUP (it must reach the
+        journal before the reply); and, for the ``recorded`` ones among them,
+        ``record(message, reply, nodeids)`` that journals an answered request
+        (see :func:`fusewire.server.fastpath.build_fast_paths`).  None (the
+        default): no fast path while journaling."""
         return None
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:

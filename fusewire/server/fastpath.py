@@ -150,7 +150,9 @@ _SERVED: dict[int, tuple[str, str, str | None, int]] = {
 def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
                      data: Callable[[Any, str], Any], *,
                      only: Collection[int] | None = None,
-                     first_lookup: Callable[[int], None] | None = None
+                     first_lookup: Callable[[int], None] | None = None,
+                     record: Callable[[Any, Buffers, list[int]], None] | None = None,
+                     recorded: Collection[int] = ()
                      ) -> dict[int, FastPath]:
     """The fast functions that serve exactly as ``d``'s generic path would, by opcode.
 
@@ -162,7 +164,12 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
     of a recoverable server) names the opcodes for which that extra work is
     nothing but what ``first_lookup(nodeid)`` does: called, instead of the
     inline count, for a nodeid entering the node table (count 0 -> 1) before
-    the reply is returned (the journal records a node's first lookup).
+    the reply is returned (the journal records a node's first lookup).  For the
+    opcodes in ``recorded`` (non-idempotent: CREATE, FLUSH, RELEASE),
+    ``record(message, reply, nodeids)`` journals each answered request before
+    its reply is returned, a node entering the table with it is only counted
+    by ``d.nodes.add`` (which buffers it for that record), and a re-sent
+    request (bit 63, which the journal may answer) takes the generic path.
     """
     conn = d.conn
     session = conn.session
@@ -290,6 +297,9 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
         inflight.pop(key, None)     # Connection.retire, inline
         if interrupts:
             interrupts.discard(key)
+        if record is not None:
+            nodes.add((ino,))       # journaled: buffered for the request's record
+            return out, [ino]
         nodes_lock.acquire()
         try:
             counts[ino] = counts.get(ino, 0) + 1
@@ -501,5 +511,22 @@ def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
             continue
         if only is not None and code not in only:
             continue
-        table[code] = made[handler]
+        f = made[handler]
+        if record is not None and code in recorded:
+            f = _recording(f, record)
+        table[code] = f
     return table
+
+
+def _recording(f: FastPath, record: Callable[[Any, Buffers, list[int]], None]) -> FastPath:
+    """``f`` for a journaled dispatcher: the answer is recorded before it is returned;
+    a re-sent request (bit 63 of the unique: the top bit of byte 15) goes the
+    generic way, where the journal answers one it already recorded."""
+    def fast(buf: Any, n: int) -> tuple[Buffers | None, list[int]] | None:
+        if buf[15] & 0x80:
+            return None
+        done = f(buf, n)
+        if done is not None and done[0] is not None:
+            record(buf, done[0], done[1])
+        return done
+    return fast
