@@ -82,6 +82,7 @@ READLINK_MAX = 4095
 
 _HDR = CODECS["in_header"].struct
 _OUT = CODECS["out_header"].struct
+_OPEN_OUT = CODECS["open_out"].struct      # fh, open_flags, backing_id
 _DIRENT = CODECS["dirent"].struct
 _FORGET_ONE = CODECS["forget_one"].struct
 _HANDLE_V2 = CODECS["file_handle_v2"].struct
@@ -459,6 +460,17 @@ def open_out_of(reply: bytes | bytearray | memoryview) -> Any | None:
     if len(reply) < _OUT.size + codec.size or _OUT.unpack_from(reply)[1]:
         return None
     return codec.decode(reply, len(reply) - codec.size)
+
+
+def open_out_fields_of(reply: bytes | bytearray | memoryview) -> tuple[int, int, int] | None:
+    """``(fh, open_flags, backing_id)`` of the ``fuse_open_out`` that ends a success
+    reply, as :func:`open_out_of` finds it, without building a record (the
+    journal reads it for every OPEN/CREATE it records)."""
+    n = len(reply)
+    if n < _OUT.size + _OPEN_OUT.size or _OUT.unpack_from(reply)[1]:
+        return None
+    fh, flags, backing = _OPEN_OUT.unpack_from(reply, n - _OPEN_OUT.size)
+    return int(fh), int(flags), int(backing)
 
 
 # -- notifications -------------------------------------------------------------------------

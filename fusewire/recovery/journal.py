@@ -402,12 +402,15 @@ class JournalWriter:
         """Append ``prefix`` (encoded records, may be empty) and one record whose payload
         is the concatenation of ``parts``, copying each part once into the mapping
         (a WRITE's data is not concatenated first)."""
-        size = sum(len(p) for p in parts)
+        size = 0
+        for p in parts:
+            size += len(p)
         if size <= _SMALL:
             # small (most records): one buffer, one checksum, one copy into the mapping
-            payload = b"".join(parts)
-            blob = b"".join((prefix, _HDR.pack(size, rtype), payload,
-                             _CRC.pack(zlib.crc32(payload, _TYPE_CRC[rtype]))))
+            crc = _TYPE_CRC[rtype]
+            for p in parts:
+                crc = zlib.crc32(p, crc)
+            blob = b"".join((prefix, _HDR.pack(size, rtype), *parts, _CRC.pack(crc)))
             off = self.offset
             end = off + len(blob)
             if end > self._cap:

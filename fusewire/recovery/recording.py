@@ -22,15 +22,15 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from fusewire import recovery_api as _clock
-from fusewire.connection import Request, parse_request
-from fusewire.opcodes.flags import Opcode
+from fusewire.connection import Request
+from fusewire.opcodes.flags import FOPEN, Opcode
 from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.recovery import intent
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Buffers, Dispatcher, JournaledFastPaths
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
-from fusewire.wire import open_out_of
+from fusewire.wire import open_out_fields_of
 
 __all__ = ["CrashHook", "RecordingDispatcher", "RecoveryJournal", "crash_file_check"]
 
@@ -38,6 +38,7 @@ log = logging.getLogger("fusewire.recovery")
 
 _OPENS = ops_where("opens")
 _RELEASES = ops_where("releases")
+_ENTRY_OPENS = frozenset(op for op in _OPENS if OPS[op].reply is Reply.ENTRY_OPEN)
 _NO_REPLY = frozenset(op for op, row in OPS.items() if not row.needs_reply)
 _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
@@ -48,6 +49,12 @@ _JOURNAL_FREE = frozenset({Opcode.GETATTR, Opcode.LOOKUP, Opcode.GETXATTR})
 #: ... and those it keeps with a record of each answer (when no intent is needed)
 _RECORDED = frozenset({Opcode.CREATE, Opcode.FLUSH, Opcode.RELEASE})
 _FLUSH = int(Opcode.FLUSH)
+_CREATE = int(Opcode.CREATE)
+_RELEASE = int(Opcode.RELEASE)
+_IN_HEAD4 = CODECS["in_header"].head(4)      # len, opcode, unique, nodeid
+_CREATE_FLAGS = CODECS["create_in"].head(1)   # flags
+_RELEASE_FH = CODECS["release_in"].head(1)    # fh
+_FOPEN_PASSTHROUGH = int(FOPEN.PASSTHROUGH)
 
 
 class CrashHook:
@@ -155,39 +162,50 @@ class RecoveryJournal:
         return list(jn.reply_with_unique(reply, req.unique))
 
     def record(self, req: Request[Any, Any], bufs: Buffers, lookups: list[int]) -> None:
+        """Journal ``req``, answered with ``bufs`` (the dispatcher's journal hook)."""
         op = req.opcode
+        self.record_fields(op, req.nodeid,
+                           getattr(req.arg, "flags", 0) if op in _OPENS else 0,
+                           req.arg.fh if op in _RELEASES else 0,
+                           len(req.data) if op in self.omit and req.data else 0,
+                           bufs, lookups)
+
+    def record_fields(self, op: int, nodeid: int, open_flags: int, release_fh: int,
+                      omit: int, bufs: Buffers, lookups: list[int]) -> None:
+        """:meth:`record` from the fields it needs (a fast path parses no request):
+        the request's opcode, nodeid, open flags (an open), handle (a release) and
+        the length of the data the journal leaves out; the raw message is
+        :attr:`raw`."""
         crash = self.crash
         if crash.active:
             crash.check("handler", op)
         opens = op in _OPENS
         if _clock._unchanged and not opens and op not in _RELEASES:
             return      # the handler said it changed nothing (fusewire.nothing_changed)
-        reply = b"".join(bufs)
+        reply = bufs[0] if len(bufs) == 1 else b"".join(bufs)
         opened = released = None
         if opens:
-            if _OUT_HDR.unpack_from(reply)[1] == 0:
-                out = open_out_of(reply)
-                fh = out.fh if out is not None else 0
-                node = lookups[0] if OPS[op].reply is Reply.ENTRY_OPEN and lookups \
-                    else req.nodeid
-                flags = getattr(req.arg, "flags", 0)
+            out = open_out_fields_of(reply)     # None: an error reply
+            if out is not None:
+                fh, oflags, bid = out
+                node = lookups[0] if op in _ENTRY_OPENS and lookups else nodeid
+                flags = open_flags
                 if op == Opcode.OPENDIR:
                     flags |= os.O_DIRECTORY     # tells a directory handle apart on reopen
                 opened = (fh, node, flags)
                 self.handles[fh] = (node, flags)
-                bid = jn.open_backing(reply)
-                if bid:
-                    self.backing[fh] = bid
+                if oflags & _FOPEN_PASSTHROUGH and bid > 0:
+                    self.backing[fh] = bid      # (the kernel passthrough backing id)
         elif op in _RELEASES:
-            released = req.arg.fh
+            released = release_fh
             self.handles.pop(released, None)
             if self.backing:
                 self.backing.pop(released, None)
         raw = self.raw
         if not self.keep_body:
             raw = raw[:_IN_HDR_SIZE]
-        elif op in self.omit and req.data:
-            raw = raw[:len(raw) - len(req.data)]    # the data is the message's tail
+        elif omit:
+            raw = raw[:len(raw) - omit]             # the data is the message's tail
         t = _clock._pinned
         if t is None:
             t = time.time_ns()
@@ -258,9 +276,11 @@ class RecordingDispatcher(Dispatcher):
             if crash.active:
                 crash.check("handler", _FLUSH)
             return              # what record() would conclude, without parsing it
-        session = self.conn.session
-        assert session is not None
-        self.rjournal.record(parse_request(buf, session), bufs, lookups)
+        _n, op, _u, nodeid = _IN_HEAD4.unpack_from(buf)
+        self.rjournal.record_fields(
+            op, nodeid, _CREATE_FLAGS.unpack_from(buf, _IN_HDR_SIZE)[0] if op == _CREATE else 0,
+            _RELEASE_FH.unpack_from(buf, _IN_HDR_SIZE)[0] if op == _RELEASE else 0, 0,
+            bufs, lookups)
 
     def _first_lookup(self, nodeid: int) -> None:
         nodes = self.rjournal.nodes
