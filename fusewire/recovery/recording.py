@@ -28,6 +28,7 @@ from fusewire.opcodes.table import OPS, Reply, ops_where
 from fusewire.recovery import intent
 from fusewire.recovery import journal as jn
 from fusewire.server.dispatch import Buffers, Dispatcher, JournaledFastPaths
+from fusewire.server.fastpath import FAST_OPCODES
 from fusewire.structs.codec import CODECS
 from fusewire.types import FUSEError, Pending
 from fusewire.wire import open_out_fields_of
@@ -44,10 +45,14 @@ _IN_HDR = CODECS["in_header"].head(3)     # len, opcode, unique
 _OUT_HDR = CODECS["out_header"].struct
 _IN_HDR_SIZE = CODECS["in_header"].size
 _RESEND_MINOR = 40           # FUSE_NOTIFY_RESEND and bit 63 (protocol.md §14)
-#: opcodes whose fused fast paths a recording dispatcher keeps (nothing to journal)
-_JOURNAL_FREE = frozenset({Opcode.GETATTR, Opcode.LOOKUP, Opcode.GETXATTR})
-#: ... and those it keeps with a record of each answer (when no intent is needed)
-_RECORDED = frozenset({Opcode.CREATE, Opcode.FLUSH, Opcode.RELEASE})
+#: opcodes whose fused fast paths a recording dispatcher keeps (nothing to journal; not
+#: FORGET, which the journaled node table must see)
+_JOURNAL_FREE = frozenset(op for op in FAST_OPCODES
+                          if OPS[op].idempotent and OPS[op].needs_reply)
+#: ... and those it keeps with a record of each answer (when no intent is needed):
+#: the others that have a reply, but WRITE (the journal may leave its data out)
+_RECORDED = frozenset(op for op in FAST_OPCODES if not OPS[op].idempotent
+                      and OPS[op].needs_reply and op != Opcode.WRITE)
 _FLUSH = int(Opcode.FLUSH)
 _CREATE = int(Opcode.CREATE)
 _RELEASE = int(Opcode.RELEASE)
@@ -261,7 +266,7 @@ class RecordingDispatcher(Dispatcher):
     def journaled_fast_paths(self) -> JournaledFastPaths | None:
         # GETATTR, LOOKUP and GETXATTR are idempotent: nothing to journal but a
         # node's first lookup, written before the reply like handle() does.
-        # CREATE, FLUSH and RELEASE are recorded exactly as handle() records
+        # CREATE, UNLINK, FLUSH and RELEASE are recorded exactly as handle() records
         # them, unless intents must be written before their handlers run.
         rj = self.rjournal
         if rj.track_inflight:

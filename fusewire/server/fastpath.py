@@ -59,7 +59,7 @@ from fusewire.types import timeout_parts as _ts
 if TYPE_CHECKING:
     from fusewire.server.dispatch import Dispatcher
 
-__all__ = ["FastPath", "build_fast_paths"]
+__all__ = ["FAST_OPCODES", "FastPath", "build_fast_paths"]
 
 log = logging.getLogger("fusewire.server.dispatch")
 
@@ -145,6 +145,9 @@ _SERVED: dict[int, tuple[str, str, str | None, int]] = {
     int(Opcode.RELEASE): ("_op_release", "release", "release_in", 0),
     int(Opcode.GETXATTR): ("_op_getxattr", "getxattr", "getxattr_in", 1),
 }
+
+#: the opcodes that have a fused fast path
+FAST_OPCODES = frozenset(_SERVED)
 
 
 def build_fast_paths(d: Dispatcher, base: type[Dispatcher],
