@@ -289,6 +289,16 @@ class DeferredServing:
             return self._go_async(req, fn)
         return launch
 
+    def _finished_inline(self, p: Pending, outer: list[int]) -> Buffers | None:
+        """The reply of an async request whose task already ran to the end here:
+        its lookups join those of the request being handled (``outer``)."""
+        out = p.outcome
+        assert out is not None
+        self._tls.lookups = outer
+        outer.extend(out[2])
+        bufs: Buffers | None = out[1]
+        return bufs
+
     def _go_async(self, req: Request[Any, Any], fn: Callable[[Request[Any, Any]], Buffers | None]
                   ) -> Buffers | None:
         """Run an async opcode in a task (raises a Pending), or, without a serving
@@ -307,12 +317,7 @@ class DeferredServing:
                 self._private_loop = asyncio.new_event_loop()
             outer = self._tls.lookups
             self._private_loop.run_until_complete(coro)
-            out = p.outcome
-            assert out is not None
-            self._tls.lookups = outer
-            outer.extend(out[2])
-            bufs: Buffers | None = out[1]
-            return bufs
+            return self._finished_inline(p, outer)
         tasks = self._tasks
         eager = self._eager
         if eager is None:
@@ -323,12 +328,7 @@ class DeferredServing:
             outer = self._tls.lookups
             task = eager(coro, loop=loop, eager_start=True)
             if task.done():
-                out = p.outcome
-                assert out is not None
-                self._tls.lookups = outer
-                outer.extend(out[2])
-                done_bufs: Buffers | None = out[1]
-                return done_bufs
+                return self._finished_inline(p, outer)
             self._tls.lookups = outer
         else:
             task = loop.create_task(coro)
