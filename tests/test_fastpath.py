@@ -359,6 +359,71 @@ def test_an_interrupt_before_its_request_is_forgotten_when_answered() -> None:
     assert not fast.conn.interrupts and not slow.conn.interrupts
 
 
+def test_the_fused_create_and_release_records_are_the_generic_records() -> None:
+    """The recording fast paths write a CREATE (with its new node's ADD) and a
+    RELEASE by one pack each; the journal bytes are exactly those of the generic
+    :meth:`RecoveryJournal.record_fields`, for a new and a known node, in replay
+    mode (whole request) and header-only mode, and the handle bookkeeping agrees."""
+    from fusewire import recovery_api as clock
+    from fusewire.recovery import journal as jn
+    from fusewire.recovery.recording import CrashHook, RecoveryJournal
+
+    create = _msg(Opcode.CREATE, 10, ROOT, struct.pack(
+        "<IIII", os.O_WRONLY | os.O_CREAT, 0o100644, 0o022, 0) + b"name\0")
+    entry = struct.pack("<QQQQII", 7, 1, 1, 0, 0, 0) + bytes(88)
+    create_reply = struct.pack("<IiQ", 16 + 128 + 16, 0, 10) + entry + struct.pack(
+        "<QIi", 99, 0, 0)
+    release = _msg(Opcode.RELEASE, 11, 7, struct.pack("<QIIQ", 99, 0x8001, 0, 0))
+    release_reply = struct.pack("<IiQ", 16, 0, 11)
+
+    def journal(keep_body: bool) -> tuple[RecoveryJournal, int]:
+        fd = os.memfd_create("fused-records")
+        writer = jn.JournalWriter(fd, 0)
+        nodes = jn.JournaledNodeTable()
+        nodes.writer = writer
+        return RecoveryJournal(writer, nodes, jn.JournalState(), CrashHook(None),
+                               keep_body=keep_body), fd
+
+    clock.pin_clock(1_234_567_890)
+    try:
+        for keep_body in (True, False):
+            for known in (False, True):
+                (a, fa), (b, fb) = journal(keep_body), journal(keep_body)
+                try:
+                    for rj in (a, b):
+                        if known:
+                            rj.nodes.counts[7] = 1
+                        rj.nodes.add((7,))
+                    assert a.record_create(create, create_reply, 7)
+                    b.raw = create
+                    b.record_fields(Opcode.CREATE, ROOT, os.O_WRONLY | os.O_CREAT, 0, 0,
+                                    [create_reply], [7])
+                    assert a.handles == b.handles == {99: (7, os.O_WRONLY | os.O_CREAT)}
+                    a.record_release(release, release_reply)
+                    b.raw = release
+                    b.record_fields(Opcode.RELEASE, 7, 0, 99, 0, [release_reply], [])
+                    assert a.handles == b.handles == {}
+                    assert a.writer.records == b.writer.records == (2 if known else 3)
+                    assert jn.read_all(fa) == jn.read_all(fb)
+                    state = jn.load(jn.read_all(fa))
+                    assert [struct.unpack_from("<I", r, 4)[0] for _t, r, _ in state.requests] \
+                        == [Opcode.CREATE, Opcode.RELEASE]
+                    assert (7 in state.nodes) is not known     # ADD: a new node only
+                finally:
+                    os.close(fa)
+                    os.close(fb)
+        # pending ADDs that are not the new node: the fused CREATE declines
+        (a, fa) = journal(True)
+        try:
+            a.nodes.add((8,))
+            assert not a.record_create(create, create_reply, 7)
+            assert a.writer.records == 0 and a.nodes.pending == [8]
+        finally:
+            os.close(fa)
+    finally:
+        clock.pin_clock(None)
+
+
 def test_a_recording_dispatcher_keeps_the_idempotent_fast_paths() -> None:
     """A recoverable server's recording dispatcher serves GETATTR, LOOKUP and
     GETXATTR by their fast paths (nothing to journal) and everything else the

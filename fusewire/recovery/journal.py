@@ -92,6 +92,10 @@ _TYPE_CRC = [zlib.crc32(bytes((t,))) for t in range(256)]
 _U64 = struct.Struct("<Q")
 #: the header of an ADD record of one node
 _ADD_HDR = _HDR.pack(_U64.size, RecordType.ADD)
+_ADD_CRC = _TYPE_CRC[RecordType.ADD]
+_REQ_CRC = _TYPE_CRC[RecordType.REQ]
+#: a record header followed by a REQ payload's fixed part, packed at once
+_REQ_RECORD_HEAD = struct.Struct(_HDR.format + _REQ.format.lstrip("<"))
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -450,6 +454,16 @@ class JournalWriter:
         self.offset = end
         self.records += _count(blob)
 
+    def append_records(self, blob: bytes, count: int) -> None:
+        """:meth:`append_raw` for a caller that knows how many records ``blob`` holds."""
+        off = self.offset
+        end = off + len(blob)
+        if end > self._cap:
+            self._grow(end)
+        self._map[off:end] = blob       # type: ignore[index]
+        self.offset = end
+        self.records += count
+
     @property
     def appended(self) -> int:
         """Bytes this writer appended."""
@@ -485,6 +499,29 @@ def _count(blob: bytes) -> int:
         pos += _HDR.size + _HDR.unpack_from(blob, pos)[0] + _CRC.size
         n += 1
     return n
+
+
+def add_record(nodeid: int) -> bytes:
+    """The encoded ADD record of one node (what :meth:`JournaledNodeTable.take_pending`
+    writes for a CREATE's new node)."""
+    payload = _U64.pack(nodeid)
+    return b"".join((_ADD_HDR, payload, _CRC.pack(zlib.crc32(payload, _ADD_CRC))))
+
+
+def req_record(time_ns: int, raw: bytes | bytearray | memoryview,
+               reply: bytes | bytearray | memoryview, opened: tuple[int, int, int] | None,
+               released: int | None) -> bytes:
+    """One encoded REQ record (header, payload, checksum) for a small request and its
+    reply: what :meth:`JournalWriter.append_parts` writes for the same parts, built
+    with one pack for the header and the fixed fields (the recording fast paths)."""
+    ofh, onode, oflags = opened if opened is not None else (0, 0, 0)
+    size = _REQ.size + len(raw) + len(reply)
+    head = _REQ_RECORD_HEAD.pack(size, RecordType.REQ, time_ns, ofh, onode,
+                                 oflags & 0xFFFFFFFF, released or 0, opened is not None,
+                                 released is not None, len(raw))
+    crc = zlib.crc32(reply, zlib.crc32(raw, zlib.crc32(memoryview(head)[_HDR.size:],
+                                                       _REQ_CRC)))
+    return b"".join((head, raw, reply, _CRC.pack(crc)))
 
 
 def encode_req(time_ns: int, raw: bytes, reply: bytes, opened: tuple[int, int, int] | None,
@@ -631,9 +668,7 @@ class JournaledNodeTable(NodeTable):
         if not pending:
             return b""
         if len(pending) == 1:           # the common case (a CREATE's new node)
-            payload = _U64.pack(pending[0])
-            blob = b"".join((_ADD_HDR, payload,
-                             _CRC.pack(zlib.crc32(payload, _TYPE_CRC[RecordType.ADD]))))
+            blob = add_record(pending[0])
         else:
             blob = encode_record(RecordType.ADD, array("Q", pending).tobytes())
         if self.key_of is not None:

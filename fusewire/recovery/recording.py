@@ -60,6 +60,9 @@ _IN_HEAD4 = CODECS["in_header"].head(4)      # len, opcode, unique, nodeid
 _CREATE_FLAGS = CODECS["create_in"].head(1)   # flags
 _RELEASE_FH = CODECS["release_in"].head(1)    # fh
 _FOPEN_PASSTHROUGH = int(FOPEN.PASSTHROUGH)
+_OPEN_OUT_AT = CODECS["open_out"].head(3)     # fh, open_flags, backing_id
+#: a successful CREATE reply: header, fuse_entry_out, fuse_open_out
+_ENTRY_OPEN_SIZE = _OUT_HDR.size + CODECS["entry_out"].size + CODECS["open_out"].size
 
 
 class CrashHook:
@@ -223,6 +226,54 @@ class RecoveryJournal:
             crash.check("journal", op)
 
 
+    def record_create(self, raw: Any, reply: Any, ino: int) -> bool:
+        """:meth:`record_fields` for a CREATE answered by the fast path with one
+        ``fuse_entry_out`` + ``fuse_open_out`` reply (``ino`` the new entry): the
+        buffered ADD of the new node and the REQ record in one write.  False (nothing
+        written) when the pending ADDs are not that one node."""
+        nodes = self.nodes
+        pending = nodes.pending
+        if pending:
+            if len(pending) != 1 or pending[0] != ino:
+                return False
+            pending.clear()
+            prefix = jn.add_record(ino)
+            count = 2
+        else:
+            prefix = b""
+            count = 1
+        fh, oflags, bid = _OPEN_OUT_AT.unpack_from(reply, _ENTRY_OPEN_SIZE - _OPEN_OUT_AT.size)
+        flags = _CREATE_FLAGS.unpack_from(raw, _IN_HDR_SIZE)[0]
+        self.handles[fh] = (ino, flags)
+        if oflags & _FOPEN_PASSTHROUGH and bid > 0:
+            self.backing[fh] = bid
+        t = _clock._pinned
+        if t is None:
+            t = time.time_ns()
+        if not self.keep_body:
+            raw = raw[:_IN_HDR_SIZE]
+        self.writer.append_records(prefix + jn.req_record(t, raw, reply, (fh, ino, flags), None),
+                                   count)
+        return True
+
+    def record_release(self, raw: Any, reply: Any) -> None:
+        """:meth:`record_fields` for a RELEASE answered by the fast path (no pending
+        ADDs: a RELEASE hands out no node)."""
+        fh = _RELEASE_FH.unpack_from(raw, _IN_HDR_SIZE)[0]
+        self.handles.pop(fh, None)
+        if self.backing:
+            self.backing.pop(fh, None)
+        t = _clock._pinned
+        if t is None:
+            t = time.time_ns()
+        if not self.keep_body:
+            raw = raw[:_IN_HDR_SIZE]
+        nodes = self.nodes
+        if nodes.pending:       # (not from a RELEASE; kept in order all the same)
+            self.writer.append_raw(nodes.take_pending())
+        self.writer.append_records(jn.req_record(t, raw, reply, None, fh), 1)
+
+
 class RecordingDispatcher(Dispatcher):
     """A Dispatcher that keeps the raw message for the journal and journals
     the session (INIT) and idempotent lookups before their replies go out."""
@@ -276,8 +327,22 @@ class RecordingDispatcher(Dispatcher):
         return _JOURNAL_FREE | _RECORDED, self._first_lookup, self._record_fast, _RECORDED
 
     def _record_fast(self, buf: Any, bufs: Buffers, lookups: list[int]) -> None:
-        if buf[4] == _FLUSH and _clock._unchanged:
-            crash = self.rjournal.crash
+        op = buf[4]
+        rj = self.rjournal
+        if op in (_CREATE, _RELEASE):
+            # the commonest records, built by one pack each (bytes identical to
+            # record_fields', tests/test_fastpath.py); anything unusual goes on below
+            if not rj.crash.active and rj.nodes.key_of is None and len(bufs) == 1:
+                reply = bufs[0]
+                if op == _CREATE:
+                    if len(reply) == _ENTRY_OPEN_SIZE and rj.record_create(
+                            buf, reply, lookups[0]):
+                        return
+                elif len(reply) == _OUT_HDR.size:
+                    rj.record_release(buf, reply)
+                    return
+        elif op == _FLUSH and _clock._unchanged:
+            crash = rj.crash
             if crash.active:
                 crash.check("handler", _FLUSH)
             return              # what record() would conclude, without parsing it
