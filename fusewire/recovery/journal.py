@@ -96,6 +96,7 @@ _ADD_CRC = _TYPE_CRC[RecordType.ADD]
 _REQ_CRC = _TYPE_CRC[RecordType.REQ]
 #: a record header followed by a REQ payload's fixed part, packed at once
 _REQ_RECORD_HEAD = struct.Struct(_HDR.format + _REQ.format.lstrip("<"))
+_HDR_SIZE = _HDR.size
 
 
 def encode_record(rtype: int, payload: bytes) -> bytes:
@@ -501,26 +502,33 @@ def _count(blob: bytes) -> int:
     return n
 
 
-def add_record(nodeid: int) -> bytes:
-    """The encoded ADD record of one node (what :meth:`JournaledNodeTable.take_pending`
-    writes for a CREATE's new node)."""
-    payload = _U64.pack(nodeid)
-    return b"".join((_ADD_HDR, payload, _CRC.pack(zlib.crc32(payload, _ADD_CRC))))
+def open_records(time_ns: int, raw: bytes | bytearray | memoryview,
+                 reply: bytes | bytearray | memoryview, fh: int, nodeid: int, flags: int,
+                 add: bool) -> bytes:
+    """The encoded records of an answered open (a CREATE): the ADD of its node when
+    ``add`` (a node entering the table), then the REQ record; the bytes
+    :meth:`JournaledNodeTable.take_pending` and :meth:`JournalWriter.append_parts`
+    write for the same request, built with one pack for the header and the fixed
+    fields (the recording fast paths; tests/test_fastpath.py compares them)."""
+    nraw = len(raw)
+    head = _REQ_RECORD_HEAD.pack(_REQ.size + nraw + len(reply), RecordType.REQ, time_ns, fh,
+                                 nodeid, flags & 0xFFFFFFFF, 0, True, False, nraw)
+    crc = _CRC.pack(zlib.crc32(reply, zlib.crc32(raw, zlib.crc32(head[_HDR_SIZE:],
+                                                                 _REQ_CRC))))
+    if add:
+        payload = _U64.pack(nodeid)
+        return b"".join((_ADD_HDR, payload, _CRC.pack(zlib.crc32(payload, _ADD_CRC)),
+                         head, raw, reply, crc))
+    return b"".join((head, raw, reply, crc))
 
 
-def req_record(time_ns: int, raw: bytes | bytearray | memoryview,
-               reply: bytes | bytearray | memoryview, opened: tuple[int, int, int] | None,
-               released: int | None) -> bytes:
-    """One encoded REQ record (header, payload, checksum) for a small request and its
-    reply: what :meth:`JournalWriter.append_parts` writes for the same parts, built
-    with one pack for the header and the fixed fields (the recording fast paths)."""
-    ofh, onode, oflags = opened if opened is not None else (0, 0, 0)
-    size = _REQ.size + len(raw) + len(reply)
-    head = _REQ_RECORD_HEAD.pack(size, RecordType.REQ, time_ns, ofh, onode,
-                                 oflags & 0xFFFFFFFF, released or 0, opened is not None,
-                                 released is not None, len(raw))
-    crc = zlib.crc32(reply, zlib.crc32(raw, zlib.crc32(memoryview(head)[_HDR.size:],
-                                                       _REQ_CRC)))
+def release_record(time_ns: int, raw: bytes | bytearray | memoryview,
+                   reply: bytes | bytearray | memoryview, fh: int) -> bytes:
+    """The encoded REQ record of an answered release of ``fh`` (see :func:`open_records`)."""
+    nraw = len(raw)
+    head = _REQ_RECORD_HEAD.pack(_REQ.size + nraw + len(reply), RecordType.REQ, time_ns, 0, 0,
+                                 0, fh, False, True, nraw)
+    crc = zlib.crc32(reply, zlib.crc32(raw, zlib.crc32(head[_HDR_SIZE:], _REQ_CRC)))
     return b"".join((head, raw, reply, _CRC.pack(crc)))
 
 
@@ -668,7 +676,8 @@ class JournaledNodeTable(NodeTable):
         if not pending:
             return b""
         if len(pending) == 1:           # the common case (a CREATE's new node)
-            blob = add_record(pending[0])
+            payload = _U64.pack(pending[0])
+            blob = b"".join((_ADD_HDR, payload, _CRC.pack(zlib.crc32(payload, _ADD_CRC))))
         else:
             blob = encode_record(RecordType.ADD, array("Q", pending).tobytes())
         if self.key_of is not None:

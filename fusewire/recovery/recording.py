@@ -63,6 +63,7 @@ _FOPEN_PASSTHROUGH = int(FOPEN.PASSTHROUGH)
 _OPEN_OUT_AT = CODECS["open_out"].head(3)     # fh, open_flags, backing_id
 #: a successful CREATE reply: header, fuse_entry_out, fuse_open_out
 _ENTRY_OPEN_SIZE = _OUT_HDR.size + CODECS["entry_out"].size + CODECS["open_out"].size
+_OPEN_OUT_OFFSET = _ENTRY_OPEN_SIZE - CODECS["open_out"].size
 
 
 class CrashHook:
@@ -231,18 +232,14 @@ class RecoveryJournal:
         ``fuse_entry_out`` + ``fuse_open_out`` reply (``ino`` the new entry): the
         buffered ADD of the new node and the REQ record in one write.  False (nothing
         written) when the pending ADDs are not that one node."""
-        nodes = self.nodes
-        pending = nodes.pending
+        pending = self.nodes.pending
+        add = False
         if pending:
             if len(pending) != 1 or pending[0] != ino:
                 return False
             pending.clear()
-            prefix = jn.add_record(ino)
-            count = 2
-        else:
-            prefix = b""
-            count = 1
-        fh, oflags, bid = _OPEN_OUT_AT.unpack_from(reply, _ENTRY_OPEN_SIZE - _OPEN_OUT_AT.size)
+            add = True
+        fh, oflags, bid = _OPEN_OUT_AT.unpack_from(reply, _OPEN_OUT_OFFSET)
         flags = _CREATE_FLAGS.unpack_from(raw, _IN_HDR_SIZE)[0]
         self.handles[fh] = (ino, flags)
         if oflags & _FOPEN_PASSTHROUGH and bid > 0:
@@ -252,13 +249,12 @@ class RecoveryJournal:
             t = time.time_ns()
         if not self.keep_body:
             raw = raw[:_IN_HDR_SIZE]
-        self.writer.append_records(prefix + jn.req_record(t, raw, reply, (fh, ino, flags), None),
-                                   count)
+        self.writer.append_records(jn.open_records(t, raw, reply, fh, ino, flags, add),
+                                   2 if add else 1)
         return True
 
     def record_release(self, raw: Any, reply: Any) -> None:
-        """:meth:`record_fields` for a RELEASE answered by the fast path (no pending
-        ADDs: a RELEASE hands out no node)."""
+        """:meth:`record_fields` for a RELEASE answered by the fast path."""
         fh = _RELEASE_FH.unpack_from(raw, _IN_HDR_SIZE)[0]
         self.handles.pop(fh, None)
         if self.backing:
@@ -271,7 +267,7 @@ class RecoveryJournal:
         nodes = self.nodes
         if nodes.pending:       # (not from a RELEASE; kept in order all the same)
             self.writer.append_raw(nodes.take_pending())
-        self.writer.append_records(jn.req_record(t, raw, reply, None, fh), 1)
+        self.writer.append_records(jn.release_record(t, raw, reply, fh), 1)
 
 
 class RecordingDispatcher(Dispatcher):
@@ -289,7 +285,17 @@ class RecordingDispatcher(Dispatcher):
         # REQ record keeps that time, so a re-execution produces the same timestamps
         _clock._pinned = None
         _clock._unchanged = False
-        return Dispatcher.dispatch(self, buf)
+        fast = self._fast
+        if fast is None:
+            return Dispatcher.dispatch(self, buf)
+        n = len(buf)        # Dispatcher.dispatch's fast-path step, inline (a frame less)
+        if fast and n > _IN_HDR_SIZE:
+            f = fast.get(buf[4])
+            if f is not None:
+                done = f(buf, n)
+                if done is not None:
+                    return done
+        return self.dispatch_parsed(buf)
 
     def handle(self, req: Request[Any, Any]) -> tuple[Buffers | None, list[int]]:
         rj = self.rjournal

@@ -272,6 +272,11 @@ class Dispatcher(OpServing, DeferredServing, DraftServing):
                 done = f(buf, n)
                 if done is not None:
                     return done
+        return self.dispatch_parsed(buf)
+
+    def dispatch_parsed(self, buf: bytes | bytearray | memoryview
+                        ) -> tuple[Buffers | None, list[int]]:
+        """:meth:`dispatch` without the fused fast paths: parse, then :meth:`handle`."""
         try:
             req = self.conn.receive(buf)
         except RemoteProtocolError as exc:
