@@ -60,10 +60,8 @@ _IN_HEAD4 = CODECS["in_header"].head(4)      # len, opcode, unique, nodeid
 _CREATE_FLAGS = CODECS["create_in"].head(1)   # flags
 _RELEASE_FH = CODECS["release_in"].head(1)    # fh
 _FOPEN_PASSTHROUGH = int(FOPEN.PASSTHROUGH)
-_OPEN_OUT_AT = CODECS["open_out"].head(3)     # fh, open_flags, backing_id
 #: a successful CREATE reply: header, fuse_entry_out, fuse_open_out
 _ENTRY_OPEN_SIZE = _OUT_HDR.size + CODECS["entry_out"].size + CODECS["open_out"].size
-_OPEN_OUT_OFFSET = _ENTRY_OPEN_SIZE - CODECS["open_out"].size
 
 
 class CrashHook:
@@ -237,9 +235,13 @@ class RecoveryJournal:
         if pending:
             if len(pending) != 1 or pending[0] != ino:
                 return False
-            pending.clear()
             add = True
-        fh, oflags, bid = _OPEN_OUT_AT.unpack_from(reply, _OPEN_OUT_OFFSET)
+        out = open_out_fields_of(reply)
+        if out is None:
+            return False
+        fh, oflags, bid = out
+        if add:
+            pending.clear()
         flags = _CREATE_FLAGS.unpack_from(raw, _IN_HDR_SIZE)[0]
         self.handles[fh] = (ino, flags)
         if oflags & _FOPEN_PASSTHROUGH and bid > 0:
