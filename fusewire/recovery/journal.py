@@ -415,14 +415,9 @@ class JournalWriter:
             crc = _TYPE_CRC[rtype]
             for p in parts:
                 crc = zlib.crc32(p, crc)
-            blob = b"".join((prefix, _HDR.pack(size, rtype), *parts, _CRC.pack(crc)))
-            off = self.offset
-            end = off + len(blob)
-            if end > self._cap:
-                self._grow(end)
-            self._map[off:end] = blob       # type: ignore[index]
-            self.offset = end
-            self.records += 1 + (_count(prefix) if prefix else 0)
+            self.append_records(
+                b"".join((prefix, _HDR.pack(size, rtype), *parts, _CRC.pack(crc))),
+                1 + (_count(prefix) if prefix else 0))
             return
         off = self.offset
         end = off + len(prefix) + _HDR.size + size + _CRC.size
@@ -446,17 +441,11 @@ class JournalWriter:
 
     def append_raw(self, blob: bytes) -> None:
         """Append already-encoded records with one copy into the mapping."""
-        off = self.offset
-        end = off + len(blob)
-        if end > self._cap:
-            self._grow(end)
-        assert self._map is not None
-        self._map[off:end] = blob
-        self.offset = end
-        self.records += _count(blob)
+        self.append_records(blob, _count(blob))
 
     def append_records(self, blob: bytes, count: int) -> None:
-        """:meth:`append_raw` for a caller that knows how many records ``blob`` holds."""
+        """Append already-encoded records, ``count`` of them, with one copy into the
+        mapping; durable (in the memfd) when this returns."""
         off = self.offset
         end = off + len(blob)
         if end > self._cap:
