@@ -42,9 +42,6 @@ ACL_UNDEFINED_ID = 0xFFFFFFFF
 _VERSION = 2
 _HEADER = struct.Struct("<I")
 _ENTRY = struct.Struct("<HHI")
-#: the order a valid ACL lists its tags in
-_ORDER = {ACL_USER_OBJ: 0, ACL_USER: 1, ACL_GROUP_OBJ: 2, ACL_GROUP: 3, ACL_MASK: 4,
-          ACL_OTHER: 5}
 _NAMED = (ACL_USER, ACL_GROUP)
 
 #: an ACL's entries: ``(tag, perm, id)`` in the xattr's order
@@ -56,43 +53,50 @@ def _einval() -> FUSEError:
 
 
 def decode_acl(value: bytes) -> AclEntries:
-    """The entries of an xattr value; EINVAL unless it is a valid ACL.
+    """The entries of an xattr value, or a :class:`FUSEError` as the kernel has it.
 
-    Valid as the kernel's ``posix_acl_valid`` has it: version 2, exactly one
-    owner, owning-group and other entry, named users and groups in
-    ascending id order without duplicates, a mask entry (exactly one) where
-    there are named entries, the entries in tag order, only ``rwx`` bits.
-    A value with no entries decodes to ``[]`` (it removes the ACL).
+    No bytes or no entries decode to ``[]`` (setting that removes the ACL); a
+    version other than 2 is EOPNOTSUPP; EINVAL unless the size fits whole
+    entries and they make a valid ACL (``posix_acl_valid``): one owner entry,
+    then named users, the owning group, named groups, a mask (required where
+    there are named entries) and one other entry, in that order, with only
+    ``rwx`` bits and no named entry for the undefined id.  Entries without an
+    id get the undefined one.
     """
-    if len(value) < _HEADER.size or (len(value) - _HEADER.size) % _ENTRY.size:
+    if not value:
+        return []
+    if len(value) < _HEADER.size:
         raise _einval()
     if _HEADER.unpack_from(value)[0] != _VERSION:
+        raise FUSEError(errno.EOPNOTSUPP)
+    if (len(value) - _HEADER.size) % _ENTRY.size:
         raise _einval()
-    entries = [(tag, perm, ident) for tag, perm, ident
-               in _ENTRY.iter_unpack(memoryview(value)[_HEADER.size:])]
+    entries = [(tag, perm, ident if tag in _NAMED else ACL_UNDEFINED_ID)
+               for tag, perm, ident in _ENTRY.iter_unpack(memoryview(value)[_HEADER.size:])]
     if not entries:
         return entries
-    last_rank = -1
-    last_id = -1
-    seen: dict[int, int] = {}
+    state = ACL_USER_OBJ
+    needs_mask = False
     for tag, perm, ident in entries:
-        rank = _ORDER.get(tag)
-        if rank is None or perm & ~7 or rank < last_rank:
+        if perm & ~7 or state == 0:
             raise _einval()
-        if tag in _NAMED:
-            if ident == ACL_UNDEFINED_ID or (rank == last_rank and ident <= last_id):
-                raise _einval()
-            last_id = ident
-        elif tag in seen:
+        if tag == ACL_USER_OBJ and state == ACL_USER_OBJ:
+            state = ACL_USER
+        elif tag in _NAMED and state == (ACL_USER if tag == ACL_USER else ACL_GROUP) \
+                and ident != ACL_UNDEFINED_ID:
+            needs_mask = True
+        elif tag == ACL_GROUP_OBJ and state == ACL_USER:
+            state = ACL_GROUP
+        elif tag == ACL_MASK and state == ACL_GROUP:
+            state = ACL_OTHER
+        elif tag == ACL_OTHER and (state == ACL_OTHER
+                                   or (state == ACL_GROUP and not needs_mask)):
+            state = 0
+        else:
             raise _einval()
-        seen[tag] = seen.get(tag, 0) + 1
-        last_rank = rank
-    if not all(t in seen for t in (ACL_USER_OBJ, ACL_GROUP_OBJ, ACL_OTHER)):
+    if state != 0:
         raise _einval()
-    if (ACL_USER in seen or ACL_GROUP in seen) and ACL_MASK not in seen:
-        raise _einval()
-    return [(tag, perm, ident if tag in _NAMED else ACL_UNDEFINED_ID)
-            for tag, perm, ident in entries]
+    return entries
 
 
 def encode_acl(entries: AclEntries) -> bytes:
