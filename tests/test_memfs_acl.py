@@ -398,9 +398,11 @@ def test_acls_survive_sigkill(start: Callable[..., Mount]) -> None:
     old_umask = os.umask(0o077)
     try:
         (d / "new").touch(0o666)
+        (m.path / "plain").touch(0o666)       # no default ACL: the umask applies
     finally:
         os.umask(old_umask)
     assert mode(d / "new") == 0o660
+    assert mode(m.path / "plain") == 0o600
     assert entries(d / "new")[1] == (ACL_USER, 7, NOBODY)
     assert as_nobody(append, d / "new") == "OK"
     # and a second crash replays the changes made since (chmod, create)
@@ -410,4 +412,5 @@ def test_acls_survive_sigkill(start: Callable[..., Mount]) -> None:
     subprocess.run(["sh", "-c", "echo 2 > /proc/sys/vm/drop_caches"], check=True)
     assert entries(f)[3] == (ACL_MASK, 4, NO_ID)
     assert mode(d / "new") == 0o660
+    assert mode(m.path / "plain") == 0o600
     assert as_nobody(read, d / "new") == "+"
