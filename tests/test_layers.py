@@ -313,6 +313,9 @@ LITERAL_FORMATS: dict[str, tuple[int, str]] = {
     "fusewire/testing/procserver.py": (1, "length prefix of its own subprocess pipe"),
     "fusewire/examples/memfs.py": (5, "memfs's own file-handle bytes (inode, generation); "
                                       "the host's FS_IOC_* ioctl arguments (fsxattr)"),
+    "fusewire/examples/memfs_acl.py": (2, "the kernel's posix_acl_xattr value (header "
+                                          "and entry) of system.posix_acl_*: the host's "
+                                          "ABI, not the FUSE wire"),
     "fusewire/examples/passthrough.py": (2, "statx of the host's syscall"),
     "fusewire/examples/passthrough_nodes.py": (1, "passthrough's own handle bytes"),
     "fusewire/examples/passthrough_recovery.py": (8, "struct file_handle of the host's "

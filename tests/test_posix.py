@@ -3,8 +3,10 @@
 passthrough runs twice: served by one process and by two (``--processes 2``).
 
 Every check in tests/posix.py runs on a private tmpfs (the reference), on
-memfs and on passthrough (whose source directory is itself a private tmpfs),
-each in a fresh subdirectory; the normalised results must be equal.  The
+memfs (as mounted by default, and ``memfs-acl`` with ``-o acl``: POSIX ACLs
+on, as tmpfs has them) and on passthrough (whose source directory is itself
+a private tmpfs), each in a fresh subdirectory; the normalised results must
+be equal.  The
 mounts are started once per module (one server process per filesystem) to
 keep the runtime down.
 """
@@ -32,11 +34,11 @@ CHECKS = list(posix_suite.CHECKS)
 #: Known bugs of the filesystems under test: (fs, check) -> exact reason.
 #: Each makes the test xfail(strict=True) so a fix turns it red until removed.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("memfs", "posix_acl_minimal"): "memfs does not implement POSIX ACLs: it answers "
-    "EOPNOTSUPP for system.posix_acl_* (so cp -a falls back to chmod) where tmpfs applies "
-    "the ACL to the mode bits",
-    ("memfs", "default_acl_inheritance"): "memfs does not implement POSIX ACLs "
-    "(EOPNOTSUPP for system.posix_acl_default), so nothing is inherited",
+    ("memfs", "posix_acl_minimal"): "memfs's POSIX ACLs are opt-in (-o acl, checked as "
+    "memfs-acl): without it memfs answers EOPNOTSUPP for system.posix_acl_* (so cp -a falls "
+    "back to chmod) where tmpfs applies the ACL to the mode bits",
+    ("memfs", "default_acl_inheritance"): "memfs's POSIX ACLs are opt-in (-o acl, checked "
+    "as memfs-acl): without it there is no system.posix_acl_default, so nothing is inherited",
 }
 
 pytestmark = pytest.mark.fuse
@@ -67,8 +69,12 @@ class _Roots:
         if problem is not None:
             self.problems[fs] = problem
             pytest.skip(problem)
+        options = conftest.MOUNT_OPTIONS
         if fs == "memfs":
             argv = ["memfs"]
+        elif fs == "memfs-acl":             # POSIX ACLs are opt-in (tmpfs has them)
+            argv = ["memfs"]
+            options += ",acl"
         else:
             src, mounted = conftest.make_tmpfs()
             self.tmpfs.append((src, mounted))
@@ -77,7 +83,7 @@ class _Roots:
                 argv = ["--processes", "2", *argv]
             elif fs == "passthrough-2proc-recoverable":   # ... behind a keeper
                 argv = ["--processes", "2", "--recoverable", *argv]
-        srv = conftest.start_server(argv, self.tmp / f"{fs}-mnt", self.tmp)
+        srv = conftest.start_server(argv, self.tmp / f"{fs}-mnt", self.tmp, options)
         self.servers.append(srv)
         self.roots[fs] = srv.mountpoint
         return srv.mountpoint
@@ -130,7 +136,7 @@ def _diff(ref: Any, got: Any, path: str = "") -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("fs", ["memfs", "passthrough", "passthrough-2proc",
+@pytest.mark.parametrize("fs", ["memfs", "memfs-acl", "passthrough", "passthrough-2proc",
                                 "passthrough-2proc-recoverable"])
 @pytest.mark.parametrize("check", CHECKS)
 def test_same_as_tmpfs(roots: _Roots, check: str, fs: str, request: pytest.FixtureRequest) -> None:

@@ -27,7 +27,7 @@ EXAMPLES = ("memfs", "passthrough")
 
 #: ``-o`` options each example consumes (the CLI refuses any other, with this list)
 FS_OPTIONS: dict[str, tuple[str, ...]] = {
-    "memfs": ("entry_timeout", "attr_timeout", "negative_timeout"),
+    "memfs": ("entry_timeout", "attr_timeout", "negative_timeout", "acl"),
     "passthrough": ("entry_timeout", "attr_timeout", "kernel_passthrough"),
 }
 #: ``-o fsarg.KEY=VALUE`` (what the CLI's ``--fs-arg KEY=VALUE`` becomes): a keyword
@@ -74,7 +74,8 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
     ``source``, when given, is its first argument, and ``fsarg.KEY=VALUE``
     entries of ``extra`` become its keyword arguments).  Consumes the options
     it understands from ``extra`` (:data:`FS_OPTIONS`: entry_timeout, attr_timeout,
-    negative_timeout in seconds; kernel_passthrough) and leaves the rest.
+    negative_timeout in seconds; memfs's acl (POSIX ACLs); kernel_passthrough) and
+    leaves the rest.
 
     Raises :class:`UsageError` for an unknown kind, a missing source, a
     module or class that cannot be loaded, a constructor that raises (its
@@ -87,7 +88,10 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
         entry = _float(extra, "entry_timeout", 1.0)
         attr = _float(extra, "attr_timeout", 1.0)
         negative = _float(extra, "negative_timeout", 0.0)
-        return MemFS(entry_timeout=entry, attr_timeout=attr, negative_timeout=negative)
+        acl = "acl" in extra
+        extra.pop("acl", None)
+        return MemFS(entry_timeout=entry, attr_timeout=attr, negative_timeout=negative,
+                     acl=acl)
     if kind == "passthrough":
         from fusewire.examples.passthrough import Passthrough
 

@@ -35,6 +35,15 @@ import struct
 import threading
 from collections.abc import Sequence
 
+from fusewire.examples.memfs_acl import (
+    ACL_ACCESS,
+    ACL_DEFAULT,
+    acl_allows,
+    acl_chmod,
+    acl_create,
+    decode_acl,
+    encode_acl,
+)
 from fusewire.examples.memfs_blocks import BlockStore
 from fusewire.examples.memfs_data import MemFSData
 from fusewire.examples.memfs_locks import MemFSLocks
@@ -125,7 +134,16 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
     opens, truncates and ``user.*`` xattrs; root may do anything but execute
     a file with no x bit), so ``access()`` agrees with what the operations do
     and ``allow_other`` is safe without ``default_permissions``
-    (``checks_permissions``).  POSIX ACLs are not supported.
+    (``checks_permissions``).
+
+    POSIX ACLs (``acl=True``, the CLI's ``-o acl``): the
+    ``system.posix_acl_access``/``system.posix_acl_default`` xattrs hold
+    ACLs, as on tmpfs.  The kernel then enforces them (FUSE_POSIX_ACL turns on
+    ``default_permissions``) and memfs's own checks evaluate them too; an
+    access ACL sets the mode bits, chmod updates its mask entry, and a new
+    object under a directory with a default ACL inherits it instead of having
+    the umask applied (memfs applies the umask itself then: DONT_MASK).
+    Without ``acl`` those xattrs are EOPNOTSUPP.
     """
 
     checks_permissions = True
@@ -134,7 +152,9 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
                  negative_timeout: float = 0.0, max_bytes: int | None = None,
                  max_inodes: int | None = None, root_mode: int = 0o755,
                  root_uid: int | None = None, root_gid: int | None = None,
-                 lock_wait_timeout: float | None = None) -> None:
+                 lock_wait_timeout: float | None = None, acl: bool = False) -> None:
+        #: POSIX ACLs: the kernel enforces them and leaves the umask to us
+        self.enable_acl = self.applies_umask = acl
         self.entry_timeout = entry_timeout
         self.attr_timeout = attr_timeout
         self.negative_timeout = negative_timeout
@@ -246,6 +266,25 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
         node = _Inode(ino, mode, ctx.uid, gid, _now())
         self._inodes[ino] = node
         return node
+
+    def _init_acl(self, parent: _Inode, node: _Inode, ctx: RequestContext) -> None:
+        """A new object's permissions where memfs applies the umask (ACLs on): the
+        parent's default ACL (POSIX.1e inheritance) if it has one, else the umask."""
+        default = parent.xattrs.get(ACL_DEFAULT) if parent.xattrs is not None else None
+        if default is None:
+            node.mode &= ~(ctx.umask & 0o777)
+            return
+        mode, access = acl_create(decode_acl(default), node.mode)
+        try:
+            if stat.S_ISDIR(node.mode):
+                self._put_xattr(node, ACL_DEFAULT, default)
+            if access is not None:
+                self._put_xattr(node, ACL_ACCESS, encode_acl(access))
+        except BaseException:
+            self._put_xattr(node, ACL_DEFAULT, None)
+            del self._inodes[node.ino]
+            raise
+        node.mode = mode
 
     def _link_into(self, parent: _Inode, d: _Dir, name: bytes, node: _Inode) -> None:
         d.add(name, node.ino)
@@ -406,6 +445,10 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
                 if not root and not _in_group(ctx, node.gid) and not stat.S_ISDIR(node.mode):
                     mode &= ~stat.S_ISGID
                 node.mode = (node.mode & _S_IFMT) | mode
+                if node.xattrs is not None and ACL_ACCESS in node.xattrs:
+                    # the owner, mask and other entries follow the mode (same size)
+                    node.xattrs[ACL_ACCESS] = encode_acl(
+                        acl_chmod(decode_acl(node.xattrs[ACL_ACCESS]), mode))
                 changed = True
             if fields.update_size:
                 if fields.kill_suidgid:
@@ -458,6 +501,9 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
                         and not node.mode & 0o111)
         if ctx.uid == node.uid:
             bits = (node.mode >> 6) & 7
+        elif node.xattrs is not None and ACL_ACCESS in node.xattrs:
+            return acl_allows(decode_acl(node.xattrs[ACL_ACCESS]), node.uid, node.gid,
+                              want, ctx)
         elif _in_group(ctx, node.gid):
             bits = (node.mode >> 3) & 7
         else:
@@ -507,6 +553,8 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
             raise _err(errno.EINVAL)
         with self._lock:
             node, parent, d = self._create_node(parent_inode, name, kind | (mode & 0o7777), ctx)
+            if self.applies_umask:
+                self._init_acl(parent, node, ctx)
             if kind in (stat.S_IFCHR, stat.S_IFBLK):
                 node.data = rdev
             self._link_into(parent, d, name, node)
@@ -518,6 +566,8 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
         with self._lock:
             node, parent, d = self._create_node(
                 parent_inode, name, stat.S_IFDIR | (mode & 0o7777), ctx)
+            if self.applies_umask:
+                self._init_acl(parent, node, ctx)
             node.nlink = 2
             node.data = _Dir(parent.ino)
             self._link_into(parent, d, name, node)
@@ -799,6 +849,8 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
                 if ctx.uid:
                     self._need(parent, os.W_OK, ctx)
                 node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
+                if self.applies_umask:
+                    self._init_acl(parent, node, ctx)
                 self._link_into(parent, d, name, node)
             fh = self._open_handle(node, flags, False)
             return FileInfo(fh=fh, keep_cache=True), self._entry(node)
@@ -811,6 +863,8 @@ class MemFS(MemFSData, MemFSXattrs, MemFSLocks, MemFSState, ReplayRecovery, Oper
             self._immutable(parent, append_ok=True)
             self._need(parent, os.W_OK | os.X_OK, ctx)
             node = self._new_inode(parent, stat.S_IFREG | (mode & 0o7777), ctx)
+            if self.applies_umask:
+                self._init_acl(parent, node, ctx)
             node.nlink = 0
             if not flags & os.O_EXCL:
                 self._linkable.add(node.ino)
