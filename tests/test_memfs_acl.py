@@ -11,7 +11,6 @@ server of a recoverable mount and checks the ACLs through its successor.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import stat
@@ -24,6 +23,7 @@ from typing import Any
 import conftest
 import pytest
 from test_recovery import Mount, mounts
+from test_security import _posix_suite
 
 from fusewire.examples.memfs import MemFS
 from fusewire.examples.memfs_acl import (
@@ -61,28 +61,13 @@ def named(perm: int, mask: int, obj: int = 6) -> bytes:
 def as_nobody(fn: Callable[..., Any], path: Path, *args: Any) -> Any:
     """``attempt(fn, NAME, *args)`` in a forked child as uid/gid 65534 (no groups), in
     ``path``'s directory (the test's tmp directories above the mount are root's 0700)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        os.close(r)
-        try:
-            os.chdir(path.parent)
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            out = {"ok": attempt(fn, path.name, *args)}
-        except BaseException as exc:
-            out = {"error": repr(exc)}
-        try:
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = json.loads(f.read() or b'{"error": "child died"}')
-    os.waitpid(pid, 0)
-    assert "error" not in data, data["error"]
-    return data["ok"]
+    def body() -> Any:
+        os.chdir(path.parent)
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        return attempt(fn, path.name, *args)
+    return _posix_suite().in_child(body)
 
 
 def attempt(fn: Callable[..., Any], *args: Any) -> Any:
