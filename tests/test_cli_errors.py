@@ -186,6 +186,7 @@ def test_mountpoint_is_a_regular_file(cli: CLI) -> None:
     ("attr_timeout=x", "-o attr_timeout=x: not a number of seconds"),
     ("entry_timeout=-1", "-o entry_timeout=-1: not a number of seconds >= 0"),
     ("fd=3", "'fd' is set by mount()"),
+    ("acl=maybe", "-o acl=maybe: acl takes no value"),
 ])
 def test_bad_option_values(cli: CLI, option: str, needle: str) -> None:
     one_line_failure(cli.check("mount", "memfs", str(cli.mnt), "-o", option), needle)
@@ -207,6 +208,15 @@ def test_option_of_another_filesystem_refused(cli: CLI) -> None:
     src.mkdir()
     one_line_failure(cli.check("mount", "passthrough", str(src), str(cli.mnt), "-o",
                              "negative_timeout=1"), "unknown mount option negative_timeout")
+    cli.assert_clean()
+
+
+def test_value_given_to_a_flag_option_refused(cli: CLI) -> None:
+    src = cli.base / "src"
+    src.mkdir()
+    one_line_failure(cli.check("mount", "passthrough", str(src), str(cli.mnt), "-o",
+                               "kernel_passthrough=no"),
+                     "-o kernel_passthrough=no: kernel_passthrough takes no value")
     cli.assert_clean()
 
 

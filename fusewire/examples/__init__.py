@@ -48,6 +48,16 @@ def _float(extra: MutableMapping[str, str], key: str, default: float) -> float:
     return got
 
 
+def _flag(extra: MutableMapping[str, str], key: str) -> bool:
+    """Consume the value-less option ``key``: whether it was given."""
+    if key not in extra:
+        return False
+    value = extra.pop(key)
+    if value:
+        raise UsageError(f"-o {key}={value}: {key} takes no value (write -o {key})")
+    return True
+
+
 def fs_args(extra: MutableMapping[str, str]) -> dict[str, str]:
     """Consume the ``fsarg.KEY=VALUE`` entries of ``extra``: ``{KEY: VALUE}``."""
     got = {}
@@ -88,8 +98,7 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
         entry = _float(extra, "entry_timeout", 1.0)
         attr = _float(extra, "attr_timeout", 1.0)
         negative = _float(extra, "negative_timeout", 0.0)
-        acl = "acl" in extra
-        extra.pop("acl", None)
+        acl = _flag(extra, "acl")
         return MemFS(entry_timeout=entry, attr_timeout=attr, negative_timeout=negative,
                      acl=acl)
     if kind == "passthrough":
@@ -102,8 +111,7 @@ def build_ops(kind: str, source: str | None, extra: MutableMapping[str, str]) ->
         if not os.path.isdir(source):
             raise UsageError(f"passthrough source {source}: " + (
                 "not a directory" if os.path.exists(source) else "no such directory"))
-        kp = "kernel_passthrough" in extra
-        extra.pop("kernel_passthrough", None)
+        kp = _flag(extra, "kernel_passthrough")
         return Passthrough(source, entry_timeout=entry, attr_timeout=attr,
                            kernel_passthrough=kp)
     if ":" in kind:
